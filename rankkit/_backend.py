@@ -1,0 +1,98 @@
+"""Optional array backends, probed once at import (no global mutable state).
+
+``numpy`` is always present. ``torch`` (CPU or CUDA) and ``cupy`` (CUDA) are optional: a
+missing package or a missing GPU is recorded in the flags below, never an import error.
+Every array-returning public function takes ``backend=`` ("auto", "numpy", "torch",
+"cupy") and ``device=``; :func:`resolve_backend` is the one place that turns those into a
+concrete choice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+__all__ = ["HAS_TORCH", "HAS_CUPY", "HAS_CUDA", "BACKENDS", "resolve_backend", "array_backend",
+           "torch_cuda_available", "cupy_cuda_available"]
+
+BACKENDS = ("auto", "numpy", "torch", "cupy")
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+def torch_cuda_available() -> bool:
+    if not HAS_TORCH:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cupy_cuda_available() -> bool:
+    if not HAS_CUPY:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception as exc:  # a cupy wheel without a driver: warn, never crash
+        warnings.warn(f"cupy is installed but no CUDA device is usable ({exc}); using CPU",
+                      RuntimeWarning, stacklevel=2)
+        return False
+
+
+HAS_CUDA = torch_cuda_available() if HAS_TORCH else False
+
+
+def array_backend(x) -> str:
+    """Name of the backend an array belongs to: "numpy", "torch" or "cupy"."""
+    mod = type(x).__module__.split(".")[0]
+    if mod == "torch":
+        return "torch"
+    if mod == "cupy":
+        return "cupy"
+    return "numpy"
+
+
+def resolve_backend(backend: str = "auto", device=None, like=None) -> tuple[str, object]:
+    """Turn ``backend``/``device`` into a concrete (backend, device) pair.
+
+    "auto" follows the input array ``like`` when it is a torch or cupy array, else uses
+    torch on CUDA when a GPU is present and ``device`` does not say "cpu", else numpy.
+    Asking for a backend that is not installed raises ``ImportError`` naming the extra
+    to install.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if like is not None and array_backend(like) != "numpy":
+            backend = array_backend(like)
+            if device is None:
+                device = like.device
+        elif device is not None and str(device).startswith("cuda") and HAS_TORCH:
+            backend = "torch"
+        elif device is None and HAS_CUDA:
+            backend, device = "torch", "cuda"
+        else:
+            backend = "numpy"
+    if backend == "torch":
+        if not HAS_TORCH:
+            raise ImportError("backend='torch' needs PyTorch: pip install 'rankkit[ext]'")
+        import torch
+
+        device = torch.device(device if device is not None else "cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was asked for but torch sees no CUDA device; "
+                               "use device='cpu' or backend='numpy'")
+    elif backend == "cupy":
+        if not HAS_CUPY:
+            raise ImportError("backend='cupy' needs CuPy: pip install 'rankkit[gpu]'")
+        if not cupy_cuda_available():
+            raise RuntimeError("backend='cupy' needs a CUDA device and none is available")
+        device = 0 if device is None else device
+    else:
+        if device is not None and str(device) not in ("cpu",):
+            raise ValueError(f"backend='numpy' runs on the CPU only; got device={device!r}")
+        device = "cpu"
+    return backend, device

@@ -1,0 +1,293 @@
+"""Ragged token storage and labelled reward datasets.
+
+A dataset of n utterances u^(i) with responses y^(i) (paper 002, §2.2, eq. 3) is stored
+as one flat ``int32`` token array plus ``int64`` offsets, so that a million sequences cost
+one allocation, not a million Python lists.
+
+``int32`` holds every realistic vocabulary (GPT-2: 50,257; Llama-3: 128,256) at half the
+memory of ``int64``; offsets are ``int64`` because the total token count of a corpus can
+pass 2**31.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["TokenSequences", "RewardDataset"]
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+class TokenSequences:
+    """Ragged array of token-id sequences: flat ``tokens`` plus ``offsets``.
+
+    Sequence ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``.
+
+    Parameters
+    ----------
+    tokens : array_like of int, shape (total,)
+        All tokens, concatenated.
+    offsets : array_like of int, shape (n + 1,)
+        Non-decreasing, ``offsets[0] == 0`` and ``offsets[-1] == total``.
+
+    Examples
+    --------
+    >>> s = TokenSequences.from_lists([[5, 7], [5], [9, 9, 9]])
+    >>> len(s), s.lengths.tolist(), s[2].tolist()
+    (3, [2, 1, 3], [9, 9, 9])
+    """
+
+    __slots__ = ("tokens", "offsets")
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray):
+        tokens = np.asarray(tokens)
+        offsets = np.asarray(offsets)
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+        if offsets.ndim != 1 or offsets.size < 1:
+            raise ValueError(f"offsets must be 1-D with at least one entry, got shape {offsets.shape}")
+        if tokens.size and not np.issubdtype(tokens.dtype, np.integer):
+            raise TypeError(f"tokens must be integers, got dtype {tokens.dtype}")
+        if offsets[0] != 0 or offsets[-1] != tokens.size:
+            raise ValueError(
+                f"offsets must start at 0 and end at len(tokens)={tokens.size}; "
+                f"got {int(offsets[0])} … {int(offsets[-1])}"
+            )
+        steps = np.diff(offsets)
+        if (steps < 0).any():
+            i = _first_bad(steps < 0)
+            raise ValueError(f"offsets must be non-decreasing; sequence {i} has negative length")
+        if tokens.size and (tokens.min() < np.iinfo(np.int32).min or tokens.max() > np.iinfo(np.int32).max):
+            raise ValueError("token ids do not fit in int32")
+        self.tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+
+    # ---- constructors -------------------------------------------------------------
+    @classmethod
+    def from_lists(cls, seqs: Iterable[Sequence[int] | np.ndarray]) -> TokenSequences:
+        """Build from any iterable of integer sequences (lists, tuples, arrays)."""
+        arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+        return cls(tokens, offsets)
+
+    @classmethod
+    def from_padded(cls, ids: np.ndarray, lengths: np.ndarray | None = None,
+                    attention_mask: np.ndarray | None = None) -> TokenSequences:
+        """Build from a right-padded 2-D array, with ``lengths`` or an ``attention_mask``.
+
+        Only right padding is accepted: a mask with a zero before a one is refused, since
+        left-padded rows would silently keep pad tokens.
+        """
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"padded ids must be 2-D, got shape {ids.shape}")
+        if attention_mask is not None:
+            mask = np.asarray(attention_mask).astype(bool)
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask shape {mask.shape} != ids shape {ids.shape}")
+            lengths = mask.sum(axis=1)
+            holes = mask[:, 1:] & ~mask[:, :-1]
+            if holes.any():
+                row = _first_bad(holes.any(axis=1))
+                raise ValueError(f"row {row}: attention_mask is not right-padded (a 0 precedes a 1)")
+        elif lengths is None:
+            lengths = np.full(ids.shape[0], ids.shape[1])
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != (ids.shape[0],) or (lengths < 0).any() or (lengths > ids.shape[1]).any():
+            raise ValueError("lengths must have one entry per row, each in [0, ids.shape[1]]")
+        keep = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+        offsets = np.zeros(ids.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(ids[keep], offsets)
+
+    @classmethod
+    def from_encoding(cls, encoding) -> TokenSequences:
+        """Build from a tokenizer's output: a ``BatchEncoding``/dict with ``input_ids``
+        (list of lists, or a padded array with ``attention_mask``), or a list of lists."""
+        if isinstance(encoding, TokenSequences):
+            return encoding
+        if hasattr(encoding, "keys") and "input_ids" in encoding:
+            ids = encoding["input_ids"]
+            mask = encoding.get("attention_mask") if hasattr(encoding, "get") else None
+            if hasattr(ids, "detach"):  # torch tensor
+                ids = ids.detach().cpu().numpy()
+            if hasattr(mask, "detach"):
+                mask = mask.detach().cpu().numpy()
+            if isinstance(ids, np.ndarray) and ids.ndim == 2:
+                return cls.from_padded(ids, attention_mask=mask)
+            return cls.from_lists(ids)
+        if isinstance(encoding, np.ndarray) and encoding.ndim == 2:
+            return cls.from_padded(encoding)
+        return cls.from_lists(encoding)
+
+    # ---- access -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sequence index {i} out of range for {n} sequences")
+        i %= n
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def __repr__(self) -> str:
+        return f"TokenSequences(n={len(self)}, total_tokens={self.tokens.size})"
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def to_lists(self) -> list[list[int]]:
+        return [s.tolist() for s in self]
+
+    def select(self, idx: np.ndarray) -> TokenSequences:
+        """Sequences ``idx`` (integer indices or a boolean mask), in that order."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        lengths = self.lengths[idx]
+        offsets = np.zeros(idx.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if idx.size == 0:
+            return TokenSequences(np.zeros(0, np.int32), offsets)
+        # gather every selected token with one fancy index: start of each sequence repeated
+        # over its length plus the position inside it
+        starts = np.repeat(self.offsets[:-1][idx], lengths)
+        within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        return TokenSequences(self.tokens[starts + within], offsets)
+
+    def truncate(self, max_len: int) -> TokenSequences:
+        """Keep at most the first ``max_len`` tokens of every sequence."""
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        lengths = np.minimum(self.lengths, max_len)
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = np.repeat(self.offsets[:-1], lengths)
+        within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+        return TokenSequences(self.tokens[starts + within], offsets)
+
+
+@dataclass(frozen=True)
+class RewardDataset:
+    """Labelled utterances D = {(u^(i), y^(i))} (paper 002, §2.2).
+
+    Parameters
+    ----------
+    sequences : TokenSequences or anything ``TokenSequences.from_encoding`` accepts
+        The token ids of each utterance.
+    responses : array_like, shape (n,) or (n, n_labels)
+        Response per utterance and label; stored as ``float64`` (means of responses are
+        accumulated in the reward matrix and float32 would lose the 1e-6 resolution the
+        min-rank certificate is stated at).
+    label_names : sequence of str, optional
+        One name per label column; defaults to ``("label_0", …)``.
+    vocab_size : int
+        Number of columns of the reward matrix; every token id must be in ``[0, vocab_size)``.
+    texts : sequence of str, optional
+        The source texts, kept for inspection only.
+
+    Empty sequences are dropped (they contribute no prefix, eq. 3) and counted in
+    ``n_dropped_empty``; ``kept_index`` maps the kept rows back to the input rows.
+    Invalid input (non-finite responses, token ids out of range, length mismatch) raises
+    ``ValueError`` naming the first offending row.
+    """
+
+    sequences: TokenSequences
+    responses: np.ndarray
+    label_names: tuple[str, ...]
+    vocab_size: int
+    texts: tuple[str, ...] | None = None
+    n_dropped_empty: int = 0
+    kept_index: np.ndarray | None = field(default=None, repr=False)
+
+    def __init__(self, sequences, responses, label_names=None, vocab_size=None, texts=None):
+        seqs = TokenSequences.from_encoding(sequences)
+        y = np.asarray(responses, dtype=np.float64)
+        if y.ndim not in (1, 2):
+            raise ValueError(f"responses must have shape (n,) or (n, n_labels), got {y.shape}")
+        if y.shape[0] != len(seqs):
+            raise ValueError(
+                f"length mismatch: {len(seqs)} sequences but {y.shape[0]} responses")
+        if texts is not None and len(texts) != len(seqs):
+            raise ValueError(f"length mismatch: {len(seqs)} sequences but {len(texts)} texts")
+        bad = ~np.isfinite(y)
+        if bad.any():
+            row = _first_bad(bad.reshape(y.shape[0], -1).any(axis=1))
+            raise ValueError(f"row {row}: response {y[row].tolist()} is not finite (NaN or inf)")
+        if vocab_size is None:
+            raise ValueError("vocab_size is required (the tokenizer's len(), e.g. 50257 for GPT-2)")
+        vocab_size = int(vocab_size)
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if seqs.tokens.size:
+            bad_tok = (seqs.tokens < 0) | (seqs.tokens >= vocab_size)
+            if bad_tok.any():
+                pos = _first_bad(bad_tok)
+                row = int(np.searchsorted(seqs.offsets, pos, side="right") - 1)
+                raise ValueError(
+                    f"row {row}, position {pos - int(seqs.offsets[row])}: token id "
+                    f"{int(seqs.tokens[pos])} is outside [0, vocab_size={vocab_size})")
+        n_labels = 1 if y.ndim == 1 else y.shape[1]
+        if label_names is None:
+            label_names = tuple(f"label_{i}" for i in range(n_labels))
+        elif isinstance(label_names, str):
+            label_names = (label_names,)
+        label_names = tuple(str(s) for s in label_names)
+        if len(label_names) != n_labels:
+            raise ValueError(f"{len(label_names)} label_names for {n_labels} response columns")
+        keep = seqs.lengths > 0
+        n_empty = int((~keep).sum())
+        if n_empty:
+            kept = np.flatnonzero(keep)
+            seqs, y = seqs.select(kept), y[kept]
+            texts = None if texts is None else [texts[i] for i in kept]
+        else:
+            kept = np.arange(len(seqs))
+        object.__setattr__(self, "sequences", seqs)
+        object.__setattr__(self, "responses", y)
+        object.__setattr__(self, "label_names", label_names)
+        object.__setattr__(self, "vocab_size", vocab_size)
+        object.__setattr__(self, "texts", None if texts is None else tuple(texts))
+        object.__setattr__(self, "n_dropped_empty", n_empty)
+        object.__setattr__(self, "kept_index", kept)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def n_labels(self) -> int:
+        return 1 if self.responses.ndim == 1 else self.responses.shape[1]
+
+    def label_index(self, label: int | str) -> int:
+        """Column index of ``label`` (an int or one of ``label_names``)."""
+        return _label_index(label, self.label_names)
+
+    def __repr__(self) -> str:
+        return (f"RewardDataset(n={len(self)}, labels={list(self.label_names)}, "
+                f"vocab_size={self.vocab_size}, total_tokens={self.sequences.tokens.size}, "
+                f"dropped_empty={self.n_dropped_empty})")
+
+
+def _label_index(label: int | str, names: Sequence[str]) -> int:
+    if isinstance(label, str):
+        if label not in names:
+            raise KeyError(f"label {label!r} not found; available: {list(names)}")
+        return list(names).index(label)
+    i = int(label)
+    if not -len(names) <= i < len(names):
+        raise IndexError(f"label index {i} out of range for {len(names)} labels {list(names)}")
+    return i % len(names)

@@ -1,0 +1,36 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# One profile for the whole suite: no per-example deadline (numba compiles on first call,
+# and CI has 2 busy cores), a bounded number of examples so the suite stays fast.
+settings.register_profile(
+    "rankkit", deadline=None, max_examples=int(os.environ.get("RANKKIT_HYPOTHESIS_EXAMPLES", 60)),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("rankkit")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def _cuda_backends():
+    """(backend, device) pairs for the GPU backends present, each skipped with a reason."""
+    from rankkit._backend import HAS_CUPY, HAS_TORCH, cupy_cuda_available, torch_cuda_available
+
+    reason_torch = "torch is not installed" if not HAS_TORCH else "torch sees no CUDA device"
+    reason_cupy = "cupy is not installed" if not HAS_CUPY else "cupy sees no CUDA device"
+    return [
+        pytest.param("torch", "cuda", marks=pytest.mark.skipif(
+            not torch_cuda_available(), reason=reason_torch), id="torch-cuda"),
+        pytest.param("cupy", 0, marks=pytest.mark.skipif(
+            not (HAS_CUPY and cupy_cuda_available()), reason=reason_cupy), id="cupy-cuda"),
+    ]
+
+
+CUDA_BACKENDS = _cuda_backends()
+CPU_BACKENDS = [pytest.param("numpy", None, id="numpy"), pytest.param("torch", "cpu", id="torch-cpu")]
