@@ -47,13 +47,19 @@ class RewardMatrix:
     counts : ndarray of int64, shape (nnz,)
         Number of utterances that fall in the cell.
     label_names : tuple of str
-    prefix_parent : ndarray of int64, shape (N,), or None
-        Row of the prefix with the last token removed (−1 for the empty prefix). Every
-        proper prefix of a row's prefix is itself a row, so the trie is closed.
-    prefix_token : ndarray of int32, shape (N,), or None
-        Last token of the row's prefix (−1 for the empty prefix).
-    prefix_len : ndarray of int32, shape (N,), or None
-        Length of the row's prefix.
+    prefix_parent : ndarray of int64, shape (N_trie,), or None
+        Trie node of the prefix with the last token removed (−1 for the empty prefix).
+        Every proper prefix of a node's prefix is itself a node, so the trie is closed.
+    prefix_token : ndarray of int32, shape (N_trie,), or None
+        Last token of the node's prefix (−1 for the empty prefix).
+    prefix_len : ndarray of int32, shape (N_trie,), or None
+        Length of the node's prefix.
+    prefix_node : ndarray of int64, shape (N,), or None
+        Trie node of each row. ``None`` means row ``i`` is node ``i`` (``N_trie == N``), as
+        built by ``build_reward_matrix``. A reduced matrix (``reduce_omega2``) drops rows
+        whose prefixes are still needed to spell the kept ones, so it shares the
+        original trie arrays and sets ``prefix_node``; use :meth:`prefix` or
+        :attr:`row_prefix_len` rather than indexing the trie arrays by row.
     row_map, col_map : ndarray of int64, or None
         For a reduced matrix (``reduce_omega2``): original row / column of each row / column.
     n_single_rows : int
@@ -75,6 +81,7 @@ class RewardMatrix:
     prefix_parent: np.ndarray | None = None
     prefix_token: np.ndarray | None = None
     prefix_len: np.ndarray | None = None
+    prefix_node: np.ndarray | None = None
     row_map: np.ndarray | None = None
     col_map: np.ndarray | None = None
     n_single_rows: int = 0
@@ -101,10 +108,18 @@ class RewardMatrix:
             raise ValueError(f"{len(names)} label_names for {n_labels} value columns")
         if nnz and (indices.min() < 0 or indices.max() >= m):
             raise ValueError(f"column indices must lie in [0, {m})")
+        trie = (self.prefix_parent, self.prefix_token, self.prefix_len)
+        if any(a is not None for a in trie) and not all(a is not None for a in trie):
+            raise ValueError("prefix_parent, prefix_token and prefix_len must be given together")
+        n_trie = n if self.prefix_node is None else (None if trie[0] is None else np.shape(trie[0])[0])
         for name, arr in (("prefix_parent", self.prefix_parent), ("prefix_token", self.prefix_token),
-                          ("prefix_len", self.prefix_len), ("row_map", self.row_map)):
-            if arr is not None and np.shape(arr) != (n,):
-                raise ValueError(f"{name} must have shape ({n},), got {np.shape(arr)}")
+                          ("prefix_len", self.prefix_len), ("row_map", self.row_map),
+                          ("prefix_node", self.prefix_node)):
+            want = n if name in ("row_map", "prefix_node") else n_trie
+            if arr is not None and np.shape(arr) != (want,):
+                raise ValueError(f"{name} must have shape ({want},), got {np.shape(arr)}")
+        if self.prefix_node is not None and trie[0] is None:
+            raise ValueError("prefix_node given without the trie arrays prefix_parent/token/len")
         if self.col_map is not None and np.shape(self.col_map) != (m,):
             raise ValueError(f"col_map must have shape ({m},), got {np.shape(self.col_map)}")
         for k, v in (("indptr", indptr), ("indices", indices), ("values", values),
@@ -210,17 +225,28 @@ class RewardMatrix:
         return sp.csr_matrix((self.label_values(label), self.indices, self.indptr),
                              shape=self.shape, copy=True)
 
-    def prefix(self, row: int) -> np.ndarray:
-        """Token ids of the prefix x' of ``row`` (int32; empty for the root)."""
+    @property
+    def row_prefix_len(self) -> np.ndarray:
+        """Prefix length of every row, shape (N,) (raises if the matrix has no prefixes)."""
+        self._need_prefixes()
+        if self.prefix_node is None:
+            return np.asarray(self.prefix_len)
+        return np.asarray(self.prefix_len)[self.prefix_node]
+
+    def _need_prefixes(self) -> None:
         if self.prefix_parent is None:
             raise ValueError("this RewardMatrix carries no prefixes (it was not built from token "
                              "sequences); build it with build_reward_matrix(dataset)")
+
+    def prefix(self, row: int) -> np.ndarray:
+        """Token ids of the prefix x' of ``row`` (int32; empty for the root)."""
+        self._need_prefixes()
         n = self.shape[0]
         if not 0 <= row < n:
             raise IndexError(f"row {row} out of range for {n} rows")
-        out = np.empty(int(self.prefix_len[row]), dtype=np.int32)
+        r = int(row) if self.prefix_node is None else int(self.prefix_node[row])
+        out = np.empty(int(self.prefix_len[r]), dtype=np.int32)
         k = out.size - 1
-        r = int(row)
         while k >= 0:
             out[k] = self.prefix_token[r]
             r = int(self.prefix_parent[r])

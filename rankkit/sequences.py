@@ -63,7 +63,10 @@ class TokenSequences:
             i = _first_bad(steps < 0)
             raise ValueError(f"offsets must be non-decreasing; sequence {i} has negative length")
         if tokens.size and (tokens.min() < np.iinfo(np.int32).min or tokens.max() > np.iinfo(np.int32).max):
-            raise ValueError("token ids do not fit in int32")
+            pos = _first_bad((tokens < np.iinfo(np.int32).min) | (tokens > np.iinfo(np.int32).max))
+            row = int(np.searchsorted(offsets, pos, side="right") - 1)
+            raise ValueError(f"sequence {row}, position {pos - int(offsets[row])}: token id "
+                             f"{int(tokens[pos])} does not fit in int32")
         self.tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
 
@@ -71,7 +74,15 @@ class TokenSequences:
     @classmethod
     def from_lists(cls, seqs: Iterable[Sequence[int] | np.ndarray]) -> TokenSequences:
         """Build from any iterable of integer sequences (lists, tuples, arrays)."""
-        arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
+        arrays = []
+        for i, s in enumerate(seqs):
+            a = np.asarray(s).reshape(-1)
+            # refuse floats rather than truncate them: 1.5 silently becoming token 1
+            # would corrupt the trie without a trace
+            if a.size and not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+                raise TypeError(f"sequence {i}: token ids must be integers, got dtype {a.dtype} "
+                                f"({a[:5].tolist()}…); pass the tokenizer's input_ids")
+            arrays.append(a.astype(np.int64))
         lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -101,8 +112,14 @@ class TokenSequences:
         elif lengths is None:
             lengths = np.full(ids.shape[0], ids.shape[1])
         lengths = np.asarray(lengths, dtype=np.int64)
-        if lengths.shape != (ids.shape[0],) or (lengths < 0).any() or (lengths > ids.shape[1]).any():
-            raise ValueError("lengths must have one entry per row, each in [0, ids.shape[1]]")
+        if lengths.shape != (ids.shape[0],):
+            raise ValueError(f"lengths must have one entry per row: {ids.shape[0]} rows, "
+                             f"{lengths.size} lengths")
+        bad = (lengths < 0) | (lengths > ids.shape[1])
+        if bad.any():
+            row = _first_bad(bad)
+            raise ValueError(f"row {row}: length {int(lengths[row])} outside [0, {ids.shape[1]}] "
+                             "(the padded width)")
         keep = np.arange(ids.shape[1])[None, :] < lengths[:, None]
         offsets = np.zeros(ids.shape[0] + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
