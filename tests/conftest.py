@@ -1,5 +1,11 @@
 import os
 
+# Every xdist worker gets one thread per library: CI has 2 cores and runs 2 workers, and
+# oversubscribed OpenMP / numba / torch pools slow tiny-array work by 10-50x. Set before
+# numba or torch is imported by any test module.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

@@ -1,0 +1,61 @@
+"""Twisted SMC for constrained generation: sampler, twists, CTL, self-distillation, exact harness.
+
+Kim et al. (2025), *Improving Constrained Language Generation via Self-Distilled Twisted
+Sequential Monte Carlo*; Zhao et al. (2024), *Probabilistic inference in language models via
+twisted sequential Monte Carlo* (ICML).
+
+>>> from rankkit_ext.tsmc import tsmc, LinearTwist, toxicity_potential   # doctest: +SKIP
+>>> r = tsmc(model, LinearTwist(64, 50257), toxicity_potential(10.0, tok.decode), prompt_ids,
+...          n_particles=50, max_new_tokens=20, generator=torch.Generator().manual_seed(0))
+"""
+
+from .adapters import EnumerableLM, HFCausalLM, TableLM, as_adapter, prefix_count
+from .bounds import (
+    Estimate,
+    kl_q_sigma,
+    kl_sigma_q,
+    log_z_lower_bound,
+    log_z_upper_bound,
+    mean_pairwise_cosine,
+    similarity,
+)
+from .distill import EffectivePotential, SelfDistillResult, finetune_lm, self_distill, tsmc_samples
+from .exact import ExactTarget, enumerate_target, exact_ctl_loss
+from .learning import TwistTrainResult, ctl_loss, train_twist
+from .potentials import (
+    ClassifierPotential,
+    FunctionPotential,
+    HardConstraint,
+    Potential,
+    ProductPotential,
+    TablePotential,
+    pipeline_scorer,
+    toxicity_potential,
+)
+from .resampling import RESAMPLING_METHODS, categorical, ess, normalize_log_weights, resample
+from .sampler import (
+    RejectionResult,
+    TSMCResult,
+    bootstrap_smc,
+    rejection_sample,
+    score_sequences,
+    sis,
+    teacher_force,
+    tsmc,
+)
+from .twists import LinearTwist, MLPTwist, TableTwist, TwistHead
+
+__all__ = [
+    "EnumerableLM", "HFCausalLM", "TableLM", "as_adapter", "prefix_count",
+    "Estimate", "kl_q_sigma", "kl_sigma_q", "log_z_lower_bound", "log_z_upper_bound",
+    "mean_pairwise_cosine", "similarity",
+    "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
+    "ExactTarget", "enumerate_target", "exact_ctl_loss",
+    "TwistTrainResult", "ctl_loss", "train_twist",
+    "ClassifierPotential", "FunctionPotential", "HardConstraint", "Potential",
+    "ProductPotential", "TablePotential", "pipeline_scorer", "toxicity_potential",
+    "RESAMPLING_METHODS", "categorical", "ess", "normalize_log_weights", "resample",
+    "RejectionResult", "TSMCResult", "bootstrap_smc", "rejection_sample", "score_sequences",
+    "sis", "teacher_force", "tsmc",
+    "LinearTwist", "MLPTwist", "TableTwist", "TwistHead",
+]

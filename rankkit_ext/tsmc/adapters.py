@@ -1,0 +1,212 @@
+"""Incremental language-model adapters used by the samplers.
+
+An adapter exposes three calls, all batched over particles:
+
+``start(prompt (P,), n) -> Step``   run the prompt once and share it across n particles;
+``advance(state, tokens (n,)) -> Step``   append one token per particle;
+``reorder(state, ancestors (n,)) -> state``   follow resampling (KV cache rows included).
+
+``Step = (log_probs (n, V), hidden (n, H), state)`` where ``log_probs`` are
+:math:`\\log p_{LM}(v\\mid s_{0:t-1})` and ``hidden`` is the last hidden state of the prefix,
+the input of a twist head. :class:`HFCausalLM` wraps any Hugging Face causal LM (KV cache
+or recompute-every-step), :class:`TableLM` is a table-driven LM over a tiny vocabulary and
+:class:`EnumerableLM` turns any adapter into one whose hidden state is the one-hot prefix
+index, so a :class:`~rankkit_ext.tsmc.twists.TableTwist` can hold any twist, ψ* included.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["HFCausalLM", "TableLM", "EnumerableLM", "as_adapter", "prefix_count"]
+
+
+def prefix_count(vocab_size: int, horizon: int) -> int:
+    """Number of prefixes of length 0..horizon-1: Σ_t V^t (the rows of a table twist)."""
+    return sum(vocab_size ** t for t in range(horizon))
+
+
+class HFCausalLM:
+    """Adapter for a Hugging Face causal LM (e.g. ``GPT2LMHeadModel``).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Used in eval mode under ``torch.no_grad``; its dtype sets the compute precision.
+    eos_token_id : int, optional
+        Defaults to ``model.config.eos_token_id``; ``None`` disables EOS handling.
+    use_cache : bool
+        True: the prompt is run once and its KV cache is repeated over the particles, each
+        step feeds one token and resampling reorders the cache rows. False: every step
+        recomputes the whole prefix (the peer measured by ``benchmarks/bench_tsmc.py``).
+    """
+
+    def __init__(self, model, eos_token_id: int | None = -1, use_cache: bool = True):
+        self.model = model
+        self.eos_token_id = model.config.eos_token_id if eos_token_id == -1 else eos_token_id
+        self.use_cache = use_cache
+        self.vocab_size = int(model.config.vocab_size)
+        self.hidden_size = int(model.config.hidden_size)
+        # only the last position's logits are needed: (K, L, V) logits would dominate memory
+        params = inspect.signature(model.forward).parameters
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def _forward(self, ids, cache=None):
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=self.use_cache,
+                         output_hidden_states=True, **self._keep)
+        logp = torch.log_softmax(out.logits[:, -1].to(torch.float64), -1)
+        return logp, out.hidden_states[-1][:, -1], out.past_key_values
+
+    def start(self, prompt: torch.Tensor, n: int):
+        prompt = torch.as_tensor(prompt, dtype=torch.long, device=self.device).reshape(1, -1)
+        if prompt.shape[1] == 0:
+            raise ValueError("prompt is empty; pass at least one token (e.g. the BOS id "
+                             f"{self.model.config.bos_token_id}).")
+        self.model.eval()
+        logp, h, cache = self._forward(prompt)
+        if self.use_cache:
+            cache.batch_repeat_interleave(n)  # the prompt is computed once for all particles
+            state = cache
+        else:
+            state = prompt.expand(n, -1).clone()
+        return logp.expand(n, -1), h.expand(n, -1), state
+
+    def advance(self, state, tokens: torch.Tensor):
+        tokens = tokens.to(self.device).reshape(-1, 1)
+        if self.use_cache:
+            return self._forward(tokens, state)
+        ids = torch.cat([state, tokens], 1)
+        logp, h, _ = self._forward(ids)
+        return logp, h, ids
+
+    def reorder(self, state, ancestors: torch.Tensor):
+        ancestors = ancestors.to(self.device)
+        if self.use_cache:
+            state.reorder_cache(ancestors)
+            return state
+        return state[ancestors]
+
+
+@dataclass
+class _CodeState:
+    inner: Any
+    codes: torch.Tensor  # (n,) prefix index of each particle
+    t: int  # prefix length (same for all particles)
+
+
+class _PrefixIndexed:
+    """Shared prefix-code arithmetic: code(s_{1:t}) = offset_t + Σ_i s_i V^{t-1-i}."""
+
+    vocab_size: int
+    horizon: int
+
+    def _setup(self, vocab_size: int, horizon: int):
+        self.vocab_size, self.horizon = int(vocab_size), int(horizon)
+        self.hidden_size = prefix_count(self.vocab_size, self.horizon)
+        self.offsets = [prefix_count(self.vocab_size, t) for t in range(self.horizon + 1)]
+
+    def _next_codes(self, codes, t, tokens):
+        local = codes - self.offsets[t]
+        return self.offsets[t + 1] + local * self.vocab_size + tokens
+
+    def _hidden(self, codes):
+        safe = codes.clamp(max=self.hidden_size - 1)  # finished particles past the horizon
+        return torch.nn.functional.one_hot(safe, self.hidden_size).to(torch.float64)
+
+    def code_of(self, prefix) -> int:
+        """Row index of a prefix (length < horizon) in a table twist."""
+        c = 0
+        for v in prefix:
+            c = c * self.vocab_size + int(v)
+        return self.offsets[len(prefix)] + c
+
+
+class TableLM(_PrefixIndexed):
+    """Table-driven LM over a tiny vocabulary: ``log_probs[code(prefix)]`` is log p(· | prefix).
+
+    The prompt is ignored (the table is the conditional given it). Hidden state = one-hot
+    prefix index.
+
+    Parameters
+    ----------
+    log_probs : Tensor (prefix_count(V, T), V) float64, rows normalised in log space.
+    eos_token_id : int, optional
+    """
+
+    def __init__(self, log_probs: torch.Tensor, horizon: int, eos_token_id: int | None = None):
+        V = log_probs.shape[1]
+        self._setup(V, horizon)
+        if log_probs.shape[0] != self.hidden_size:
+            raise ValueError(f"log_probs has {log_probs.shape[0]} rows; a vocabulary of {V} and "
+                             f"horizon {horizon} need prefix_count = {self.hidden_size}.")
+        err = (torch.logsumexp(log_probs, 1)).abs().max()
+        if err > 1e-9:
+            raise ValueError(f"log_probs rows must be normalised (logsumexp = 0); max error "
+                             f"{float(err):.3g}. Fix: apply torch.log_softmax(table, 1).")
+        self.log_probs = log_probs.to(torch.float64)
+        self.eos_token_id = eos_token_id
+
+    @classmethod
+    def random(cls, vocab_size: int, horizon: int, generator: torch.Generator,
+               eos_token_id: int | None = None, scale: float = 1.5) -> TableLM:
+        logits = scale * torch.randn(prefix_count(vocab_size, horizon), vocab_size,
+                                     generator=generator, dtype=torch.float64)
+        return cls(torch.log_softmax(logits, 1), horizon, eos_token_id)
+
+    def _step(self, codes, t):
+        rows = self.log_probs[codes.clamp(max=self.hidden_size - 1)]
+        return rows, self._hidden(codes), _CodeState(None, codes, t)
+
+    def start(self, prompt, n):
+        return self._step(torch.zeros(n, dtype=torch.long), 0)
+
+    def advance(self, state, tokens):
+        if state.t >= self.horizon:
+            raise ValueError(f"TableLM has horizon {self.horizon}; cannot extend past it.")
+        return self._step(self._next_codes(state.codes, state.t, tokens.cpu()), state.t + 1)
+
+    def reorder(self, state, ancestors):
+        return _CodeState(None, state.codes[ancestors.cpu()], state.t)
+
+
+class EnumerableLM(_PrefixIndexed):
+    """Wrap any adapter (e.g. a tiny random GPT-2 with vocab ≤ 5) so its hidden state is the
+    one-hot prefix index; log-probabilities come from the wrapped model unchanged."""
+
+    def __init__(self, inner, horizon: int):
+        self.inner = inner
+        self.eos_token_id = inner.eos_token_id
+        self._setup(inner.vocab_size, horizon)
+
+    def start(self, prompt, n):
+        logp, _, st = self.inner.start(prompt, n)
+        codes = torch.zeros(n, dtype=torch.long)
+        return logp, self._hidden(codes), _CodeState(st, codes, 0)
+
+    def advance(self, state, tokens):
+        logp, _, st = self.inner.advance(state.inner, tokens)
+        codes = self._next_codes(state.codes, state.t, tokens.cpu())
+        return logp, self._hidden(codes), _CodeState(st, codes, state.t + 1)
+
+    def reorder(self, state, ancestors):
+        return _CodeState(self.inner.reorder(state.inner, ancestors), state.codes[ancestors.cpu()],
+                          state.t)
+
+
+def as_adapter(lm, **kw):
+    """Return ``lm`` if it already is an adapter, else wrap a HF model in :class:`HFCausalLM`."""
+    if hasattr(lm, "start") and hasattr(lm, "advance") and hasattr(lm, "reorder"):
+        return lm
+    if hasattr(lm, "config") and hasattr(lm, "forward"):
+        return HFCausalLM(lm, **kw)
+    raise TypeError(f"cannot use {type(lm).__name__} as a language model: pass a Hugging Face "
+                    "causal LM or an adapter with start/advance/reorder.")

@@ -1,0 +1,214 @@
+r"""Self-distilled twisted SMC (Kim et al. 2025, §2, Algorithm 1).
+
+Generation 0 trains a twist on the base model with CTL. Generation m fine-tunes the base
+model on TSMC samples of generation m−1 (eq. 7, LoRA via ``peft`` or full fine-tuning) and
+retrains the twist with the *effective potential* (eq. 8)
+
+.. math::
+    \phi^{(m)}(s_{1:T}) = \frac{p^{(0)}_{LM}(s_{1:T}\mid s_0)\,\phi(s_{1:T})}{p^{(m)}_{LM}(s_{1:T}\mid s_0)},
+
+so the target :math:`\sigma\propto p^{(m)}\phi^{(m)} = p^{(0)}\phi` never moves while the
+base model does. Sampling from generation m uses :math:`(p^{(m)},\psi^{(m)},\phi^{(m)})`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .learning import TwistTrainResult, _atomic_save, train_twist
+from .potentials import Potential
+from .resampling import resample
+from .sampler import _pad, score_sequences, tsmc
+
+__all__ = ["EffectivePotential", "finetune_lm", "tsmc_samples", "self_distill",
+           "SelfDistillResult"]
+
+
+class EffectivePotential(Potential):
+    r""":math:`\log\phi^{(m)} = \log p^{(0)}(s\mid s_0) + \log\phi(s) - \log p^{(m)}(s\mid s_0)`.
+
+    Sequences arrive EOS-stripped (the potential contract); one shorter than
+    ``max_new_tokens`` can only have stopped at EOS, so the EOS is restored before scoring
+    the two language models.
+    """
+
+    def __init__(self, base0, current, potential: Potential, prompt, max_new_tokens: int,
+                 eos_token_id: int | None):
+        self.base0, self.current, self.potential = base0, current, potential
+        self.prompt, self.T, self.eos = prompt, int(max_new_tokens), eos_token_id
+
+    def _log_phi(self, samples):
+        full = [list(s) + ([self.eos] if self.eos is not None and len(s) < self.T else [])
+                for s in samples]
+        lp0, _ = score_sequences(self.base0, self.prompt, full)
+        lpm, _ = score_sequences(self.current, self.prompt, full)
+        return (lp0 + self.potential.log_phi(samples) - lpm).numpy()
+
+
+def _sequence_nll(model, prompt: torch.Tensor, toks: torch.Tensor, lens: torch.Tensor):
+    """−log p(continuation | prompt) per sequence (eq. 7), right-padded batch."""
+    B = toks.shape[0]
+    ids = torch.cat([prompt.expand(B, -1), toks], 1)
+    P = prompt.numel()
+    att = torch.ones_like(ids)
+    att[:, P:] = (torch.arange(toks.shape[1], device=ids.device)[None] < lens[:, None]).long()
+    logits = model(input_ids=ids, attention_mask=att).logits[:, P - 1: -1]
+    lp = torch.log_softmax(logits.float(), -1).gather(2, toks[..., None]).squeeze(2)
+    return -(lp * att[:, P:]).sum(1)
+
+
+def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool = True,
+                lora_rank: int = 8, lora_targets: Sequence[str] | None = None, steps: int = 100, batch_size: int = 32, lr: float = 1e-3,
+                weight_decay: float = 0.0, seed: int = 0, progress: bool = True):
+    r"""Return a fine-tuned **copy** of ``model`` maximising :math:`\sum_s\log p(s\mid s_0)`
+    over ``sequences`` (eq. 7). ``lora=True`` trains rank-``lora_rank`` adapters on the
+    attention projections (``lora_targets``; default the query/value projections, fused
+    ``c_attn`` in GPT-2) with ``peft`` and merges them back; ``lora=False`` trains all
+    weights (no weight decay on biases and LayerNorms, as in App. C).
+    """
+    from tqdm.auto import tqdm
+
+    if not sequences:
+        raise ValueError("finetune_lm got no sequences; draw TSMC samples first.")
+    dev = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):  # peft/LoRA init uses the global RNG: fork it
+        torch.manual_seed(seed)
+        student = copy.deepcopy(model)
+        for p in student.parameters():  # a previous generation comes back frozen
+            p.requires_grad_(not lora)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            targets = lora_targets or (["c_attn"] if student.config.model_type == "gpt2"
+                                       else ["q_proj", "v_proj"])
+            cfg = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                             target_modules=targets, fan_in_fan_out=student.config.model_type == "gpt2")
+            student = get_peft_model(student, cfg)
+    student.train()
+    decay, no_decay = [], []
+    for n, p in student.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "ln" in n or "norm" in n else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    pad = student.config.eos_token_id if student.config.eos_token_id is not None else 0
+    toks, lens = _pad(sequences, pad)
+    toks, lens = toks.to(dev), lens.to(dev)
+    prompt = torch.as_tensor(prompt, dtype=torch.long, device=dev).reshape(1, -1)
+    g = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), disable=not progress, desc="distill"):
+        idx = torch.randint(len(sequences), (min(batch_size, len(sequences)),), generator=g)
+        opt.zero_grad()
+        loss = _sequence_nll(student, prompt, toks[idx.to(dev)], lens[idx.to(dev)]).mean()
+        loss.backward()
+        opt.step()
+    student.eval()
+    if lora:
+        student = student.merge_and_unload()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student
+
+
+def tsmc_samples(lm, twist, potential, prompt, n_samples: int, n_particles: int,
+                 max_new_tokens: int, generator: torch.Generator, **kw) -> list[list[int]]:
+    """Equally weighted samples (EOS kept) from repeated TSMC runs, each run's weighted
+    particles resampled multinomially to n_particles draws (the set 𝒮 of eq. 7)."""
+    out: list[list[int]] = []
+    while len(out) < n_samples:
+        r = tsmc(lm, twist, potential, prompt, n_particles, max_new_tokens,
+                 generator=generator, **kw)
+        seqs = r.sequences(strip_eos=False)
+        anc = resample(r.log_weights, "multinomial", generator)
+        out += [seqs[i] for i in anc.tolist()]
+    return out[:n_samples]
+
+
+@dataclass
+class SelfDistillResult:
+    """Models p^(0..M), twists ψ^(0..M), effective potentials φ^(0..M) and CTL traces."""
+
+    models: list = field(default_factory=list)
+    twists: list = field(default_factory=list)
+    potentials: list[Potential] = field(default_factory=list)
+    ctl: list[TwistTrainResult] = field(default_factory=list)
+
+
+def self_distill(base_model, potential: Potential, prompt, twist_factory: Callable[[], torch.nn.Module],
+                 *, generations: int = 2, max_new_tokens: int = 16, n_particles: int = 100,
+                 ctl_steps: int = 100, ctl_lr: float = 1e-3, n_distill_samples: int = 1024,
+                 finetune: dict | None = None, seed: int = 0,
+                 adapter: Callable | None = None,
+                 checkpoint_dir: str | os.PathLike | None = None,
+                 progress: bool = True) -> SelfDistillResult:
+    """Algorithm 1 of Kim et al. (2025).
+
+    Parameters
+    ----------
+    base_model : Hugging Face causal LM, :math:`p^{(0)}` (never modified).
+    potential : Potential, φ.
+    twist_factory : callable returning a fresh twist head (one per generation).
+    generations : int, M.
+    finetune : dict, keyword arguments for :func:`finetune_lm` (``lora``, ``steps``, ``lr``…).
+    adapter : callable, optional
+        ``adapter(model)`` → the sampler adapter used for TSMC, CTL and scoring (default
+        :class:`~rankkit_ext.tsmc.adapters.HFCausalLM`; e.g. ``EnumerableLM`` in tests).
+    checkpoint_dir : path, optional
+        Each finished generation is saved there (model via ``save_pretrained``, twist and
+        CTL trace via ``torch.save``, atomically); a rerun resumes after the last one.
+    """
+    finetune = dict(finetune or {})
+    wrap = adapter or (lambda mdl: mdl)
+    eos = base_model.config.eos_token_id
+    res = SelfDistillResult()
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    g = torch.Generator(device=next(base_model.parameters()).device).manual_seed(seed)
+    model, phi_m = base_model, potential
+    for m in range(generations + 1):
+        gdir = root / f"gen_{m}" if root is not None else None
+        if m > 0:
+            samples = tsmc_samples(wrap(model), res.twists[-1], phi_m, prompt, n_distill_samples,
+                                   n_particles, max_new_tokens, g)
+        if gdir is not None and (gdir / "done.json").exists():
+            if m > 0:
+                model = type(base_model).from_pretrained(gdir / "model").to(
+                    next(base_model.parameters()).device).eval()
+            state = torch.load(gdir / "twist.pt", weights_only=False)
+            twist = twist_factory()
+            twist.load_state_dict(state["twist"])
+            ctl = TwistTrainResult(state["losses"], len(state["losses"]))
+        else:
+            if m > 0:
+                model = finetune_lm(model, prompt, samples, seed=seed + m, progress=progress,
+                                    **finetune)
+            twist = None
+        phi_m = potential if m == 0 else EffectivePotential(wrap(base_model), wrap(model), potential, prompt,
+                                                            max_new_tokens, eos)
+        if twist is None:
+            twist = twist_factory()
+            ctl = train_twist(wrap(model), twist, phi_m, prompt, steps=ctl_steps,
+                              n_particles=n_particles, max_new_tokens=max_new_tokens, lr=ctl_lr,
+                              seed=seed + 1000 * m, progress=progress)
+            if gdir is not None:
+                gdir.mkdir(parents=True, exist_ok=True)
+                if m > 0:
+                    model.save_pretrained(gdir / "model")
+                _atomic_save({"twist": twist.state_dict(), "losses": ctl.losses},
+                             gdir / "twist.pt")
+                tmp = gdir / "done.json.tmp"
+                tmp.write_text(json.dumps({"generation": m,
+                                           "final_loss": float(np.mean(ctl.losses[-10:]))}))
+                os.replace(tmp, gdir / "done.json")
+        res.models.append(model)
+        res.twists.append(twist)
+        res.potentials.append(phi_m)
+        res.ctl.append(ctl)
+    return res

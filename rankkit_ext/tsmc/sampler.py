@@ -1,0 +1,368 @@
+r"""Twisted sequential Monte Carlo for language models and its baselines.
+
+Target :math:`\sigma(s_{1:T}\mid s_0)\propto p_{LM}(s_{1:T}\mid s_0)\phi(s_{1:T})`
+(Kim et al. 2025, eq. 2). With a twist head ψ_θ and the twist-induced proposal
+:math:`q_t(v\mid s_{<t}) = p_{LM}(v\mid s_{<t})\psi_\theta(s_{<t},v)/Z_t(s_{<t})`, each step
+(§1, steps 1–3) extends every particle, multiplies its weight by
+
+.. math::
+    w_t = \frac{p_{LM}(s_t\mid s_{<t})\,\psi_t(s_{1:t})}{\psi_{t-1}(s_{1:t-1})\,q_t(s_t\mid s_{<t})}
+        = \frac{Z_t(s_{<t})}{\psi_{t-1}(s_{1:t-1})}\quad(t<T),\qquad
+    w_T = \frac{p_{LM}(s_T\mid s_{<T})\,\phi(s_{1:T})}{\psi_{T-1}(s_{1:T-1})\,q_T(s_T\mid s_{<T})},
+
+(:math:`\psi_0\equiv 1`; a particle that emits EOS at step t takes the final-step weight
+there and keeps its weight afterwards), and resamples when the ESS falls below
+``ess_threshold * K``. The normalising-constant estimate
+:math:`\log\hat Z = \sum_{\text{resampling epochs}}\log\frac1K\sum_k W_k` is accumulated in
+float64 and is unbiased in :math:`\hat Z` for any twist; with the optimal twist ψ* it is
+exact (zero variance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters import as_adapter
+from .potentials import Potential
+from .resampling import RESAMPLING_METHODS, ess, normalize_log_weights, resample
+
+__all__ = ["TSMCResult", "tsmc", "sis", "bootstrap_smc", "RejectionResult", "rejection_sample",
+           "teacher_force", "score_sequences"]
+
+
+@dataclass
+class TSMCResult:
+    """Output of :func:`tsmc`.
+
+    Attributes
+    ----------
+    tokens : LongTensor (K, T)
+        Generated continuations; entries at positions ``>= lengths[k]`` are padding.
+    lengths : LongTensor (K,)
+        Tokens generated per particle, EOS included.
+    finished : BoolTensor (K,)
+        True where the particle ended with EOS.
+    log_weights : float64 (K,)
+        Unnormalised log-weights accumulated since the last resampling.
+    weights : float64 (K,)
+        Self-normalised final weights :math:`\\bar w_k`.
+    log_Z : float
+        :math:`\\log\\hat Z` (float64 accumulation).
+    ess_trace : list[float]
+        ESS after every step's reweighting (before any resampling).
+    resampled_at : list[int]
+        Steps (0-based) after which the particles were resampled.
+    log_phi : float64 (K,)
+        :math:`\\log\\phi` of each final particle.
+    step_log_w : float64 (K, T)
+        Incremental log-weights along each particle's genealogy (0 after it finished).
+    step_log_pi : float64 (K, T)
+        Incremental log-weights of the intermediate target :math:`\\pi_t(s_{<t})`,
+        :math:`\\log Z_t(s_{<t}) - \\log\\psi_{t-1}(s_{<t})` (CTL negative phase).
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    finished: torch.Tensor
+    log_weights: torch.Tensor
+    weights: torch.Tensor
+    log_Z: float
+    ess_trace: list[float]
+    resampled_at: list[int]
+    log_phi: torch.Tensor
+    step_log_w: torch.Tensor
+    step_log_pi: torch.Tensor
+    eos_token_id: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def sequences(self, strip_eos: bool = True) -> list[list[int]]:
+        """Continuations as lists of token ids (EOS removed when ``strip_eos``)."""
+        out = []
+        for k in range(self.tokens.shape[0]):
+            s = self.tokens[k, : int(self.lengths[k])].tolist()
+            if strip_eos and bool(self.finished[k]) and s and s[-1] == self.eos_token_id:
+                s = s[:-1]
+            out.append(s)
+        return out
+
+
+def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
+    # NaN arises only as (-inf) - (-inf) in particles that already have zero weight
+    return torch.where(torch.isnan(x), torch.full_like(x, -math.inf), x)
+
+
+def _sample_rows(joint: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw per row from softmax(joint) by inverse CDF, and logsumexp(joint).
+
+    The vocabulary-wide passes dominate a step on CPU, so this does the fewest: one
+    logsumexp, one exp, one cumsum. A row of all -inf (zero-mass particle) draws uniformly.
+    """
+    logZ = torch.logsumexp(joint, -1)
+    dead = torch.isneginf(logZ)
+    if dead.any():
+        joint = torch.where(dead[:, None], torch.zeros_like(joint), joint)
+        shift = torch.where(dead, torch.full_like(logZ, math.log(joint.shape[-1])), logZ)
+    else:
+        shift = logZ
+    cdf = torch.cumsum(torch.exp(joint - shift[:, None]), -1)
+    cdf[:, -1] = 1.0  # round-off must never push a draw past the last token
+    u = torch.rand(joint.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    v = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=joint.shape[-1] - 1)
+    return v, logZ
+
+
+def _check_args(n_particles, max_new_tokens, resample_method, ess_threshold):
+    if int(n_particles) < 1:
+        raise ValueError(f"n_particles must be >= 1; got {n_particles}.")
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}.")
+    if resample_method not in RESAMPLING_METHODS:
+        raise ValueError(f"resample must be one of {RESAMPLING_METHODS}; got {resample_method!r}.")
+    if not 0 <= ess_threshold <= 1:
+        raise ValueError(f"ess_threshold is a fraction of K in [0, 1]; got {ess_threshold} "
+                         "(0 = never resample (SIS), 1 = resample every step).")
+
+
+@torch.no_grad()
+def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
+         max_new_tokens: int = 20, resample: str = "systematic", ess_threshold: float = 0.5,
+         generator: torch.Generator | None = None, reference: Sequence[int] | None = None,
+         eos_token_id: int | None = -1) -> TSMCResult:
+    r"""Sample from :math:`\sigma\propto p_{LM}\,\phi` with twisted SMC.
+
+    Parameters
+    ----------
+    lm : adapter or Hugging Face causal LM
+        See :mod:`~rankkit_ext.tsmc.adapters`; a HF model is wrapped in ``HFCausalLM``
+        (KV cache reordered by ancestor indices on resampling).
+    twist : TwistHead or None
+        ``None`` gives the bootstrap proposal :math:`q = p_{LM}` (SMC without twists).
+    potential : Potential
+        Terminal potential φ, evaluated once per particle when it finishes.
+    prompt : LongTensor (P,) or list[int]
+        :math:`s_0`; shared by all particles (its KV cache is computed once).
+    n_particles, max_new_tokens : int
+        K and the horizon T.
+    resample : {"systematic", "multinomial", "stratified", "residual"}
+    ess_threshold : float in [0, 1]
+        Resample after step t when ESS < ``ess_threshold * K`` (1: every step, 0: never = SIS).
+        No resampling follows the last step: the final particles are returned weighted.
+    generator : torch.Generator, optional
+        All randomness (proposals and resampling); same seed → same result.
+    reference : list[int], optional
+        Conditional SMC: particle 0 is clamped to this continuation (EOS included if it
+        ended with one) and always keeps itself as ancestor. With a reference drawn from σ,
+        :math:`\mathbb E[\log\hat Z]\ge\log Z` (SMC upper bound, Zhao et al. 2024 §5).
+        Needs ``resample="multinomial"`` so the other ancestors follow the conditional law.
+    eos_token_id : int or None
+        Defaults to the adapter's; ``None`` disables EOS.
+
+    Returns
+    -------
+    TSMCResult
+
+    References
+    ----------
+    Kim et al. (2025) §1; Zhao et al. (2024), *Probabilistic inference in language models via
+    twisted sequential Monte Carlo*, ICML.
+    """
+    _check_args(n_particles, max_new_tokens, resample, ess_threshold)
+    if reference is not None and resample != "multinomial" and ess_threshold > 0:
+        raise ValueError("conditional SMC (reference=...) needs resample='multinomial'; got "
+                         f"{resample!r}.")
+    lm = as_adapter(lm)
+    eos = lm.eos_token_id if eos_token_id == -1 else eos_token_id
+    K, T = int(n_particles), int(max_new_tokens)
+    pad = 0 if eos is None else int(eos)
+    logp, h, state = lm.start(prompt, K)
+    dev = logp.device
+    f64 = dict(dtype=torch.float64, device=dev)
+    tokens = torch.full((K, T), pad, dtype=torch.long, device=dev)
+    lengths = torch.zeros(K, dtype=torch.long, device=dev)
+    done = torch.zeros(K, dtype=torch.bool, device=dev)
+    finished = torch.zeros(K, dtype=torch.bool, device=dev)
+    logW = torch.zeros(K, **f64)
+    log_Z = torch.zeros((), **f64)
+    lpsi_prev = torch.zeros(K, **f64)
+    log_phi = torch.zeros(K, **f64)
+    step_w = torch.zeros(K, T, **f64)
+    step_pi = torch.zeros(K, T, **f64)
+    ess_trace: list[float] = []
+    resampled_at: list[int] = []
+    ref = None if reference is None else [int(x) for x in reference]
+    for t in range(T):
+        logp = logp.to(dev, torch.float64)
+        lpsi = (torch.zeros_like(logp) if twist is None
+                else twist.log_psi(h).to(dev, torch.float64))
+        joint = logp + lpsi
+        v, logZt = _sample_rows(joint, generator)
+        if ref is not None and t < len(ref):
+            v[0] = ref[t]
+        v = torch.where(done, torch.full_like(v, pad), v)
+        final = torch.full_like(done, t == T - 1)
+        if eos is not None:
+            final |= v == eos
+        newly = final & ~done
+        inc_pi = _nan_to_neg_inf(logZt - lpsi_prev)
+        inc = inc_pi.clone()
+        tokens[:, t] = v
+        lengths += (~done).long()
+        if newly.any():
+            idx = torch.nonzero(newly).squeeze(1)
+            seqs = [tokens[k, : int(lengths[k])].tolist() for k in idx.tolist()]
+            seqs = [s[:-1] if eos is not None and s[-1] == eos else s for s in seqs]
+            lphi = potential.log_phi(seqs).to(dev)
+            log_phi[idx] = lphi
+            finished[idx] = v[idx] == eos if eos is not None else False
+            g = v[idx].unsqueeze(1)
+            lp_v = logp[idx].gather(1, g).squeeze(1)
+            lq_v = joint[idx].gather(1, g).squeeze(1) - logZt[idx]
+            inc[idx] = _nan_to_neg_inf(lp_v + lphi - lpsi_prev[idx] - lq_v)
+        inc = torch.where(done, torch.zeros_like(inc), inc)
+        step_w[:, t] = inc
+        step_pi[:, t] = torch.where(done, torch.zeros_like(inc_pi), inc_pi)
+        logW = logW + inc
+        lpsi_prev = lpsi.gather(1, v.unsqueeze(1)).squeeze(1)
+        done = done | final
+        e = float(ess(logW))
+        ess_trace.append(e)
+        if t == T - 1 or bool(done.all()):
+            break
+        if ess_threshold > 0 and (ess_threshold >= 1 or e < ess_threshold * K):
+            log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
+            anc = _resample(logW, resample, generator)
+            if ref is not None:
+                anc[0] = 0  # the clamped particle keeps its own line (conditional SMC)
+            tokens, lengths, done, finished = tokens[anc], lengths[anc], done[anc], finished[anc]
+            lpsi_prev, log_phi, step_w, step_pi = (lpsi_prev[anc], log_phi[anc], step_w[anc],
+                                                    step_pi[anc])
+            state = lm.reorder(state, anc)
+            logW = torch.zeros(K, **f64)
+            resampled_at.append(t)
+        logp, h, state = lm.advance(state, tokens[:, t])
+    log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
+    weights = normalize_log_weights(logW)[0].exp()
+    return TSMCResult(tokens=tokens[:, : int(lengths.max())], lengths=lengths, finished=finished,
+                      log_weights=logW, weights=weights, log_Z=float(log_Z),
+                      ess_trace=ess_trace, resampled_at=resampled_at, log_phi=log_phi,
+                      step_log_w=step_w[:, : int(lengths.max())],
+                      step_log_pi=step_pi[:, : int(lengths.max())], eos_token_id=eos)
+
+
+_resample = resample  # the module function, shadowed by tsmc's ``resample`` argument
+
+
+def sis(lm, twist, potential, prompt, n_particles=50, max_new_tokens=20, generator=None,
+        **kw) -> TSMCResult:
+    """Twisted sequential importance sampling: :func:`tsmc` that never resamples."""
+    return tsmc(lm, twist, potential, prompt, n_particles, max_new_tokens,
+                ess_threshold=0.0, generator=generator, **kw)
+
+
+def bootstrap_smc(lm, potential, prompt, n_particles=50, max_new_tokens=20, generator=None,
+                  **kw) -> TSMCResult:
+    """SMC without twists: proposal :math:`p_{LM}`, weight φ at the end (and at EOS)."""
+    return tsmc(lm, None, potential, prompt, n_particles, max_new_tokens, generator=generator,
+                **kw)
+
+
+@dataclass
+class RejectionResult:
+    """Accepted exact samples from σ and the acceptance ratio (Kim et al. 2025, App. B)."""
+
+    sequences: list[list[int]]
+    log_phi: torch.Tensor
+    n_proposed: int
+    acceptance_ratio: float
+
+
+def rejection_sample(lm, potential: Potential, prompt, n_proposals: int, max_new_tokens: int,
+                     generator: torch.Generator | None = None, batch_size: int = 256,
+                     eos_token_id: int | None = -1) -> RejectionResult:
+    r"""Rejection sampling from σ with proposals from :math:`p_{LM}` and acceptance φ.
+
+    Requires :math:`\phi\le 1`. Each proposal :math:`\hat s\sim p_{LM}` is accepted with
+    probability :math:`\phi(\hat s)`, so accepted samples are exact draws from σ and the
+    acceptance ratio estimates :math:`Z = \mathbb E_{p_{LM}}[\phi]`.
+    """
+    acc: list[list[int]] = []
+    lphis = []
+    done = 0
+    while done < n_proposals:
+        b = min(batch_size, n_proposals - done)
+        r = tsmc(lm, None, potential, prompt, b, max_new_tokens, ess_threshold=0.0,
+                 generator=generator, eos_token_id=eos_token_id)
+        if (r.log_phi > 1e-12).any():
+            i = int(torch.nonzero(r.log_phi > 1e-12)[0])
+            raise ValueError(f"rejection sampling needs phi <= 1, got log phi = "
+                             f"{float(r.log_phi[i]):.4g} for sequence {r.sequences()[i]}; "
+                             "rescale the potential (e.g. beta * log p with p <= 1).")
+        u = torch.rand(b, generator=generator, dtype=torch.float64, device=r.log_phi.device)
+        keep = torch.log(u) < r.log_phi
+        seqs = r.sequences()
+        acc += [seqs[k] for k in torch.nonzero(keep).squeeze(1).tolist()]
+        lphis.append(r.log_phi[keep].cpu())
+        done += b
+    return RejectionResult(acc, torch.cat(lphis), done, len(acc) / max(done, 1))
+
+
+def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None = None):
+    """Run the adapter along given continuations.
+
+    Returns ``log_probs (K, T, V)`` (model dtype → float64) and ``hidden (K, T, H)``: the
+    next-token distribution and hidden state of each prefix :math:`s_{0:t-1}`, t = 1..T.
+    Positions past ``lengths[k]`` are computed on padding and must be masked by the caller.
+    """
+    lm = as_adapter(lm)
+    K, T = tokens.shape
+    logp, h, state = lm.start(prompt, K)
+    lps, hs = [logp], [h]
+    for t in range(T - 1):
+        logp, h, state = lm.advance(state, tokens[:, t])
+        lps.append(logp)
+        hs.append(h)
+    return torch.stack(lps, 1), torch.stack(hs, 1)
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad: int):
+    T = max(1, max(len(s) for s in seqs))
+    out = torch.full((len(seqs), T), pad, dtype=torch.long)
+    for k, s in enumerate(seqs):
+        out[k, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out, torch.tensor([len(s) for s in seqs])
+
+
+@torch.no_grad()
+def score_sequences(lm, prompt, sequences: Sequence[Sequence[int]], twist=None,
+                    chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact :math:`\log p_{LM}(s\mid s_0)` and :math:`\log q(s\mid s_0)` (twist proposal,
+    :math:`q_t\propto p_{LM}\psi_\theta`; equals p when ``twist`` is None) in float64.
+
+    ``sequences`` are continuations including their final EOS when they ended with one.
+    """
+    lm = as_adapter(lm)
+    pad = 0 if lm.eos_token_id is None else int(lm.eos_token_id)
+    out_p, out_q = [], []
+    for i in range(0, len(sequences), chunk):
+        toks, lens = _pad(sequences[i: i + chunk], pad)
+        logp, h = teacher_force(lm, prompt, toks.to(_device(lm)), lens)
+        logp = logp.to(torch.float64).cpu()
+        mask = torch.arange(toks.shape[1])[None] < lens[:, None]
+        lp = logp.gather(2, toks[..., None]).squeeze(2)
+        out_p.append(torch.where(mask, lp, 0.0).sum(1))
+        if twist is None:
+            out_q.append(out_p[-1])
+        else:
+            lpsi = twist.log_psi(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:2], -1)
+            logq = torch.log_softmax(logp + lpsi.to(torch.float64).cpu(), -1)
+            lq = logq.gather(2, toks[..., None]).squeeze(2)
+            out_q.append(torch.where(mask, lq, 0.0).sum(1))
+    return torch.cat(out_p), torch.cat(out_q)
+
+
+def _device(lm):
+    return getattr(lm, "device", torch.device("cpu"))

@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from rankkit_ext.tsmc.resampling import (  # noqa: E402
+    RESAMPLING_METHODS,
+    categorical,
+    ess,
+    normalize_log_weights,
+    resample,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+log_weight_lists = st.lists(
+    st.one_of(st.floats(-30, 5), st.just(-math.inf)), min_size=1, max_size=12)
+
+
+def _counts(anc, K):
+    return np.bincount(anc.numpy().ravel(), minlength=K)
+
+
+@pytest.mark.parametrize("method", RESAMPLING_METHODS)
+@given(lw=log_weight_lists, seed=st.integers(0, 2**31 - 1))
+def test_ancestors_valid_and_never_pick_zero_weight(method, lw, seed):
+    lw = torch.tensor(lw, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    anc = resample(lw, method, g)
+    K = lw.numel()
+    assert anc.shape == (K,) and anc.dtype == torch.long
+    assert ((anc >= 0) & (anc < K)).all()
+    if not torch.isneginf(lw).all():
+        assert not torch.isneginf(lw[anc]).any()
+
+
+@pytest.mark.parametrize("method", ["systematic", "residual"])
+@given(lw=log_weight_lists, seed=st.integers(0, 2**31 - 1))
+def test_low_variance_schemes_keep_floor_copies(method, lw, seed):
+    lw = torch.tensor(lw, dtype=torch.float64)
+    K = lw.numel()
+    w = normalize_log_weights(lw)[0].exp().numpy()
+    c = _counts(resample(lw, method, torch.Generator().manual_seed(seed)), K)
+    eps = 1e-9 * K  # cdf round-off may move a boundary draw by one
+    assert (c >= np.floor(K * w - eps)).all()
+    if method == "systematic":
+        assert (c <= np.ceil(K * w + eps)).all()
+
+
+@pytest.mark.parametrize("method", RESAMPLING_METHODS)
+def test_unbiased_counts_clt(method):
+    # E[count_k] = K w_k for every scheme; batch of B independent draws in one call
+    K, B = 7, 4000
+    lw = torch.log(torch.tensor([0.02, 0.3, 0.05, 0.0, 0.33, 0.2, 0.1], dtype=torch.float64))
+    anc = resample(lw.expand(B, K), method, torch.Generator().manual_seed(1))
+    counts = torch.nn.functional.one_hot(anc, K).sum(1).double()  # (B, K)
+    mean, sd = counts.mean(0), counts.std(0)
+    w = lw.exp()
+    tol = 5 * sd / math.sqrt(B) + 1e-12
+    assert ((mean - K * w).abs() <= tol).all(), (mean, K * w)
+
+
+def test_all_neg_inf_no_nan():
+    lw = torch.full((2, 5), -math.inf, dtype=torch.float64)
+    ln, ls = normalize_log_weights(lw)
+    assert torch.allclose(ln.exp(), torch.full((2, 5), 0.2, dtype=torch.float64))
+    assert torch.isneginf(ls).all()
+    assert (ess(lw) == 0).all()
+    for m in RESAMPLING_METHODS:
+        a = resample(lw, m, torch.Generator().manual_seed(0))
+        assert a.shape == (2, 5) and not torch.isnan(a.double()).any()
+    assert 0 <= int(categorical(lw[0], torch.Generator().manual_seed(0))) < 5
+
+
+@given(lw=st.lists(st.floats(-20, 5), min_size=1, max_size=10))
+def test_ess_matches_definition(lw):
+    t = torch.tensor(lw, dtype=torch.float64)
+    w = np.exp(np.array(lw) - max(lw))
+    ref = w.sum() ** 2 / (w ** 2).sum()
+    assert math.isclose(float(ess(t)), ref, rel_tol=1e3 * np.finfo(np.float64).eps)
+
+
+def test_same_seed_same_ancestors_and_bad_input():
+    lw = torch.randn(3, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for m in RESAMPLING_METHODS:
+        a = resample(lw, m, torch.Generator().manual_seed(5))
+        b = resample(lw, m, torch.Generator().manual_seed(5))
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="NaN"):
+        resample(torch.tensor([0.0, math.nan]))
+    with pytest.raises(ValueError, match="method"):
+        resample(lw, "bogus")
+
+
+def test_categorical_frequencies():
+    logits = torch.log(torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64)).expand(20000, 3)
+    x = categorical(logits, torch.Generator().manual_seed(3))
+    freq = np.bincount(x.numpy(), minlength=3) / 20000
+    assert np.allclose(freq, [0.1, 0.6, 0.3], atol=5 * np.sqrt(0.25 / 20000))
