@@ -11,7 +11,7 @@ Usage::
     nice python benchmarks/bench_tsmc.py                      # CPU, tiny GPT-2 (50,257 vocab)
     python benchmarks/bench_tsmc.py --device cuda --n-embd 768 --n-layer 12 --n-head 12
 
-Writes ``paper_figures/bench_tsmc.json`` unless ``--no-save``.
+Writes ``benchmarks/results/bench_tsmc.json`` unless ``--no-save``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(argv=None) -> list[dict]:
                      "recompute_particle_tokens_per_s": b, "ratio": a / b})
         print(f"{K:>6} {a:>15.0f} {b:>16.0f} {a / b:>7.2f}")
     if not args.no_save:
-        out = Path(__file__).resolve().parents[1] / "paper_figures" / "bench_tsmc.json"
+        out = Path(__file__).resolve().parent / "results" / "bench_tsmc.json"
         out.parent.mkdir(exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"machine": _machine(dev), "args": vars(args), "rows": rows},

@@ -23,6 +23,7 @@ _LAZY = {
     "numerical_rank": "rank",
     "rank_curve": "rank",
     "RankCurve": "rank",
+    "singular_values": "rank",
     # completion
     "soft_impute": "softimpute",
     "soft_impute_path": "softimpute",
@@ -30,6 +31,8 @@ _LAZY = {
     "SoftImputeResult": "softimpute",
     "estimate_min_rank": "minrank",
     "MinRankEstimate": "minrank",
+    "rank_lower_bound": "bounds",
+    "RankLowerBound": "bounds",
     # backends
     "HAS_TORCH": "_backend",
     "HAS_CUPY": "_backend",

@@ -1,0 +1,68 @@
+"""rankkit_ext: the torch + transformers layer of rankkit.
+
+Reward models for guided decoding (RAD-V and RAD-Q of Troshin et al., TMLR: §3.2–3.3, eq. 8–9),
+their training objectives (eq. 4, 12–14), the matrices they learned (for ``rankkit.numerical_rank``
+and ``rankkit.rank_curve``), reward-guided decoding (§2.1, eq. 1–2) with its evaluation
+metrics, and the twisted SMC sampler with contrastive twist learning and self-distillation
+(Kim et al.; Zhao et al., ICML 2024) in :mod:`rankkit_ext.tsmc`.
+
+Names are imported lazily so that ``import rankkit_ext`` does not import torch until used.
+``rankkit_ext.evaluate`` is the metrics *module*; the training-set evaluation function is
+``rankkit_ext.evaluate_objective`` (``rankkit_ext.training.evaluate``).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    # reward models
+    "RewardModel": ("models", "RewardModel"),
+    "RADV": ("models", "RADV"),
+    "RADQ": ("models", "RADQ"),
+    "ScoringState": ("models", "ScoringState"),
+    "load_reward_model": ("models", "load_reward_model"),
+    "tokenizer_fingerprint": ("models", "tokenizer_fingerprint"),
+    # training
+    "train": ("training", "train"),
+    "evaluate_objective": ("training", "evaluate"),
+    "TrainResult": ("training", "TrainResult"),
+    "objective_loss": ("training", "objective_loss"),
+    "prefix_weights": ("training", "prefix_weights"),
+    "fit_entries": ("training", "fit_entries"),
+    "FitResult": ("training", "FitResult"),
+    # learned matrices
+    "learned_matrix": ("learned", "learned_matrix"),
+    # base language models
+    "tiny_gpt2": ("lm", "tiny_gpt2"),
+    "train_lm": ("lm", "train_lm"),
+    "TrainLMResult": ("lm", "TrainLMResult"),
+    "load_base_lm": ("lm", "load_base_lm"),
+    # guided decoding
+    "RewardGuidedLogitsProcessor": ("guided", "RewardGuidedLogitsProcessor"),
+    "guided_generate": ("guided", "guided_generate"),
+    "GuidedOutput": ("guided", "GuidedOutput"),
+    "guided_logits": ("guided", "guided_logits"),
+    "select_candidates": ("guided", "select_candidates"),
+    "check_compatible": ("guided", "check_compatible"),
+}
+_SUBMODULES = {"models", "training", "learned", "lm", "guided", "evaluate", "tsmc"}
+
+__all__ = sorted(set(_LAZY) | _SUBMODULES)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module_name}", __name__), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'rankkit_ext' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -6,9 +6,9 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+import numpy as np  # noqa: E402  (after the thread settings above)
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # One profile for the whole suite: no per-example deadline (numba compiles on first call,
 # and CI has 2 busy cores), a bounded number of examples so the suite stays fast.

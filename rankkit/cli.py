@@ -1,0 +1,375 @@
+"""The ``rankkit`` command: reward-matrix sizes, min-rank certificates, rank curves, figures.
+
+Every subcommand has ``--help`` and ``--json`` (machine-readable output on stdout;
+progress bars go to stderr). Datasets are anything :func:`rankkit.datasets.load` accepts:
+``rankkit datasets`` lists the presets.
+
+Examples
+--------
+::
+
+    rankkit matrix vader:movie
+    rankkit estimate vader:movie --ranks 0,255,511,767 --max-iter 100
+    rankkit estimate reviews.csv --text review --labels score --limit 2000
+    rankkit stress --case upper_triangular --n 64
+    rankkit figures --quick
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+__all__ = ["main", "matrix_stats"]
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple | set):
+        return list(o)
+    return str(o)
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", Path(spec).stem if Path(spec).suffix else spec).strip("_")
+
+
+def _ranks(value: str | None):
+    if value is None or value == "auto":
+        return "auto"
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 0,255,511,767 or "
+                                 f"'auto', got {value!r}", param_hint="--ranks") from None
+    if not out or min(out) < 0:
+        raise click.BadParameter(f"ranks must be >= 0, got {value!r}", param_hint="--ranks")
+    return out
+
+
+def dataset_options(f):
+    """The options every dataset-reading subcommand shares."""
+    opts = [
+        click.argument("dataset"),
+        click.option("--tokenizer", default="gpt2", show_default=True,
+                     help="Tokenizer name (hub id or local dir); gpt2 works offline."),
+        click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="Use only the first N texts."),
+        click.option("--max-len", type=click.IntRange(min=1), default=None,
+                     help="Truncate utterances to this many tokens."),
+        click.option("--text", "text_col", default=None, help="Text column (files, hub:<id>)."),
+        click.option("--labels", "label_cols", default=None,
+                     help="Comma-separated label columns (files, hub:<id>); for presets a "
+                          "subset of their labels."),
+        click.option("--split", default=None, help="Hub split (preset default)."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split):
+    from . import datasets
+
+    labels = None if label_cols is None else [c.strip() for c in label_cols.split(",")]
+    try:
+        return datasets.load(dataset, tokenizer=tokenizer, split=split, limit=limit,
+                             max_len=max_len, text=text_col, labels=labels)
+    except (KeyError, ValueError, FileNotFoundError, TypeError, OSError) as e:
+        raise click.ClickException(f"{dataset}: {e.args[0] if e.args else e}") from e
+
+
+def matrix_stats(R, R2) -> dict:
+    """Sizes of Ω and Ω₂ (``R2 = reduce_omega2(R)``), rows / cells by prefix length and a
+    cells-per-row histogram, as plain ints (``rankkit matrix`` and analyses/data_rank_structure)."""
+    plen = R.row_prefix_len
+    plen2 = R2.row_prefix_len
+    row_nnz = R.row_nnz
+    by_len = {}
+    for L in np.unique(plen):
+        k = plen == L
+        k2 = plen2 == L
+        by_len[int(L)] = {"rows": int(k.sum()), "cells": int(row_nnz[k].sum()),
+                          "omega2_rows": int(k2.sum()), "omega2_cells": int(R2.row_nnz[k2].sum())}
+    edges = [1, 2, 3, 5, 9, 17, 33, 65, 129, 257, 513, 1025, 1 << 62]
+    hist = {}
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        n = int(((row_nnz >= lo) & (row_nnz < hi)).sum())
+        if n:
+            hist[f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}" if hi < 1 << 62 else f">={lo}"] = n
+    return {
+        "omega": {"rows": R.shape[0], "cols": R.shape[1], "observed": R.nnz,
+                  "observed_cols": int(np.unique(R.indices).size)},
+        "omega2": {"rows": R2.shape[0], "cols": R2.shape[1], "observed": R2.nnz,
+                   "single_rows_removed": int(R2.n_single_rows)},
+        "by_prefix_length": by_len,
+        "cells_per_row_histogram": hist,
+        "labels": list(R.label_names),
+    }
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rankkit", message="rankkit %(version)s")
+def main():
+    """rankkit: how much rank does reward data need (Troshin et al., TMLR)?"""
+
+
+@main.command("datasets")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def datasets_cmd(as_json):
+    """List the dataset presets (vader:* work offline; the others need the hub)."""
+    from . import datasets
+
+    names = datasets.available()
+    if as_json:
+        _echo_json(names)
+        return
+    for k, v in names.items():
+        click.echo(f"{k:<18} {v}")
+
+
+@main.command("matrix")
+@dataset_options
+def matrix_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json):
+    """Sizes of P_Ω(R) and Ω₂ (Lemma 3), rows by prefix length, cells per row."""
+    from .omega import reduce_omega2
+    from .trie import build_reward_matrix
+
+    ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
+    R = build_reward_matrix(ds, progress=not as_json)
+    stats = matrix_stats(R, reduce_omega2(R))
+    stats.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds),
+                 dropped_empty=ds.n_dropped_empty, tokens=int(ds.sequences.tokens.size))
+    if as_json:
+        _echo_json(stats)
+        return
+    o, o2 = stats["omega"], stats["omega2"]
+    click.echo(f"{dataset} ({tokenizer} tokenizer): {len(ds):,} texts, "
+               f"{stats['tokens']:,} tokens, {ds.n_dropped_empty} empty dropped")
+    click.echo(f"  P_Ω(R): {o['rows']:,} prefixes × {o['cols']:,} tokens, "
+               f"{o['observed']:,} observed cells")
+    click.echo(f"  Ω₂    : {o2['rows']:,} × {o2['cols']:,}, {o2['observed']:,} cells "
+               f"({o2['single_rows_removed']:,} single-entry rows removed, Lemma 3)")
+    click.echo("\n  prefix len |      rows |     cells |  Ω₂ rows |  Ω₂ cells")
+    for L, d in stats["by_prefix_length"].items():
+        click.echo(f"  {L:>10} | {d['rows']:>9,} | {d['cells']:>9,} | {d['omega2_rows']:>8,} | "
+                   f"{d['omega2_cells']:>9,}")
+    click.echo("\n  cells per row | rows")
+    for k, v in stats["cells_per_row_histogram"].items():
+        click.echo(f"  {k:>13} | {v:,}")
+
+
+def _plot_estimate(est, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranks = sorted(est.mse_by_rank)
+    mse = [max(est.mse_by_rank[r], 1e-300) for r in ranks]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.semilogy(ranks, mse, marker="o", label="MSE on Ω₂")
+    ax.axhline(est.eps, color="0.4", linestyle="--", label=f"ε = {est.eps:g}")
+    ax.set_xlabel("completion rank r")
+    ax.set_ylabel("mean squared error on Ω₂ (label units²)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+@main.command("estimate")
+@dataset_options
+@click.option("--eps", type=float, default=1e-6, show_default=True,
+              help="Tolerance on the MSE over Ω₂.")
+@click.option("--ranks", default="0,255,511,767", show_default=True,
+              help="Comma-separated ranks (Table 2 layout) or 'auto' (doubling + bisection).")
+@click.option("--lam", type=float, default=1e-4, show_default=True,
+              help="Soft-impute nuclear-norm penalty λ (App. C.3).")
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
+              default="auto", show_default=True)
+@click.option("--device", default=None, help="e.g. cuda:0 for the torch backend.")
+@click.option("--label", default="0", show_default=True, help="Label name or index.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Save each finished fit; a rerun resumes from it.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the MSE-vs-rank figure [rankkit_out/estimate_<dataset>.png].")
+@click.option("--no-figure", is_flag=True, help="Do not write a figure.")
+@click.option("--no-lower-bound", is_flag=True, help="Skip the structural lower bound.")
+def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
+                 eps, ranks, lam, max_iter, backend, device, label, seed, checkpoint_dir,
+                 figure, no_figure, no_lower_bound):
+    """Bracket the minimal ε-rank of P_Ω(R): Table 2 (rank, MSE on Ω₂) and [lower, upper]."""
+    from .minrank import estimate_min_rank
+    from .trie import build_reward_matrix
+
+    t0 = time.perf_counter()
+    ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
+    label = int(label) if label.lstrip("-").isdigit() else label
+    try:
+        ds.label_index(label)
+    except (KeyError, IndexError) as e:
+        raise click.BadParameter(str(e.args[0]), param_hint="--label") from None
+    R = build_reward_matrix(ds, progress=not as_json)
+    est = estimate_min_rank(R, eps=eps, label=label, ranks=_ranks(ranks), lam=lam,
+                            max_iter=max_iter, backend=backend, device=device, seed=seed,
+                            progress=True, checkpoint_dir=checkpoint_dir,
+                            lower_bound=not no_lower_bound)
+    est.meta.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds))
+    label_name = ds.label_names[ds.label_index(label)]
+    fig_path = None
+    if not no_figure:
+        fig_path = Path(figure or Path("rankkit_out") / f"estimate_{_slug(dataset)}.png")
+        _plot_estimate(est, fig_path, f"Soft-impute completion of Ω₂: {dataset}\nlabel "
+                                      f"'{label_name}', {tokenizer} tokenizer, λ = {lam:g}, "
+                                      f"{max_iter} iterations")
+    if as_json:
+        d = est.to_dict()
+        d.update(figure=None if fig_path is None else str(fig_path),
+                 seconds=round(time.perf_counter() - t0, 2))
+        _echo_json(d)
+        return
+    click.echo(f"{dataset}, label '{label_name}', {tokenizer} tokenizer, {len(ds):,} texts")
+    click.echo(est.summary())
+    click.echo(f"\n({time.perf_counter() - t0:.1f} s)")
+    if fig_path is not None:
+        click.echo(f"figure written to {fig_path}")
+
+
+@main.command("rank-curve")
+@dataset_options
+@click.option("--sizes", default="64,128,256,512,1024", show_default=True,
+              help="Comma-separated numbers of sampled rows.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--label", default="0", show_default=True)
+@click.option("--omega2/--all-rows", default=True, show_default=True,
+              help="Sample rows of Ω₂ (≥ 2 observed cells) or of all of P_Ω(R).")
+@click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
+              default="auto", show_default=True)
+def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
+                   sizes, repeats, seed, label, omega2, backend):
+    """Numerical rank of sampled rows of the zero-filled P_Ω(R), or of a dense matrix (.npy).
+
+    DATASET may be a ``.npy`` file holding a dense matrix (e.g. a learned reward matrix
+    R̂ saved by rankkit_ext); then the rows of that matrix are sampled.
+    """
+    from .rank import rank_curve
+
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {sizes!r}",
+                                 param_hint="--sizes") from None
+    if dataset.endswith(".npy"):
+        M = np.load(dataset)
+        what = f"{dataset} ({M.shape[0]:,} × {M.shape[1]:,} dense)"
+    else:
+        from .omega import reduce_omega2
+        from .trie import build_reward_matrix
+
+        ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
+        R = build_reward_matrix(ds, progress=not as_json)
+        R = reduce_omega2(R) if omega2 else R
+        lab = int(label) if label.lstrip("-").isdigit() else label
+        M = R.to_scipy(lab)
+        what = (f"{dataset} {'Ω₂' if omega2 else 'P_Ω(R)'} zero-filled "
+                f"({M.shape[0]:,} × {M.shape[1]:,}), {tokenizer} tokenizer")
+    size_list = [s for s in size_list if s <= M.shape[0]] or [M.shape[0]]
+    try:
+        curve = rank_curve(M, size_list, n_repeats=repeats, seed=seed, backend=backend,
+                           progress=not as_json)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        _echo_json({"source": what, **curve.to_dict()})
+        return
+    click.echo(f"numerical rank of sampled rows of {what}")
+    click.echo("  rows N | rank (mean over repeats)")
+    for n, r in zip(curve.sizes, curve.mean, strict=True):
+        click.echo(f"  {int(n):>6} | {r:g}")
+
+
+@main.command("stress")
+@click.option("--case", "names", multiple=True, help="Only this case (repeatable).")
+@click.option("--n", type=click.IntRange(min=2), default=None,
+              help="Override the size n of the cases that have one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def stress_cmd(names, n, as_json):
+    """Synthetic stress cases with known minimal rank (§3.1.4): sizes, Ω₂, known rank."""
+    from . import synthetic
+
+    registry = synthetic.cases()
+    unknown = sorted(set(names) - set(registry))
+    if unknown:
+        raise click.BadParameter(f"unknown case(s) {unknown}; choose from {list(registry)}",
+                                 param_hint="--case")
+    chosen = list(names) or list(registry)
+    overrides = {c: {"n": n} for c in chosen if n is not None and "n" in registry[c].defaults}
+    rows = synthetic.report(chosen, overrides)
+    if as_json:
+        _echo_json(rows)
+    else:
+        click.echo(synthetic._table(rows))
+
+
+@main.command("figures")
+@click.option("--quick", is_flag=True, help="Small settings (minutes, not hours).")
+@click.option("--only", "only", multiple=True, help="Only this analysis module (repeatable).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="paper_figures",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the written files as JSON.")
+def figures_cmd(quick, only, out_dir, as_json):
+    """Regenerate every figure and table under paper_figures/ (runs analyses/run_all)."""
+    run_all = _import_run_all()
+    try:
+        written = run_all.run(only=list(only) or None, quick=quick, out_dir=out_dir)
+    except ValueError as e:  # unknown analysis name: list the known ones
+        raise click.BadParameter(str(e), param_hint="--only") from None
+    if as_json:
+        _echo_json(written)
+    else:
+        for name, files in written.items():
+            click.echo(f"{name}: {', '.join(map(str, files))}")
+
+
+def _import_run_all():
+    """``analyses.run_all`` from the current directory or the source checkout."""
+    import importlib
+
+    try:
+        return importlib.import_module("analyses.run_all")
+    except ImportError:
+        for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+            if (root / "analyses" / "run_all.py").is_file():
+                sys.path.insert(0, str(root))
+                return importlib.import_module("analyses.run_all")
+    raise click.ClickException("analyses/run_all.py not found: run `rankkit figures` from the "
+                               "rankkit source checkout")
+
+
+if __name__ == "__main__":
+    main()

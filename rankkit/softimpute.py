@@ -1,0 +1,591 @@
+r"""Soft-impute ALS on the observed cells of a reward matrix (paper 002, App. C.3).
+
+The paper certifies the minimal ε-rank of P_Ω(R) with softImpute-ALS (Hastie, Mazumder,
+Lee & Zadeh, JMLR 2015, Algorithm 3.1) as implemented by R's ``softImpute(type="als")``
+for a sparse ("Incomplete") matrix. This module reproduces that algorithm, its objective,
+its λ convention, its convergence test and its final de-biasing step, on three backends
+(numpy + numba, torch CPU/CUDA, cupy) that share one algorithm and differ only in the
+kernels of :mod:`rankkit._kernels`.
+
+Objective
+---------
+
+.. math::
+
+    \min_{M}\; \tfrac12 \lVert P_\Omega(X - M) \rVert_F^2 + \lambda \lVert M \rVert_*,
+    \qquad M = U \operatorname{diag}(d) V^\top,\ \operatorname{rank} M \le k,
+
+solved through the factorisation M = A Bᵀ, A = U D, B = V D, D² = diag(d) ("Dsq" in R),
+for which ½‖A‖²_F + ½‖B‖²_F = ‖M‖_* at the balanced point.
+
+One iteration (R's ``Ssimpute.als``)
+------------------------------------
+
+With X* = P_Ω(X) − P_Ω(ABᵀ) + ABᵀ (never formed: sparse residual + low-rank part),
+
+1. B-step: B̃ = X*ᵀ U = P_Ω(X − U D² Vᵀ)ᵀ U + V D²; B̃ ← B̃ D²(D² + λI)⁻¹;
+   B̃ = Ṽ diag(s) Wᵀ (thin SVD); V ← Ṽ, D² ← diag(s), U ← U W.
+2. A-step: Ã = X* V = P_Ω(X − U D² Vᵀ) V + U D²; Ã ← Ã D²(D² + λI)⁻¹;
+   Ã = Ũ diag(s) Wᵀ; U ← Ũ, D² ← diag(s), V ← V W.
+3. ratio = ‖M_old − M‖²_F / max(‖M_old‖²_F, 1e-9), computed from the k×k factors (R's
+   ``Frob``); stop when ratio ≤ ``thresh`` or after ``max_iter`` iterations.
+
+Final step (R's ``final.svd=TRUE``, only when λ > 0): one more unshrunk A-step,
+Ã = X* V = Ũ diag(s) Wᵀ, then U ← Ũ, V ← V W, d ← max(s − λ, 0): the singular values are
+de-biased and soft-thresholded once, so zero entries of d are honest (rank M = #{d > 0}).
+R then keeps min(#{d > 0} + 1, k) columns; rankkit keeps all k (zero columns add nothing
+to M) so fits along a λ path keep one shape. R's printed objective is divided by |Ω|;
+``SoftImputeResult.objective`` is not.
+
+Starting point and R's trajectory
+---------------------------------
+
+Cold start (R): U₀ = left singular vectors of an n×k standard normal matrix, V₀ = 0,
+D² = 1. Here the normal matrix comes from ``numpy.random.default_rng(seed)``. To follow R's
+trajectory exactly, run ``set.seed(s); U0 <- svd(matrix(rnorm(n*k), n, k))$u`` in R and pass
+``warm_start={"u": U0}`` (d defaults to ones, v to zeros — this is R's cold start with that
+U₀). A previous :class:`SoftImputeResult` or a dict ``{"u", "d", "v"}`` (R's ``warm.start``)
+warm-starts as R does: columns with d > 0 are kept; if fewer than k remain, the missing
+columns of U are random normal columns orthogonalised against U, their d copies the last
+positive d and their V columns are 0.
+
+Precision
+---------
+
+The default ``dtype`` is float64 on every backend, CPU and GPU alike: the certificates of
+App. C.3 are stated at MSE ≤ 1e-6, and float32 residual sums blur that resolution. Pass
+``dtype="float32"`` for speed on a GPU when no certificate is needed.
+
+References
+----------
+T. Hastie, R. Mazumder, J. D. Lee, R. Zadeh. Matrix completion and low-rank SVD via fast
+alternating least squares. JMLR 16 (2015), Algorithm 3.1.
+R package ``softImpute`` (Hastie & Mazumder), function ``Ssimpute.als``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._backend import resolve_backend
+from ._kernels import make_kernels, sampled_dot
+from .matrix import RewardMatrix
+
+__all__ = ["soft_impute", "soft_impute_path", "SoftImpute", "SoftImputeResult", "observed_mse"]
+
+
+# ---- result ------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class SoftImputeResult:
+    """A soft-impute fit M = U diag(d) Vᵀ of P_Ω(X).
+
+    Attributes
+    ----------
+    U : ndarray of float64, shape (n, k)
+        Orthonormal left factors.
+    d : ndarray of float64, shape (k,)
+        Non-negative singular values of M (after the final soft-threshold); zeros mean the
+        fit has rank ``effective_rank`` < k.
+    V : ndarray of float64, shape (m, k)
+        Orthonormal right factors.
+    mse : float
+        Mean squared residual over the observed cells, ``sse / nnz``:
+        (1/|Ω|) Σ_{(i,j)∈Ω} (X_ij − M_ij)², at the returned factors (0.0 when |Ω| = 0).
+    sse : float
+        Σ_{(i,j)∈Ω} (X_ij − M_ij)² at the returned factors.
+    objective : list of float
+        ½‖P_Ω(X − M)‖²_F + λ Σ d per iteration, evaluated after the B-step (R's trace).
+    ratio : list of float
+        Relative squared Frobenius change of M per iteration (R's ``Frob``).
+    n_iter : int
+    converged : bool
+        The last ratio was ≤ ``thresh``.
+    lam, thresh : float
+    rank : int
+        Requested rank k.
+    shape : (int, int)
+    nnz : int
+    backend : str
+    """
+
+    U: np.ndarray
+    d: np.ndarray
+    V: np.ndarray
+    mse: float
+    sse: float
+    objective: list[float]
+    ratio: list[float]
+    n_iter: int
+    converged: bool
+    lam: float
+    rank: int
+    shape: tuple[int, int]
+    nnz: int = 0
+    thresh: float = 1e-5
+    backend: str = "numpy"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def effective_rank(self) -> int:
+        """Number of positive singular values: the rank of U diag(d) Vᵀ."""
+        return int(np.count_nonzero(self.d > 0))
+
+    def predict(self, rows, cols) -> np.ndarray:
+        """M[rows, cols] = Σ_t U[rows, t] d[t] V[cols, t] for paired index arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        if rows.shape != cols.shape:
+            raise ValueError(f"rows and cols must have the same shape, got {rows.shape} and {cols.shape}")
+        n, m = self.shape
+        for name, idx, size in (("rows", rows, n), ("cols", cols, m)):
+            bad = (idx < 0) | (idx >= size)
+            if bad.any():
+                raise IndexError(f"{name}[{int(np.flatnonzero(bad.ravel())[0])}] is outside [0, {size})")
+        return np.einsum("...k,...k->...", self.U[rows] * self.d, self.V[cols])
+
+    def to_dense(self) -> np.ndarray:
+        """The full n×m matrix M (small problems only)."""
+        return (self.U * self.d) @ self.V.T
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to ``path`` exactly (npz content, no suffix added), atomically."""
+        path = Path(path)
+        arrays = dict(U=self.U, d=self.d, V=self.V, objective=np.asarray(self.objective, float),
+                      ratio=np.asarray(self.ratio, float),
+                      scalars=np.array([self.mse, self.sse, self.lam, self.thresh]),
+                      ints=np.array([self.n_iter, int(self.converged), self.rank, *self.shape, self.nnz]),
+                      backend=np.array(self.backend))
+        _atomic_npz(path, arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SoftImputeResult:
+        """Read a result written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; write one with SoftImputeResult.save({str(path)!r})")
+        with np.load(path, allow_pickle=False) as z:
+            if "scalars" not in z.files:
+                raise ValueError(f"{path} is not a SoftImputeResult file (no 'scalars' array); "
+                                 "was it written by SoftImputeResult.save?")
+            mse, sse, lam, thresh = (float(v) for v in z["scalars"])
+            n_iter, conv, rank, n, m, nnz = (int(v) for v in z["ints"])
+            return cls(U=z["U"], d=z["d"], V=z["V"], mse=mse, sse=sse,
+                       objective=z["objective"].tolist(), ratio=z["ratio"].tolist(), n_iter=n_iter,
+                       converged=bool(conv), lam=lam, rank=rank, shape=(n, m), nnz=nnz,
+                       thresh=thresh, backend=str(z["backend"]))
+
+    def __repr__(self) -> str:
+        return (f"SoftImputeResult(shape={self.shape}, rank={self.rank}, effective_rank={self.effective_rank}, "
+                f"lam={self.lam:g}, mse={self.mse:.4g}, n_iter={self.n_iter}, converged={self.converged})")
+
+
+def _atomic_npz(path: Path, arrays: dict) -> None:
+    """np.savez into a temporary file beside ``path``, then os.replace: an interrupted
+    write never leaves a truncated file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---- input handling ------------------------------------------------------------------------
+
+def _as_pattern(R, label) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    if isinstance(R, RewardMatrix):
+        return R.indptr, R.indices, R.label_values(label), R.shape
+    if sp.issparse(R):
+        M = RewardMatrix.from_scipy(R)
+        return M.indptr, M.indices, M.values, M.shape
+    raise TypeError(f"R must be a RewardMatrix or a scipy.sparse matrix (stored entries, explicit zeros "
+                    f"included, are the observations), got {type(R).__name__}")
+
+
+def _warm_factors(warm_start, n: int, m: int, k: int, rng: np.random.Generator):
+    """(U, Dsq, V, from_warm) in float64 following R's warm.start rules."""
+    if warm_start is None:
+        U = np.linalg.svd(rng.standard_normal((n, k)), full_matrices=False)[0]
+        return U, np.ones(k), np.zeros((m, k)), False
+    if isinstance(warm_start, SoftImputeResult):
+        u, d, v = warm_start.U, warm_start.d, warm_start.V
+    elif isinstance(warm_start, dict):
+        keys = {key.lower(): val for key, val in warm_start.items()}
+        if "u" not in keys:
+            raise ValueError("warm_start dict needs 'u' (n×j); 'd' (j,) and 'v' (m×j) are optional "
+                             f"(default ones and zeros); got keys {sorted(warm_start)}")
+        u = np.asarray(keys["u"], dtype=np.float64)
+        if u.ndim == 1:
+            u = u[:, None]
+        d = np.asarray(keys.get("d", np.ones(u.shape[1])), dtype=np.float64).reshape(-1)
+        v = np.asarray(keys["v"], dtype=np.float64) if "v" in keys else np.zeros((m, u.shape[1]))
+        if v.ndim == 1:
+            v = v[:, None]
+    else:
+        raise TypeError("warm_start must be None, a SoftImputeResult or a dict with 'u' (and optionally "
+                        f"'d', 'v'), got {type(warm_start).__name__}")
+    u, d, v = (np.asarray(a, dtype=np.float64) for a in (u, d, v))
+    if u.shape[0] != n or v.shape[0] != m or u.shape[1] != d.size or v.shape[1] != d.size:
+        raise ValueError(f"warm_start shapes u {u.shape}, d {d.shape}, v {v.shape} do not fit a {n}×{m} "
+                         f"matrix: need u (n, j), d (j,), v (m, j) with n={n}, m={m}")
+    keep = np.flatnonzero(d > 0)  # R's clean.warm.start: drop columns with d = 0
+    u, d, v = u[:, keep], d[keep], v[:, keep]
+    jd = d.size
+    if jd == 0:
+        return _warm_factors(None, n, m, k, rng)
+    if jd >= k:
+        return u[:, :k].copy(), d[:k].copy(), v[:, :k].copy(), True
+    ja = k - jd
+    ua = rng.standard_normal((n, ja))
+    ua -= u @ (u.T @ ua)
+    ua = np.linalg.svd(ua, full_matrices=False)[0]
+    return (np.hstack([u, ua]), np.concatenate([d, np.full(ja, d[-1])]),
+            np.hstack([v, np.zeros((m, ja))]), True)
+
+
+def _fingerprint(indptr, indices, x, shape, k, lam, thresh, dtype) -> np.ndarray:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (np.asarray(shape, np.int64), indptr, indices, x):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(repr((k, float(lam), float(thresh), str(dtype))).encode())
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+# ---- the algorithm ------------------------------------------------------------------------
+
+def _frob_ratio(U0, D0, V0, U, D, V) -> float:
+    """‖U0 D0 V0ᵀ − U D Vᵀ‖²_F / max(‖U0 D0 V0ᵀ‖²_F, 1e-9) from k×k products (R's Frob)."""
+    denom = float((D0 * D0).sum())
+    utu = D[:, None] * (U.T @ U0)
+    vtv = D0[:, None] * (V0.T @ V)
+    cross = float((utu * vtv.T).sum())  # trace(utu @ vtv)
+    num = denom + float((D * D).sum()) - 2.0 * cross
+    return num / max(denom, 1e-9)
+
+
+def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int = 1000,
+                thresh: float = 1e-5, backend: str = "auto", device=None, dtype=None,
+                warm_start=None, seed: int | np.random.Generator = 0,
+                checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+                progress: bool = True, callback: Callable[[int, dict], bool | None] | None = None,
+                final_svd: bool = True) -> SoftImputeResult:
+    r"""Complete P_Ω(X) with softImpute-ALS (Hastie et al. 2015, Alg. 3.1; R ``Ssimpute.als``).
+
+    Minimises ½‖P_Ω(X − M)‖²_F + λ‖M‖_* over M = U diag(d) Vᵀ of rank ≤ ``rank`` (paper
+    002, App. C.3 uses λ = 1e-4 and 1000 iterations). See the module docstring for the
+    updates, the stopping rule and the final de-biasing step.
+
+    Parameters
+    ----------
+    R : RewardMatrix or scipy.sparse matrix, shape (n, m)
+        Observed cells. For scipy input, every *stored* entry (explicit zeros included) is
+        an observation.
+    rank : int
+        Maximal rank k, 0 ≤ k ≤ min(n, m). ``rank=0`` returns the zero matrix.
+    lam : float
+        λ ≥ 0, R's ``lambda`` (same scale: not divided by |Ω|).
+    label : int or str
+        Which label of a multi-label RewardMatrix to complete.
+    max_iter : int
+        R's ``maxit``.
+    thresh : float
+        Stop when the relative squared change of M is ≤ ``thresh`` (R's ``thresh``). A
+        negative value runs exactly ``max_iter`` iterations (the ratio can reach 0 on an
+        exactly fitted matrix, so ``thresh=0`` may stop early).
+    backend, device : str, device
+        "auto", "numpy", "torch" or "cupy" (see :func:`rankkit._backend.resolve_backend`).
+    dtype : None, "float64" or "float32"
+        Working precision; None means float64 on every backend (module docstring).
+    warm_start : SoftImputeResult or dict, optional
+        Start from these factors (R's ``warm.start``); ``{"u": U0}`` follows R's cold start
+        from that U₀.
+    seed : int or numpy.random.Generator
+        Seeds the random U₀ (and the padding columns of a smaller warm start).
+    checkpoint : path, optional
+        npz file for the iteration state, written atomically every ``checkpoint_every``
+        iterations and when ``callback`` stops the run. If it exists and belongs to the
+        same problem (data, rank, λ, thresh, dtype) the run resumes from it and ends with
+        the same result as an uninterrupted run — bitwise on the same backend and number
+        of numba threads, which fix the summation order (``warm_start`` and ``seed`` are then
+        unused: the saved state is the start). It is deleted when the run finishes
+        (converged or ``max_iter``); a run stopped by ``callback`` or Ctrl-C keeps it.
+    progress : bool
+        tqdm bar with the current MSE and ratio.
+    callback : callable(iter, info) -> bool, optional
+        Called after each iteration with ``info`` = dict(mse, objective, ratio, rank,
+        lam); returning True stops the iterations (the final step still runs).
+    final_svd : bool
+        R's ``final.svd`` (only used when λ > 0).
+
+    Returns
+    -------
+    SoftImputeResult
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> X = sp.random(60, 40, density=0.5, random_state=0, format="csr")
+    >>> fit = soft_impute(X, rank=5, lam=1e-4, progress=False)
+    >>> fit.U.shape, fit.d.shape, fit.V.shape
+    ((60, 5), (5,), (40, 5))
+    """
+    indptr, indices, x, shape = _as_pattern(R, label)
+    n, m = shape
+    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 0 <= rank <= min(n, m):
+        raise ValueError(f"rank must be an integer in [0, min(n, m)] = [0, {min(n, m)}], got {rank!r}; "
+                         "a rank above min(n, m) adds nothing")
+    rank = int(rank)
+    if not (np.isscalar(lam) and np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number ≥ 0 (R's lambda, e.g. 1e-4), got {lam!r}")
+    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 0):
+        raise ValueError(f"max_iter must be an integer ≥ 0, got {max_iter!r}")
+    if not (np.isscalar(thresh) and not np.isnan(thresh)):
+        raise ValueError(f"thresh must be a number (e.g. 1e-5; < 0 runs exactly max_iter iterations), got {thresh!r}")
+    if not (isinstance(checkpoint_every, (int, np.integer)) and checkpoint_every >= 1):
+        raise ValueError(f"checkpoint_every must be an integer ≥ 1, got {checkpoint_every!r}")
+    np_dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if np_dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ValueError(f"dtype must be None, 'float64' or 'float32', got {dtype!r}")
+    backend, device = resolve_backend(backend, device)
+    nnz = int(indices.size)
+    if rank == 0:
+        sse = float(np.dot(x, x))
+        return SoftImputeResult(U=np.zeros((n, 0)), d=np.zeros(0), V=np.zeros((m, 0)),
+                                mse=sse / nnz if nnz else 0.0, sse=sse, objective=[], ratio=[], n_iter=0,
+                                converged=True, lam=float(lam), rank=0, shape=shape, nnz=nnz,
+                                thresh=float(thresh), backend=backend)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    K = make_kernels(backend, device, indptr, indices, x, shape, np_dtype)
+    return _soft_impute(K, shape, nnz, rank, float(lam), int(max_iter), float(thresh), warm_start, rng,
+                        None if checkpoint is None else Path(checkpoint), int(checkpoint_every),
+                        progress, callback, final_svd,
+                        (indptr, indices, x, np_dtype))
+
+
+def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, checkpoint, checkpoint_every,
+                 progress, callback, final_svd, data) -> SoftImputeResult:
+    """Body of :func:`soft_impute`; inputs are already validated."""
+    from tqdm.auto import tqdm
+
+    n, m = shape
+    objective: list[float] = []
+    ratios: list[float] = []
+    it = 0
+    fp = None
+    state = None
+    if checkpoint is not None:
+        fp = _fingerprint(*data[:3], shape, k, lam, thresh, data[3])
+        if checkpoint.is_file():
+            with np.load(checkpoint, allow_pickle=False) as z:
+                if "fingerprint" not in z.files or not np.array_equal(z["fingerprint"], fp):
+                    raise ValueError(f"checkpoint {str(checkpoint)!r} belongs to a different problem (data, rank, "
+                                     "lam, thresh or dtype differ); delete it or pass another path")
+                state = {key: z[key] for key in z.files}
+    if state is not None:
+        U, Dsq, V = state["U"], state["Dsq"], state["V"]
+        objective, ratios = state["objective"].tolist(), state["ratio"].tolist()
+        it = int(state["iter"])
+    else:
+        U, Dsq, V, _ = _warm_factors(warm_start, n, m, k, rng)
+    U, Dsq, V = K.asarray(U), K.asarray(Dsq), K.asarray(V)
+
+    # State after the last *completed* iteration: what a checkpoint holds, so that a Ctrl-C
+    # in the middle of an iteration still resumes exactly (arrays are never updated in place).
+    done = (U, Dsq, V, it)
+
+    def save_state():
+        u, dsq, v, n_done = done
+        _atomic_npz(checkpoint, dict(U=K.to_numpy(u), Dsq=K.to_numpy(dsq), V=K.to_numpy(v),
+                                     objective=np.asarray(objective[:n_done], float),
+                                     ratio=np.asarray(ratios[:n_done], float),
+                                     iter=np.array(n_done), fingerprint=fp))
+
+    ratio = ratios[-1] if ratios else np.inf
+    stopped = False
+    bar = tqdm(total=max_iter, initial=it, desc=f"soft-impute k={k}", disable=not progress, leave=False)
+    try:
+        while ratio > thresh and it < max_iter:
+            it += 1
+            U0, D0, V0 = U, Dsq, V
+            # B-step: B = P_Ω(X − U D² Vᵀ)ᵀ U + V D², shrunk by D²/(D²+λ).
+            BD = V * Dsq
+            B, sse_prev = K.resid_cols(BD, U)
+            B = B + BD
+            if lam > 0:
+                B = B * (Dsq / (Dsq + lam))
+            V, Dsq, W = K.thin_svd(B)
+            U = U @ W
+            # A-step: A = P_Ω(X − U D² Vᵀ) V + U D², shrunk likewise.
+            AD = U * Dsq
+            A, sse = K.resid_rows(AD, V)
+            objective.append(0.5 * sse + lam * float(Dsq.sum()))
+            A = A + AD
+            if lam > 0:
+                A = A * (Dsq / (Dsq + lam))
+            U, Dsq, W = K.thin_svd(A)
+            V = V @ W
+            ratio = _frob_ratio(U0, D0, V0, U, Dsq, V)
+            ratios.append(ratio)
+            done = (U, Dsq, V, it)
+            mse_now = sse / nnz if nnz else 0.0
+            bar.update(1)
+            bar.set_postfix(mse=f"{mse_now:.3g}", ratio=f"{ratio:.2g}", refresh=False)
+            if checkpoint is not None and it % checkpoint_every == 0:
+                save_state()
+            if callback is not None and callback(it, dict(mse=mse_now, objective=objective[-1], ratio=ratio,
+                                                          rank=k, lam=lam)):
+                stopped = True
+                break
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            save_state()
+        raise
+    finally:
+        bar.close()
+    if checkpoint is not None:
+        if stopped:
+            save_state()
+        elif checkpoint.is_file():
+            checkpoint.unlink()
+    converged = bool(ratio <= thresh)
+    if lam > 0 and final_svd:
+        # One unshrunk A-step, then soft-threshold the singular values once (R's final.svd).
+        AD = U * Dsq
+        A, _ = K.resid_rows(AD, V)
+        U, Dsq, W = K.thin_svd(A + AD)
+        V = V @ W
+        Dsq = K.relu(Dsq - lam)
+    sse = K.sse(U * Dsq, V)
+    return SoftImputeResult(U=K.to_numpy(U), d=K.to_numpy(Dsq), V=K.to_numpy(V), mse=sse / nnz if nnz else 0.0,
+                            sse=sse, objective=objective, ratio=ratios, n_iter=it, converged=converged, lam=lam,
+                            rank=k, shape=shape, nnz=nnz, thresh=thresh, backend=K.name)
+
+
+def soft_impute_path(R, ranks: int | Sequence[int] | None = None, lams: float | Sequence[float] | None = None,
+                     *, warm_start=None, **kwargs) -> list[SoftImputeResult]:
+    """Fit a sequence of (rank, λ) pairs, each warm-started from the previous fit.
+
+    This is how R users walk a path: increasing ranks (new columns padded as in R's
+    ``warm.start``) and/or decreasing λ. ``ranks`` and ``lams`` are broadcast against each
+    other (a scalar repeats); the pairs are fitted in the order given.
+
+    Parameters
+    ----------
+    R : RewardMatrix or scipy.sparse matrix
+    ranks : int or sequence of int
+    lams : float or sequence of float
+        Default 0.0 when None.
+    warm_start : optional start of the first fit.
+    **kwargs : passed to :func:`soft_impute` (``seed``, ``max_iter``, ``backend``, ...).
+        ``checkpoint`` is not accepted: each fit of the path is its own problem.
+
+    Returns
+    -------
+    list of SoftImputeResult, one per pair.
+    """
+    if ranks is None:
+        raise ValueError("ranks is required: an int or a sequence of ints, e.g. ranks=[5, 10, 20]")
+    if "checkpoint" in kwargs:
+        raise ValueError("soft_impute_path does not take checkpoint=; call soft_impute per step with its own file")
+    r = np.atleast_1d(np.asarray(ranks))
+    lam_arr = np.atleast_1d(np.asarray(0.0 if lams is None else lams, dtype=np.float64))
+    try:
+        r, lam_arr = np.broadcast_arrays(r, lam_arr)
+    except ValueError:
+        raise ValueError(f"ranks ({r.size}) and lams ({lam_arr.size}) must have equal lengths or one be a "
+                         "scalar") from None
+    out: list[SoftImputeResult] = []
+    warm = warm_start
+    for k, lam in zip(r.tolist(), lam_arr.tolist(), strict=True):
+        res = soft_impute(R, int(k), lam, warm_start=warm, **kwargs)
+        out.append(res)
+        warm = res if res.rank > 0 else warm
+    return out
+
+
+# ---- scikit-learn style estimator ------------------------------------------------------------
+
+class SoftImpute:
+    """scikit-learn style wrapper of :func:`soft_impute`.
+
+    Parameters
+    ----------
+    rank : int
+    lam : float
+    **kwargs : any keyword of :func:`soft_impute` (``max_iter``, ``thresh``, ``backend``, ...).
+
+    Attributes (after ``fit``)
+    --------------------------
+    U_, d_, V_ : ndarrays (n, k), (k,), (m, k)
+    components_ : ndarray (k, m)
+        Vᵀ, as in :class:`sklearn.decomposition.TruncatedSVD`.
+    singular_values_ : ndarray (k,)
+        d.
+    result_ : SoftImputeResult
+    n_iter_ : int
+    mse_ : float
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> X = sp.random(30, 20, density=0.6, random_state=1, format="csr")
+    >>> est = SoftImpute(rank=3, lam=1e-4, progress=False).fit(X)
+    >>> est.predict([0, 1], [2, 3]).shape
+    (2,)
+    """
+
+    def __init__(self, rank: int, lam: float = 1e-4, **kwargs):
+        self.rank = rank
+        self.lam = lam
+        self.kwargs = kwargs
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"rank": self.rank, "lam": self.lam, **self.kwargs}
+
+    def set_params(self, **params) -> SoftImpute:
+        for key, value in params.items():
+            if key in ("rank", "lam"):
+                setattr(self, key, value)
+            else:
+                self.kwargs[key] = value
+        return self
+
+    def fit(self, R, y=None) -> SoftImpute:
+        res = soft_impute(R, self.rank, self.lam, **self.kwargs)
+        self.result_ = res
+        self.U_, self.d_, self.V_ = res.U, res.d, res.V
+        self.components_ = res.V.T
+        self.singular_values_ = res.d
+        self.n_iter_ = res.n_iter
+        self.mse_ = res.mse
+        return self
+
+    def predict(self, rows, cols) -> np.ndarray:
+        if not hasattr(self, "result_"):
+            raise RuntimeError("this SoftImpute is not fitted yet; call fit(R) first")
+        return self.result_.predict(rows, cols)
+
+
+def observed_mse(R, result: SoftImputeResult, label: int | str = 0) -> float:
+    """MSE of ``result`` on the observed cells of ``R``, recomputed from the factors."""
+    indptr, indices, x, _ = _as_pattern(R, label)
+    if indices.size == 0:
+        return 0.0
+    if result.rank == 0:
+        return float(np.mean(x ** 2))
+    pred = sampled_dot(indptr, indices, result.U * result.d, result.V)
+    return float(np.mean((x - pred) ** 2))

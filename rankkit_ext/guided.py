@@ -1,0 +1,598 @@
+r"""Reward-guided decoding with token-level reward models (RAD-V, RAD-Q).
+
+Paper 002 §2.1, eq. (1)–(2): at each step the base LM's logits are shifted by the
+reward model's scores on the top-k (or nucleus) candidates, everything else is removed,
+
+.. math::
+    z(v \mid x) = \begin{cases} z_{LM}(v \mid x) + \beta\, \tilde r(v \mid x) & v \in V'(x)\\
+                                -\infty & \text{otherwise}\end{cases},\qquad
+    \tilde p(\cdot \mid x) = \mathrm{softmax}\, z(\cdot \mid x),
+
+with :math:`\tilde r = \hat r` (``direction=+1``, steer toward the attribute) or
+:math:`\tilde r = 1 - \hat r` (``direction=-1``, steer away, e.g. detoxification).
+
+Two entry points share one step function (:func:`guided_logits`):
+
+* :class:`RewardGuidedLogitsProcessor` for any causal LM's ``generate(do_sample=True)``;
+* :func:`guided_generate`, rankkit's own batched loop (left-padded prompts, base KV cache,
+  reward-model state), which can also run guided decoding as a *proposal* of sequential
+  Monte Carlo with importance weights toward :math:`p_{LM}(y)\exp(\beta\,\tilde r(y))`.
+
+Reward models follow the ``rankkit_ext.models`` contract: ``score_candidates(input_ids,
+attention_mask, candidates, *, label, state) -> (scores (B, k), state)`` with left-padded
+prefixes without BOS; a returned ``state`` makes the next call, whose ``input_ids`` extend
+the previous ones by one column, incremental (RAD-Q: one pass over the new token, then one
+product with the output embeddings; RAD-V: the k candidates against an immutable
+expanded copy of the prefix cache).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from rankkit.sequences import TokenSequences
+
+__all__ = [
+    "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
+    "guided_generate", "check_compatible",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# the step function (eq. 1–2), shared by the processor and the loop
+# ---------------------------------------------------------------------------------------
+def select_candidates(lm_logits: torch.Tensor, top_k: int | None = 20,
+                      top_p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate set V'(x) of each row: top-k tokens, or the nucleus of mass ``top_p``.
+
+    Returns ``candidates`` (B, k) long, sorted by decreasing base logit, and ``valid``
+    (B, k) bool. With ``top_p`` the nucleus is the smallest prefix of the sorted tokens
+    whose probability reaches ``top_p`` (at least one token); rows are padded to the
+    largest nucleus in the batch (capped at ``top_k`` when both are given) and the padding
+    is marked invalid. Ties at the k-th logit are broken by ``torch.topk``.
+    """
+    B, V = lm_logits.shape
+    if top_k is None and top_p is None:
+        raise ValueError("give top_k (e.g. 20, as in paper 002) or top_p; guiding all "
+                         f"{V} tokens per step is what top-k avoids")
+    k = V if top_k is None else int(top_k)
+    if not 1 <= k:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    k = min(k, V)
+    if top_p is None:
+        vals, cand = torch.topk(lm_logits, k, dim=-1)
+        return cand, torch.isfinite(vals)
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logp = torch.log_softmax(lm_logits.float(), dim=-1)
+    sp, order = torch.sort(logp, dim=-1, descending=True)
+    cum = torch.cumsum(sp.exp(), dim=-1)
+    # keep token i while the mass strictly before it is < top_p
+    keep = (cum - sp.exp()) < top_p
+    keep[:, 0] = True
+    n = int(min(keep.sum(-1).max().item(), k))
+    return order[:, :n].contiguous(), keep[:, :n] & torch.isfinite(sp[:, :n])
+
+
+def guided_logits(lm_logits: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor,
+                  rewards: torch.Tensor, beta: float, direction: int = 1,
+                  clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Eq. (1): :math:`z = z_{LM} + \beta\tilde r` on the candidates, :math:`-\infty` elsewhere.
+
+    Parameters
+    ----------
+    lm_logits : (B, V) base logits.
+    candidates, valid : (B, k) from :func:`select_candidates`.
+    rewards : (B, k) reward-model scores :math:`\hat r(v \mid x)` of the candidates.
+    beta : float
+        Guidance strength.
+    direction : {+1, -1}
+        +1 uses :math:`\hat r`, -1 uses :math:`1 - \hat r`.
+    clamp : bool
+        Clamp :math:`\hat r` to [0, 1] first, as the reference RAD code does (rewards are
+        trained toward responses in [0, 1]).
+
+    Returns
+    -------
+    z : (B, V) guided logits (float32 or the input's dtype, whichever is wider).
+    r_tilde : (B, k) the direction-applied rewards actually added (0 on invalid entries).
+    """
+    cand_logits, r = _candidate_logits(lm_logits, candidates, valid, rewards, beta, direction,
+                                       clamp)
+    z = torch.full(lm_logits.shape, -math.inf, dtype=cand_logits.dtype, device=lm_logits.device)
+    z.scatter_(-1, candidates, cand_logits)
+    return z, r
+
+
+def _candidate_logits(lm_logits, candidates, valid, rewards, beta, direction, clamp):
+    """Eq. (1) on the candidates only: (B, k) guided logits and the added rewards."""
+    r = rewards.to(torch.float32)
+    if clamp:
+        r = r.clamp(0.0, 1.0)
+    if direction == -1:
+        r = 1.0 - r
+    r = torch.where(valid, r, torch.zeros_like(r))
+    dtype = torch.promote_types(lm_logits.dtype, torch.float32)
+    cand_logits = lm_logits.gather(-1, candidates).to(dtype) + beta * r.to(dtype)
+    cand_logits = torch.where(valid, cand_logits, torch.full_like(cand_logits, -math.inf))
+    return cand_logits, r
+
+
+def _check_direction(direction) -> int:
+    # a real boolean/sign, not argparse's type=bool trap where "False" is truthy
+    if isinstance(direction, bool) or direction not in (1, -1):
+        raise ValueError(f"direction must be +1 (toward the attribute, r) or -1 (away, 1 - r); "
+                         f"got {direction!r}")
+    return int(direction)
+
+
+def _fingerprint(tokenizer) -> str:
+    from rankkit_ext.models import tokenizer_fingerprint  # one definition, shared with H6's models
+
+    return tokenizer_fingerprint(tokenizer)
+
+
+def check_compatible(reward_model, *, vocab_size: int | None = None, tokenizer=None) -> None:
+    """Refuse a base model / reward model pair that do not share one tokenizer.
+
+    Guided decoding adds :math:`\\hat r(v \\mid x)` to the base logit of the *same token
+    id* ``v`` (paper 002 §4.1: "a smaller finetuned reward model with the same
+    tokenizer"); with two tokenizers the ids mean different strings and the guidance is
+    silently wrong. Checks the base vocabulary size against ``reward_model.vocab_size``
+    and, when ``tokenizer`` is given, its fingerprint against
+    ``reward_model.tokenizer_fingerprint``.
+    """
+    rv = getattr(reward_model, "vocab_size", None)
+    if vocab_size is not None and rv is not None and int(vocab_size) != int(rv):
+        raise ValueError(
+            f"tokenizer mismatch: the base model has {vocab_size} logits per step but the "
+            f"reward model scores a vocabulary of {rv}; train the reward model with the base "
+            f"model's tokenizer (paper 002 §4.1 uses one tokenizer for both)")
+    fp = getattr(reward_model, "tokenizer_fingerprint", None)
+    if tokenizer is None:
+        return
+    if fp and str(fp).startswith("sha256:"):
+        mine = _fingerprint(tokenizer)
+        if mine != fp:
+            raise ValueError(
+                f"tokenizer mismatch: the base tokenizer's fingerprint {mine[:20]}… differs "
+                f"from the reward model's {str(fp)[:20]}…; use the tokenizer the reward model "
+                f"was trained with")
+    elif rv is not None and len(tokenizer) != int(rv):
+        # the reward model carries no vocabulary hash: the size is all we can compare
+        raise ValueError(f"tokenizer mismatch: the base tokenizer has {len(tokenizer)} tokens, "
+                         f"the reward model's vocabulary {rv}")
+
+
+# ---------------------------------------------------------------------------------------
+# LogitsProcessor for model.generate
+# ---------------------------------------------------------------------------------------
+class RewardGuidedLogitsProcessor(LogitsProcessor):
+    r"""Eq. (1) as a ``transformers`` ``LogitsProcessor`` for ``generate(do_sample=True)``.
+
+    Parameters
+    ----------
+    reward_model : RewardModel
+        A ``rankkit_ext.models`` reward model (RAD-V or RAD-Q) or anything with the same
+        ``score_candidates`` contract.
+    beta : float
+        Guidance strength :math:`\beta`.
+    top_k, top_p : candidate set V' (see :func:`select_candidates`).
+    direction : {+1, -1}
+        Steer toward (:math:`\hat r`) or away from (:math:`1 - \hat r`) the attribute.
+    label : int or str
+        Which reward head to use (``"toxicity"`` is head 0 in the paper's 7-head model).
+    pad_token_id : int, optional
+        Leading runs of this id are left padding and masked for the reward model
+        (``generate`` gives the processor no attention mask). ``None`` means no padding.
+    tokenizer : optional
+        Base tokenizer, checked against the reward model's fingerprint.
+    use_cache : bool
+        Pass the reward model's state between steps (False recomputes every prefix;
+        for testing that both agree).
+    clamp : bool
+        Clamp rewards to [0, 1] (reference behaviour).
+
+    Notes
+    -----
+    The processor is stateless across ``generate`` calls: it keeps the reward-model state
+    only while each call's ``input_ids`` extend the previous call's by exactly one column
+    (same rows, same prefix); anything else (a new ``generate``, a new batch, a different
+    prompt) starts from ``state=None``. Rows never share state: the reward model's state
+    is per row. Pass ``top_k=0`` (or ``top_k=None``) to ``generate`` so that the model's
+    default top-k warper does not cut the candidate set further.
+
+    Examples
+    --------
+    >>> proc = RewardGuidedLogitsProcessor(radq, beta=10, top_k=20, direction=-1)  # doctest: +SKIP
+    >>> out = base.generate(ids, attention_mask=mask, do_sample=True, top_k=0,
+    ...                     logits_processor=[proc], max_new_tokens=20)   # doctest: +SKIP
+    """
+
+    def __init__(self, reward_model, beta: float, top_k: int | None = 20,
+                 top_p: float | None = None, direction: int = 1, label: int | str = 0,
+                 pad_token_id: int | None = None, tokenizer=None, use_cache: bool = True,
+                 clamp: bool = True):
+        self.reward_model = reward_model
+        self.beta = float(beta)
+        self.top_k, self.top_p = top_k, top_p
+        self.direction = _check_direction(direction)
+        self.label = label
+        self.pad_token_id = pad_token_id
+        self.use_cache = use_cache
+        self.clamp = clamp
+        select_candidates(torch.zeros(1, 2), top_k if top_k is None else min(top_k, 2), top_p)
+        check_compatible(reward_model, tokenizer=tokenizer)
+        self._state = None
+        self._last: torch.Tensor | None = None
+
+    def _mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.pad_token_id is None:
+            return torch.ones_like(input_ids)
+        return (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
+
+    def _continues(self, input_ids: torch.Tensor) -> bool:
+        last = self._last
+        return (self.use_cache and self._state is not None and last is not None
+                and input_ids.shape[0] == last.shape[0]
+                and input_ids.shape[1] == last.shape[1] + 1
+                and input_ids.device == last.device
+                and bool(torch.equal(input_ids[:, :-1], last)))
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        check_compatible(self.reward_model, vocab_size=scores.shape[-1])
+        state = self._state if self._continues(input_ids) else None
+        cand, valid = select_candidates(scores, self.top_k, self.top_p)
+        r, state = self.reward_model.score_candidates(
+            input_ids, self._mask(input_ids), cand, label=self.label, state=state)
+        self._state, self._last = state, input_ids.clone()
+        z, _ = guided_logits(scores, cand, valid, r, self.beta, self.direction, self.clamp)
+        return z.to(scores.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# rankkit's own loop, plain RAD or SMC proposal
+# ---------------------------------------------------------------------------------------
+@dataclass
+class GuidedOutput:
+    """Result of :func:`guided_generate` for P prompts × n samples.
+
+    Attributes
+    ----------
+    tokens : list (P) of list (n) of ndarray
+        Generated token ids per sample, without the prompt, cut after EOS (EOS kept).
+    texts : list of list of str, or None
+        Decoded continuations when a tokenizer was given.
+    log_weights : ndarray (P, n) or None
+        SMC / importance log-weights toward :math:`p_{LM}(y)\\exp(\\beta\\tilde r(y))`
+        (None for plain RAD without ``weights=True``).
+    log_q, log_p_lm : ndarray (P, n)
+        Log-probability of each continuation under the proposal and under the base LM.
+    final_reward : ndarray (P, n)
+        :math:`\\tilde r` of the last generated token given its prefix (the reward model's
+        estimate for the whole continuation).
+    ancestors : list of ndarray
+        For SMC, the ancestor indices of every resampling event (per prompt group).
+    n_tokens : int
+        Decoding steps × rows actually computed.
+    seconds, seconds_base, seconds_reward : float
+        Wall time in the whole loop, in base forwards, in reward-model calls.
+    """
+
+    tokens: list[list[np.ndarray]]
+    texts: list[list[str]] | None
+    log_weights: np.ndarray | None
+    log_q: np.ndarray
+    log_p_lm: np.ndarray
+    final_reward: np.ndarray
+    ancestors: list[np.ndarray] = field(default_factory=list)
+    n_tokens: int = 0
+    seconds: float = 0.0
+    seconds_base: float = 0.0
+    seconds_reward: float = 0.0
+
+    @property
+    def time_per_token(self) -> float:
+        """Seconds per generated token (per row-step), the unit of paper 002 Fig. 8."""
+        return self.seconds / max(self.n_tokens, 1)
+
+
+def _as_prompt_ids(prompts, tokenizer) -> list[list[int]]:
+    if isinstance(prompts, TokenSequences):
+        return [p.tolist() for p in prompts]
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if tokenizer is None:
+                raise ValueError(f"prompt {i} is text; pass tokenizer= or token ids")
+            p = tokenizer(p, add_special_tokens=False)["input_ids"]
+        out.append([int(t) for t in p])
+    return out
+
+
+def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, T - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _reorder_cache(past, idx: torch.Tensor):
+    if hasattr(past, "reorder_cache"):
+        past.reorder_cache(idx)
+        return past
+    if hasattr(past, "batch_select_indices"):
+        past.batch_select_indices(idx)
+        return past
+    return None
+
+
+@torch.no_grad()
+def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None = 20,
+                    n_samples: int = 1, max_new_tokens: int = 20,
+                    generator: torch.Generator | int | None = 0, *, top_p: float | None = None,
+                    direction: int = 1, label: int | str = 0, tokenizer=None,
+                    eos_token_id: int | None = None, pad_token_id: int | None = None,
+                    batch_size: int = 25, do_sample: bool = True, clamp: bool = True,
+                    use_reward_cache: bool = True, mix: float = 0.0, weights: bool = False,
+                    resample_threshold: float | None = None, resample_method: str = "systematic",
+                    progress: bool = False) -> GuidedOutput:
+    r"""Sample continuations with reward-guided decoding (paper 002 eq. 1–2).
+
+    Prompts are left padded; the base model runs with its KV cache and explicit position
+    ids, the reward model with its own state (incremental per step). Sampling uses
+    ``generator`` only (inverse CDF in float64), so a seed reproduces the samples.
+
+    Parameters
+    ----------
+    base : causal LM (``transformers``), e.g. from :func:`rankkit_ext.lm.load_base_lm`.
+    reward_model : RAD-V / RAD-Q reward model (``score_candidates`` contract), or None
+        for unguided top-k / nucleus sampling in the same loop (the baseline of Fig. 8).
+    prompts : list of str (with ``tokenizer``), list of token-id lists, or TokenSequences.
+    beta, top_k, top_p, direction, label, clamp : see :func:`guided_logits`.
+    n_samples : int
+        Continuations per prompt (25 in paper 002 §4.2). For SMC these are the particles.
+    max_new_tokens : int
+    generator : torch.Generator or int
+        Source of randomness (an int seeds a new CPU generator).
+    eos_token_id, pad_token_id : int, optional
+        Default to the base config's; a row that emits EOS stops (later steps force pad).
+    batch_size : int
+        Rows (prompt × sample) per forward pass; whole prompt groups are kept together.
+    do_sample : bool
+        False takes the argmax of the guided logits (deterministic; for tests).
+    mix : float in [0, 1)
+        Proposal :math:`q = (1-\epsilon)\tilde p + \epsilon\, p_{LM}` with
+        :math:`\epsilon` = ``mix``. Plain RAD is ``mix=0``. With ``mix > 0`` every token
+        of the vocabulary has positive proposal probability, so the importance weights
+        below are absolutely continuous w.r.t. the target (top-k alone is not).
+    weights : bool
+        Return importance log-weights toward the target
+        :math:`\sigma(y) \propto p_{LM}(y)\exp(\beta\tilde r(y))`, with twists
+        :math:`\psi_t = \exp(\beta\tilde r(x_t \mid x_{<t}))`: the incremental weight is
+
+        .. math:: \log w_t = \log p_{LM}(x_t\mid x_{<t}) + \beta\tilde r_t
+                  - \log q(x_t \mid x_{<t}) - \beta\tilde r_{t-1},
+
+        which telescopes to :math:`\log p_{LM}(y) + \beta\tilde r(y) - \log q(y)`. A
+        sampled token outside V' (possible only when ``mix > 0``) is scored with one extra
+        reward-model call for the rows that need it.
+    resample_threshold : float, optional
+        SMC: resample a prompt's particles when ESS < threshold × n_samples (uses
+        ``rankkit_ext.tsmc.resampling``). None = importance sampling only.
+
+    Returns
+    -------
+    GuidedOutput
+    """
+    from rankkit_ext.tsmc.resampling import categorical, ess, resample
+
+    direction = _check_direction(direction)
+    if not 0.0 <= mix < 1.0:
+        raise ValueError(f"mix must be in [0, 1) (share of the base distribution in the "
+                         f"proposal), got {mix}")
+    if n_samples < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"n_samples, max_new_tokens and batch_size must be >= 1; got "
+                         f"{n_samples}, {max_new_tokens}, {batch_size}")
+    if resample_threshold is not None:
+        weights = True
+    select_candidates(torch.zeros(1, 2), None if top_k is None else min(top_k, 2), top_p)
+    if reward_model is not None:
+        check_compatible(reward_model, vocab_size=base.config.vocab_size, tokenizer=tokenizer)
+    device = next(base.parameters()).device
+    if isinstance(generator, int) or generator is None:
+        generator = torch.Generator(device=device).manual_seed(0 if generator is None else generator)
+    gdev = generator.device  # draws happen where the generator lives, results move back
+    cfg = base.config
+    eos = eos_token_id if eos_token_id is not None else getattr(cfg, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0]
+    pad = pad_token_id if pad_token_id is not None else (
+        getattr(cfg, "pad_token_id", None) if getattr(cfg, "pad_token_id", None) is not None else eos)
+    pad = 0 if pad is None else int(pad)
+    # only the last position's logits are needed: skip the (B, T, |V|) prompt logits
+    keep = ({"logits_to_keep": 1}
+            if "logits_to_keep" in inspect.signature(base.forward).parameters else {})
+    base.eval()
+    if reward_model is not None and hasattr(reward_model, "eval"):
+        reward_model.eval()
+
+    prompt_ids = _as_prompt_ids(prompts, tokenizer)
+    if not prompt_ids:
+        raise ValueError("prompts is empty")
+    for i, p in enumerate(prompt_ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS)")
+    P = len(prompt_ids)
+    per_batch = max(1, batch_size // n_samples)
+    out_tokens: list[list[np.ndarray]] = []
+    shape = (P, n_samples)
+    log_q, log_p, fin_r = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    logw_all = np.zeros(shape) if weights else None
+    ancestors: list[np.ndarray] = []
+    t_all = t_base = t_rew = 0.0
+    n_tok = 0
+    chunks = range(0, P, per_batch)
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="guided_generate")
+    t_start = time.perf_counter()
+    for c0 in chunks:
+        group = prompt_ids[c0:c0 + per_batch]
+        G = len(group)
+        rows = [p for p in group for _ in range(n_samples)]
+        B = len(rows)
+        ids, mask = _left_pad(rows, pad, device)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        gen = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        lq = torch.zeros(B, dtype=torch.float64, device=device)
+        lp = torch.zeros(B, dtype=torch.float64, device=device)
+        lw = torch.zeros(B, dtype=torch.float64, device=device)
+        r_prev = torch.zeros(B, dtype=torch.float64, device=device)
+        n_gen = torch.zeros(B, dtype=torch.long, device=device)
+
+        t0 = time.perf_counter()
+        o = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
+        past, logits = o.past_key_values, o.logits[:, -1, :]
+        t_base += time.perf_counter() - t0
+        rm_ids, rm_mask, rm_state = ids, mask, None
+        for step in range(max_new_tokens):
+            cand, valid = select_candidates(logits, top_k, top_p)
+            t0 = time.perf_counter()
+            if reward_model is None:  # unguided top-k / nucleus sampling, same loop
+                r, rm_state_new = torch.zeros(cand.shape, device=device), None
+            else:
+                r, rm_state_new = reward_model.score_candidates(
+                    rm_ids, rm_mask, cand, label=label,
+                    state=rm_state if use_reward_cache else None)
+            t_rew += time.perf_counter() - t0
+            zc, r_t = _candidate_logits(logits, cand, valid, r, beta, direction, clamp)
+            active = ~done
+            # log p_LM(v) = z_LM(v) - logsumexp z_LM: one pass over the vocabulary
+            lse_lm = torch.logsumexp(logits.float(), -1).double()
+            if mix == 0.0:
+                # plain RAD lives on the candidates: sample in (B, k), not (B, |V|)
+                logq_c = torch.log_softmax(zc.double(), -1)
+                j = (categorical(logq_c.to(gdev), generator=generator).to(device) if do_sample
+                     else logq_c.argmax(-1))
+                tok = cand.gather(-1, j[:, None]).squeeze(-1)
+                lq_tok = logq_c.gather(-1, j[:, None]).squeeze(-1)
+                r_tok = r_t.double().gather(-1, j[:, None]).squeeze(-1)
+            else:
+                logq_c = torch.log_softmax(zc.double(), -1)
+                if do_sample:
+                    # two-stage draw from q = (1 - mix) p_RAD + mix p_LM: a coin per row,
+                    # then the candidates (B, k) or, for the few base rows, the vocabulary
+                    coin = torch.rand(B, generator=generator, device=gdev, dtype=torch.float64)
+                    j = categorical(logq_c.to(gdev), generator=generator).to(device)
+                    tok = cand.gather(-1, j[:, None]).squeeze(-1)
+                    from_base = torch.nonzero(coin.to(device) < mix).squeeze(-1)
+                    if from_base.numel():
+                        tok[from_base] = categorical(logits[from_base].double().to(gdev),
+                                                     generator=generator).to(device)
+                else:  # argmax of q over the vocabulary (tests, debugging)
+                    z = torch.full(logits.shape, -math.inf, dtype=torch.float64, device=device)
+                    z.scatter_(-1, cand, logq_c + math.log1p(-mix))
+                    tok = torch.logaddexp(z, logits.double() - lse_lm[:, None]
+                                          + math.log(mix)).argmax(-1)
+                # log q(tok) from the chosen token's two terms only: O(k) per row
+                hit = (cand == tok[:, None]) & valid
+                l_rad = logq_c.masked_fill(~hit, -math.inf).logsumexp(-1)
+                l_lm = logits.gather(-1, tok[:, None]).squeeze(-1).double() - lse_lm
+                lq_tok = torch.logaddexp(l_rad + math.log1p(-mix), l_lm + math.log(mix))
+                # reward of the chosen token: from the candidates, or one extra call for
+                # rows whose token came from the base part of the mixture
+                r_tok = (r_t.double() * hit).sum(-1)
+                miss = active & ~hit.any(-1)
+                if reward_model is not None and bool(miss.any()):
+                    rows_m = torch.nonzero(miss).squeeze(-1)
+                    t0 = time.perf_counter()
+                    sel = getattr(rm_state_new, "select", None)  # reuse the prefix pass
+                    rm_extra, _ = reward_model.score_candidates(
+                        rm_ids[rows_m], rm_mask[rows_m], tok[rows_m, None], label=label,
+                        state=sel(rows_m) if callable(sel) and use_reward_cache else None)
+                    t_rew += time.perf_counter() - t0
+                    re = rm_extra[:, 0].double()
+                    re = re.clamp(0, 1) if clamp else re
+                    r_tok[rows_m] = (1 - re) if direction == -1 else re
+            tok = torch.where(done, torch.full_like(tok, pad), tok)
+            lp_tok = logits.gather(-1, tok[:, None]).squeeze(-1).double() - lse_lm
+            lq = lq + torch.where(active, lq_tok, torch.zeros_like(lq_tok))
+            lp = lp + torch.where(active, lp_tok, torch.zeros_like(lp_tok))
+            if weights:
+                inc = lp_tok + beta * r_tok - lq_tok - beta * r_prev
+                lw = lw + torch.where(active, inc, torch.zeros_like(inc))
+            r_prev = torch.where(active, r_tok, r_prev)
+            gen[:, step] = tok
+            n_gen = n_gen + active.long()
+            n_tok += int(active.sum())
+            if eos is not None:
+                done = done | (active & (tok == eos))
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            rm_state = rm_state_new
+            new_col = torch.ones(B, 1, dtype=mask.dtype, device=device)
+            mask = torch.cat([mask, new_col], -1)
+            pos = pos[:, -1:] + 1
+            rm_ids = torch.cat([rm_ids, tok[:, None]], -1)
+            rm_mask = mask
+            # SMC resampling within each prompt's particle group
+            if resample_threshold is not None and n_samples > 1:
+                lw_g = lw.view(G, n_samples)
+                need = ess(lw_g) < resample_threshold * n_samples
+                if bool(need.any()):
+                    anc = resample(lw_g.to(gdev), resample_method, generator=generator).to(device)
+                    anc = torch.where(need[:, None], anc,
+                                      torch.arange(n_samples, device=device).expand(G, -1))
+                    idx = (anc + torch.arange(G, device=device)[:, None] * n_samples).reshape(-1)
+                    ancestors.append(anc.cpu().numpy())
+                    lw = torch.where(need[:, None], torch.zeros_like(lw_g), lw_g).reshape(-1)
+                    gen, done, lq, lp = gen[idx], done[idx], lq[idx], lp[idx]
+                    r_prev, n_gen, tok = r_prev[idx], n_gen[idx], tok[idx]
+                    rm_ids = rm_ids[idx]
+                    past = _reorder_cache(past, idx)
+                    if past is None:  # no reorder support: recompute the prefix
+                        full = torch.cat([ids[idx], gen[:, :step]], -1)
+                        o = base(input_ids=full, attention_mask=mask[:, :-1],
+                                 position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_min(0),
+                                 use_cache=True, **keep)
+                        past = o.past_key_values
+                    ids = ids[idx]
+                    sel = getattr(rm_state, "select", None)  # ScoringState.select
+                    rm_state = sel(idx) if callable(sel) else None
+            t0 = time.perf_counter()
+            o = base(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
+                     past_key_values=past, use_cache=True, **keep)
+            past, logits = o.past_key_values, o.logits[:, -1, :]
+            t_base += time.perf_counter() - t0
+        gen_np, n_np = gen.cpu().numpy(), n_gen.cpu().numpy()
+        for g in range(G):
+            sl = slice(g * n_samples, (g + 1) * n_samples)
+            out_tokens.append([gen_np[i, :n_np[i]].copy() for i in range(sl.start, sl.stop)])
+            log_q[c0 + g] = lq[sl].cpu().numpy()
+            log_p[c0 + g] = lp[sl].cpu().numpy()
+            fin_r[c0 + g] = r_prev[sl].cpu().numpy()
+            if weights:
+                logw_all[c0 + g] = lw[sl].cpu().numpy()
+    t_all = time.perf_counter() - t_start
+    texts = None
+    if tokenizer is not None:
+        texts = [[tokenizer.decode(t.tolist(), skip_special_tokens=True) for t in row]
+                 for row in out_tokens]
+    return GuidedOutput(out_tokens, texts, logw_all, log_q, log_p, fin_r, ancestors, n_tok,
+                        t_all, t_base, t_rew)

@@ -1,0 +1,100 @@
+r"""Learned reward matrices R̂ of RAD-V / RAD-Q (paper 002 §3.1.2, App. D.3, Fig. 2, 7, 9).
+
+Row i of R̂ is r̂(· | x'_i) over the vocabulary (or a chosen subset of columns). The rank
+of R̂ against the number of sampled prefixes (``rankkit.rank_curve``) shows how much of
+its capacity a reward model uses: R̂_RAD-Q = H(w1ᵀ + WE) has rank ≤ d by construction
+(eq. 10–11), R̂_RAD-V is unconstrained but low-rank in practice (Fig. 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rankkit.sequences import TokenSequences
+
+from .models import RADQ, RADV, RewardModel
+
+__all__ = ["learned_matrix", "left_pad"]
+
+
+def left_pad(seqs: TokenSequences, idx: np.ndarray, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(input_ids, attention_mask)`` of sequences ``idx`` (pad id 0, masked)."""
+    sub = seqs.select(np.asarray(idx))
+    T = int(sub.lengths.max()) if len(sub) and sub.tokens.size else 0
+    ids = np.zeros((len(sub), T), dtype=np.int64)
+    keep = np.arange(T)[None, :] >= (T - sub.lengths)[:, None]
+    ids[keep] = sub.tokens
+    return (torch.from_numpy(ids).to(device), torch.from_numpy(keep.astype(np.int64)).to(device))
+
+
+@torch.no_grad()
+def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str = 0,
+                   batch_size: int = 64, candidate_batch: int = 4096,
+                   progress: bool = False) -> np.ndarray:
+    r"""Dense rows of the learned reward matrix, :math:`\hat R[i, j] = \hat r(v_j \mid x'_i)`.
+
+    Parameters
+    ----------
+    model : RADV or RADQ
+    prefixes : TokenSequences or list of token-id lists, length N
+        Prefixes x' without BOS (the empty prefix is allowed: the model scores after BOS).
+    vocab : array_like of int, optional
+        Column token ids; default all ``model.vocab_size`` tokens.
+    label : int or str
+    batch_size : int
+        Prefixes per backbone pass (RAD-Q) or per prefix pass (RAD-V).
+    candidate_batch : int
+        RAD-V only: (prefix, candidate) pairs per backbone pass; each pass runs against its
+        own expanded copy of the prefix's KV cache, the cache itself is never modified.
+    progress : bool
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, len(vocab)), in the model's floating dtype
+        (float32 for a float32 model, so ``rankkit.numerical_rank`` applies the float32
+        cutoff of App. D.4).
+
+    Notes
+    -----
+    RAD-Q costs one backbone pass per prefix batch and one (B, d) × (d, |V|) product.
+    RAD-V costs one pass per prefix batch plus N·|V| single-token passes on cached
+    prefixes; this is the N·|V| reward-model calls of §3.1.2.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, RADV | RADQ):
+        raise TypeError(f"model must be a RADV or RADQ, got {type(model).__name__}")
+    seqs = prefixes if isinstance(prefixes, TokenSequences) else TokenSequences.from_lists(prefixes)
+    cols = None if vocab is None else torch.as_tensor(np.asarray(vocab, dtype=np.int64),
+                                                       device=model.device)
+    if cols is not None and cols.numel() and (int(cols.min()) < 0 or int(cols.max()) >= model.vocab_size):
+        raise ValueError(f"vocab ids must lie in [0, {model.vocab_size}); got "
+                         f"[{int(cols.min())}, {int(cols.max())}]")
+    n_cols = model.vocab_size if cols is None else int(cols.numel())
+    was = model.training
+    model.eval()
+    old_cb = getattr(model, "candidate_batch", None)
+    if old_cb is not None:
+        model.candidate_batch = int(candidate_batch)
+    dtype = model.backbone.get_input_embeddings().weight.dtype
+    out = np.empty((len(seqs), n_cols), dtype=torch.empty(0, dtype=dtype).numpy().dtype
+                   if dtype in (torch.float32, torch.float64) else np.float32)
+    try:
+        for s in tqdm(range(0, len(seqs), batch_size), disable=not progress, desc="R̂ rows"):
+            idx = np.arange(s, min(s + batch_size, len(seqs)))
+            ids, mask = left_pad(seqs, idx, model.device)
+            if isinstance(model, RADQ):
+                if cols is None:
+                    scores, _ = model.score_vocab(ids, mask, label=label)
+                else:
+                    scores, _ = model.score_candidates(ids, mask, cols, label=label)
+            else:
+                cand = cols if cols is not None else torch.arange(model.vocab_size, device=model.device)
+                scores, _ = model.score_candidates(ids, mask, cand, label=label)
+            out[idx] = scores.float().cpu().numpy() if out.dtype == np.float32 else scores.cpu().numpy()
+    finally:
+        model.train(was)
+        if old_cb is not None:
+            model.candidate_batch = old_cb
+    return out

@@ -1,0 +1,295 @@
+"""Guided decoding (paper 002 eq. 1–2) with tiny RAD-V / RAD-Q models on CPU."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+import rankkit_ext.guided as gd  # noqa: E402
+from rankkit_ext.lm import tiny_gpt2  # noqa: E402
+from rankkit_ext.models import RADQ, RADV  # noqa: E402
+
+V = 20
+PAD = V - 1  # = BOS = EOS of tiny_gpt2
+F32 = torch.finfo(torch.float32).eps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: extra threads only spin against other processes on a shared CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _base(seed=0, vocab=V):
+    return tiny_gpt2(vocab_size=vocab, n_embd=16, n_layer=2, n_head=2, n_positions=32, seed=seed)
+
+
+def _rm(kind, seed=1, vocab=V, scale=8.0):
+    torch.manual_seed(seed)  # head init; tests may use the global RNG
+    bb = _base(seed=seed, vocab=vocab)
+    m = (RADV if kind == "radv" else RADQ)(bb)
+    with torch.no_grad():  # spread rewards over [0, 1] so guidance visibly matters
+        for p in m.parameters():
+            if p.requires_grad:
+                p.mul_(scale)
+    return m.eval()
+
+
+@pytest.fixture(scope="module", params=["radv", "radq"])
+def rm(request):
+    return _rm(request.param)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _base()
+
+
+def _reference_z(base, rm, ids, beta, k, direction):
+    """Slow eq. (1): full-sequence reward of [x, v] for every top-k v, via score_sequences."""
+    with torch.no_grad():
+        logits = base(ids).logits[:, -1].double()
+    z = torch.full_like(logits, -math.inf)
+    for b in range(ids.shape[0]):
+        top = torch.argsort(logits[b], descending=True)[:k]
+        seqs = torch.cat([ids[b].expand(k, -1), top[:, None]], 1)
+        with torch.no_grad():
+            r = rm.score_sequences(seqs, torch.ones_like(seqs)).double().clamp(0, 1)
+        r = r if direction == 1 else 1 - r
+        z[b, top] = logits[b, top] + beta * r
+    return logits, z
+
+
+@pytest.mark.parametrize("direction", [1, -1])
+def test_processor_equals_hand_computed(base, rm, direction):
+    ids = torch.tensor([[3, 1, 4, 1], [5, 9, 2, 6]])
+    logits, ref = _reference_z(base, rm, ids, beta=5.0, k=6, direction=direction)
+    proc = gd.RewardGuidedLogitsProcessor(rm, beta=5.0, top_k=6, direction=direction)
+    z = proc(ids, logits.float().clone())
+    assert torch.equal(torch.isfinite(z), torch.isfinite(ref))
+    torch.testing.assert_close(torch.softmax(z.double(), -1), torch.softmax(ref, -1),
+                               rtol=0, atol=64 * F32)
+    # and the guidance really changed the distribution
+    assert (torch.softmax(ref, -1) - torch.softmax(logits, -1)).abs().max() > 1e-3
+
+
+def test_cached_and_uncached_decoding_identical(base, rm):
+    prompts = [[3, 1, 4], [5], [2, 7, 1, 8, 2]]
+    kw = dict(beta=8.0, top_k=5, n_samples=3, max_new_tokens=6, generator=11)
+    a = gd.guided_generate(base, rm, prompts, use_reward_cache=True, **kw)
+    b = gd.guided_generate(base, rm, prompts, use_reward_cache=False, **kw)
+    for ra, rb in zip(a.tokens, b.tokens, strict=True):
+        for x, y in zip(ra, rb, strict=True):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(a.log_q, b.log_q, atol=1e-4)
+    np.testing.assert_allclose(a.final_reward, b.final_reward, atol=1e-5)
+
+
+def test_processor_cached_and_uncached_logits_identical_in_generate(base):
+    rm = _rm("radv")
+    ids = torch.tensor([[PAD, PAD, 3, 1], [5, 9, 2, 6]])
+    mask = (ids != PAD).long()
+    outs = []
+    for use_cache in (True, False):
+        proc = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=4, pad_token_id=PAD,
+                                              use_cache=use_cache)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            o = base.generate(ids, attention_mask=mask, do_sample=True, top_k=0,
+                              max_new_tokens=5, logits_processor=[proc], pad_token_id=PAD,
+                              return_dict_in_generate=True, output_scores=True)
+        outs.append(o)
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    for s0, s1 in zip(outs[0].scores, outs[1].scores, strict=True):
+        # float32 cached vs full passes reduce over different shapes: a few ulps of r,
+        # times beta
+        torch.testing.assert_close(s0, s1, rtol=256 * F32, atol=6.0 * 256 * F32)
+        assert (torch.isfinite(s0).sum(-1) == 4).all()  # exactly top-k survive
+
+
+def test_generate_path_equals_own_loop_and_processor_is_stateless(base, rm):
+    prompts = [[3, 1], [5, 9, 2, 6], [8]]
+    ids, mask = gd._left_pad(prompts, PAD, "cpu")
+    proc = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=5, pad_token_id=PAD)
+    kw = dict(do_sample=False, max_new_tokens=5, logits_processor=[proc], pad_token_id=PAD)
+    out1 = base.generate(ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
+    own = gd.guided_generate(base, rm, prompts, beta=6.0, top_k=5, max_new_tokens=5,
+                             do_sample=False, eos_token_id=-1)
+    np.testing.assert_array_equal(out1.numpy(), np.stack([r[0] for r in own.tokens]))
+    # same processor object, another generate on other prompts == a fresh processor
+    ids2, mask2 = gd._left_pad([[7, 7, 7]], PAD, "cpu")
+    again = base.generate(ids2, attention_mask=mask2, **kw)
+    fresh = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=5, pad_token_id=PAD)
+    ref = base.generate(ids2, attention_mask=mask2, **{**kw, "logits_processor": [fresh]})
+    assert torch.equal(again, ref)
+
+
+def test_left_padded_batch_equals_one_by_one(base, rm):
+    prompts = [[3], [5, 9, 2, 6, 1], [2, 7, 1]]
+    kw = dict(beta=6.0, top_k=5, max_new_tokens=6, do_sample=False, eos_token_id=-1)
+    batch = gd.guided_generate(base, rm, prompts, **kw)
+    for i, p in enumerate(prompts):
+        one = gd.guided_generate(base, rm, [p], **kw)
+        np.testing.assert_array_equal(batch.tokens[i][0], one.tokens[0][0])
+        np.testing.assert_allclose(batch.log_q[i], one.log_q[0], atol=1e-4)
+        np.testing.assert_allclose(batch.log_p_lm[i], one.log_p_lm[0], atol=1e-4)
+
+
+def test_seeded_runs_reproducible(base, rm):
+    kw = dict(beta=4.0, top_k=8, n_samples=4, max_new_tokens=6)
+    a = gd.guided_generate(base, rm, [[1, 2, 3]], generator=3, **kw)
+    b = gd.guided_generate(base, rm, [[1, 2, 3]], generator=torch.Generator().manual_seed(3), **kw)
+    c = gd.guided_generate(base, rm, [[1, 2, 3]], generator=4, **kw)
+    same = [np.array_equal(x, y) for x, y in zip(a.tokens[0], b.tokens[0], strict=True)]
+    diff = [np.array_equal(x, y) for x, y in zip(a.tokens[0], c.tokens[0], strict=True)]
+    assert all(same) and not all(diff)
+    assert a.n_tokens > 0 and a.time_per_token > 0
+
+
+def test_tokenizer_mismatch_and_bad_arguments_refused(base):
+    big = _rm("radq", vocab=V + 5)
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        gd.guided_generate(base, big, [[1]], beta=1.0)
+    proc = gd.RewardGuidedLogitsProcessor(big, beta=1.0, top_k=3)
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        proc(torch.tensor([[1, 2]]), torch.zeros(1, V))
+
+    class Tok:
+        def get_vocab(self):
+            return {chr(65 + i): i for i in range(V)}
+
+        def __len__(self):
+            return V
+
+    rm = _rm("radq")
+    rm.tokenizer_fingerprint = "sha256:deadbeef:20"
+    with pytest.raises(ValueError, match="fingerprint"):
+        gd.RewardGuidedLogitsProcessor(rm, beta=1.0, tokenizer=Tok())
+    for bad in (True, 0, 2):
+        with pytest.raises(ValueError, match="direction"):
+            gd.RewardGuidedLogitsProcessor(rm, beta=1.0, direction=bad)
+    with pytest.raises(ValueError, match="mix"):
+        gd.guided_generate(base, rm, [[1]], beta=1.0, mix=1.0)
+
+
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=12), st.floats(0.05, 1.0))
+def test_nucleus_candidates_are_the_smallest_top_set(logits, top_p):
+    x = torch.tensor([logits], dtype=torch.float32)
+    cand, valid = gd.select_candidates(x, top_k=None, top_p=top_p)
+    p = torch.softmax(x.double(), -1)[0].numpy()
+    got = cand[0][valid[0]].tolist()
+    assert len(set(got)) == len(got) >= 1
+    inside, outside = p[got], np.delete(p, got)
+    tol = 64 * F32
+    assert inside.sum() >= top_p - tol or outside.size == 0  # enough mass
+    assert inside.sum() - inside.min() < top_p + tol  # dropping the last token is too little
+    assert outside.size == 0 or inside.min() >= outside.max() - tol  # a top set
+    kc, kv = gd.select_candidates(x, top_k=1, top_p=top_p)  # top_k caps the nucleus
+    assert kc.shape[1] == 1 and int(kc[0, 0]) == int(np.argmax(p)) or p.max() - p[kc[0, 0]] < tol
+
+
+def _enumerate(base, rm, prompt, T, beta, direction=1):
+    """Exact log p_LM(y) + beta * r~(y) over all V^T continuations (the SMC target)."""
+    ys = torch.cartesian_prod(*[torch.arange(V)] * T) if T > 1 else torch.arange(V)[:, None]
+    full = torch.cat([torch.tensor(prompt).expand(ys.shape[0], -1), ys], 1)
+    with torch.no_grad():
+        lp = torch.log_softmax(base(full).logits.double(), -1)
+        tok_lp = lp[:, len(prompt) - 1:-1].gather(-1, ys[..., None]).squeeze(-1).sum(-1)
+        r = rm.score_sequences(full, torch.ones_like(full)).double().clamp(0, 1)
+    r = r if direction == 1 else 1 - r
+    return ys, tok_lp, r
+
+
+def test_smc_weights_exact_and_unbiased_by_enumeration(base):
+    rm = _rm("radq", scale=2.0)
+    prompt, T, beta = [4, 2], 2, 4.0
+    ys, lp, r = _enumerate(base, rm, prompt, T, beta)
+    log_sigma = lp + beta * r
+    sigma = torch.softmax(log_sigma, 0)
+    exact = float((sigma * r).sum())
+    out = gd.guided_generate(base, rm, [prompt], beta=beta, top_k=3, n_samples=3000,
+                             max_new_tokens=T, generator=5, mix=0.2, weights=True,
+                             eos_token_id=-1, batch_size=3000)
+    y = np.stack(out.tokens[0])
+    idx = torch.tensor(y[:, 0] * V + y[:, 1])
+    # every weight equals log p_LM(y) + beta r(y) - log q(y) (q from the sampler itself)
+    # float32 models: a few hundred ulps on logits of size O(10)
+    tol = 1024 * F32
+    np.testing.assert_allclose(out.log_p_lm[0], lp[idx].numpy(), atol=tol)
+    np.testing.assert_allclose(out.final_reward[0], r[idx].numpy(), atol=tol)
+    np.testing.assert_allclose(out.log_weights[0],
+                               log_sigma[idx].numpy() - out.log_q[0], atol=(2 + beta) * tol)
+    assert r.std() > 0.05  # the reward varies, so the target differs from p_LM
+    w = np.exp(out.log_weights[0] - out.log_weights[0].max())
+    w /= w.sum()
+    est = float((w * out.final_reward[0]).sum())
+    ess = 1.0 / (w ** 2).sum()
+    se = float(np.sqrt(np.sum(w ** 2 * (out.final_reward[0] - est) ** 2))) + 1e-3
+    assert abs(est - exact) < 5 * se, (est, exact, se, ess)
+    # plain RAD (mix=0) samples only top-k and stays biased w.r.t. the same target
+    plain = gd.guided_generate(base, rm, [prompt], beta=beta, top_k=3, n_samples=3000,
+                               max_new_tokens=T, generator=5, eos_token_id=-1, batch_size=3000)
+    support = {tuple(t) for t in plain.tokens[0]}
+    assert len(support) <= 9 < V ** T
+    assert sigma.sum() - sum(float(sigma[a * V + b]) for a, b in support) > 0
+
+
+def test_smc_resampling_keeps_lineages_consistent(base):
+    rm = _rm("radq")
+    out = gd.guided_generate(base, rm, [[4, 2], [7]], beta=6.0, top_k=4, n_samples=8,
+                             max_new_tokens=4, generator=2, mix=0.3, resample_threshold=0.9,
+                             eos_token_id=-1)
+    assert out.ancestors, "expected at least one resampling event at threshold 0.9"
+    # after resampling, log p_LM / log q still belong to each particle's own token path
+    for i, p in enumerate([[4, 2], [7]]):
+        for j, y in enumerate(out.tokens[i]):
+            full = torch.tensor([p + y.tolist()])
+            with torch.no_grad():
+                lp = torch.log_softmax(base(full).logits.double(), -1)[0]
+            ref = lp[len(p) - 1:-1].gather(-1, torch.tensor(y)[:, None]).sum()
+            assert out.log_p_lm[i, j] == pytest.approx(float(ref), abs=1e-4)
+
+
+def test_unguided_loop_equals_hf_greedy_and_beta_zero(base, rm):
+    prompts = [[3, 1, 4], [5]]
+    own = gd.guided_generate(base, None, prompts, beta=0.0, top_k=5, max_new_tokens=5,
+                             do_sample=False, eos_token_id=-1)
+    ids, mask = gd._left_pad(prompts, PAD, "cpu")
+    hf = base.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=5,
+                       pad_token_id=PAD)[:, ids.shape[1]:]
+    np.testing.assert_array_equal(np.stack([r[0] for r in own.tokens]), hf.numpy())
+    # beta = 0 with a reward model samples the same tokens as no reward model
+    kw = dict(beta=0.0, top_k=5, n_samples=3, max_new_tokens=5, generator=9, eos_token_id=-1)
+    a = gd.guided_generate(base, None, prompts, **kw)
+    b = gd.guided_generate(base, rm, prompts, **kw)
+    for x, y in zip(a.tokens, b.tokens, strict=True):
+        np.testing.assert_array_equal(np.stack(x), np.stack(y))
+    np.testing.assert_allclose(a.log_q, b.log_q, atol=1e-6)
+
+
+_CUDA = pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="torch sees no CUDA device"), id="cuda")
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu", id="cpu"), _CUDA])
+def test_device_run_matches_cpu_greedy(base, device):
+    rm = _rm("radv")
+    prompts = [[3, 1], [5, 9, 2]]
+    kw = dict(beta=6.0, top_k=5, max_new_tokens=4, do_sample=False, eos_token_id=-1)
+    ref = gd.guided_generate(base, rm, prompts, **kw)
+    b2, rm2 = copy.deepcopy(base).to(device), copy.deepcopy(rm).to(device)
+    out = gd.guided_generate(b2, rm2, prompts, **kw)
+    for x, y in zip(ref.tokens, out.tokens, strict=True):
+        np.testing.assert_array_equal(x[0], y[0])
+    np.testing.assert_allclose(ref.log_q, out.log_q, atol=1e-3)
+    sampled = gd.guided_generate(b2, rm2, prompts, beta=6.0, top_k=5, max_new_tokens=4,
+                                 n_samples=2, generator=1, mix=0.2, weights=True)
+    assert np.isfinite(sampled.log_weights).all()

@@ -1,0 +1,160 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rankkit import cli, datasets
+from rankkit.omega import reduce_omega2
+from rankkit.trie import build_reward_matrix
+
+TEXTS = ["the movie was good", "the movie was bad", "the movie was fine", "the plot was good",
+         "a plot", "a movie", "the end", "the end was bad", "", "good good good"]
+
+
+@pytest.fixture(scope="module")
+def csv_file(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    f = tmp_path_factory.mktemp("cli") / "reviews.csv"
+    y = rng.random(len(TEXTS)).round(6)
+    f.write_text("review,score\n" + "".join(f'"{t}",{v}\n' for t, v in zip(TEXTS, y, strict=True)))
+    return f
+
+
+@pytest.fixture(scope="module")
+def ds(csv_file):
+    return datasets.load(str(csv_file), text="review", labels="score")
+
+
+def invoke(*args):
+    res = CliRunner().invoke(cli.main, [str(a) for a in args])
+    return res
+
+
+@pytest.mark.parametrize("cmd,words", [
+    ([], ["matrix", "estimate", "rank-curve", "stress", "figures", "datasets"]),
+    (["estimate"], ["--eps", "--ranks", "--lam", "--max-iter", "--backend", "--label", "--json"]),
+    (["matrix"], ["--limit", "--max-len", "--tokenizer", "--json"]),
+    (["rank-curve"], ["--sizes", "--repeats", "--json"]),
+    (["stress"], ["--case", "--json"]),
+    (["figures"], ["--quick", "--only", "--json"]),
+])
+def test_help(cmd, words):
+    res = invoke(*cmd, "--help")
+    assert res.exit_code == 0, res.output
+    for w in words:
+        assert w in res.output
+
+
+def test_matrix_json_matches_library(csv_file, ds):
+    res = invoke("matrix", csv_file, "--text", "review", "--labels", "score", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    R = build_reward_matrix(ds)
+    R2 = reduce_omega2(R)
+    assert out["omega"]["rows"] == R.shape[0] and out["omega"]["observed"] == R.nnz
+    assert out["omega2"]["rows"] == R2.shape[0] and out["omega2"]["observed"] == R2.nnz
+    assert out["texts"] == len(TEXTS) - 1 and out["dropped_empty"] == 1
+    by_len = out["by_prefix_length"]
+    assert sum(d["rows"] for d in by_len.values()) == R.shape[0]
+    assert sum(d["omega2_cells"] for d in by_len.values()) == R2.nnz
+    assert sum(out["cells_per_row_histogram"].values()) == R.shape[0]
+    # the empty prefix row holds one cell per distinct first token
+    assert by_len["0"]["cells"] == len({s[0] for s in ds.sequences.to_lists()})
+    text = invoke("matrix", csv_file, "--text", "review", "--labels", "score")
+    assert text.exit_code == 0 and f"{R.nnz:,} observed cells" in text.output
+
+
+def test_estimate_json_and_figure(csv_file, ds, tmp_path):
+    fig = tmp_path / "est.png"
+    res = invoke("estimate", csv_file, "--text", "review", "--labels", "score", "--ranks", "0,2",
+                 "--max-iter", 20, "--json", "--figure", fig, "--backend", "numpy")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    R2 = reduce_omega2(build_reward_matrix(ds))
+    # rank 0 is the zero matrix: its MSE is the mean square of the observed Ω₂ values
+    ref = float(np.mean(R2.to_scipy().data ** 2))
+    assert out["mse_by_rank"]["0"] == pytest.approx(ref, rel=1e3 * np.finfo(float).eps)
+    assert out["mse_by_rank"]["2"] <= ref
+    assert out["omega2_shape"] == list(R2.shape) and out["figure"] == str(fig)
+    assert fig.stat().st_size > 1000
+
+
+def test_estimate_text_output_names_table_and_figure(csv_file, tmp_path):
+    res = invoke("estimate", csv_file, "--text", "review", "--labels", "score", "--ranks", "0,1",
+                 "--max-iter", 5, "--figure", tmp_path / "f.png", "--no-lower-bound")
+    assert res.exit_code == 0, res.output
+    assert "MSE on Ω₂" in res.output and f"figure written to {tmp_path / 'f.png'}" in res.output
+
+
+def test_bad_inputs_give_clear_errors(csv_file):
+    res = invoke("matrix", csv_file, "--text", "body", "--labels", "score")
+    assert res.exit_code != 0 and "column 'body' not found" in res.output
+    assert "['review', 'score']" in res.output
+    res = invoke("estimate", csv_file, "--text", "review", "--labels", "score", "--ranks", "a,b")
+    assert res.exit_code == 2 and "--ranks" in res.output
+    res = invoke("estimate", csv_file, "--text", "review", "--labels", "score", "--label", "nope")
+    assert res.exit_code == 2 and "'nope' not found" in res.output
+    res = invoke("stress", "--case", "nope")
+    assert res.exit_code == 2 and "upper_triangular" in res.output
+
+
+def test_stress_json_upper_triangular():
+    res = invoke("stress", "--case", "upper_triangular", "--case", "arithmetic", "--n", 8, "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["case"]: r for r in json.loads(res.output)}
+    ut = rows["upper_triangular"]
+    # n(n+1)/2 observed cells; row 0 holds only its diagonal cell and is removed by Lemma 3
+    assert (ut["rows"], ut["cols"], ut["observed"]) == (8, 8, 36)
+    assert (ut["omega2_rows"], ut["single_rows"], ut["known_min_rank"]) == (7, 1, 8)
+    assert rows["arithmetic"]["known_min_rank"] == 8
+
+
+def test_rank_curve_on_npy(tmp_path, rng):
+    M = rng.standard_normal((40, 3)) @ rng.standard_normal((3, 12))
+    f = tmp_path / "m.npy"
+    np.save(f, M)
+    res = invoke("rank-curve", f, "--sizes", "1,2,5,20", "--json", "--backend", "numpy")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["sizes"] == [1, 2, 5, 20]
+    assert [r[0] for r in out["ranks"]] == [1, 2, 3, 3]
+
+
+def test_rank_curve_on_dataset(csv_file, ds):
+    res = invoke("rank-curve", csv_file, "--text", "review", "--labels", "score", "--sizes",
+                 "1,2", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    R2 = reduce_omega2(build_reward_matrix(ds))
+    assert out["n_rows"] == R2.shape[0] and out["ranks"][-1][0] <= 2
+
+
+def test_datasets_lists_presets():
+    res = invoke("datasets", "--json")
+    assert res.exit_code == 0
+    assert set(json.loads(res.output)) == set(datasets.available())
+
+
+def test_figures_forwards_options(monkeypatch, tmp_path):
+    calls = {}
+
+    class Stub:
+        @staticmethod
+        def run(only, quick, out_dir):
+            calls.update(only=only, quick=quick, out_dir=out_dir)
+            return {"table2_min_rank": [f"{out_dir}/table2_min_rank.png"]}
+
+    monkeypatch.setattr(cli, "_import_run_all", lambda: Stub)
+    res = invoke("figures", "--quick", "--only", "table2_min_rank", "--out-dir", tmp_path, "--json")
+    assert res.exit_code == 0, res.output
+    assert calls == {"only": ["table2_min_rank"], "quick": True, "out_dir": str(tmp_path)}
+    assert json.loads(res.output) == {"table2_min_rank": [f"{tmp_path}/table2_min_rank.png"]}
+
+
+def test_run_all_lists_core_analyses():
+    run_all = cli._import_run_all()
+    for name in ("table2_min_rank", "stress_upper_triangular", "data_rank_structure"):
+        assert f"analyses.{name}" in run_all.MODULES
+    with pytest.raises(ValueError, match="unknown analysis"):
+        run_all.run(only=["nope"])

@@ -1,0 +1,186 @@
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rankkit import datasets as D
+from rankkit import tokenizers
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tokenizers.load("gpt2")
+
+
+# ---- VADER (real data, cached sdist) ---------------------------------------------------
+def test_vader_sets_sizes_and_labels(tok):
+    for name, (_, n, _) in D.VADER_SETS.items():
+        texts, r = D._read_vader(name)
+        assert len(texts) == r.size == n
+        assert r.min() >= -4 and r.max() <= 4
+    ds = D.load("vader:tweets", tokenizer=tok, limit=50)
+    assert ds.label_names == ("sentiment", "rating")
+    sent, rating = ds.responses[:, 0], ds.responses[:, 1]
+    np.testing.assert_allclose(sent, (rating + 4) / 8, rtol=4 * np.finfo(float).eps)
+    assert len(ds) == 50 and ds.vocab_size == 50257
+    assert ds.sequences[0].tolist() == tok(ds.texts[0])["input_ids"]
+    only = D.load("vader:tweets", tokenizer=tok, limit=5, labels="rating")
+    assert only.label_names == ("rating",) and only.responses.ndim == 1
+    np.testing.assert_array_equal(only.responses, rating[:5])
+
+
+def test_vader_download_is_verified_and_atomic(tmp_path, monkeypatch):
+    real = D._vader_sdist()
+    calls = []
+
+    def fake_pip(cmd, **kw):  # pip download, answered from the verified copy
+        calls.append(cmd)
+        dest = cmd[cmd.index("-d") + 1]
+        shutil.copy(real, f"{dest}/{D.VADER_SDIST}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(D.subprocess, "run", fake_pip)
+    got = D._vader_sdist(tmp_path)
+    assert got == tmp_path / "vader" / D.VADER_SDIST and D._sha256(got) == D.VADER_SHA256
+    assert "--no-binary" in calls[0] and f"vaderSentiment=={D.VADER_VERSION}" in calls[0]
+    assert [p.name for p in (tmp_path / "vader").iterdir()] == [D.VADER_SDIST]  # no tmp left
+    D._vader_sdist(tmp_path)
+    assert len(calls) == 1  # cached: no second download
+    got.write_bytes(b"tampered")
+    with pytest.raises(OSError, match="SHA-256.*delete it"):
+        D._vader_sdist(tmp_path)
+
+
+def test_vader_download_with_wrong_hash_is_refused(tmp_path, monkeypatch):
+    def evil_pip(cmd, **kw):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        open(f"{cmd[cmd.index('-d') + 1]}/{D.VADER_SDIST}", "wb").write(b"evil")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(D.subprocess, "run", evil_pip)
+    with pytest.raises(OSError, match="refusing"):
+        D._vader_sdist(tmp_path)
+    assert not (tmp_path / "vader" / D.VADER_SDIST).exists()
+
+
+def test_available_lists_all_presets():
+    names = D.available()
+    assert {"vader:movie", "vader:tweets", "vader:nyt", "vader:amazon", "jigsaw",
+            "amazon_polarity", "sst2", "helpsteer", "beavertails"} <= set(names)
+
+
+# ---- hub presets on in-memory tables -----------------------------------------------------
+def test_jigsaw_preset_seven_labels():
+    hf = pytest.importorskip("datasets")
+    labels = ["toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat",
+              "sexual_explicit"]
+    rng = np.random.default_rng(0)
+    vals = rng.random((4, 7))
+    table = {"comment_text": ["a", "b", "c", "d"], "target": vals[:, 0]}
+    table.update({n: vals[:, j] for j, n in enumerate(labels) if j})
+    texts, y, names = D.apply_preset("jigsaw", hf.Dataset.from_dict(table))
+    assert names == tuple(labels) and texts == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(y, vals)
+    hub = {"text": ["x"], **{n: [0.5] for n in labels}}
+    assert D.apply_preset("jigsaw", hf.Dataset.from_dict(hub), labels="threat")[2] == ("threat",)
+
+
+def test_binary_and_multi_attribute_presets():
+    hf = pytest.importorskip("datasets")
+    ap = hf.Dataset.from_dict({"title": ["t1", "t2"], "content": ["good", "bad"], "label": [1, 0]})
+    texts, y, names = D.apply_preset("amazon_polarity", ap)
+    assert texts == ["good", "bad"] and y[:, 0].tolist() == [1.0, 0.0]
+    sst = hf.Dataset.from_dict({"idx": [0], "sentence": ["fine"], "label": [1]})
+    assert D.apply_preset("sst2", sst)[1].tolist() == [[1.0]]
+    attrs = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+    hs = hf.Dataset.from_dict({"prompt": ["p"], "response": ["r"], **{a: [k] for k, a in
+                                                                    enumerate(attrs)}})
+    texts, y, names = D.apply_preset("helpsteer", hs)
+    assert texts == ["p\nr"] and names == tuple(attrs) and y.tolist() == [[0, 1, 2, 3, 4]]
+    bt = hf.Dataset.from_dict({"prompt": ["p", "q"], "response": ["r", "s"],
+                               "category": [{}, {}], "is_safe": [True, False]})
+    assert D.apply_preset("beavertails", bt)[1][:, 0].tolist() == [1.0, 0.0]
+
+
+def test_preset_missing_column_is_named():
+    hf = pytest.importorskip("datasets")
+    with pytest.raises(KeyError, match=r"\['sentence'\].*available columns: \['text', 'label'\]"):
+        D.apply_preset("sst2", hf.Dataset.from_dict({"text": ["a"], "label": [1]}))
+    with pytest.raises(KeyError, match="label 'nope' not in preset"):
+        D.apply_preset("sst2", {"sentence": ["a"], "label": [1]}, labels="nope")
+
+
+def test_load_from_dataset_object(tok):
+    hf = pytest.importorskip("datasets")
+    table = hf.Dataset.from_dict({"t": ["good day", "", "bad day"], "y": [1.0, 0.5, 0.0]})
+    ds = D.load(table, tokenizer=tok, text="t", labels="y")
+    assert len(ds) == 2 and ds.n_dropped_empty == 1  # the empty text is a counted skip
+    assert ds.responses.tolist() == [1.0, 0.0] and ds.texts == ("good day", "bad day")
+
+
+# ---- local files ---------------------------------------------------------------------------
+@settings(max_examples=10)  # each example writes three files
+@given(st.lists(st.tuples(st.text(st.characters(codec="utf-8", exclude_characters="\r\x00"),
+                                  min_size=1, max_size=20),
+                          st.floats(-1e6, 1e6)), min_size=1, max_size=8))
+def test_csv_jsonl_parquet_roundtrip(tmp_path_factory, rows):
+    import pandas as pd
+
+    d = tmp_path_factory.mktemp("files")
+    df = pd.DataFrame({"review": [r[0] for r in rows], "score": [r[1] for r in rows]})
+    df.to_csv(d / "a.csv", index=False)
+    with open(d / "a.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps({"review": t, "score": y}) + "\n" for t, y in rows)
+    df.to_parquet(d / "a.parquet")
+    for f in ("a.csv", "a.jsonl", "a.parquet"):
+        texts, y, names = D._read_file(d / f, "review", ["score"])
+        assert texts == df["review"].tolist(), f
+        np.testing.assert_allclose(y[:, 0], df["score"], rtol=2 * np.finfo(float).eps)
+        assert names == ("score",)
+
+
+def test_csv_errors_name_file_and_line(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("text,y\nfine,1\nalso fine,0.5\nbad,high\n")
+    with pytest.raises(ValueError, match=r"d\.csv line 4: label 'y' = 'high' is not a number"):
+        D._read_file(f, "text", "y")
+    f.write_text("text,y\nfine,1\nnan here,nan\n")
+    with pytest.raises(ValueError, match=r"line 3: label 'y' = 'nan' is not finite"):
+        D._read_file(f, "text", "y")
+    with pytest.raises(KeyError, match=r"column 'label' not found; available columns: \['text', 'y'\]"):
+        D._read_file(f, "text", "label")
+    f.write_bytes(b"text,y\nok,1\n\xff\xfe broken,0\n")
+    with pytest.raises(ValueError, match=r"d\.csv line 3: not valid UTF-8"):
+        D._read_file(f, "text", "y")
+
+
+def test_jsonl_errors_name_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"text": "a", "y": 1}) + "\n" + "{oops\n")
+    with pytest.raises(ValueError, match=r"d\.jsonl line 2: not valid JSON"):
+        D._read_file(f, "text", "y")
+    f.write_text(json.dumps({"text": "a", "y": 1}) + "\n" + json.dumps({"text": "b"}) + "\n")
+    with pytest.raises(KeyError, match=r"line 2: column 'y' missing"):
+        D._read_file(f, "text", "y")
+    f.write_text(json.dumps({"text": "a", "y": None}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: label 'y' = None is not a number"):
+        D._read_file(f, "text", "y")
+
+
+def test_load_local_file_and_unknown_spec(tmp_path, tok):
+    f = tmp_path / "d.csv"
+    f.write_text("text,y\nhello world,1\n   ,0\nbye,0.25\n")
+    ds = D.load(str(f), tokenizer=tok, text="text", labels="y", max_len=1)
+    # "   " tokenizes to a token, so only truly empty texts are dropped; max_len truncates
+    assert ds.sequences.lengths.max() == 1 and ds.sequences[0].tolist() == [31373]
+    with pytest.raises(FileNotFoundError, match="neither a preset nor a file"):
+        D.load("vader_movie")
+    with pytest.raises(KeyError, match="unknown VADER set"):
+        D.load("vader:imdb")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        (tmp_path / "x.xlsx").write_text("")
+        D.load(tmp_path / "x.xlsx", text="a", labels="b")

@@ -1,0 +1,223 @@
+"""estimate_min_rank: soft-impute certificates on Ω₂, Lemma 3's +1, structural lower bounds."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rankkit as rk
+from rankkit.matrix import RewardMatrix
+from rankkit.minrank import MinRankEstimate, _mse_from_factors, _rank_cap, estimate_min_rank
+
+FAST = dict(progress=False, backend="numpy")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_numba_thread():
+    """These fits are tiny (< 1,000 cells): a parallel kernel's thread hand-off costs far
+    more than the work, and on a busy 2-core runner it dominates the run time."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+def dense_mse_on_omega2(est: MinRankEstimate, R2: RewardMatrix) -> float:
+    """Slow reference: form U diag(d) Vᵀ densely and average the squared error on Ω₂."""
+    c = est.certificate
+    M = (np.asarray(c.U) * np.asarray(c.d)) @ np.asarray(c.V).T
+    X = R2.to_scipy().toarray()
+    return float(np.mean((X - M)[R2.rows, R2.indices] ** 2))
+
+
+# ---- the synthetic cases of the issue -----------------------------------------------------
+@pytest.mark.parametrize("n", [2, 8, 16, 32])
+def test_upper_triangular_is_bracketed_exactly(n):
+    R = rk.synthetic.upper_triangular(n)
+    est = estimate_min_rank(R, **FAST)
+    assert est.lower == est.upper == n
+    assert est.bounds.verify(R) >= n
+    # Ω₂ loses the one single-entry row; its certificate has rank n - 1, Lemma 3 adds 1
+    assert est.n_single_rows == 1 and est.single_rows_nonzero
+    assert est.rank_certified == n - 1
+    assert est.mse_by_rank[0] > est.eps  # the zero matrix misses the diagonal
+    assert f"minimal ε-rank ∈ [{n}, {n}]" in est.summary()
+
+
+def test_one_value_per_row_needs_rank_one():
+    R = rk.synthetic.one_per_row(50, 20)
+    assert (R.row_nnz <= 1).all()
+    est = estimate_min_rank(R, **FAST)
+    assert est.omega2_nnz == 0 and est.rank_certified == 0 and est.certificate is None
+    nonzero = bool(np.any(R.label_values() != 0))
+    assert est.upper == int(nonzero) == est.lower
+    assert est.mse_by_rank == {0: 0.0}
+
+
+def test_single_rows_of_observed_zeros_need_no_extra_rank():
+    # two dense rows of rank 1 plus single-entry rows holding observed zeros: the zero
+    # block completes them, so Lemma 3's +1 is not needed
+    dense = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0]])
+    rows = [0, 0, 0, 1, 1, 1, 2, 3]
+    cols = [0, 1, 2, 0, 1, 2, 1, 2]
+    vals = list(dense.ravel()) + [0.0, 0.0]
+    R = RewardMatrix.from_coo(rows, cols, vals, (4, 3))
+    est = estimate_min_rank(R, **FAST)
+    assert (est.n_single_rows, est.single_rows_nonzero) == (2, False)
+    assert est.rank_certified == 1 == est.upper == est.lower
+
+
+@pytest.mark.parametrize("rank", [1, 2, 4])
+def test_random_low_rank_with_dense_observations(rank):
+    R = rk.synthetic.random_low_rank(30, 20, rank, density=0.9, noise=0.0, seed=rank)
+    est = estimate_min_rank(R, **FAST)
+    assert est.upper is not None and est.upper <= rank + 1
+    assert 1 <= est.lower <= rank
+    assert est.mse_by_rank[est.rank_certified] <= est.eps
+
+
+# ---- the certificate is checked independently ---------------------------------------------
+def test_certificate_mse_matches_a_dense_recomputation(rng):
+    M = rng.normal(size=(25, 3)) @ rng.normal(size=(3, 15))
+    R = RewardMatrix.from_dense(M, rng.random(M.shape) < 0.8)
+    est = estimate_min_rank(R, **FAST)
+    R2 = rk.reduce_omega2(R)
+    ref = dense_mse_on_omega2(est, R2)
+    tol = 64 * np.finfo(np.float64).eps * max(1.0, float(np.mean(M**2)))
+    assert abs(est.mse_by_rank[est.certified_at] - ref) <= tol
+    assert ref <= est.eps
+    assert np.count_nonzero(np.asarray(est.certificate.d)) == est.rank_certified
+
+
+def test_mse_from_factors_refuses_wrong_shapes():
+    R = RewardMatrix.from_dense(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="expected \\(3, 1\\) and \\(2, 1\\)"):
+        _mse_from_factors(R, 0, np.ones((2, 1)), np.ones(1), np.ones((2, 1)))
+
+
+def test_rank_cap_is_an_exact_completion_rank():
+    # rows observe at most 2 cells -> a rank-2 exact completion exists (generic V)
+    rows = [0, 0, 1, 1, 2, 2, 3, 3]
+    cols = [0, 1, 1, 2, 2, 3, 3, 0]
+    R = RewardMatrix.from_coo(rows, cols, np.arange(1.0, 9.0), (4, 4))
+    assert _rank_cap(R) == 2
+    # the default thresh=1e-5 stops this fit at MSE ~ 3e-5: converge further
+    est = estimate_min_rank(R, thresh=1e-12, **FAST)
+    assert est.rank_certified == 2 == max(est.mse_by_rank)  # never tries beyond the cap
+
+
+# ---- explicit ranks (Table 2 layout) -------------------------------------------------------
+def test_explicit_ranks_give_exactly_those_keys(rng):
+    M = rng.normal(size=(20, 4)) @ rng.normal(size=(4, 12))
+    R = RewardMatrix.from_dense(M, rng.random(M.shape) < 0.7)
+    est = estimate_min_rank(R, ranks=[0, 2, 5, 40], **FAST)
+    assert list(est.mse_by_rank) == [0, 2, 5, 40]
+    R2 = rk.reduce_omega2(R)
+    assert est.mse_by_rank[0] == pytest.approx(np.mean(R2.label_values() ** 2))
+    assert est.mse_by_rank[2] > est.eps  # a rank-4 generic matrix is not rank 2
+    passing = [r for r, v in est.mse_by_rank.items() if v <= est.eps]
+    assert est.certified_at == min(passing)
+    assert est.rank_certified <= est.certified_at
+    assert est.mse_by_rank[40] <= est.eps  # rank 40 > min(shape): fitted at full rank
+    lines = est.summary().splitlines()
+    assert any(line.split("|")[0].strip() == "40" for line in lines if "|" in line)
+
+
+def test_nothing_passes_reports_why():
+    R = rk.synthetic.upper_triangular(6)
+    est = estimate_min_rank(R, ranks=[1, 2], **FAST)
+    assert est.upper is None and est.rank_certified is None and est.certificate is None
+    assert "no rank tried reaches MSE" in est.message and "largest tried: rank 2" in est.message
+    assert "upper unknown" in est.summary()
+
+
+# ---- sources --------------------------------------------------------------------------------
+def test_scipy_source_keeps_explicit_zeros_as_observations():
+    n = 5
+    mask = np.tril(np.ones((n, n), bool))
+    r, c = np.nonzero(mask)
+    S = sp.csr_matrix((np.eye(n)[r, c], (r, c)), shape=(n, n))
+    est = estimate_min_rank(S, **FAST)
+    assert (est.lower, est.upper, est.omega_nnz) == (n, n, mask.sum())
+
+
+def test_dataset_source_builds_the_reward_matrix():
+    # Example 3 as text: the rows [k_i] hold the Lemma 2 triangle over the last names
+    n = 6
+    ds = rk.synthetic.upper_triangular_dataset(n)
+    est = estimate_min_rank(ds, **FAST)
+    R = rk.build_reward_matrix(ds)
+    assert (est.omega_shape, est.omega_nnz) == (R.shape, R.nnz)
+    assert est.lower >= n
+    assert est.bounds.verify(R) >= n
+    assert est.upper is not None and est.mse_by_rank[est.certified_at] <= est.eps
+
+
+def test_input_errors_name_the_problem():
+    R = rk.synthetic.upper_triangular(3)
+    with pytest.raises(TypeError, match="RewardMatrix.from_dense"):
+        estimate_min_rank(np.eye(3), **FAST)
+    with pytest.raises(ValueError, match="non-negative integers; got -1"):
+        estimate_min_rank(R, ranks=[2, -1], **FAST)
+    with pytest.raises(ValueError, match="'auto' or a list"):
+        estimate_min_rank(R, ranks="fast", **FAST)
+    with pytest.raises(ValueError, match="eps must be a finite number"):
+        estimate_min_rank(R, eps=float("nan"), **FAST)
+    with pytest.raises(ValueError, match="only when source is a RewardDataset"):
+        estimate_min_rank(R, max_len=4, **FAST)
+
+
+# ---- persistence: save/load, resumable checkpoints ----------------------------------------
+def test_save_and_load_round_trip(tmp_path):
+    est = estimate_min_rank(rk.synthetic.upper_triangular(6), **FAST)
+    est.save(tmp_path / "est")
+    assert not list((tmp_path / "est").glob("*.tmp*"))
+    back = MinRankEstimate.load(tmp_path / "est")
+    assert back.to_dict() == est.to_dict()
+    json.dumps(est.to_dict())  # serialisable as is
+    np.testing.assert_array_equal(np.asarray(back.certificate.U), np.asarray(est.certificate.U))
+    np.testing.assert_array_equal(np.asarray(back.certificate.d), np.asarray(est.certificate.d))
+    assert back.bounds.verify(rk.synthetic.upper_triangular(6)) == 6
+    with pytest.raises(FileNotFoundError, match="MinRankEstimate.save"):
+        MinRankEstimate.load(tmp_path / "missing")
+
+
+def test_checkpoint_dir_skips_finished_ranks(tmp_path, monkeypatch):
+    R = rk.synthetic.upper_triangular(7)
+    first = estimate_min_rank(R, checkpoint_dir=tmp_path, **FAST)
+    import rankkit.softimpute as si
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished rank was refitted instead of loaded")
+
+    monkeypatch.setattr(si, "soft_impute", refuse)
+    again = estimate_min_rank(R, checkpoint_dir=tmp_path, **FAST)
+    assert again.mse_by_rank == first.mse_by_rank
+    assert (again.lower, again.upper) == (first.lower, first.upper)
+    # a different matrix in the same directory is refused, naming the fix
+    with pytest.raises(ValueError, match="different problem.*new directory"):
+        estimate_min_rank(rk.synthetic.upper_triangular(5), checkpoint_dir=tmp_path, **FAST)
+
+
+# ---- properties ----------------------------------------------------------------------------
+@settings(max_examples=15)
+@given(st.integers(2, 8), st.integers(2, 8), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_bracket_is_sound_on_random_low_rank_patterns(n, m, r, seed):
+    g = np.random.default_rng(seed)
+    r = min(r, n, m)
+    M = g.integers(-1, 2, size=(n, r)).astype(float) @ g.integers(-1, 2, size=(r, m))
+    mask = g.random((n, m)) < 0.7
+    R = RewardMatrix.from_dense(M, mask)
+    est = estimate_min_rank(R, max_iter=300, **FAST)
+    # the generator is a completion: no exact lower bound may exceed its rank
+    assert est.lower <= np.linalg.matrix_rank(M)
+    assert est.bounds.verify(R) >= est.lower
+    if est.upper is not None and est.certificate is not None:
+        assert dense_mse_on_omega2(est, rk.reduce_omega2(R)) <= est.eps
+    assert est.mse_by_rank[0] == pytest.approx(
+        float(np.mean(rk.reduce_omega2(R).label_values() ** 2)) if est.omega2_nnz else 0.0)
