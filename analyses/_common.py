@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
+from rankkit.cli import json_default
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "paper_figures"
@@ -25,16 +25,6 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def _default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def write_json(obj: dict, path: Path) -> Path:
     """Atomic write (tmp + os.replace) so an interrupted run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +32,7 @@ def write_json(obj: dict, path: Path) -> Path:
                                 "machine": f"{platform.machine()} {platform.system()}, "
                                            f"{os.cpu_count()} cores"}}
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -24,6 +24,7 @@ MODULES = [
     "analyses.table2_min_rank",
     # rankkit_ext (torch): reward models, guided decoding, twisted SMC
     "analyses.expressivity_upper_triangular",
+    "analyses.learned_rank_regularizer",
     "analyses.guided_tradeoff",
     "analyses.tsmc_toxic_story",
 ]

@@ -31,6 +31,7 @@ _LAZY = {
     "SoftImputeResult": "softimpute",
     "estimate_min_rank": "minrank",
     "MinRankEstimate": "minrank",
+    "exact_completion": "minrank",
     "rank_lower_bound": "bounds",
     "RankLowerBound": "bounds",
     # backends

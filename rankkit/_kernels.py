@@ -23,6 +23,7 @@ computed in chunks by gathering rows of P and Q, then multiplied by a CSR matrix
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import numba
@@ -104,15 +105,30 @@ def _resid_tmm_py(bounds, indptr, indices, x, A, B, acc):
     return total
 
 
+def _twin(py_func, suffix: str):
+    """A copy of ``py_func`` under its own ``__qualname__``. Numba names its on-disk cache
+    entries by qualname (not by the ``parallel`` flag), so the parallel and serial builds of
+    one function must be distinct functions: with a shared name, whichever build is
+    compiled first is loaded from the cache for both (a serial "parallel" kernel)."""
+    f = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + suffix,
+                           py_func.__defaults__, py_func.__closure__)
+    f.__qualname__ = py_func.__qualname__ + suffix
+    f.__doc__ = py_func.__doc__
+    return f
+
+
+def _par_ser(py_func):
+    """(parallel build, serial build) of one kernel, cached on disk under separate names."""
+    return (njit(parallel=True, cache=True)(_twin(py_func, "_par")),
+            njit(parallel=False, cache=True)(_twin(py_func, "_ser")))
+
+
 # Parallel and serial builds of the same kernels: below _SERIAL_WORK (nnz × k) the cost of
 # waking the thread pool exceeds the work, most of all on a busy machine.
 _SERIAL_WORK = 1 << 18
-_sampled_dot_par = njit(parallel=True, cache=True)(_sampled_dot_py)
-_sampled_dot_ser = njit(parallel=False, cache=True)(_sampled_dot_py)
-_resid_mm_par = njit(parallel=True, cache=True)(_resid_mm_py)
-_resid_mm_ser = njit(parallel=False, cache=True)(_resid_mm_py)
-_resid_tmm_par = njit(parallel=True, cache=True)(_resid_tmm_py)
-_resid_tmm_ser = njit(parallel=False, cache=True)(_resid_tmm_py)
+_sampled_dot_par, _sampled_dot_ser = _par_ser(_sampled_dot_py)
+_resid_mm_par, _resid_mm_ser = _par_ser(_resid_mm_py)
+_resid_tmm_par, _resid_tmm_ser = _par_ser(_resid_tmm_py)
 # Largest per-thread accumulator set (threads × m × k × itemsize) for the CSR-order
 # transposed product; above it the CSC copy is used instead.
 _TMM_BYTES = 1 << 28

@@ -26,14 +26,17 @@ from pathlib import Path
 import click
 import numpy as np
 
-__all__ = ["main", "matrix_stats"]
+__all__ = ["json_default", "main", "matrix_stats"]
 
 
 def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
+    click.echo(json.dumps(obj, indent=2, default=json_default))
 
 
-def _json_default(o):
+def json_default(o):
+    """``default=`` hook of :func:`json.dumps` for the CLI's and the analyses' JSON output:
+    numpy scalars become Python numbers, arrays, tuples and sets become lists, anything else
+    its ``str``."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

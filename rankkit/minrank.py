@@ -25,6 +25,13 @@ biases the fit) and on ``max_iter``. A smaller rank may exist that soft-impute w
 does not reach. The MSE is re-computed here from the returned factors, independently of
 the solver, before a rank is accepted.
 
+When no soft-impute fit reaches ε, :func:`exact_completion` builds a completion of Ω₂
+that is exact up to rounding at the rank cap c = min(n₂, m₂, max cells in a row, max
+cells in a column) (a seeded Gaussian factor and per-row minimum-norm least squares,
+Definition 1 with ε = 0); its MSE, recomputed from its factors, is ≤ ε whenever ε is
+above float64 rounding at the scale of the values, so ``upper = c (+1)`` always holds
+and does not depend on λ.
+
 The MSE is a mean over observed cells, as in Table 2. Definition 2 divides the squared
 error by n·m ≥ |Ω₂| instead, so MSE ≤ ε implies the condition of Definition 2: the
 certificate is conservative with respect to the paper's definition.
@@ -54,7 +61,7 @@ from .bounds import BlockCertificate, RankLowerBound, TriangularCertificate, ran
 from .matrix import RewardMatrix
 from .sequences import RewardDataset
 
-__all__ = ["estimate_min_rank", "MinRankEstimate"]
+__all__ = ["estimate_min_rank", "exact_completion", "MinRankEstimate"]
 
 _STATE_FILE = "minrank_state.json"
 
@@ -75,12 +82,15 @@ class MinRankEstimate:
         Lower bound on the exact (ε = 0) minimal rank over Ω (:mod:`rankkit.bounds`).
     upper : int or None
         Upper bound on the minimal ε-rank over Ω: ``rank_certified`` + 1 when Lemma 3's
-        single-entry rows hold a nonzero value, else ``rank_certified``. None when no rank
-        tried reached MSE ≤ ε.
+        single-entry rows hold a nonzero value, else ``rank_certified``. When no soft-impute
+        fit reaches MSE ≤ ε the constructive exact completion at the rank cap c certifies
+        ``upper = c (+1)`` instead; None only when that too misses ε (e.g. huge values
+        against a tiny ε) or ``exact_fallback=False``.
     rank_certified : int or None
         Rank of the certifying factors on Ω₂ (nonzero entries of d, ≤ the rank asked for).
     certified_at : int or None
-        The key of ``mse_by_rank`` whose fit is the certificate (0 for the zero matrix).
+        The key of ``mse_by_rank`` whose fit is the certificate (0 for the zero matrix;
+        None when the exact completion certifies).
     mse_by_rank : dict of int -> float
         MSE over Ω₂ at every rank evaluated, recomputed from the factors (the Table 2 row;
         rank 0 is the zero matrix).
@@ -102,6 +112,13 @@ class MinRankEstimate:
         Seconds spent (this call; ranks restored from a checkpoint cost nothing).
     message : str
         Why ``upper`` is None, or an empty string.
+    certificate_source : str
+        What certifies ``upper``: ``"soft-impute"`` (a fit in ``mse_by_rank``), ``"zero"``
+        (the zero matrix, rank 0) or ``"exact-completion"`` (:func:`exact_completion` at the
+        rank cap, λ-free; ``certified_at`` is then None).
+    exact_mse : float or None
+        MSE over Ω₂ of the constructive exact completion at the cap, when it was computed
+        (no soft-impute fit reached ε, or the best one had a rank above the cap).
     """
 
     eps: float
@@ -127,6 +144,8 @@ class MinRankEstimate:
     elapsed: float = 0.0
     message: str = ""
     meta: dict = field(default_factory=dict)
+    certificate_source: str = "soft-impute"
+    exact_mse: float | None = None
 
     # ---- reporting -----------------------------------------------------------------
     def summary(self) -> str:
@@ -149,6 +168,10 @@ class MinRankEstimate:
             ok = " ≤ ε" if mse <= self.eps else ""
             conv = "" if self.converged_by_rank.get(r, True) else "  (not converged)"
             lines.append(f"  {r:>6} | {mse:.3g}{ok}{conv}")
+        if self.exact_mse is not None:
+            ok = " ≤ ε" if self.exact_mse <= self.eps else " > ε"
+            lines.append(f"  exact completion at the cap (rank {self.meta.get('rank_cap')}, λ-free): "
+                         f"MSE {self.exact_mse:.3g}{ok}")
         up = "?" if self.upper is None else str(self.upper)
         lines += ["", f"minimal ε-rank ∈ [{self.lower}, {up}]"]
         lines.append(f"  lower = {self.lower}: exact minimal rank (ε = 0), "
@@ -157,8 +180,19 @@ class MinRankEstimate:
             lines.append(f"  upper unknown: {self.message}")
         else:
             plus = " + 1 (Lemma 3: single-entry rows)" if self.upper > self.rank_certified else ""
-            lines.append(f"  upper = {self.upper}: ε-rank, rank-{self.rank_certified} soft-impute "
-                         f"certificate on Ω₂{plus}, relative to λ = {self.lam:g}")
+            if self.certificate_source == "exact-completion":
+                lines.append(f"  upper = {self.upper}: ε-rank, rank-{self.rank_certified} constructive "
+                             f"exact completion on Ω₂ (Gaussian factor, per-row least squares; not "
+                             f"soft-impute){plus}; λ-free")
+            else:
+                lines.append(f"  upper = {self.upper}: ε-rank, rank-{self.rank_certified} soft-impute "
+                             f"certificate on Ω₂{plus}, relative to λ = {self.lam:g}")
+            above = [r for r, v in sorted(self.mse_by_rank.items())
+                     if v > self.eps and r >= self.rank_certified]
+            if above:
+                lines.append(f"  note: soft-impute missed ε at rank(s) {above}, at or above the "
+                             f"certified rank {self.rank_certified}: a failing fit (λ bias, thresh, "
+                             f"max_iter) is not a lower bound and is not trusted")
             if self.upper < self.lower:
                 lines.append("  note: upper < lower is allowed: the tolerance ε lets a completion "
                              "of lower rank fit within ε where an exact one cannot")
@@ -196,7 +230,8 @@ class MinRankEstimate:
             "ranks": self.ranks, "max_iter": self.max_iter, "thresh": self.thresh,
             "elapsed": self.elapsed, "message": self.message,
             "certificate_rank": None if cert is None else int(np.asarray(_np(cert.d)).size),
-            "meta": self.meta,
+            "meta": self.meta, "certificate_source": self.certificate_source,
+            "exact_mse": self.exact_mse,
         }
 
     # ---- persistence -----------------------------------------------------------------
@@ -236,6 +271,8 @@ class MinRankEstimate:
             n_single_rows=d["n_single_rows"], single_rows_nonzero=d["single_rows_nonzero"],
             bounds=_bounds_from_dict(d["bounds"]), ranks=d["ranks"], max_iter=d["max_iter"],
             thresh=d["thresh"], elapsed=d["elapsed"], message=d["message"], meta=d.get("meta", {}),
+            certificate_source=d.get("certificate_source", "soft-impute"),
+            exact_mse=d.get("exact_mse"),
         )
 
 
@@ -306,6 +343,122 @@ def _rank_cap(R2: RewardMatrix) -> int:
     return min(R2.shape[0], R2.shape[1], row_max, col_max)
 
 
+# ---------------------------------------------------------------------------------------
+# the constructive, λ-free certificate at the rank cap
+# ---------------------------------------------------------------------------------------
+def _solve_rows_exactly(indptr, indices, vals, G: np.ndarray, chunk_elems: int) -> np.ndarray:
+    """Per-row minimum-norm solutions u_i of G[S_i] u_i = x_{S_i} (S_i: row i's cells).
+
+    Rows are batched by their length L: for a batch, A = G[S] (g × L × k) with L ≤ k, and
+    Aᵀ = Q Rᵣ (QR, Q: k × L) gives u = Q z with Rᵣᵀ z = x, the minimum-norm solution
+    (backward stable; no normal equations). Memory per batch ≤ ``chunk_elems`` floats."""
+    n, k = len(indptr) - 1, G.shape[1]
+    lengths = np.diff(indptr)
+    U = np.zeros((n, k))
+    for L in np.unique(lengths):
+        L = int(L)
+        if L == 0:
+            continue
+        rows_L = np.flatnonzero(lengths == L)
+        step = max(1, chunk_elems // (L * k))
+        for a in range(0, rows_L.size, step):
+            rows = rows_L[a:a + step]
+            cell = indptr[rows][:, None] + np.arange(L)  # (g, L) positions in the CSR arrays
+            A = G[indices[cell]]  # (g, L, k)
+            Q, Rr = np.linalg.qr(np.swapaxes(A, 1, 2))  # (g, k, L), (g, L, L)
+            z = np.linalg.solve(np.swapaxes(Rr, 1, 2), vals[cell][..., None])  # (g, L, 1)
+            U[rows] = (Q @ z)[..., 0]
+    return U
+
+
+def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *,
+                     label: int | str = 0, chunk_elems: int = 1 << 22):
+    r"""An exact completion of P_Ω(R) of rank ≤ ``rank``: a constructive, λ-free certificate.
+
+    Paper 002, §3.1 (Definition 1): minrank_Ω(R) ≤ c for the cap
+
+    .. math::
+
+        c = \min\bigl(n, m, \max_i |S_i|, \max_j |T_j|\bigr),
+        \qquad S_i = \{j : (i, j) \in \Omega\},\ T_j = \{i : (i, j) \in \Omega\}.
+
+    Construction (row side, used when max_i |S_i| ≤ k): draw a Gaussian V ∈ ℝ^{m×k}
+    (seeded). Almost surely every submatrix V_{S_i} (|S_i| × k, |S_i| ≤ k) has full row
+    rank, so u_i = V_{S_i}ᵀ (V_{S_i} V_{S_i}ᵀ)⁻¹ x_{S_i} (minimum-norm least squares,
+    computed by QR) solves u_i V_{S_i}ᵀ = x_{S_i} exactly and U Vᵀ agrees with R on Ω.
+    When only the columns are short (max_j |T_j| ≤ k) the same is done on Rᵀ with a
+    Gaussian U. The factors are returned in SVD form (U, d, V orthonormal-column U and V,
+    via QR of both factors and an SVD of the k × k core) as a
+    :class:`rankkit.softimpute.SoftImputeResult` with ``lam = 0``, ``backend =
+    "exact-completion"``; its ``mse`` over Ω is recomputed from those factors
+    (:func:`_mse_from_factors`), independently of the construction. In exact arithmetic it
+    is 0; in float64 it is of order (ε_mach · κ · scale)², κ the conditioning of the
+    Gaussian submatrices.
+
+    Parameters
+    ----------
+    R2 : RewardMatrix
+        Usually Ω₂ (:func:`rankkit.reduce_omega2`), but any P_Ω(R) works.
+    rank : int, optional
+        Target rank k; default the cap c. Clipped to min(n, m); must be ≥ the longest row
+        or the longest column of Ω.
+    seed : int
+        Seed of the Gaussian factor (the same call gives the same factors).
+    label : int or str
+        Which response column.
+    chunk_elems : int
+        Floats held per batch of rows (memory bound).
+
+    Returns
+    -------
+    SoftImputeResult
+    """
+    from .softimpute import SoftImputeResult
+
+    n, m = R2.shape
+    cap = _rank_cap(R2)
+    if rank is not None and (not isinstance(rank, numbers.Integral) or rank < 0):
+        raise ValueError(f"rank must be a non-negative integer or None (the cap {cap}), got {rank!r}")
+    k = cap if rank is None else min(int(rank), n, m)
+    vals = np.asarray(R2.label_values(label), dtype=np.float64)
+    indptr = np.asarray(R2.indptr, dtype=np.int64)
+    indices = np.asarray(R2.indices, dtype=np.int64)
+    row_max = int(np.diff(indptr).max()) if n and R2.nnz else 0
+    counts = np.bincount(indices, minlength=m)
+    col_max = int(counts.max()) if m and R2.nnz else 0
+    if k < min(row_max, col_max):
+        raise ValueError(f"an exact completion of rank {k} is not guaranteed: the longest row of Ω "
+                         f"has {row_max} cells and the longest column {col_max}; pass rank ≥ "
+                         f"{min(row_max, col_max)} (the cap) or leave rank=None")
+    rng = np.random.default_rng(seed)
+    if k == 0:  # Ω empty: the zero matrix is exact
+        A, B = np.zeros((n, 0)), np.zeros((m, 0))
+    elif row_max <= k and (row_max <= col_max or col_max > k):
+        B = rng.standard_normal((m, k))
+        A = _solve_rows_exactly(indptr, indices, vals, B, chunk_elems)
+        side = "rows"
+    else:
+        # the transpose as CSR: cells sorted by column (stable keeps rows ascending)
+        order = np.argsort(indices, kind="stable")
+        t_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        t_indices = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[order]
+        A = rng.standard_normal((n, k))
+        B = _solve_rows_exactly(t_indptr, t_indices, vals[order], A, chunk_elems)
+        side = "columns"
+    if k == 0:
+        U, d, V, side = A, np.zeros(0), B, "none"
+    else:
+        Qa, Ra = np.linalg.qr(A)
+        Qb, Rb = np.linalg.qr(B)
+        W, d, Zt = np.linalg.svd(Ra @ Rb.T)
+        U, V = Qa @ W, Qb @ Zt.T
+    mse = _mse_from_factors(R2, label, U, d, V)
+    return SoftImputeResult(U=U, d=d, V=V, mse=mse, sse=mse * R2.nnz, objective=[], ratio=[],
+                            n_iter=0, converged=True, lam=0.0, rank=int(k), shape=(n, m),
+                            nnz=int(R2.nnz), thresh=0.0, backend="exact-completion",
+                            meta={"seed": seed, "side": side, "cap": cap})
+
+
 def _fingerprint(R2: RewardMatrix, label, lam, max_iter, thresh, seed) -> dict:
     h = hashlib.sha1()
     for a in (R2.indptr, R2.indices, R2.label_values(label)):
@@ -356,7 +509,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
                       lam: float = 1e-4, max_iter: int = 1000, thresh: float = 1e-5,
                       backend: str = "auto", device=None, seed: int = 0, progress: bool = True,
                       max_len: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                      lower_bound: bool = True) -> MinRankEstimate:
+                      lower_bound: bool = True, exact_fallback: bool = True) -> MinRankEstimate:
     r"""Bracket the minimal rank of P_Ω(R) (paper 002, Def. 1–2, Lemma 3, App. C.3).
 
     Builds P_Ω(R), reduces it to Ω₂ (rows with ≥ 2 observed cells), and finds the smallest
@@ -367,6 +520,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
         \operatorname{minrank}_{\Omega,\varepsilon}(R) \le
             \text{upper} = r + \mathbb{1}[\text{a removed single-entry row is nonzero}],
         \qquad \text{lower} \le \operatorname{minrank}_{\Omega}(R).
+
+    If no soft-impute fit passes, r is the rank cap c, certified by the constructive
+    :func:`exact_completion` (λ-free; see ``exact_fallback``).
 
     Parameters
     ----------
@@ -404,6 +560,12 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
     lower_bound : bool, default True
         Compute the structural lower bound (:func:`rankkit.bounds.rank_lower_bound`);
         when False ``lower`` is 1 if any observed value is nonzero, else 0.
+    exact_fallback : bool, default True
+        When no soft-impute fit reaches ε (or the best one has a rank above the cap c),
+        build the constructive exact completion of Ω₂ at rank c (:func:`exact_completion`,
+        seeded by ``seed``), recompute its MSE from its factors and, if ≤ ε, certify
+        ``upper = c (+1 by Lemma 3)``. This bound does not depend on λ, ``thresh`` or
+        ``max_iter``. False keeps soft-impute as the only certificate.
 
     Returns
     -------
@@ -419,7 +581,14 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
     solver. With λ > 0 and finite iterations a rank that *could* reach ε may be missed, so
     ``upper`` is relative to λ; ``lower`` is exact but greedy, so it may be loose.
     Bisection assumes the MSE decreases with rank, which soft-impute's path usually but
-    not provably satisfies; every evaluated rank is reported in ``mse_by_rank``.
+    not provably satisfies; every evaluated rank is reported in ``mse_by_rank``. Only
+    *passing* fits are evidence: a failing rank says soft-impute (this λ, ``thresh``,
+    ``max_iter``, start) did not reach ε there, never that minrank exceeds it. So a failing
+    rank above a passing one (non-convergence, λ bias) is not trusted: ``upper`` is the
+    fewest nonzero singular values over *all* passing fits, whatever failed above them, and
+    ``summary()`` flags such ranks. When the geometric phase of "auto" fails up to the cap,
+    no bisection is run (nothing passed to bisect towards); the exact completion at the
+    cap then certifies (``exact_fallback``), with no claim that a smaller rank fails.
 
     References
     ----------
@@ -474,12 +643,27 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
         search.close()
 
     r_cert, at, cert = search.best()
+    source = "zero" if (r_cert == 0 and cert is None) else "soft-impute"
+    exact_mse = None
+    if exact_fallback and search.cap > 0 and (r_cert is None or r_cert > search.cap):
+        # the λ-free constructive certificate at the cap (_rank_cap, exact_completion)
+        exact = exact_completion(R2, search.cap, seed=seed, label=j)
+        exact_mse = float(exact.mse)
+        eff = int(np.count_nonzero(exact.d))
+        if exact_mse <= eps and (r_cert is None or eff < r_cert):
+            r_cert, at, cert, source = eff, None, exact, "exact-completion"
     if r_cert is None:
         upper = None
         tried = max(search.mse)
         message = (f"no rank tried reaches MSE ≤ ε = {eps:g} on Ω₂ (largest tried: rank {tried}, "
                    f"MSE {search.mse[tried]:.3g}); try larger ranks, a smaller thresh (the fit may stop "
                    f"on thresh before reaching ε), more max_iter or a smaller lam")
+        if exact_mse is not None:
+            message += (f"; the exact completion at the cap (rank {search.cap}) has MSE "
+                        f"{exact_mse:.3g} > ε in float64: ε is below the rounding error at this "
+                        f"scale of values")
+        elif not exact_fallback:
+            message += "; or pass exact_fallback=True for the λ-free bound at the rank cap"
     else:
         upper = r_cert + int(single_nonzero)
         message = ""
@@ -492,6 +676,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
         ranks=ranks, max_iter=int(max_iter), thresh=float(thresh),
         elapsed=time.perf_counter() - t0, message=message,
         meta={"backend": backend, "seed": seed, "rank_cap": search.cap},
+        certificate_source=source, exact_mse=exact_mse,
     )
 
 

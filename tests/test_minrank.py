@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 import rankkit as rk
 from rankkit.matrix import RewardMatrix
-from rankkit.minrank import MinRankEstimate, _mse_from_factors, _rank_cap, estimate_min_rank
+from rankkit.minrank import (
+    MinRankEstimate,
+    _mse_from_factors,
+    _rank_cap,
+    estimate_min_rank,
+    exact_completion,
+)
 
 FAST = dict(progress=False, backend="numpy")
 
@@ -115,7 +121,8 @@ def test_rank_cap_is_an_exact_completion_rank():
 def test_explicit_ranks_give_exactly_those_keys(rng):
     M = rng.normal(size=(20, 4)) @ rng.normal(size=(4, 12))
     R = RewardMatrix.from_dense(M, rng.random(M.shape) < 0.7)
-    est = estimate_min_rank(R, ranks=[0, 2, 5, 40], **FAST)
+    # soft-impute as the only certificate: the Table 2 semantics
+    est = estimate_min_rank(R, ranks=[0, 2, 5, 40], exact_fallback=False, **FAST)
     assert list(est.mse_by_rank) == [0, 2, 5, 40]
     R2 = rk.reduce_omega2(R)
     assert est.mse_by_rank[0] == pytest.approx(np.mean(R2.label_values() ** 2))
@@ -126,14 +133,112 @@ def test_explicit_ranks_give_exactly_those_keys(rng):
     assert est.mse_by_rank[40] <= est.eps  # rank 40 > min(shape): fitted at full rank
     lines = est.summary().splitlines()
     assert any(line.split("|")[0].strip() == "40" for line in lines if "|" in line)
+    # by default a passing rank above the cap is replaced by the exact completion at the cap
+    est2 = estimate_min_rank(R, ranks=[0, 2, 5, 40], **FAST)
+    cap = _rank_cap(R2)
+    assert est2.mse_by_rank == est.mse_by_rank
+    assert est2.upper == min(est.upper, cap + int(est.single_rows_nonzero))
+    if est.rank_certified > cap:
+        assert est2.certificate_source == "exact-completion" and est2.certified_at is None
 
 
 def test_nothing_passes_reports_why():
     R = rk.synthetic.upper_triangular(6)
-    est = estimate_min_rank(R, ranks=[1, 2], **FAST)
+    est = estimate_min_rank(R, ranks=[1, 2], exact_fallback=False, **FAST)
     assert est.upper is None and est.rank_certified is None and est.certificate is None
     assert "no rank tried reaches MSE" in est.message and "largest tried: rank 2" in est.message
+    assert "exact_fallback=True" in est.message
     assert "upper unknown" in est.summary()
+
+
+def test_failing_explicit_ranks_fall_back_to_the_exact_completion():
+    # issue 3: an explicit list that all fails still gives an upper bound, the cap (+1)
+    R = rk.synthetic.upper_triangular(6)
+    R2 = rk.reduce_omega2(R)
+    est = estimate_min_rank(R, ranks=[1, 2], **FAST)
+    assert list(est.mse_by_rank) == [1, 2] and all(v > est.eps for v in est.mse_by_rank.values())
+    assert est.certificate_source == "exact-completion" and est.certified_at is None
+    assert est.rank_certified == _rank_cap(R2) == 5
+    assert est.upper == 6 == est.lower  # + 1: the removed single-entry row holds a 1
+    assert dense_mse_on_omega2(est, R2) <= est.exact_mse + 1e-24 and est.exact_mse <= est.eps
+    text = est.summary()
+    assert "constructive exact completion" in text and "λ-free" in text and "not soft-impute" in text
+    assert "minimal ε-rank ∈ [6, 6]" in text
+
+
+def test_auto_falls_back_when_soft_impute_misses_eps_at_the_cap(rng):
+    # soft-impute stopped after 2 iterations reaches ε at no rank up to the cap; the
+    # constructive completion still certifies the cap, independently of λ
+    M = rng.normal(size=(12, 9))
+    R = RewardMatrix.from_dense(M, rng.random(M.shape) < 0.35)
+    R2 = rk.reduce_omega2(R)
+    cap = _rank_cap(R2)
+    est = estimate_min_rank(R, max_iter=2, lam=1.0, **FAST)
+    assert cap >= 2 and max(est.mse_by_rank) == cap
+    assert all(v > est.eps for v in est.mse_by_rank.values())
+    assert est.upper == cap + int(est.single_rows_nonzero)
+    assert est.certificate_source == "exact-completion" and est.rank_certified == cap
+    assert est.exact_mse <= 1e-20 * np.mean(R2.label_values() ** 2)
+    assert abs(dense_mse_on_omega2(est, R2) - est.exact_mse) <= 1e-20
+    text = est.summary()
+    # soft-impute's failure at the cap is flagged as untrusted, not read as a lower bound
+    assert f"missed ε at rank(s) [{cap}]" in text and "not a lower bound" in text
+    off = estimate_min_rank(R, max_iter=2, lam=1.0, exact_fallback=False, **FAST)
+    assert off.upper is None and off.mse_by_rank == est.mse_by_rank
+
+
+def test_exact_fallback_round_trips_through_save(tmp_path):
+    est = estimate_min_rank(rk.synthetic.upper_triangular(5), ranks=[1], **FAST)
+    assert est.certificate_source == "exact-completion"
+    back = MinRankEstimate.load(est.save(tmp_path / "e"))
+    assert back.to_dict() == est.to_dict()
+    assert back.certificate.backend == "exact-completion"
+    np.testing.assert_array_equal(back.certificate.V, est.certificate.V)
+
+
+# ---- the constructive certificate -----------------------------------------------------------
+@settings(max_examples=40)
+@given(st.integers(1, 14), st.integers(1, 14), st.floats(0.05, 1.0), st.integers(-3, 3),
+       st.integers(0, 2**32 - 1))
+def test_exact_completion_at_the_cap_is_exact_to_rounding(n, m, density, log_scale, seed):
+    g = np.random.default_rng(seed)
+    X = g.normal(size=(n, m)) * 10.0**log_scale
+    mask = g.random((n, m)) < density
+    R = RewardMatrix.from_dense(X, mask)
+    cap = _rank_cap(R)
+    res = exact_completion(R, seed=seed)
+    assert res.rank == cap and res.U.shape == (n, cap) and res.V.shape == (m, cap)
+    assert np.count_nonzero(res.d) <= cap
+    # tolerance: (1e5 · float64 eps)² relative to the mean square of the observed values
+    scale = float(np.mean(X[mask] ** 2)) if mask.any() else 0.0
+    tol = (1e5 * np.finfo(np.float64).eps) ** 2 * scale
+    dense = (res.U * res.d) @ res.V.T
+    ref = float(np.mean((dense - X)[mask] ** 2)) if mask.any() else 0.0
+    assert res.mse <= tol and ref <= tol
+    assert abs(res.mse - ref) <= tol
+
+
+def test_exact_completion_uses_the_short_side_and_refuses_a_small_rank():
+    # 2 long rows (8 cells) but every column has ≤ 2 cells: the column side gives rank 2
+    g = np.random.default_rng(0)
+    X = g.normal(size=(2, 8))
+    R = RewardMatrix.from_dense(X)
+    assert _rank_cap(R) == 2
+    res = exact_completion(R, seed=1)
+    assert res.rank == 2 and res.meta["side"] == "columns"
+    np.testing.assert_allclose((res.U * res.d) @ res.V.T, X, atol=1e-12)
+    Xt = RewardMatrix.from_dense(X.T)
+    res_t = exact_completion(Xt, seed=1)
+    assert res_t.meta["side"] == "rows"
+    np.testing.assert_allclose((res_t.U * res_t.d) @ res_t.V.T, X.T, atol=1e-12)
+    # a block-diagonal pattern: rows of 3 and columns of 3 -> rank 3 needed
+    B = np.kron(np.eye(2), np.ones((3, 3)))
+    R3 = RewardMatrix.from_dense(g.normal(size=(6, 6)), B > 0)
+    with pytest.raises(ValueError, match="longest row of Ω has 3 cells.*pass rank ≥ 3"):
+        exact_completion(R3, rank=2)
+    with pytest.raises(ValueError, match="non-negative integer or None"):
+        exact_completion(R3, rank=2.5)
+    assert exact_completion(R3, seed=2).mse <= 1e-24
 
 
 # ---- sources --------------------------------------------------------------------------------

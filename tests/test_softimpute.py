@@ -68,9 +68,18 @@ def test_matches_dense_reference_iterate_by_iterate(n, m, data, seed, density, l
     scale = max(1.0, float(np.abs(X).max()) ** 2 * X.size)
     np.testing.assert_allclose(got.objective, ref.objective, rtol=RTOL, atol=RTOL * scale)
     np.testing.assert_allclose(got.ratio, ref.ratio, rtol=RTOL, atol=RTOL)
-    np.testing.assert_allclose(got.to_dense(), ref.to_dense(), rtol=RTOL, atol=RTOL * np.sqrt(scale))
-    np.testing.assert_allclose(np.sort(got.d), np.sort(ref.d), rtol=RTOL, atol=RTOL * np.sqrt(scale))
     assert got.n_iter == ref.n_iter == n_iter
+    # The final step (R's final.svd) multiplies by V. A factor direction whose d is ~0 before
+    # that step is only defined up to rotation inside the orthogonal complement, so each
+    # implementation may pick another one by rounding and the final fits legitimately differ.
+    # Compare the final fit whenever every direction is determined.
+    pre = soft_impute_dense_reference(X, mask, U0, lam, max_iter=n_iter, thresh=-1.0,
+                                      final_svd=False)
+    if pre.d.min() > 1e-6 * max(pre.d.max(), 1.0):
+        np.testing.assert_allclose(got.to_dense(), ref.to_dense(), rtol=RTOL,
+                                   atol=RTOL * np.sqrt(scale))
+        np.testing.assert_allclose(np.sort(got.d), np.sort(ref.d), rtol=RTOL,
+                                   atol=RTOL * np.sqrt(scale))
 
 
 def test_fully_observed_low_rank_is_reproduced(rng):
@@ -157,22 +166,33 @@ def test_float32_is_close_to_float64(rng):
     np.testing.assert_allclose(b.to_dense(), a.to_dense(), rtol=tol, atol=tol * np.abs(X).max())
 
 
-def test_checkpoint_resume_is_identical(rng, tmp_path):
-    X, mask = _problem(rng, 40, 25, 3, 0.5)
+def _checkpoint_case(rng, tmp_path, n, m, r, density, k, lam, max_iter, seed):
+    """A noisy rank-``r`` problem for the checkpoint tests: ``fit(**extra)`` runs soft_impute
+    with a fixed iteration count (``thresh=-1``, no early stop) plus ``extra``; returns ``fit``,
+    the uninterrupted fit to compare a resumed run with, and a checkpoint path."""
+    X, mask = _problem(rng, n, m, r, density)
     S = _sparse(X, mask)
-    kw = dict(max_iter=20, thresh=-1.0, progress=False, seed=7)
-    full = soft_impute(S, 4, 0.2, **kw)
-    ck = tmp_path / "state.npz"
+
+    def fit(**extra):
+        return soft_impute(S, k, lam, max_iter=max_iter, thresh=-1.0, progress=False, seed=seed,
+                           **extra)
+
+    return fit, fit(), tmp_path / "state.npz"
+
+
+def test_checkpoint_resume_is_identical(rng, tmp_path):
+    fit, full, ck = _checkpoint_case(rng, tmp_path, 40, 25, 3, 0.5, k=4, lam=0.2, max_iter=20,
+                                     seed=7)
     seen = []
 
     def stop_at_7(it, info):
         seen.append((it, info["mse"]))
         return it == 7
 
-    part = soft_impute(S, 4, 0.2, checkpoint=ck, checkpoint_every=3, callback=stop_at_7, **kw)
+    part = fit(checkpoint=ck, checkpoint_every=3, callback=stop_at_7)
     assert part.n_iter == 7 and not part.converged and ck.is_file()
     assert [i for i, _ in seen] == list(range(1, 8))
-    resumed = soft_impute(S, 4, 0.2, checkpoint=ck, **kw)
+    resumed = fit(checkpoint=ck)
     assert resumed.n_iter == full.n_iter == 20
     np.testing.assert_array_equal(resumed.objective, full.objective)
     np.testing.assert_array_equal(resumed.U, full.U)
@@ -300,21 +320,18 @@ def test_parallel_and_serial_kernels_agree_bitwise(rng, monkeypatch):
 
 
 def test_ctrl_c_keeps_a_resumable_checkpoint(rng, tmp_path):
-    X, mask = _problem(rng, 30, 20, 2, 0.6)
-    S = _sparse(X, mask)
-    kw = dict(max_iter=12, thresh=-1.0, progress=False, seed=1)
-    full = soft_impute(S, 3, 0.1, **kw)
-    ck = tmp_path / "state.npz"
+    fit, full, ck = _checkpoint_case(rng, tmp_path, 30, 20, 2, 0.6, k=3, lam=0.1, max_iter=12,
+                                     seed=1)
 
     def interrupt(it, info):
         if it == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        soft_impute(S, 3, 0.1, checkpoint=ck, checkpoint_every=100, callback=interrupt, **kw)
+        fit(checkpoint=ck, checkpoint_every=100, callback=interrupt)
     with np.load(ck) as z:
         assert int(z["iter"]) == 5 and z["objective"].size == 5
-    resumed = soft_impute(S, 3, 0.1, checkpoint=ck, **kw)
+    resumed = fit(checkpoint=ck)
     np.testing.assert_array_equal(resumed.objective, full.objective)
     np.testing.assert_array_equal(resumed.to_dense(), full.to_dense())
 
@@ -332,3 +349,15 @@ def test_csc_fallback_matches_csr_order_product(rng, monkeypatch):
     csc = soft_impute(S, 4, 0.1, **kw)
     np.testing.assert_allclose(csc.objective, csr.objective, rtol=RTOL)
     np.testing.assert_allclose(csc.to_dense(), csr.to_dense(), rtol=RTOL, atol=RTOL * 10)
+
+
+def test_parallel_and_serial_builds_have_separate_disk_caches():
+    """Numba keys its on-disk cache by qualname, not by the parallel flag: a shared name let
+    the first-compiled (serial) build be loaded for the parallel kernel too."""
+    import rankkit._kernels as kern
+
+    for name in ("_sampled_dot", "_resid_mm", "_resid_tmm"):
+        par, ser = getattr(kern, name + "_par"), getattr(kern, name + "_ser")
+        assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
+        assert par.py_func.__qualname__ != ser.py_func.__qualname__
+        assert par.py_func.__code__ is ser.py_func.__code__

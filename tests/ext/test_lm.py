@@ -11,13 +11,7 @@ from rankkit.sequences import TokenSequences  # noqa: E402
 SMALL = dict(vocab_size=24, n_embd=16, n_layer=1, n_head=2, n_positions=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra threads only spin against other processes on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=24, seed=0):

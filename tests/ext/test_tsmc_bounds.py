@@ -10,8 +10,6 @@ from hypothesis.extra.numpy import arrays
 
 torch = pytest.importorskip("torch")
 
-from test_tsmc_exact import make_case, random_twist  # noqa: E402
-
 from rankkit_ext.tsmc.bounds import (  # noqa: E402
     kl_q_sigma,
     kl_sigma_q,
@@ -23,13 +21,9 @@ from rankkit_ext.tsmc.bounds import (  # noqa: E402
 from rankkit_ext.tsmc.exact import enumerate_target  # noqa: E402
 from rankkit_ext.tsmc.resampling import categorical  # noqa: E402
 
+from ._helpers import make_case, random_twist  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def exact_samples(target, n, seed):

@@ -5,23 +5,18 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_tsmc_exact import random_phi, tiny_gpt2  # noqa: E402
-
 from rankkit_ext.tsmc.adapters import EnumerableLM, HFCausalLM, prefix_count  # noqa: E402
 from rankkit_ext.tsmc.distill import EffectivePotential, finetune_lm, self_distill  # noqa: E402
 from rankkit_ext.tsmc.exact import enumerate_target  # noqa: E402
 from rankkit_ext.tsmc.twists import TableTwist  # noqa: E402
 
+from ._helpers import random_phi, tiny_gpt2  # noqa: E402
+
 T = 3
 PROMPT = [0]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Exactness harness: twisted SMC against exact enumeration on tiny models."""
 
-import functools
 import math
 
 import numpy as np
@@ -11,57 +10,17 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 scipy_stats = pytest.importorskip("scipy.stats")
 
-from rankkit_ext.tsmc.adapters import EnumerableLM, HFCausalLM, TableLM  # noqa: E402
+from rankkit_ext.tsmc.adapters import EnumerableLM, HFCausalLM  # noqa: E402
 from rankkit_ext.tsmc.exact import enumerate_target  # noqa: E402
-from rankkit_ext.tsmc.potentials import FunctionPotential, HardConstraint  # noqa: E402
+from rankkit_ext.tsmc.potentials import HardConstraint  # noqa: E402
 from rankkit_ext.tsmc.resampling import RESAMPLING_METHODS  # noqa: E402
 from rankkit_ext.tsmc.sampler import rejection_sample, score_sequences, tsmc  # noqa: E402
-from rankkit_ext.tsmc.twists import TableTwist  # noqa: E402
+
+from ._helpers import make_case, random_phi, random_twist, tiny_gpt2  # noqa: E402
 
 EPS = np.finfo(np.float64).eps
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # tiny tensors: thread hand-off on 2 shared cores costs 20x more than the maths
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def random_phi(seed, scale=1.5, forbid=None, max_zero=False):
-    """Deterministic pseudo-random log-potential of a token tuple (hash-seeded)."""
-
-    @functools.cache
-    def f(s):
-        if forbid is not None and forbid in s:
-            return -math.inf
-        h = np.random.default_rng([seed, len(s), *s]).standard_normal()
-        return min(scale * h, 0.0) if max_zero else scale * h
-
-    return FunctionPotential(f)
-
-
-def make_case(seed, V, T, eos):
-    g = torch.Generator().manual_seed(seed)
-    lm = TableLM.random(V, T, g, eos_token_id=(V - 1) if eos else None)
-    return lm, random_phi(seed)
-
-
-def random_twist(lm, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed + 99)
-    return TableTwist(scale * torch.randn(lm.hidden_size, lm.vocab_size, generator=g,
-                                          dtype=torch.float64))
-
-
-def tiny_gpt2(V=4, eos=3, dtype=torch.float64):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2, n_positions=16,
-                                  bos_token_id=0, eos_token_id=eos)
-    with torch.random.fork_rng(devices=[]):  # GPT2 init draws from the global RNG: fork it
-        torch.manual_seed(0)
-        return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @given(seed=st.integers(0, 10**6), V=st.integers(2, 5), T=st.integers(1, 4), eos=st.booleans(),

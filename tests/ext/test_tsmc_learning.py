@@ -4,19 +4,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_tsmc_exact import make_case, random_twist  # noqa: E402
-
 from rankkit_ext.tsmc.exact import enumerate_target, exact_ctl_loss  # noqa: E402
 from rankkit_ext.tsmc.learning import ctl_loss, train_twist  # noqa: E402
 from rankkit_ext.tsmc.sampler import tsmc  # noqa: E402
 
+from ._helpers import make_case, random_twist  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mean_ctl_grad(lm, twist, phi, K, runs, target=None):

@@ -15,13 +15,7 @@ from rankkit_ext.tsmc.resampling import (  # noqa: E402
     resample,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 log_weight_lists = st.lists(
