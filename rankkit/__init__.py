@@ -8,7 +8,7 @@ fast and optional backends are only touched when used.
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import attach
 
 __version__ = "0.1.0"
 
@@ -41,21 +41,5 @@ _LAZY = {
 }
 _SUBMODULES = {"synthetic", "datasets", "tokenizers", "testing", "cli"}
 
-__all__ = sorted(set(_LAZY) | _SUBMODULES)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'rankkit' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = attach(
+    __name__, {name: (module, name) for name, module in _LAZY.items()}, _SUBMODULES, globals())

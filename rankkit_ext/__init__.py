@@ -13,7 +13,7 @@ Names are imported lazily so that ``import rankkit_ext`` does not import torch u
 
 from __future__ import annotations
 
-import importlib
+from rankkit._lazy import attach
 
 _LAZY = {
     # reward models
@@ -48,21 +48,4 @@ _LAZY = {
 }
 _SUBMODULES = {"models", "training", "learned", "lm", "guided", "evaluate", "tsmc"}
 
-__all__ = sorted(set(_LAZY) | _SUBMODULES)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module_name, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f".{module_name}", __name__), attr)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'rankkit_ext' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY, _SUBMODULES, globals())
