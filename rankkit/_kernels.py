@@ -13,10 +13,14 @@ The algorithm (:mod:`rankkit.softimpute`) is written once against the small inte
 plus dense helpers (``thin_svd`` with QR first, conversions). Residuals live on Ω only:
 no n×m array is ever formed.
 
-NumPy: the residual and the sparse × dense product are *fused* in one numba pass over the
-CSR pattern, parallel over blocks of equal nnz, so the residual vector is never written to
-memory. The transposed product accumulates into one m×k buffer per thread (random access
-stays in the small m-side factor); when those buffers would be too big, a CSC copy is used. Torch and CuPy: the residual values are
+NumPy: the residual and the sparse × dense product are *fused* in one numba pass, parallel
+over one block of rows of about equal nnz per thread, so the residual vector is never
+written to memory. The pass runs over a copy of the pattern built once per fit in
+(row block, column tile, row) order: while a tile of ``_TILE_BYTES`` columns is swept, the
+rows of the other factor gathered at random stay in the core's L2 cache and the row's own
+factor and output are read and written in order (2× less time per pass than plain CSR order
+at 70,000 × 10,000, 10M cells, k = 20). The column pass is the same kernel on the tiled
+transposed pattern, so each output row is accumulated in registers by one thread. Torch and CuPy: the residual values are
 computed in chunks by gathering rows of P and Q, then multiplied by a CSR matrix
 (``torch.sparse_csr_tensor`` / ``cupyx.scipy.sparse.csr_matrix``).
 """
@@ -25,9 +29,12 @@ from __future__ import annotations
 
 import types
 import warnings
+from dataclasses import dataclass
 
 import numba
 import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
 from numba import njit, prange
 
 __all__ = ["sampled_dot", "sampled_dot_reference", "make_kernels"]
@@ -47,58 +54,82 @@ def _sampled_dot_py(bounds, indptr, indices, A, B, out):
                 out[p] = s
 
 
-def _resid_mm_py(bounds, indptr, indices, x, P, Q, out, with_out):
-    """out[a] = Σ_{p in row a} (x[p] − P[a]·Q[b]) Q[b]; returns Σ (x[p] − P[a]·Q[b])²."""
+def _tile_layout_py(bounds, base, indptr, indices, x, width, ntiles):
+    """Copy of a CSR pattern in (chunk, column tile, row, column) order.
+
+    Chunk c holds rows bounds[c]..bounds[c+1]−1 (na rows); tile j holds the columns
+    j·width..(j+1)·width−1. Segment (c, j) of ``start`` begins at q = base[c] + j·(na+1):
+    the entries of row bounds[c]+i in tile j are idx/val[start[q+i] : start[q+i+1]]."""
+    nchunk = bounds.size - 1
+    start = np.zeros(base[nchunk], dtype=np.int64)
+    for c in range(nchunk):
+        a0 = bounds[c]
+        na = bounds[c + 1] - a0
+        for i in range(na):
+            for p in range(indptr[a0 + i], indptr[a0 + i + 1]):
+                start[base[c] + (indices[p] // width) * (na + 1) + i + 1] += 1
+    pos = 0
+    for q in range(start.size):
+        pos += start[q]
+        start[q] = pos
+    cur = start.copy()
+    idx = np.empty(indices.size, dtype=np.int32)
+    val = np.empty(indices.size, dtype=x.dtype)
+    for c in range(nchunk):
+        a0 = bounds[c]
+        na = bounds[c + 1] - a0
+        for i in range(na):
+            for p in range(indptr[a0 + i], indptr[a0 + i + 1]):
+                q = base[c] + (indices[p] // width) * (na + 1) + i
+                idx[cur[q]] = indices[p]
+                val[cur[q]] = x[p]
+                cur[q] += 1
+    return start, idx, val
+
+
+def _tiled_rows_py(bounds, base, start, idx, val, ntiles, P, Q, out, with_out):
+    """Row pass on the tiled layout: out[a] = Σ_{b:(a,b)∈Ω} (x_ab − P[a]·Q[b]) Q[b], i.e.
+    out = P_Ω(X − P Qᵀ) Q; returns sse = ‖P_Ω(X − P Qᵀ)‖²_F. The rows of Q gathered while
+    one column tile is swept (width·k values) stay in the core's L2 cache."""
     k = P.shape[1]
     nchunk = bounds.size - 1
     part = np.zeros(nchunk)
     for c in prange(nchunk):
-        acc = np.zeros(k, dtype=out.dtype)
+        acc = np.zeros(k)
+        pa = np.empty(k)
         s2 = 0.0
-        for a in range(bounds[c], bounds[c + 1]):
-            for t in range(k):
-                acc[t] = 0.0
-            for p in range(indptr[a], indptr[a + 1]):
-                b = indices[p]
-                s = 0.0
+        a0 = bounds[c]
+        na = bounds[c + 1] - a0
+        if with_out:
+            for a in range(a0, a0 + na):
                 for t in range(k):
-                    s += P[a, t] * Q[b, t]
-                r = x[p] - s
-                s2 += r * r
+                    out[a, t] = 0.0
+        for j in range(ntiles):
+            sb = base[c] + j * (na + 1)
+            for i in range(na):
+                lo = start[sb + i]
+                hi = start[sb + i + 1]
+                if lo == hi:
+                    continue
+                a = a0 + i
+                for t in range(k):
+                    acc[t] = 0.0
+                    pa[t] = P[a, t]
+                for p in range(lo, hi):
+                    b = idx[p]
+                    d = 0.0
+                    for t in range(k):
+                        d += pa[t] * Q[b, t]
+                    r = val[p] - d
+                    s2 += r * r
+                    if with_out:
+                        for t in range(k):
+                            acc[t] += r * Q[b, t]
                 if with_out:
                     for t in range(k):
-                        acc[t] += r * Q[b, t]
-            if with_out:
-                for t in range(k):
-                    out[a, t] = acc[t]
+                        out[a, t] += acc[t]
         part[c] = s2
     # Fixed chunk order: the sum is bitwise reproducible run to run (resume == uninterrupted).
-    total = 0.0
-    for c in range(nchunk):
-        total += part[c]
-    return total
-
-
-def _resid_tmm_py(bounds, indptr, indices, x, A, B, acc):
-    """Transposed product in CSR order: acc[c, b] += (x[p] − A[a]·B[b]) A[a] over the rows a
-    of chunk c; returns the sse. Random access only touches B and acc[c] (m rows), which stay
-    in cache when m ≪ n, unlike a CSC pass that gathers rows of the n×k factor."""
-    k = A.shape[1]
-    nchunk = bounds.size - 1
-    part = np.zeros(nchunk)
-    for c in prange(nchunk):
-        s2 = 0.0
-        for a in range(bounds[c], bounds[c + 1]):
-            for p in range(indptr[a], indptr[a + 1]):
-                b = indices[p]
-                s = 0.0
-                for t in range(k):
-                    s += A[a, t] * B[b, t]
-                r = x[p] - s
-                s2 += r * r
-                for t in range(k):
-                    acc[c, b, t] += r * A[a, t]
-        part[c] = s2
     total = 0.0
     for c in range(nchunk):
         total += part[c]
@@ -117,26 +148,31 @@ def _twin(py_func, suffix: str):
     return f
 
 
+# Reassociation lets LLVM vectorise the k-term dot products (a strict left-to-right sum is a
+# serial chain of dependent adds) and contraction lets it use FMA: 15–30 % less time per
+# pass. No "nnan"/"ninf": inf and NaN keep IEEE semantics. The results stay deterministic
+# for one build on one machine (what checkpoint/resume relies on); they differ from the
+# strict-order sum by a few ulps, well inside every tolerance of the tests.
+_FASTMATH = frozenset({"reassoc", "contract"})
+
+
 def _par_ser(py_func):
     """(parallel build, serial build) of one kernel, cached on disk under separate names."""
-    return (njit(parallel=True, cache=True)(_twin(py_func, "_par")),
-            njit(parallel=False, cache=True)(_twin(py_func, "_ser")))
+    return (njit(parallel=True, cache=True, fastmath=set(_FASTMATH))(_twin(py_func, "_par")),
+            njit(parallel=False, cache=True, fastmath=set(_FASTMATH))(_twin(py_func, "_ser")))
 
 
 # Parallel and serial builds of the same kernels: below _SERIAL_WORK (nnz × k) the cost of
 # waking the thread pool exceeds the work, most of all on a busy machine.
 _SERIAL_WORK = 1 << 18
 _sampled_dot_par, _sampled_dot_ser = _par_ser(_sampled_dot_py)
-_resid_mm_par, _resid_mm_ser = _par_ser(_resid_mm_py)
-_resid_tmm_par, _resid_tmm_ser = _par_ser(_resid_tmm_py)
-# Largest per-thread accumulator set (threads × m × k × itemsize) for the CSR-order
-# transposed product; above it the CSC copy is used instead.
-_TMM_BYTES = 1 << 28
-
-
-def _resid_mm(bounds, indptr, indices, x, P, Q, out, with_out):
-    kern = _resid_mm_par if indices.size * P.shape[1] >= _SERIAL_WORK else _resid_mm_ser
-    return kern(bounds, indptr, indices, x, P, Q, out, with_out)
+_tiled_rows_par, _tiled_rows_ser = _par_ser(_tiled_rows_py)
+_tile_layout = njit(cache=True)(_tile_layout_py)
+# Bytes of one column tile of the gathered factor (width × k × itemsize): a tile stays in a
+# core's L2 cache (1 MiB on the 2-core CI machine) with room to spare.
+_TILE_BYTES = 1 << 16
+# Fewest average entries per (row, tile) segment; caps the number of tiles (see _tile).
+_MIN_SEGMENT = 8
 
 
 def _nnz_bounds(indptr: np.ndarray, nchunks: int | None = None) -> np.ndarray:
@@ -209,29 +245,89 @@ class _Kernels:
 
 
 def _csc_of(indptr, indices, values, shape):
-    """CSC copy (column pointers, row indices, values) of a CSR pattern; stable, so the
-    rows within a column stay sorted."""
-    n, m = shape
-    rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(indptr))
-    order = np.argsort(indices, kind="stable")
-    cptr = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(np.bincount(indices, minlength=m), out=cptr[1:])
-    return cptr, rows[order], values[order]
+    """CSC copy (column pointers, row indices, values) of a CSR pattern, rows sorted within
+    each column; SciPy's O(nnz) counting-sort transpose (a stable argsort is 5× slower)."""
+    T = sp.csr_matrix((values, indices, indptr), shape=shape).tocsc()
+    return (T.indptr.astype(np.int64, copy=False), T.indices.astype(np.int32, copy=False),
+            T.data)
+
+
+@dataclass(frozen=True)
+class _TiledPattern:
+    """A CSR pattern copied in (row block, column tile, row) order for one rank k.
+
+    Row block c holds the rows ``bounds[c]:bounds[c+1]`` (about equal nnz per block, one block
+    per thread); column tile j holds the columns ``j·width:(j+1)·width``. The entries of row
+    ``bounds[c] + i`` in tile j are ``idx/val[start[q + i]:start[q + i + 1]]`` with
+    ``q = base[c] + j·(rows in block + 1)`` (see :func:`_tile_layout_py`)."""
+
+    bounds: np.ndarray
+    base: np.ndarray
+    start: np.ndarray
+    idx: np.ndarray
+    val: np.ndarray
+    ntiles: int
+    nnz: int
+
+
+def _tile(indptr, indices, x, n_cols: int, k: int, itemsize: int, tile_bytes: int,
+          min_segment: int, n_chunks: int) -> _TiledPattern:
+    """Tiled copy of a CSR pattern: O(nnz) counting sort, no comparison sort."""
+    n = max(indptr.size - 1, 1)
+    width = max(1, tile_bytes // (max(k, 1) * itemsize))
+    # At least ~min_segment entries per (row, tile) segment on average: each segment reloads
+    # a row of the sequential factor and of the output, which must stay cheap beside it.
+    max_tiles = max(1, indices.size // max(1, min_segment * n))
+    width = max(width, -(-n_cols // max_tiles))
+    ntiles = max(1, -(-n_cols // width))
+    bounds = _nnz_bounds(indptr, n_chunks)
+    base = np.zeros(bounds.size, dtype=np.int64)
+    np.cumsum(ntiles * (np.diff(bounds) + 1), out=base[1:])
+    start, idx, val = _tile_layout(bounds, base, indptr, indices, x, width, ntiles)
+    return _TiledPattern(bounds, base, start, idx, val, int(ntiles), int(indices.size))
+
+
+def _tiled_pass(t: _TiledPattern, P, Q, out, with_out: bool) -> float:
+    kern = _tiled_rows_par if t.nnz * P.shape[1] >= _SERIAL_WORK else _tiled_rows_ser
+    return float(kern(t.bounds, t.base, t.start, t.idx, t.val, t.ntiles, np.ascontiguousarray(P),
+                      np.ascontiguousarray(Q), out, with_out))
 
 
 class NumpyKernels(_Kernels):
+    """Both passes are the row kernel :func:`_tiled_rows_py`: on the tiled pattern for
+    ``resid_rows`` and on the tiled transposed pattern (CSC) for ``resid_cols``, so every
+    output row is a register accumulation owned by one thread: no per-thread m×k buffers,
+    no atomics, and a fixed summation order (bitwise reproducible for a given thread count).
+    Memory: the tiled copies cost 12 bytes per observed cell each (int32 column, float64 value)
+    beside the CSR source, built on first use for the rank k of the fit."""
+
     name = "numpy"
 
-    def __init__(self, indptr, indices, values, shape, dtype):
+    def __init__(self, indptr, indices, values, shape, dtype, *, tile_bytes: int | None = None,
+                 min_segment: int | None = None, n_chunks: int | None = None):
         self.dtype = np.dtype(dtype)
-        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
-        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
-        self.x = np.ascontiguousarray(values, dtype=self.dtype)
-        self.shape = shape
-        self.csc = None  # built on first need (only when the CSR-order accumulators are too big)
-        self.rbounds = _nnz_bounds(self.indptr)
-        self.tbounds = _nnz_bounds(self.indptr, numba.get_num_threads())
-        self.m = shape[1]
+        self.shape = tuple(shape)
+        self.tile_bytes = _TILE_BYTES if tile_bytes is None else int(tile_bytes)
+        self.min_segment = _MIN_SEGMENT if min_segment is None else int(min_segment)
+        # One block of rows per thread: static scheduling then gives each thread equal nnz.
+        self.n_chunks = numba.get_num_threads() if n_chunks is None else int(n_chunks)
+        self._csr = (np.ascontiguousarray(indptr, dtype=np.int64),
+                     np.ascontiguousarray(indices, dtype=np.int32),
+                     np.ascontiguousarray(values, dtype=self.dtype))
+        self._tiles: dict[tuple[str, int], _TiledPattern] = {}
+
+    def _tiled(self, side: str, k: int) -> _TiledPattern:
+        """Tiled pattern (``side="rows"``) or transposed pattern (``"cols"``) for rank k,
+        built once and reused by every iteration."""
+        key = (side, k)
+        if key not in self._tiles:
+            if side == "rows":
+                src, n_cols = self._csr, self.shape[1]
+            else:
+                src, n_cols = _csc_of(*self._csr, self.shape), self.shape[0]
+            self._tiles[key] = _tile(*src, n_cols, k, self.dtype.itemsize, self.tile_bytes,
+                                     self.min_segment, self.n_chunks)
+        return self._tiles[key]
 
     def asarray(self, a):
         return np.ascontiguousarray(a, dtype=self.dtype)
@@ -239,39 +335,24 @@ class NumpyKernels(_Kernels):
     def to_numpy(self, a):
         return np.asarray(a, dtype=np.float64)
 
-    def resid_rows(self, P, Q):
+    def _resid(self, side, P, Q):
         out = np.empty((P.shape[0], P.shape[1]), dtype=self.dtype)
-        sse = _resid_mm(self.rbounds, self.indptr, self.indices, self.x,
-                        np.ascontiguousarray(P), np.ascontiguousarray(Q), out, True)
-        return out, float(sse)
+        return out, _tiled_pass(self._tiled(side, P.shape[1]), P, Q, out, True)
+
+    def resid_rows(self, P, Q):
+        return self._resid("rows", P, Q)
 
     def resid_cols(self, P, Q):
-        k = P.shape[1]
-        nchunk = self.tbounds.size - 1
-        if nchunk * self.m * k * self.dtype.itemsize <= _TMM_BYTES:
-            # CSR order with one accumulator per chunk, summed in chunk order (deterministic).
-            acc = np.zeros((nchunk, self.m, k), dtype=self.dtype)
-            kern = _resid_tmm_par if self.indices.size * k >= _SERIAL_WORK else _resid_tmm_ser
-            sse = kern(self.tbounds, self.indptr, self.indices, self.x, np.ascontiguousarray(Q),
-                       np.ascontiguousarray(P), acc)
-            out = acc[0].copy()
-            for c in range(1, nchunk):
-                out += acc[c]
-            return out, float(sse)
-        if self.csc is None:
-            cptr, cidx, cx = _csc_of(self.indptr, self.indices, self.x, self.shape)
-            self.csc = (_nnz_bounds(cptr), cptr, cidx, cx)
-        out = np.empty((P.shape[0], k), dtype=self.dtype)
-        sse = _resid_mm(*self.csc, np.ascontiguousarray(P), np.ascontiguousarray(Q), out, True)
-        return out, float(sse)
+        return self._resid("cols", P, Q)
 
     def sse(self, P, Q):
         dummy = np.empty((0, P.shape[1]), dtype=self.dtype)
-        return float(_resid_mm(self.rbounds, self.indptr, self.indices, self.x,
-                               np.ascontiguousarray(P), np.ascontiguousarray(Q), dummy, False))
+        return _tiled_pass(self._tiled("rows", P.shape[1]), P, Q, dummy, False)
 
     def thin_svd(self, a):
-        q, r = np.linalg.qr(a)
+        # SciPy's economic QR: 3.6x faster than np.linalg.qr on a 70,000 x 20 factor
+        # (20 vs 72 ms, one BLAS thread), which made it a fifth of an iteration at size L.
+        q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
         u, s, wt = np.linalg.svd(r)
         return q @ u, s, wt.T
 

@@ -336,19 +336,21 @@ def test_ctrl_c_keeps_a_resumable_checkpoint(rng, tmp_path):
     np.testing.assert_array_equal(resumed.to_dense(), full.to_dense())
 
 
-def test_csc_fallback_matches_csr_order_product(rng, monkeypatch):
-    """When per-thread m×k buffers would be too big the transposed product runs over a CSC
-    copy; both layouts compute the same iterates up to summation order."""
+def test_tiled_layout_does_not_change_the_iterates(rng, monkeypatch):
+    """The column tiles of the numpy kernels only reorder each row's sum: a fit on a layout
+    with one entry per tile segment follows the single-tile fit up to rounding."""
     import rankkit._kernels as kern
 
     X, mask = _problem(rng, 40, 30, 3, 0.5)
     S = _sparse(X, mask)
     kw = dict(max_iter=10, thresh=-1.0, progress=False)
-    csr = soft_impute(S, 4, 0.1, **kw)
-    monkeypatch.setattr(kern, "_TMM_BYTES", 0)
-    csc = soft_impute(S, 4, 0.1, **kw)
-    np.testing.assert_allclose(csc.objective, csr.objective, rtol=RTOL)
-    np.testing.assert_allclose(csc.to_dense(), csr.to_dense(), rtol=RTOL, atol=RTOL * 10)
+    monkeypatch.setattr(kern, "_TILE_BYTES", 1 << 30)
+    one = soft_impute(S, 4, 0.1, **kw)
+    monkeypatch.setattr(kern, "_TILE_BYTES", 1)
+    monkeypatch.setattr(kern, "_MIN_SEGMENT", 0)
+    many = soft_impute(S, 4, 0.1, **kw)
+    np.testing.assert_allclose(many.objective, one.objective, rtol=RTOL)
+    np.testing.assert_allclose(many.to_dense(), one.to_dense(), rtol=RTOL, atol=RTOL * 10)
 
 
 def test_parallel_and_serial_builds_have_separate_disk_caches():
@@ -356,7 +358,7 @@ def test_parallel_and_serial_builds_have_separate_disk_caches():
     the first-compiled (serial) build be loaded for the parallel kernel too."""
     import rankkit._kernels as kern
 
-    for name in ("_sampled_dot", "_resid_mm", "_resid_tmm"):
+    for name in ("_sampled_dot", "_tiled_rows"):
         par, ser = getattr(kern, name + "_par"), getattr(kern, name + "_ser")
         assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
         assert par.py_func.__qualname__ != ser.py_func.__qualname__
