@@ -30,9 +30,6 @@ import copy
 import json
 import os
 import platform
-import subprocess
-import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -45,7 +42,6 @@ from rankkit_ext.guided import guided_generate
 from rankkit_ext.lm import load_base_lm, tiny_gpt2, train_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-SETS = ("movieReviewSnippets", "amazonReviewSnippets", "nytEditorialSnippets", "tweets")
 
 
 # ---- assets ---------------------------------------------------------------------------
@@ -55,28 +51,12 @@ def _tokenizer():
     return tokenizers.load("gpt2")
 
 
-def _vader_texts(cache: Path) -> dict[str, tuple[list[str], np.ndarray]]:
-    """VADER ground-truth sets: texts and mean ratings in [-4, 4] (sdist of vaderSentiment)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    sdist = cache / "vaderSentiment-3.3.2.tar.gz"
-    if not sdist.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--no-binary", ":all:", "vaderSentiment==3.3.2", "-d", str(cache)],
-                       check=True)
-    out = {}
-    with tarfile.open(sdist) as outer:
-        inner = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
-        with tarfile.open(fileobj=inner) as tf:
-            for name in SETS:
-                raw = tf.extractfile(f"hutto_ICWSM_2014/{name}_GroundTruth.txt").read()
-                texts, ys = [], []
-                for line in raw.decode("utf-8", "replace").splitlines():
-                    parts = line.strip().split("\t")
-                    if len(parts) >= 3:
-                        ys.append(float(parts[1]))
-                        texts.append(parts[2])
-                out[name] = (texts, np.array(ys))
-    return out
+def _vader(spec: str) -> tuple[list[str], np.ndarray]:
+    """Texts and mean ratings r ∈ [−4, 4] of one VADER set (rankkit.datasets, offline)."""
+    from rankkit.datasets import load
+
+    ds = load(spec, labels="rating")
+    return list(ds.texts), np.asarray(ds.responses, dtype=np.float64).reshape(len(ds.texts), -1)[:, 0]
 
 
 def _atomic_json(obj, path: Path) -> None:
@@ -222,8 +202,7 @@ def main(argv=None):
     t_start = time.time()
 
     tok = _tokenizer()
-    data = _vader_texts(Path.home() / ".cache/rankkit/vader")
-    movie_texts, movie_y = data["movieReviewSnippets"]
+    movie_texts, movie_y = _vader("vader:movie")
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(movie_texts))
     held, train_idx = perm[:500], perm[500:]
@@ -231,7 +210,7 @@ def main(argv=None):
         train_idx = train_idx[:600]
     # base LM text: training movie reviews + tweets (CPU minutes; add the other sets with
     # more time)
-    lm_texts = [movie_texts[i] for i in train_idx] + data["tweets"][0][: (400 if a.quick else None)]
+    lm_texts = [movie_texts[i] for i in train_idx] + _vader("vader:tweets")[0][: (400 if a.quick else None)]
     base = _base_lm(tok, lm_texts, a.workdir, a).eval()
 
     enc = tok([movie_texts[i] for i in train_idx], add_special_tokens=False)["input_ids"]
