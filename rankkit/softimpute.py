@@ -65,6 +65,7 @@ R package ``softImpute`` (Hastie & Mazumder), function ``Ssimpute.als``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -74,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
 from ._kernels import make_kernels, sampled_dot
@@ -370,10 +372,15 @@ def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int
                                 thresh=float(thresh), backend=backend)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     K = make_kernels(backend, device, indptr, indices, x, shape, np_dtype)
-    return _soft_impute(K, shape, nnz, rank, float(lam), int(max_iter), float(thresh), warm_start, rng,
-                        None if checkpoint is None else Path(checkpoint), int(checkpoint_every),
-                        progress, callback, final_svd,
-                        (indptr, indices, x, np_dtype))
+    # The numpy backend's BLAS work is k-column QRs and k×k SVDs while numba's kernels already
+    # use every core: a threaded BLAS spinning beside them (or beside other processes on a
+    # shared machine) costs far more than it saves, so BLAS runs single-threaded for the fit.
+    limit = threadpool_limits(1, user_api="blas") if backend == "numpy" else contextlib.nullcontext()
+    with limit:
+        return _soft_impute(K, shape, nnz, rank, float(lam), int(max_iter), float(thresh), warm_start, rng,
+                            None if checkpoint is None else Path(checkpoint), int(checkpoint_every),
+                            progress, callback, final_svd,
+                            (indptr, indices, x, np_dtype))
 
 
 def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, checkpoint, checkpoint_every,

@@ -363,3 +363,20 @@ def test_parallel_and_serial_builds_have_separate_disk_caches():
         assert par.targetoptions.get("parallel") and not ser.targetoptions.get("parallel")
         assert par.py_func.__qualname__ != ser.py_func.__qualname__
         assert par.py_func.__code__ is ser.py_func.__code__
+
+
+def test_numpy_fit_runs_blas_single_threaded(rng):
+    """numba's kernels use every core; the fit keeps BLAS to one thread beside them and
+    restores the caller's setting afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    X, mask = _problem(rng, 30, 20, 2, 0.6)
+    seen = []
+
+    def record(it, info):
+        seen.extend(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        soft_impute(_sparse(X, mask), 3, 0.1, max_iter=2, progress=False, callback=record)
+        after = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert seen and set(seen) == {1}
+    assert after and set(after) == {2}
