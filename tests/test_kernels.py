@@ -38,33 +38,50 @@ def _case(draw):
     return n, m, k, density, seed, tile_bytes, min_segment, parallel, n_chunks
 
 
-def _dense_reference(X, mask, P, Q):
-    R = np.where(mask, X - P @ Q.T, 0.0)
-    return R @ Q, R.T @ P, float((R * R).sum())
-
-
-@given(_case())
-def test_tiled_passes_match_dense_products(case):
-    n, m, k, density, seed, tile_bytes, min_segment, parallel, n_chunks = case
+def _problem(n, m, k, density, seed):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, m))
     mask = rng.random((n, m)) < density
     r, c = np.nonzero(mask)
     S = sp.csr_matrix((X[r, c], (r, c)), shape=(n, m))
-    P, Q = rng.standard_normal((n, k)), rng.standard_normal((m, k))
+    return X, mask, S, rng.standard_normal((n, k)), rng.standard_normal((m, k))
+
+
+def _check_against_dense(K, X, mask, P, Q):
+    """K's three passes against the dense masked residual R = P_Ω(X − P Qᵀ): R Q, Rᵀ P, ‖R‖²."""
+    R = np.where(mask, X - P @ Q.T, 0.0)
+    n, m = X.shape
+    k = P.shape[1]
+    # Each output entry sums ≤ m (rows) or ≤ n (columns) products of terms bounded by big².
+    big = 1.0 + np.abs(X).max() + k * np.abs(P).max() * np.abs(Q).max()
+    tol = 8 * (n + m) * k * EPS * big**2
+    Pk, Qk = K.asarray(P), K.asarray(Q)
+    (rows, sse_r), (cols, sse_c) = K.resid_rows(Pk, Qk), K.resid_cols(Qk, Pk)
+    np.testing.assert_allclose(K.to_numpy(rows), R @ Q, rtol=0, atol=tol)
+    np.testing.assert_allclose(K.to_numpy(cols), R.T @ P, rtol=0, atol=tol)
+    for s in (sse_r, sse_c, K.sse(Pk, Qk)):
+        assert abs(s - float((R * R).sum())) <= tol * max(1, int(mask.sum()))
+
+
+@given(_case())
+def test_tiled_passes_match_dense_products(case):
+    n, m, k, density, seed, tile_bytes, min_segment, parallel, n_chunks = case
+    X, mask, S, P, Q = _problem(n, m, k, density, seed)
     K = NumpyKernels(S.indptr, S.indices, S.data, (n, m), np.float64, tile_bytes=tile_bytes,
                      min_segment=min_segment, n_chunks=n_chunks)
-    rows_ref, cols_ref, sse_ref = _dense_reference(X, mask, P, Q)
-    # Each output entry sums ≤ m (rows) or ≤ n (columns) products of O(1) terms.
-    tol = 8 * (n + m) * k * EPS * max(1.0, np.abs(X).max() + k * np.abs(P).max() * np.abs(Q).max()) ** 2
     with mock.patch.object(kern, "_SERIAL_WORK", 0 if parallel else 1 << 62):
-        rows, sse_r = K.resid_rows(P, Q)
-        cols, sse_c = K.resid_cols(Q, P)
-        sse = K.sse(P, Q)
-    np.testing.assert_allclose(rows, rows_ref, rtol=0, atol=tol)
-    np.testing.assert_allclose(cols, cols_ref, rtol=0, atol=tol)
-    for s in (sse_r, sse_c, sse):
-        assert abs(s - sse_ref) <= tol * max(1, S.nnz)
+        _check_against_dense(K, X, mask, P, Q)
+
+
+@pytest.mark.parametrize("backend,device", CPU_BACKENDS + CUDA_BACKENDS)
+@given(st.integers(1, 25), st.integers(1, 30), st.integers(1, 6), st.floats(0.0, 1.0),
+       st.integers(0, 2**32 - 1))
+def test_backend_passes_match_dense_products(backend, device, n, m, k, density, seed):
+    """Every backend's kernels (numpy tiled passes, torch SDDMM + SpMM, cupy gathers) against
+    the dense masked residual, in float64."""
+    X, mask, S, P, Q = _problem(n, m, k, density, seed)
+    _check_against_dense(make_kernels(backend, device, S.indptr, S.indices, S.data, (n, m), np.float64),
+                         X, mask, P, Q)
 
 
 def test_small_tile_budget_splits_the_columns(rng):
@@ -87,24 +104,3 @@ def test_small_tile_budget_splits_the_columns(rng):
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * max(n, m) * EPS * np.abs(b).max())
         assert abs(sa - sb) <= 64 * S.nnz * EPS * sb
 
-
-@pytest.mark.parametrize("backend,device", CPU_BACKENDS + CUDA_BACKENDS)
-@given(st.integers(1, 25), st.integers(1, 30), st.integers(1, 6), st.floats(0.0, 1.0),
-       st.integers(0, 2**32 - 1))
-def test_backend_passes_match_dense_products(backend, device, n, m, k, density, seed):
-    """Every backend's kernels (numpy tiled passes, torch SDDMM + SpMM, cupy gathers) against
-    the dense masked residual, in float64."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, m))
-    mask = rng.random((n, m)) < density
-    r, c = np.nonzero(mask)
-    S = sp.csr_matrix((X[r, c], (r, c)), shape=(n, m))
-    P, Q = rng.standard_normal((n, k)), rng.standard_normal((m, k))
-    K = make_kernels(backend, device, S.indptr, S.indices, S.data, (n, m), np.float64)
-    rows_ref, cols_ref, sse_ref = _dense_reference(X, mask, P, Q)
-    tol = 8 * (n + m) * k * EPS * (1.0 + np.abs(X).max() + k * np.abs(P).max() * np.abs(Q).max()) ** 2
-    (rows, sse_r), (cols, sse_c) = K.resid_rows(K.asarray(P), K.asarray(Q)), K.resid_cols(K.asarray(Q), K.asarray(P))
-    np.testing.assert_allclose(K.to_numpy(rows), rows_ref, rtol=0, atol=tol)
-    np.testing.assert_allclose(K.to_numpy(cols), cols_ref, rtol=0, atol=tol)
-    for s in (sse_r, sse_c, K.sse(K.asarray(P), K.asarray(Q))):
-        assert abs(s - sse_ref) <= tol * max(1, S.nnz)
