@@ -21,7 +21,7 @@ from .bounds import (
 )
 from .distill import EffectivePotential, SelfDistillResult, finetune_lm, self_distill, tsmc_samples
 from .exact import ExactTarget, enumerate_target, exact_ctl_loss
-from .learning import TwistTrainResult, ctl_loss, train_twist
+from .learning import NEGATIVE_PHASES, POSITIVE_PHASES, TwistTrainResult, ctl_loss, train_twist
 from .potentials import (
     ClassifierPotential,
     FunctionPotential,
@@ -43,7 +43,7 @@ from .sampler import (
     teacher_force,
     tsmc,
 )
-from .twists import LinearTwist, MLPTwist, TableTwist, TwistHead
+from .twists import CopyTwist, LinearTwist, MLPTwist, TableTwist, Twist, TwistHead, as_twist
 
 __all__ = [
     "EnumerableLM", "HFCausalLM", "TableLM", "as_adapter", "prefix_count",
@@ -51,11 +51,11 @@ __all__ = [
     "mean_pairwise_cosine", "similarity",
     "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
     "ExactTarget", "enumerate_target", "exact_ctl_loss",
-    "TwistTrainResult", "ctl_loss", "train_twist",
+    "NEGATIVE_PHASES", "POSITIVE_PHASES", "TwistTrainResult", "ctl_loss", "train_twist",
     "ClassifierPotential", "FunctionPotential", "HardConstraint", "Potential",
     "ProductPotential", "TablePotential", "pipeline_scorer", "toxicity_potential",
     "RESAMPLING_METHODS", "categorical", "ess", "normalize_log_weights", "resample",
     "RejectionResult", "TSMCResult", "bootstrap_smc", "rejection_sample", "score_sequences",
     "sis", "teacher_force", "tsmc",
-    "LinearTwist", "MLPTwist", "TableTwist", "TwistHead",
+    "CopyTwist", "LinearTwist", "MLPTwist", "TableTwist", "Twist", "TwistHead", "as_twist",
 ]

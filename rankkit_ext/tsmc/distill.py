@@ -14,6 +14,7 @@ base model does. Sampling from generation m uses :math:`(p^{(m)},\psi^{(m)},\phi
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -104,12 +105,16 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
     toks, lens = toks.to(dev), lens.to(dev)
     prompt = torch.as_tensor(prompt, dtype=torch.long, device=dev).reshape(1, -1)
     g = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), disable=not progress, desc="distill"):
-        idx = torch.randint(len(sequences), (min(batch_size, len(sequences)),), generator=g)
-        opt.zero_grad()
-        loss = _sequence_nll(student, prompt, toks[idx.to(dev)], lens[idx.to(dev)]).mean()
-        loss.backward()
-        opt.step()
+    # Dropout in train mode draws from the global RNG: seed it inside a fork so the same
+    # seed gives the same student and the caller's RNG state is left untouched.
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in tqdm(range(steps), disable=not progress, desc="distill"):
+            idx = torch.randint(len(sequences), (min(batch_size, len(sequences)),), generator=g)
+            opt.zero_grad()
+            loss = _sequence_nll(student, prompt, toks[idx.to(dev)], lens[idx.to(dev)]).mean()
+            loss.backward()
+            opt.step()
     student.eval()
     if lora:
         student = student.merge_and_unload()
@@ -132,6 +137,17 @@ def tsmc_samples(lm, twist, potential, prompt, n_samples: int, n_particles: int,
     return out[:n_samples]
 
 
+def _takes_positional(f: Callable) -> bool:
+    try:
+        params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: call without arguments
+        return False
+    # Only a *required* positional parameter means "give me the model": a partial of a twist
+    # class (defaults left for dtype, width, ...) must still be called without arguments.
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+               for p in params)
+
+
 @dataclass
 class SelfDistillResult:
     """Models p^(0..M), twists ψ^(0..M), effective potentials φ^(0..M) and CTL traces."""
@@ -142,10 +158,10 @@ class SelfDistillResult:
     ctl: list[TwistTrainResult] = field(default_factory=list)
 
 
-def self_distill(base_model, potential: Potential, prompt, twist_factory: Callable[[], torch.nn.Module],
+def self_distill(base_model, potential: Potential, prompt, twist_factory: Callable[..., torch.nn.Module],
                  *, generations: int = 2, max_new_tokens: int = 16, n_particles: int = 100,
                  ctl_steps: int = 100, ctl_lr: float = 1e-3, n_distill_samples: int = 1024,
-                 finetune: dict | None = None, seed: int = 0,
+                 finetune: dict | None = None, ctl: dict | None = None, seed: int = 0,
                  adapter: Callable | None = None,
                  checkpoint_dir: str | os.PathLike | None = None,
                  progress: bool = True) -> SelfDistillResult:
@@ -155,9 +171,15 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
     ----------
     base_model : Hugging Face causal LM, :math:`p^{(0)}` (never modified).
     potential : Potential, φ.
-    twist_factory : callable returning a fresh twist head (one per generation).
+    twist_factory : callable returning a fresh twist (one per generation)
+        Called as ``twist_factory(model)`` with the generation's model :math:`p^{(m)}` when it
+        has a required positional parameter (e.g. ``lambda mdl: CopyTwist(mdl)``, a twist on its own
+        trainable copy of the current base), else as ``twist_factory()`` (heads on the frozen
+        base's hidden states).
     generations : int, M.
     finetune : dict, keyword arguments for :func:`finetune_lm` (``lora``, ``steps``, ``lr``…).
+    ctl : dict, keyword arguments for :func:`~rankkit_ext.tsmc.learning.train_twist`
+        (``negative``, ``positive``, ``resample``, ``ess_threshold``, ``weight_decay``).
     adapter : callable, optional
         ``adapter(model)`` → the sampler adapter used for TSMC, CTL and scoring (default
         :class:`~rankkit_ext.tsmc.adapters.HFCausalLM`; e.g. ``EnumerableLM`` in tests).
@@ -165,8 +187,9 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
         Each finished generation is saved there (model via ``save_pretrained``, twist and
         CTL trace via ``torch.save``, atomically); a rerun resumes after the last one.
     """
-    finetune = dict(finetune or {})
+    finetune, ctl_kw = dict(finetune or {}), dict(ctl or {})
     wrap = adapter or (lambda mdl: mdl)
+    takes_model = _takes_positional(twist_factory)
     eos = base_model.config.eos_token_id
     res = SelfDistillResult()
     root = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -182,9 +205,9 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
                 model = type(base_model).from_pretrained(gdir / "model").to(
                     next(base_model.parameters()).device).eval()
             state = torch.load(gdir / "twist.pt", weights_only=False)
-            twist = twist_factory()
+            twist = twist_factory(model) if takes_model else twist_factory()
             twist.load_state_dict(state["twist"])
-            ctl = TwistTrainResult(state["losses"], len(state["losses"]))
+            trace = TwistTrainResult(state["losses"], len(state["losses"]))
         else:
             if m > 0:
                 model = finetune_lm(model, prompt, samples, seed=seed + m, progress=progress,
@@ -193,22 +216,22 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
         phi_m = potential if m == 0 else EffectivePotential(wrap(base_model), wrap(model), potential, prompt,
                                                             max_new_tokens, eos)
         if twist is None:
-            twist = twist_factory()
-            ctl = train_twist(wrap(model), twist, phi_m, prompt, steps=ctl_steps,
-                              n_particles=n_particles, max_new_tokens=max_new_tokens, lr=ctl_lr,
-                              seed=seed + 1000 * m, progress=progress)
+            twist = twist_factory(model) if takes_model else twist_factory()
+            trace = train_twist(wrap(model), twist, phi_m, prompt, steps=ctl_steps,
+                                n_particles=n_particles, max_new_tokens=max_new_tokens, lr=ctl_lr,
+                                seed=seed + 1000 * m, progress=progress, **ctl_kw)
             if gdir is not None:
                 gdir.mkdir(parents=True, exist_ok=True)
                 if m > 0:
                     model.save_pretrained(gdir / "model")
-                _atomic_save({"twist": twist.state_dict(), "losses": ctl.losses},
+                _atomic_save({"twist": twist.state_dict(), "losses": trace.losses},
                              gdir / "twist.pt")
                 tmp = gdir / "done.json.tmp"
                 tmp.write_text(json.dumps({"generation": m,
-                                           "final_loss": float(np.mean(ctl.losses[-10:]))}))
+                                           "final_loss": float(np.mean(trace.losses[-10:]))}))
                 os.replace(tmp, gdir / "done.json")
         res.models.append(model)
         res.twists.append(twist)
         res.potentials.append(phi_m)
-        res.ctl.append(ctl)
+        res.ctl.append(trace)
     return res

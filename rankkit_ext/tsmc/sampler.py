@@ -16,6 +16,19 @@ there and keeps its weight afterwards), and resamples when the ESS falls below
 :math:`\log\hat Z = \sum_{\text{resampling epochs}}\log\frac1K\sum_k W_k` is accumulated in
 float64 and is unbiased in :math:`\hat Z` for any twist; with the optimal twist ψ* it is
 exact (zero variance).
+
+Every twist goes through the protocol of :mod:`~rankkit_ext.tsmc.twists`
+(``init_state`` / ``step`` / ``reorder``): a head on the base's hidden states and a
+:class:`~rankkit_ext.tsmc.twists.CopyTwist` (a trainable copy of the base with its own KV
+cache, grown one token per step and reordered by the same ancestors) share one code path.
+
+With ``record=True`` the run also keeps what the SMC negative phase of contrastive twist
+learning needs (:func:`~rankkit_ext.tsmc.learning.ctl_loss`): per step t, the population
+(post-resampling at t−1) with its base log-probs (K, V), base hidden states (K, H) and
+log-weights :math:`\log W_{t-1} + \log Z_t(s_{<t}) - \log\psi_{t-1}(s_{<t})` targeting
+:math:`\pi_t(s_{<t})`; the population's tokens at the end of every resampling epoch; and each
+final particle's row in every step's population (its genealogy). Memory: K·T·V float64 for
+the log-probs (the same as teacher forcing the final particles), K·T·H for the hidden states.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import torch
 from .adapters import as_adapter
 from .potentials import Potential
 from .resampling import RESAMPLING_METHODS, ess, normalize_log_weights, resample
+from .twists import as_twist
 
 __all__ = ["TSMCResult", "tsmc", "sis", "bootstrap_smc", "RejectionResult", "rejection_sample",
            "teacher_force", "score_sequences"]
@@ -63,6 +77,15 @@ class TSMCResult:
     step_log_pi : float64 (K, T)
         Incremental log-weights of the intermediate target :math:`\\pi_t(s_{<t})`,
         :math:`\\log Z_t(s_{<t}) - \\log\\psi_{t-1}(s_{<t})` (CTL negative phase).
+    step_log_psi : float64 (K, T)
+        :math:`\\log\\psi_t(s_{1:t})` of the chosen token along each particle's genealogy
+        (0 after it finished; 0 everywhere without a twist).
+    extra : dict
+        ``extra["record"]`` with ``record=True`` (see the module docstring): ``log_probs``,
+        ``hidden``, ``neg_log_w``, ``alive`` (lists over steps of (K, V), (K, H), (K,), (K,)),
+        ``epochs`` (list of ``(first_step, last_step, tokens (K, last_step + 1))``) and
+        ``row_at`` (K, n_steps), the row of each final particle's ancestor in step t's
+        population.
     """
 
     tokens: torch.Tensor
@@ -76,6 +99,7 @@ class TSMCResult:
     log_phi: torch.Tensor
     step_log_w: torch.Tensor
     step_log_pi: torch.Tensor
+    step_log_psi: torch.Tensor | None = None
     eos_token_id: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -131,7 +155,7 @@ def _check_args(n_particles, max_new_tokens, resample_method, ess_threshold):
 def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
          max_new_tokens: int = 20, resample: str = "systematic", ess_threshold: float = 0.5,
          generator: torch.Generator | None = None, reference: Sequence[int] | None = None,
-         eos_token_id: int | None = -1) -> TSMCResult:
+         eos_token_id: int | None = -1, record: bool = False) -> TSMCResult:
     r"""Sample from :math:`\sigma\propto p_{LM}\,\phi` with twisted SMC.
 
     Parameters
@@ -139,8 +163,10 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
     lm : adapter or Hugging Face causal LM
         See :mod:`~rankkit_ext.tsmc.adapters`; a HF model is wrapped in ``HFCausalLM``
         (KV cache reordered by ancestor indices on resampling).
-    twist : TwistHead or None
-        ``None`` gives the bootstrap proposal :math:`q = p_{LM}` (SMC without twists).
+    twist : Twist or None
+        Any twist of :mod:`~rankkit_ext.tsmc.twists` (a head on the base's hidden states or a
+        :class:`~rankkit_ext.tsmc.twists.CopyTwist`); ``None`` gives the bootstrap proposal
+        :math:`q = p_{LM}` (SMC without twists).
     potential : Potential
         Terminal potential φ, evaluated once per particle when it finishes.
     prompt : LongTensor (P,) or list[int]
@@ -160,6 +186,9 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
         Needs ``resample="multinomial"`` so the other ancestors follow the conditional law.
     eos_token_id : int or None
         Defaults to the adapter's; ``None`` disables EOS.
+    record : bool
+        Keep the per-step populations for CTL's SMC negative phase in ``extra["record"]``
+        (K·T·V float64 of base log-probs; see the module docstring).
 
     Returns
     -------
@@ -178,7 +207,9 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
     eos = lm.eos_token_id if eos_token_id == -1 else eos_token_id
     K, T = int(n_particles), int(max_new_tokens)
     pad = 0 if eos is None else int(eos)
+    tw = None if twist is None else as_twist(twist)
     logp, h, state = lm.start(prompt, K)
+    lpsi_next, tstate = (None, None) if tw is None else tw.init_state(prompt, K, h)
     dev = logp.device
     f64 = dict(dtype=torch.float64, device=dev)
     tokens = torch.full((K, T), pad, dtype=torch.long, device=dev)
@@ -191,13 +222,18 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
     log_phi = torch.zeros(K, **f64)
     step_w = torch.zeros(K, T, **f64)
     step_pi = torch.zeros(K, T, **f64)
+    step_psi = torch.zeros(K, T, **f64)
+    rec: dict | None = None
+    if record:
+        rec = dict(log_probs=[], hidden=[], neg_log_w=[], alive=[], epochs=[],
+                   row_at=torch.zeros(K, T, dtype=torch.long, device=dev))
+        epoch_start = 0
     ess_trace: list[float] = []
     resampled_at: list[int] = []
     ref = None if reference is None else [int(x) for x in reference]
     for t in range(T):
         logp = logp.to(dev, torch.float64)
-        lpsi = (torch.zeros_like(logp) if twist is None
-                else twist.log_psi(h).to(dev, torch.float64))
+        lpsi = (torch.zeros_like(logp) if tw is None else lpsi_next.to(dev, torch.float64))
         joint = logp + lpsi
         v, logZt = _sample_rows(joint, generator)
         if ref is not None and t < len(ref):
@@ -209,6 +245,12 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
         newly = final & ~done
         inc_pi = _nan_to_neg_inf(logZt - lpsi_prev)
         inc = inc_pi.clone()
+        if rec is not None:  # the population at step t and its pi_t(s_<t) weights
+            rec["log_probs"].append(logp)
+            rec["hidden"].append(h.detach())
+            rec["alive"].append(~done)
+            rec["neg_log_w"].append(logW + torch.where(done, torch.zeros_like(inc_pi), inc_pi))
+            rec["row_at"][:, t] = torch.arange(K, device=dev)
         tokens[:, t] = v
         lengths += (~done).long()
         if newly.any():
@@ -227,12 +269,16 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
         step_pi[:, t] = torch.where(done, torch.zeros_like(inc_pi), inc_pi)
         logW = logW + inc
         lpsi_prev = lpsi.gather(1, v.unsqueeze(1)).squeeze(1)
+        step_psi[:, t] = torch.where(done, torch.zeros_like(lpsi_prev), lpsi_prev)
         done = done | final
         e = float(ess(logW))
         ess_trace.append(e)
         if t == T - 1 or bool(done.all()):
             break
         if ess_threshold > 0 and (ess_threshold >= 1 or e < ess_threshold * K):
+            if rec is not None:  # the epoch's particles keep their rows until here
+                rec["epochs"].append((epoch_start, t, tokens[:, : t + 1].clone()))
+                epoch_start = t + 1
             log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
             anc = _resample(logW, resample, generator)
             if ref is not None:
@@ -240,17 +286,29 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
             tokens, lengths, done, finished = tokens[anc], lengths[anc], done[anc], finished[anc]
             lpsi_prev, log_phi, step_w, step_pi = (lpsi_prev[anc], log_phi[anc], step_w[anc],
                                                     step_pi[anc])
+            step_psi = step_psi[anc]
+            if rec is not None:
+                rec["row_at"] = rec["row_at"][anc]
             state = lm.reorder(state, anc)
+            if tw is not None:
+                tstate = tw.reorder(tstate, anc)
             logW = torch.zeros(K, **f64)
             resampled_at.append(t)
         logp, h, state = lm.advance(state, tokens[:, t])
+        if tw is not None:
+            lpsi_next, tstate = tw.step(tstate, tokens[:, t], h)
     log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
+    n = int(lengths.max())
+    if rec is not None:
+        rec["epochs"].append((epoch_start, t, tokens[:, : t + 1].clone()))
+        rec["row_at"] = rec["row_at"][:, : t + 1]
     weights = normalize_log_weights(logW)[0].exp()
-    return TSMCResult(tokens=tokens[:, : int(lengths.max())], lengths=lengths, finished=finished,
+    return TSMCResult(tokens=tokens[:, :n], lengths=lengths, finished=finished,
                       log_weights=logW, weights=weights, log_Z=float(log_Z),
                       ess_trace=ess_trace, resampled_at=resampled_at, log_phi=log_phi,
-                      step_log_w=step_w[:, : int(lengths.max())],
-                      step_log_pi=step_pi[:, : int(lengths.max())], eos_token_id=eos)
+                      step_log_w=step_w[:, :n],
+                      step_log_pi=step_pi[:, :n], step_log_psi=step_psi[:, :n], eos_token_id=eos,
+                      extra={} if rec is None else {"record": rec})
 
 
 _resample = resample  # the module function, shadowed by tsmc's ``resample`` argument
@@ -310,11 +368,15 @@ def rejection_sample(lm, potential: Potential, prompt, n_proposals: int, max_new
     return RejectionResult(acc, torch.cat(lphis), done, len(acc) / max(done, 1))
 
 
-def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None = None):
-    """Run the adapter along given continuations.
+def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None = None,
+                  twist=None):
+    """Run the adapter (and optionally a twist) along given continuations.
 
     Returns ``log_probs (K, T, V)`` (model dtype → float64) and ``hidden (K, T, H)``: the
-    next-token distribution and hidden state of each prefix :math:`s_{0:t-1}`, t = 1..T.
+    next-token distribution and hidden state of each prefix :math:`s_{0:t-1}`, t = 1..T;
+    with ``twist``, also ``log_psi (K, T, V)`` from the twist protocol's
+    ``sequence_log_psi`` (differentiable in the twist's parameters, e.g. one forward of a
+    :class:`~rankkit_ext.tsmc.twists.CopyTwist`'s copy over prompt + tokens).
     Positions past ``lengths[k]`` are computed on padding and must be masked by the caller.
     """
     lm = as_adapter(lm)
@@ -325,7 +387,10 @@ def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None
         logp, h, state = lm.advance(state, tokens[:, t])
         lps.append(logp)
         hs.append(h)
-    return torch.stack(lps, 1), torch.stack(hs, 1)
+    logp, h = torch.stack(lps, 1), torch.stack(hs, 1)
+    if twist is None:
+        return logp, h
+    return logp, h, as_twist(twist).sequence_log_psi(prompt, tokens, h)
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad: int):
@@ -349,16 +414,15 @@ def score_sequences(lm, prompt, sequences: Sequence[Sequence[int]], twist=None,
     out_p, out_q = [], []
     for i in range(0, len(sequences), chunk):
         toks, lens = _pad(sequences[i: i + chunk], pad)
-        logp, h = teacher_force(lm, prompt, toks.to(_device(lm)), lens)
-        logp = logp.to(torch.float64).cpu()
+        out = teacher_force(lm, prompt, toks.to(_device(lm)), lens, twist=twist)
+        logp = out[0].to(torch.float64).cpu()
         mask = torch.arange(toks.shape[1])[None] < lens[:, None]
         lp = logp.gather(2, toks[..., None]).squeeze(2)
         out_p.append(torch.where(mask, lp, 0.0).sum(1))
         if twist is None:
             out_q.append(out_p[-1])
         else:
-            lpsi = twist.log_psi(h.reshape(-1, h.shape[-1])).reshape(*h.shape[:2], -1)
-            logq = torch.log_softmax(logp + lpsi.to(torch.float64).cpu(), -1)
+            logq = torch.log_softmax(logp + out[2].to(torch.float64).cpu(), -1)
             lq = logq.gather(2, toks[..., None]).squeeze(2)
             out_q.append(torch.where(mask, lq, 0.0).sum(1))
     return torch.cat(out_p), torch.cat(out_q)

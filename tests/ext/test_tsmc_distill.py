@@ -72,3 +72,38 @@ def test_self_distill_moves_base_towards_sigma(setup, lora, tmp_path):
     again = self_distill(model, phi, PROMPT, factory, checkpoint_dir=tmp_path, **kw)
     for a, b in zip(again.models[1].parameters(), res.models[1].parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_finetune_is_seeded_and_leaves_the_global_rng_alone(setup):
+    """Full fine-tuning runs GPT-2's dropout (train mode): with the same seed the student is
+    bit-identical, and the caller's global RNG stream is not consumed."""
+    model, _, target = setup
+    assert model.config.resid_pdrop > 0  # dropout really draws random numbers here
+    seqs = [list(s) for s in target.sequences[:6]]
+    kw = dict(lora=False, steps=4, lr=0.05, progress=False)
+    state = torch.get_rng_state()
+    a = finetune_lm(model, PROMPT, seqs, seed=3, **kw)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = finetune_lm(model, PROMPT, seqs, seed=3, **kw)
+    c = finetune_lm(model, PROMPT, seqs, seed=4, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
+
+
+def test_self_distill_gives_each_generation_model_to_the_factory(setup):
+    """A factory with a parameter receives p^(m) (what a CopyTwist of the current base needs);
+    the ``ctl`` options reach train_twist (a bad one fails there, naming it)."""
+    model, phi, _ = setup
+    seen = []
+
+    def factory(mdl):
+        seen.append(mdl)
+        return TableTwist(torch.zeros(prefix_count(5, T), 5, dtype=torch.float64))
+
+    kw = dict(adapter=lambda m: EnumerableLM(HFCausalLM(m), T), generations=1, max_new_tokens=T,
+              n_particles=8, ctl_steps=2, n_distill_samples=16, progress=False,
+              finetune=dict(lora=False, steps=2, lr=0.02, batch_size=8))
+    res = self_distill(model, phi, PROMPT, factory, ctl=dict(negative="sis"), **kw)
+    assert len(seen) == 2 and all(a is b for a, b in zip(seen, res.models, strict=True))
+    with pytest.raises(ValueError, match="bogus"):
+        self_distill(model, phi, PROMPT, factory, ctl=dict(negative="bogus"), **kw)
