@@ -42,10 +42,12 @@ def run(only: list[str] | None = None, quick: bool = False,
     for name, module in short.items():
         if only and name not in only:
             continue
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         print(f"[run_all] {name} …", file=sys.stderr, flush=True)
         importlib.import_module(module).main(["--out", str(out_dir)] + (["--quick"] if quick else []))
-        written[name] = sorted(str(p) for p in out_dir.glob(f"{name}.*"))
+        # every file the analysis (re)wrote, whatever its name (one script may draw several figures)
+        written[name] = sorted(str(p) for p in out_dir.iterdir()
+                               if p.is_file() and p.stat().st_mtime >= wall0 - 1)
         print(f"[run_all] {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return written
 
