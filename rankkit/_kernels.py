@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import types
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -349,12 +350,37 @@ class NumpyKernels(_Kernels):
         dummy = np.empty((0, P.shape[1]), dtype=self.dtype)
         return _tiled_pass(self._tiled("rows", P.shape[1]), P, Q, dummy, False)
 
+    # Fewest rows × columns for the two-level (TSQR) thin SVD: below it one QR is cheaper
+    # than starting threads.
+    tsqr_min_size = 1 << 20
+
     def thin_svd(self, a):
-        # SciPy's economic QR: 3.6x faster than np.linalg.qr on a 70,000 x 20 factor
-        # (20 vs 72 ms, one BLAS thread), which made it a fifth of an iteration at size L.
-        q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
-        u, s, wt = np.linalg.svd(r)
-        return q @ u, s, wt.T
+        r"""Thin SVD by QR first. SciPy's economic QR: 3.6× faster than ``np.linalg.qr`` on a
+        70,000 × 20 factor (20 vs 72 ms, one BLAS thread). Tall factors (≥ ``tsqr_min_size``
+        cells) use TSQR: :math:`a = \mathrm{diag}(Q_1..Q_p)\,[R_1; ..; R_p]` with one QR per
+        row block in parallel threads (LAPACK releases the GIL; BLAS is single-threaded during
+        a fit), then :math:`[R_1; ..; R_p] = Q_s R` and :math:`u = \mathrm{diag}(Q_i)\,Q_s\,u_R`;
+        Householder-stable like one QR, and deterministic (fixed blocks)."""
+        n, k = a.shape
+        parts = self.n_chunks
+        if parts < 2 or n * k < self.tsqr_min_size or n < 4 * parts * k:
+            q, r = scipy.linalg.qr(a, mode="economic", check_finite=False)
+            u, s, wt = np.linalg.svd(r)
+            return q @ u, s, wt.T
+        cuts = np.linspace(0, n, parts + 1).astype(np.int64)
+        blocks = [a[cuts[i]:cuts[i + 1]] for i in range(parts)]
+        out = np.empty((n, k), dtype=a.dtype)
+        with ThreadPoolExecutor(parts) as ex:
+            qrs = list(ex.map(lambda b: scipy.linalg.qr(b, mode="economic", check_finite=False), blocks))
+            qs, r = np.linalg.qr(np.vstack([r_i for _, r_i in qrs]))
+            u, s, wt = np.linalg.svd(r)
+            m = qs @ u  # (parts·k) × k
+
+            def fill(i):
+                out[cuts[i]:cuts[i + 1]] = qrs[i][0] @ m[i * k:(i + 1) * k]
+
+            list(ex.map(fill, range(parts)))
+        return out, s, wt.T
 
     def relu(self, a):
         return np.maximum(a, 0)

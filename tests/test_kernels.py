@@ -104,3 +104,22 @@ def test_small_tile_budget_splits_the_columns(rng):
         np.testing.assert_allclose(a, b, rtol=0, atol=64 * max(n, m) * EPS * np.abs(b).max())
         assert abs(sa - sb) <= 64 * S.nnz * EPS * sb
 
+
+
+@given(st.integers(1, 8), st.integers(2, 4), st.integers(0, 2**32 - 1), st.floats(0, 12))
+def test_tsqr_thin_svd_matches_lapack(k, parts, seed, decades):
+    """The two-level (TSQR) thin SVD of tall factors: a = u diag(s) wᵀ with orthonormal u and
+    w and the singular values of np.linalg.svd, down to graded spectra (cond up to 1e12)."""
+    rng = np.random.default_rng(seed)
+    n = 4 * parts * k + int(rng.integers(0, 50))
+    a = rng.standard_normal((n, k)) * np.logspace(0, -decades, k)
+    S = sp.csr_matrix((n, 3))
+    K = NumpyKernels(S.indptr, S.indices, S.data, (n, 3), np.float64, n_chunks=parts)
+    K.tsqr_min_size = 0
+    u, s, w = K.thin_svd(a)
+    scale = np.linalg.norm(a, 2)
+    tol = 64 * n * k * EPS
+    np.testing.assert_allclose(s, np.linalg.svd(a, compute_uv=False), rtol=0, atol=tol * scale)
+    np.testing.assert_allclose((u * s) @ w.T, a, rtol=0, atol=tol * scale)
+    np.testing.assert_allclose(u.T @ u, np.eye(k), rtol=0, atol=tol)
+    np.testing.assert_allclose(w.T @ w, np.eye(k), rtol=0, atol=tol)
