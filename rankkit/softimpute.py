@@ -431,18 +431,19 @@ def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, check
             # B-step: B = P_Ω(X − U D² Vᵀ)ᵀ U + V D², shrunk by D²/(D²+λ).
             BD = V * Dsq
             B, sse_prev = K.resid_cols(BD, U)
-            B = B + BD
+            # in place: B is a fresh array of the kernels (saves two n×k allocations per step)
+            B += BD
             if lam > 0:
-                B = B * (Dsq / (Dsq + lam))
+                B *= Dsq / (Dsq + lam)
             V, Dsq, W = K.thin_svd(B)
             U = U @ W
             # A-step: A = P_Ω(X − U D² Vᵀ) V + U D², shrunk likewise.
             AD = U * Dsq
             A, sse = K.resid_rows(AD, V)
             objective.append(0.5 * sse + lam * float(Dsq.sum()))
-            A = A + AD
+            A += AD
             if lam > 0:
-                A = A * (Dsq / (Dsq + lam))
+                A *= Dsq / (Dsq + lam)
             U, Dsq, W = K.thin_svd(A)
             V = V @ W
             ratio = _frob_ratio(U0, D0, V0, U, Dsq, V)
