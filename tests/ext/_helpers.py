@@ -50,3 +50,17 @@ def tiny_gpt2(V=4, eos=3, dtype=torch.float64):
     with torch.random.fork_rng(devices=[]):  # GPT2 init draws from the global RNG: fork it
         torch.manual_seed(0)
         return transformers.GPT2LMHeadModel(cfg).to(dtype).eval()
+
+
+def train_straight_and_resumed(lm, fresh, phi, kw, ckpt_dir, every):
+    """Train ``fresh()`` for kw["steps"] CTL steps in one go, and another ``fresh()`` that is
+    interrupted after ``every`` steps and resumed from ``ckpt_dir``: (straight, resumed, result)."""
+    from rankkit_ext.tsmc.learning import train_twist
+
+    straight = fresh()
+    train_twist(lm, straight, phi, [0], **kw)
+    train_twist(lm, fresh(), phi, [0], **{**kw, "steps": every}, checkpoint_dir=ckpt_dir,
+                checkpoint_every=every)
+    resumed = fresh()
+    res = train_twist(lm, resumed, phi, [0], **kw, checkpoint_dir=ckpt_dir, checkpoint_every=every)
+    return straight, resumed, res

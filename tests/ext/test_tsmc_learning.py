@@ -5,10 +5,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from rankkit_ext.tsmc.exact import enumerate_target, exact_ctl_loss  # noqa: E402
-from rankkit_ext.tsmc.learning import ctl_loss, train_twist  # noqa: E402
+from rankkit_ext.tsmc.learning import ctl_loss  # noqa: E402
 from rankkit_ext.tsmc.sampler import sis, teacher_force, tsmc  # noqa: E402
 
-from ._helpers import make_case, random_twist  # noqa: E402
+from ._helpers import make_case, random_twist, train_straight_and_resumed  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -62,17 +62,11 @@ def test_train_twist_reduces_kl_and_resumes_from_checkpoint(tmp_path):
     def fresh():
         return random_twist(lm, 0, 0.0)  # psi = 1: the bootstrap proposal
 
-    tw = fresh()
-    kl0 = target.kl_sigma_q(tw)
-    train_twist(lm, tw, phi, [0], **kw)
+    kl0 = target.kl_sigma_q(fresh())
+    # interrupted after 20 steps, resumed to 40: identical to the uninterrupted run
+    tw, tw3, res = train_straight_and_resumed(lm, fresh, phi, kw, tmp_path, 20)
     kl1 = target.kl_sigma_q(tw)
     assert kl1 < 0.5 * kl0, (kl0, kl1)
-    # interrupted after 20 steps, resumed to 40: identical to the uninterrupted run
-    tw2 = fresh()
-    train_twist(lm, tw2, phi, [0], **{**kw, "steps": 20}, checkpoint_dir=tmp_path,
-                checkpoint_every=10)
-    tw3 = fresh()
-    res = train_twist(lm, tw3, phi, [0], **kw, checkpoint_dir=tmp_path, checkpoint_every=10)
     assert res.steps_done == 40 and len(res.losses) == 40
     assert torch.allclose(tw3.table, tw.table, atol=1e-12)
 

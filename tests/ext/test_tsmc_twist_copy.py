@@ -14,7 +14,7 @@ from rankkit_ext.tsmc.learning import ctl_loss, train_twist  # noqa: E402
 from rankkit_ext.tsmc.sampler import bootstrap_smc, score_sequences, teacher_force, tsmc  # noqa: E402
 from rankkit_ext.tsmc.twists import CopyTwist  # noqa: E402
 
-from ._helpers import random_phi, tiny_gpt2  # noqa: E402
+from ._helpers import random_phi, tiny_gpt2, train_straight_and_resumed  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -210,13 +210,7 @@ def test_copy_twist_checkpoint_resume_and_state_dict_round_trip(enumerable, lora
         return CopyTwist(model, head="linear", lora=cfg)
 
     kw = dict(steps=6, n_particles=16, max_new_tokens=3, lr=0.05, seed=1, progress=False)
-    straight = fresh()
-    train_twist(lm, straight, phi, [0], **kw)
-    first = fresh()
-    train_twist(lm, first, phi, [0], **{**kw, "steps": 3}, checkpoint_dir=tmp_path,
-                checkpoint_every=3)
-    resumed = fresh()
-    res = train_twist(lm, resumed, phi, [0], **kw, checkpoint_dir=tmp_path, checkpoint_every=3)
+    straight, resumed, res = train_straight_and_resumed(lm, fresh, phi, kw, tmp_path, 3)
     assert res.steps_done == 6 and len(res.losses) == 6
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
                          strict=True):
