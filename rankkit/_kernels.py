@@ -20,9 +20,12 @@ written to memory. The pass runs over a copy of the pattern built once per fit i
 rows of the other factor gathered at random stay in the core's L2 cache and the row's own
 factor and output are read and written in order (2× less time per pass than plain CSR order
 at 70,000 × 10,000, 10M cells, k = 20). The column pass is the same kernel on the tiled
-transposed pattern, so each output row is accumulated in registers by one thread. Torch and CuPy: the residual values are
-computed in chunks by gathering rows of P and Q, then multiplied by a CSR matrix
-(``torch.sparse_csr_tensor`` / ``cupyx.scipy.sparse.csr_matrix``).
+transposed pattern, so each output row is accumulated in registers by one thread.
+
+Torch: the residual values by SDDMM (``torch.sparse.sampled_addmm``; cuSPARSE on CUDA), then
+a CSR × dense product. CuPy: the residual values in chunks by gathering rows of P and Q,
+then ``cupyx.scipy.sparse.csr_matrix`` × dense. Both keep a CSR copy of the transposed
+pattern for the column pass.
 """
 
 from __future__ import annotations
