@@ -292,7 +292,9 @@ def full_block_bound(R, *, label: int | str = 0, max_seeds: int = 16) -> BlockCe
     the most columns of J and shrink J to that overlap. Since rank(R[I, J]) ≤ min(|I|, |J|),
     the step maximising min(|I|, |J|) is kept and its numerical rank computed (at most one
     SVD per seed, skipped when the block's nonzero rows or columns are too few to beat
-    the best rank so far); growth stops once |I| ≥ |J| or |J| cannot beat the best rank.
+    the best rank so far); growth stops once |I| ≥ |J| (after adding, in one step, every
+    row observed on all of J: they leave J unchanged and can only raise the rank) or once |J|
+    cannot beat the best rank.
     Cost per seed: O(nnz) for the overlaps plus O(n + m) per added row.
     """
     R = _as_reward_matrix(R)
@@ -343,7 +345,13 @@ def full_block_bound(R, *, label: int | str = 0, max_seeds: int = 16) -> BlockCe
             np.subtract.at(overlap, csc_rows[e], 1)
             path.append((len(block_rows), J))
             if len(block_rows) >= J.size:
-                break  # |I| grows and |J| shrinks: min(|I|, |J|) cannot grow any more
+                # min(|I|, |J|) cannot grow any more, but the rows observed on all of J keep J
+                # and can only raise the rank (rank R[I, J] is monotone in I): take them all.
+                cover = np.flatnonzero(overlap == J.size)
+                if cover.size:
+                    block_rows.extend(cover.tolist())
+                    path.append((len(block_rows), J))
+                break
         # rank <= min(|I|, |J|): keep the step with the largest such cap (ties: larger block)
         t = max(range(len(path)), key=lambda q: (min(path[q][0], path[q][1].size),
                                                  path[q][0] * path[q][1].size))

@@ -161,6 +161,16 @@ def test_lower_bound_never_exceeds_the_generating_rank(case):
         assert b.lower == np.linalg.matrix_rank(M)
 
 
+def test_block_search_keeps_rows_that_cover_the_block():
+    """Found by hypothesis: the first |J| rows grown from the seed hold two zero rows (rank
+    2); the fifth row is observed on every column of J and raises the rank to 3. The greedy
+    search stopped at |I| = |J| and claimed 2 for a fully observed rank-3 matrix."""
+    M = np.array([[0, 0, 0, 0], [-1, 0, -1, 1], [0, 0, 0, 0], [0, 1, 2, -1], [0, 1, -2, 2.0]])
+    b = rank_lower_bound(RewardMatrix.from_dense(M, np.ones_like(M, bool)))
+    assert b.lower == np.linalg.matrix_rank(M) == 3
+    assert b.block.rows.size == 5
+
+
 @given(st.integers(1, 12), st.integers(0, 2**32 - 1), st.sampled_from([0.2, 0.5, 0.8]))
 def test_triangle_certificates_on_random_sparse_patterns_verify(n, seed, p_zero):
     g = np.random.default_rng(seed)
