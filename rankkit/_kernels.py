@@ -271,7 +271,6 @@ class _TiledPattern:
     idx: np.ndarray
     val: np.ndarray
     ntiles: int
-    nnz: int
 
 
 def _tile(indptr, indices, x, n_cols: int, k: int, itemsize: int, tile_bytes: int,
@@ -288,11 +287,11 @@ def _tile(indptr, indices, x, n_cols: int, k: int, itemsize: int, tile_bytes: in
     base = np.zeros(bounds.size, dtype=np.int64)
     np.cumsum(ntiles * (np.diff(bounds) + 1), out=base[1:])
     start, idx, val = _tile_layout(bounds, base, indptr, indices, x, width, ntiles)
-    return _TiledPattern(bounds, base, start, idx, val, int(ntiles), int(indices.size))
+    return _TiledPattern(bounds, base, start, idx, val, int(ntiles))
 
 
 def _tiled_pass(t: _TiledPattern, P, Q, out, with_out: bool) -> float:
-    kern = _tiled_rows_par if t.nnz * P.shape[1] >= _SERIAL_WORK else _tiled_rows_ser
+    kern = _tiled_rows_par if t.idx.size * P.shape[1] >= _SERIAL_WORK else _tiled_rows_ser
     return float(kern(t.bounds, t.base, t.start, t.idx, t.val, t.ntiles, np.ascontiguousarray(P),
                       np.ascontiguousarray(Q), out, with_out))
 
@@ -398,16 +397,18 @@ class _GatherKernels(_Kernels):
 
     def _setup(self, indptr, indices, values, shape):
         n, m = shape
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
         cptr, crow, cx = _csc_of(indptr, indices, values, shape)
-        ccol = np.repeat(np.arange(m, dtype=np.int64), np.diff(cptr))
         self.shape = (n, m)
-        self.r = dict(ptr=self._int(indptr), a=self._int(rows), b=self._int(indices),
-                      x=self.asarray(values), shape=(n, m))
-        self.c = dict(ptr=self._int(cptr), a=self._int(ccol), b=self._int(crow),
-                      x=self.asarray(cx), shape=(m, n))
+        # "counts" (host, n + 1) only to expand each cell's row index on first need: the
+        # torch SDDMM path never does, and those nnz int64 would sit on the device for nothing.
+        self.r = dict(ptr=self._int(indptr), b=self._int(indices), x=self.asarray(values),
+                      shape=(n, m), counts=np.diff(indptr))
+        self.c = dict(ptr=self._int(cptr), b=self._int(crow), x=self.asarray(cx),
+                      shape=(m, n), counts=np.diff(cptr))
 
     def _resid_values(self, lay, P, Q):
+        if "a" not in lay:
+            lay["a"] = self._int(np.repeat(np.arange(lay["counts"].size, dtype=np.int64), lay["counts"]))
         a, b, x = lay["a"], lay["b"], lay["x"]
         nnz = x.shape[0]
         k = max(P.shape[1], 1)

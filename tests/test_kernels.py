@@ -123,3 +123,20 @@ def test_tsqr_thin_svd_matches_lapack(k, parts, seed, decades):
     np.testing.assert_allclose((u * s) @ w.T, a, rtol=0, atol=tol * scale)
     np.testing.assert_allclose(u.T @ u, np.eye(k), rtol=0, atol=tol)
     np.testing.assert_allclose(w.T @ w, np.eye(k), rtol=0, atol=tol)
+
+
+@given(st.integers(1, 25), st.integers(1, 30), st.integers(1, 6), st.floats(0.0, 1.0),
+       st.integers(0, 2**32 - 1))
+def test_gather_residuals_match_sddmm(n, m, k, density, seed):
+    """The chunked-gather residual values (CuPy's path, testable on CPU through torch) equal
+    torch's SDDMM values on both layouts."""
+    torch = pytest.importorskip("torch")
+    from rankkit._kernels import _GatherKernels
+
+    X, mask, S, P, Q = _problem(n, m, k, density, seed)
+    K = make_kernels("torch", "cpu", S.indptr, S.indices, S.data, (n, m), np.float64)
+    Pk, Qk = K.asarray(P), K.asarray(Q)
+    for lay, A, B in ((K.r, Pk, Qk), (K.c, Qk, Pk)):
+        gathered = _GatherKernels._resid_values(K, lay, A, B)
+        torch.testing.assert_close(gathered, K._resid_values(lay, A, B), rtol=0,
+                                   atol=8 * k * EPS * (1 + np.abs(X).max() + k * np.abs(P).max() * np.abs(Q).max()))
