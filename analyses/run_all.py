@@ -22,6 +22,7 @@ MODULES = [
     "analyses.data_rank_structure",
     "analyses.stress_upper_triangular",
     "analyses.table2_min_rank",
+    "analyses.min_rank_frontier",
     # rankkit_ext (torch): reward models, guided decoding, twisted SMC
     "analyses.expressivity_upper_triangular",
     "analyses.learned_rank_regularizer",

@@ -79,3 +79,118 @@ def fancyimpute_soft_impute(X: sp.csr_matrix, rank: int, lam: float,
     model.fit_transform(dense)
     per, per_cpu = (time.perf_counter() - t0) / n_iter, (time.process_time() - c0) / n_iter
     return [per] * n_iter, [per_cpu] * n_iter
+
+
+# ---- fixed-rank certificate peer (benchmarks/bench_certificate.py) -------------------------
+
+def pymanopt_fixed_rank(S: sp.spmatrix, rank: int, eps: float = 1e-6, max_time: float = 60.0,
+                        max_iter: int = 1_000_000, seed: int = 0, fast_transport: bool = True) -> dict:
+    r"""Riemannian conjugate gradient of pymanopt 2.2.1 on the rank-``rank`` matrices.
+
+    Minimises f(X) = ½‖P_Ω(X − A)‖²_F over ``pymanopt.manifolds.FixedRankEmbedded(n, m, k)``
+    with ``pymanopt.optimizers.ConjugateGradient`` at its defaults (Hestenes–Stiefel β,
+    adaptive line search, min gradient norm 1e-6, min step 1e-10), from a seeded random
+    point drawn like ``FixedRankEmbedded.random_point`` (orthonormal U, V from QR of
+    Gaussians, s sorted uniform on [0, 1]). Stops as soon as the MSE over Ω is ≤ ``eps``
+    (checked at every iterate, where CG checks its own criteria), or at ``max_time`` seconds,
+    ``max_iter`` iterations or one of CG's own criteria.
+
+    pymanopt 2.2.1's ``FixedRankEmbedded.euclidean_to_riemannian_gradient`` takes the
+    Euclidean gradient with respect to the *factors* (u, s, vt) of the point, not an n×m
+    array. With the sparse residual G = P_Ω(X − A) (values on Ω only) these are
+    ∂f/∂u = (G vtᵀ) diag(s), ∂f/∂s = diag(uᵀ G vtᵀ), ∂f/∂vt = diag(s) uᵀ G: two sparse
+    products, O(|Ω| k + (n + m) k), nothing dense. The residual of the last point is cached
+    so the cost and the gradient at the same iterate share it (CG evaluates both there).
+
+    ``fast_transport`` (default True) evaluates the manifold's vector transport
+    (projection of a low-rank ambient ``(U, S, V)`` onto a tangent space) as
+    U (S (Vᵀ Z)) instead of pymanopt's left-to-right ((U S) Vᵀ) Z, which forms a dense
+    n×m matrix. Same arithmetic result up to rounding; the peer is not handicapped by an
+    association order. False runs the manifold exactly as shipped.
+
+    Returns
+    -------
+    dict with ``mse`` (over Ω at the returned point), ``seconds`` (wall, optimiser only),
+    ``max_abs`` (largest |entry| of the dense n×m completion), ``n_iter``, ``reached``
+    (mse ≤ eps), ``stop`` (pymanopt's or our reason) and ``rank``.
+    """
+    from pymanopt import Problem, function
+    from pymanopt.manifolds import FixedRankEmbedded
+    from pymanopt.manifolds.fixed_rank import _FixedRankPoint
+    from pymanopt.optimizers import ConjugateGradient
+
+    S = sp.csr_matrix(S)
+    S.sum_duplicates()
+    n, m = S.shape
+    k = int(rank)
+    rows = np.repeat(np.arange(n), np.diff(S.indptr))
+    cols = S.indices
+    a = S.data.astype(np.float64)
+    nnz = a.size
+    target = 0.5 * eps * nnz  # f = ½ SSE ≤ ½ ε |Ω|  ⇔  MSE ≤ ε
+
+    class _Manifold(FixedRankEmbedded):
+        def _apply_ambient(self, vector, matrix):
+            if isinstance(vector, (list, tuple)):
+                return vector[0] @ (vector[1] @ (vector[2].T @ matrix))
+            return vector @ matrix
+
+        def _apply_ambient_transpose(self, vector, matrix):
+            if isinstance(vector, (list, tuple)):
+                return vector[2] @ (vector[1] @ (vector[0].T @ matrix))
+            return vector.T @ matrix
+
+    manifold = (_Manifold if fast_transport else FixedRankEmbedded)(n, m, k)
+
+    cache: dict = {}
+
+    def residual(u, s, vt):
+        key = (id(u), id(s), id(vt))
+        if cache.get("key") != key:
+            pred = np.einsum("ij,ij->i", u[rows] * s, vt.T[cols])
+            cache.update(key=key, keep=(u, s, vt), res=pred - a)
+        return cache["res"]
+
+    @function.numpy(manifold)
+    def cost(u, s, vt):
+        r = residual(u, s, vt)
+        return 0.5 * float(r @ r)
+
+    @function.numpy(manifold)
+    def euclidean_gradient(u, s, vt):
+        G = sp.csr_matrix((residual(u, s, vt), S.indices, S.indptr), shape=(n, m))
+        GV = G @ vt.T                     # n × k
+        GtU = G.T @ u                     # m × k
+        return GV * s, np.einsum("ij,ij->j", u, GV), (GtU * s).T
+
+    class _CG(ConjugateGradient):
+        """pymanopt's CG plus one stopping rule: MSE over Ω ≤ ε at the current iterate."""
+        def _add_log_entry(self, *, iteration, point, cost, **kw):
+            self._last_cost = cost
+            super()._add_log_entry(iteration=iteration, point=point, cost=cost, **kw)
+
+        def _check_stopping_criterion(self, **kw):
+            if getattr(self, "_last_cost", np.inf) <= target:
+                return f"Terminated - MSE ≤ {eps:g} after {kw.get('iteration')} iterations."
+            return super()._check_stopping_criterion(**kw)
+
+    rng = np.random.default_rng(seed)
+    u0 = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    v0 = np.linalg.qr(rng.standard_normal((m, k)))[0]
+    s0 = np.sort(rng.uniform(size=k))[::-1]
+    x0 = _FixedRankPoint(u0, s0, v0.T)
+
+    problem = Problem(manifold, cost, euclidean_gradient=euclidean_gradient)
+    opt = _CG(max_time=max_time, max_iterations=max_iter, verbosity=0)
+    t0 = time.perf_counter()
+    res = opt.run(problem, initial_point=x0)
+    seconds = time.perf_counter() - t0
+    u, s, vt = res.point
+    r = np.einsum("ij,ij->i", u[rows] * s, vt.T[cols]) - a
+    mse = float(r @ r) / max(nnz, 1)
+    us = u * s
+    max_abs = 0.0
+    for i in range(0, n, 2048):  # dense completion in row blocks
+        max_abs = max(max_abs, float(np.abs(us[i:i + 2048] @ vt).max(initial=0.0)))
+    return dict(rank=k, mse=mse, seconds=seconds, max_abs=max_abs, n_iter=int(res.iterations),
+                reached=bool(mse <= eps), stop=res.stopping_criterion)

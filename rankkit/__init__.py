@@ -31,7 +31,12 @@ _LAZY = {
     "SoftImputeResult": "softimpute",
     "estimate_min_rank": "minrank",
     "MinRankEstimate": "minrank",
-    "exact_completion": "minrank",
+    "exact_completion": "exact",
+    "fixed_rank_fit": "lowrank",
+    "FixedRank": "lowrank",
+    "certificate_scale": "minrank",
+    "observed_mse": "softimpute",
+    "as_reward_matrix": "matrix",
     "rank_lower_bound": "bounds",
     "RankLowerBound": "bounds",
     # backends

@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import warnings
 
+import numpy as np
+
 __all__ = ["HAS_TORCH", "HAS_CUPY", "HAS_CUDA", "BACKENDS", "resolve_backend", "array_backend",
-           "torch_cuda_available", "cupy_cuda_available"]
+           "torch_cuda_available", "cupy_cuda_available", "to_numpy"]
 
 BACKENDS = ("auto", "numpy", "torch", "cupy")
 
@@ -53,6 +55,17 @@ def array_backend(x) -> str:
     if mod == "cupy":
         return "cupy"
     return "numpy"
+
+
+def to_numpy(x, dtype=None) -> np.ndarray:
+    """A NumPy copy (or view) of a NumPy, torch (any device) or CuPy array; ``dtype`` None
+    keeps the array's own. The one conversion to NumPy of the package."""
+    backend = array_backend(x)
+    if backend == "torch":
+        x = x.detach().cpu().numpy()
+    elif backend == "cupy":
+        x = x.get()
+    return np.asarray(x, dtype=dtype)
 
 
 def resolve_backend(backend: str = "auto", device=None, like=None) -> tuple[str, object]:

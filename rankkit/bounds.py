@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .matrix import RewardMatrix
+from .matrix import RewardMatrix, as_reward_matrix
 
 __all__ = ["TriangularCertificate", "BlockCertificate", "RankLowerBound", "triangular_bound",
            "full_block_bound", "rank_lower_bound"]
@@ -53,15 +53,6 @@ __all__ = ["TriangularCertificate", "BlockCertificate", "RankLowerBound", "trian
 # ---------------------------------------------------------------------------------------
 # input handling
 # ---------------------------------------------------------------------------------------
-def _as_reward_matrix(source) -> RewardMatrix:
-    if isinstance(source, RewardMatrix):
-        return source
-    if sp.issparse(source):
-        return RewardMatrix.from_scipy(source)
-    raise TypeError(f"expected a RewardMatrix or a scipy.sparse matrix (stored entries, explicit "
-                    f"zeros included, are the observations), got {type(source).__name__}")
-
-
 def _submatrix(R: RewardMatrix, label, rows: np.ndarray, cols: np.ndarray):
     """(observed mask, values) of the dense submatrix R[rows][:, cols].
 
@@ -119,7 +110,7 @@ class TriangularCertificate:
     def verify(self, R, label: int | str = 0) -> int:
         """Check the certificate against ``R``; return the bound, or raise ``ValueError``
         naming the first cell that breaks it."""
-        R = _as_reward_matrix(R)
+        R = as_reward_matrix(R)
         rows = _check_indices("row", self.rows, R.shape[0])
         cols = _check_indices("column", self.cols, R.shape[1])
         if rows.size != cols.size:
@@ -222,14 +213,12 @@ def triangular_bound(R, *, label: int | str = 0, transpose: bool = True) -> Tria
     On ``rankkit.synthetic.upper_triangular(n)`` (under any row/column permutation) the
     greedy returns k = n, which is the exact minimal rank.
     """
-    R = _as_reward_matrix(R)
+    R = as_reward_matrix(R)
     vals = R.label_values(label)
     best_r, best_c = _greedy_triangle(R.indptr, R.indices, vals, R.shape)
     if transpose and R.nnz:
-        T = R.to_scipy(label).T.tocsr()  # explicit zeros survive the transpose
-        T.sort_indices()
-        tr, tc = _greedy_triangle(T.indptr.astype(np.int64), T.indices.astype(np.int64),
-                                  T.data, T.shape)
+        T = R.transpose()  # explicit zeros survive the transpose
+        tr, tc = _greedy_triangle(T.indptr, T.indices, T.label_values(label), T.shape)
         if tr.size > best_r.size:
             # Rᵀ upper triangular on (tr, tc) means R is lower triangular on (tc, tr):
             # reversing both orders puts its zeros below the diagonal again
@@ -251,7 +240,7 @@ class BlockCertificate:
     def verify(self, R, label: int | str = 0) -> int:
         """Check that every cell is observed and the block's rank is at least ``rank``;
         return the recomputed rank, or raise ``ValueError`` naming the problem."""
-        R = _as_reward_matrix(R)
+        R = as_reward_matrix(R)
         rows = _check_indices("row", self.rows, R.shape[0])
         cols = _check_indices("column", self.cols, R.shape[1])
         if rows.size == 0 or cols.size == 0:
@@ -297,7 +286,7 @@ def full_block_bound(R, *, label: int | str = 0, max_seeds: int = 16) -> BlockCe
     cannot beat the best rank.
     Cost per seed: O(nnz) for the overlaps plus O(n + m) per added row.
     """
-    R = _as_reward_matrix(R)
+    R = as_reward_matrix(R)
     if max_seeds < 1:
         raise ValueError(f"max_seeds must be >= 1, got {max_seeds}")
     n, m = R.shape
@@ -307,11 +296,8 @@ def full_block_bound(R, *, label: int | str = 0, max_seeds: int = 16) -> BlockCe
     pattern = sp.csr_matrix((np.ones(R.nnz), R.indices, R.indptr), shape=(n, m))
     vals = R.to_scipy(label)
     # CSC view of the pattern: rows observed in a column, to update overlaps when J shrinks
-    rows_of = R.rows
-    order = np.argsort(R.indices, kind="stable")
-    col_ptr = np.zeros(m + 1, np.int64)
-    np.cumsum(np.bincount(R.indices, minlength=m), out=col_ptr[1:])
-    csc_rows = rows_of[order]
+    RT = R.transpose()
+    col_ptr, csc_rows = RT.indptr, RT.indices
     seeds = np.argsort(-R.row_nnz, kind="stable")[:max_seeds]
     best = empty
     seen: set[bytes] = set()
@@ -398,7 +384,7 @@ class RankLowerBound:
 
     def verify(self, R, label: int | str = 0) -> int:
         """Re-check both certificates against ``R`` and return the bound they prove."""
-        R = _as_reward_matrix(R)
+        R = as_reward_matrix(R)
         nz = bool(np.any(R.label_values(label) != 0))
         proved = max(int(nz), self.triangular.verify(R, label), self.block.verify(R, label))
         if proved < self.lower:
@@ -442,7 +428,7 @@ def rank_lower_bound(R, *, label: int | str = 0, max_seeds: int = 16,
     >>> rank_lower_bound(S).lower
     4
     """
-    R = _as_reward_matrix(R)
+    R = as_reward_matrix(R)
     vals = R.label_values(label)
     nz = bool(np.any(vals != 0))
     tri = triangular_bound(R, label=label, transpose=transpose)

@@ -9,7 +9,8 @@ Examples
 ::
 
     rankkit matrix vader:movie
-    rankkit estimate vader:movie --ranks 0,255,511,767 --max-iter 100
+    rankkit estimate vader:movie                                   # tightest certified bound
+    rankkit estimate vader:movie --method soft-impute --ranks 0,255,511,767   # Table 2
     rankkit estimate reviews.csv --text review --labels score --limit 2000
     rankkit stress --case upper_triangular --n 64
     rankkit figures --quick
@@ -184,15 +185,9 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranks = sorted(est.mse_by_rank)
-    mse = [max(est.mse_by_rank[r], 1e-300) for r in ranks]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.semilogy(ranks, mse, marker="o", label="MSE on Ω₂")
-    ax.axhline(est.eps, color="0.4", linestyle="--", label=f"ε = {est.eps:g}")
-    ax.set_xlabel("completion rank r")
-    ax.set_ylabel("mean squared error on Ω₂ (label units²)")
+    est.plot(ax=ax)
     ax.set_title(title, fontsize=10)
-    ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -206,11 +201,17 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 @dataset_options
 @click.option("--eps", type=float, default=1e-6, show_default=True,
               help="Tolerance on the MSE over Ω₂.")
-@click.option("--ranks", default="0,255,511,767", show_default=True,
+@click.option("--method", type=click.Choice(["auto", "soft-impute"]), default="auto", show_default=True,
+              help="auto: fixed-rank certificates (the tightest bound); soft-impute: the paper's "
+                   "App. C.3 methodology (Table 2: --ranks 0,255,511,767).")
+@click.option("--ranks", default="auto", show_default=True,
               help="Comma-separated ranks (Table 2 layout) or 'auto' (doubling + bisection).")
 @click.option("--lam", type=float, default=1e-4, show_default=True,
-              help="Soft-impute nuclear-norm penalty λ (App. C.3).")
-@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True)
+              help="Nuclear-norm weight: soft-impute's λ (App. C.3) and the fixed-rank solver's ρ.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=None,
+              help="Iterations per fit [1000 for soft-impute, 500 for auto].")
+@click.option("--max-abs", type=float, default=None,
+              help="Reject certificates with a completed entry larger than this in absolute value.")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
               default="auto", show_default=True)
 @click.option("--device", default=None, help="e.g. cuda:0 for the torch backend.")
@@ -223,9 +224,9 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 @click.option("--no-figure", is_flag=True, help="Do not write a figure.")
 @click.option("--no-lower-bound", is_flag=True, help="Skip the structural lower bound.")
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
-                 eps, ranks, lam, max_iter, backend, device, label, seed, checkpoint_dir,
-                 figure, no_figure, no_lower_bound):
-    """Bracket the minimal ε-rank of P_Ω(R): Table 2 (rank, MSE on Ω₂) and [lower, upper]."""
+                 eps, method, ranks, lam, max_iter, max_abs, backend, device, label, seed,
+                 checkpoint_dir, figure, no_figure, no_lower_bound):
+    """Bound the minimal rank of P_Ω(R): exact rank ≥ lower, ε-rank ≤ upper, and every fit."""
     from .minrank import estimate_min_rank
     from .trie import build_reward_matrix
 
@@ -237,18 +238,19 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
     except (KeyError, IndexError) as e:
         raise click.BadParameter(str(e.args[0]), param_hint="--label") from None
     R = build_reward_matrix(ds, progress=not as_json)
-    est = estimate_min_rank(R, eps=eps, label=label, ranks=_ranks(ranks), lam=lam,
-                            max_iter=max_iter, backend=backend, device=device, seed=seed,
-                            progress=True, checkpoint_dir=checkpoint_dir,
+    est = estimate_min_rank(R, eps=eps, method=method, label=label, ranks=_ranks(ranks), lam=lam,
+                            max_iter=max_iter, max_abs=max_abs, backend=backend, device=device,
+                            seed=seed, progress=True, checkpoint_dir=checkpoint_dir,
                             lower_bound=not no_lower_bound)
     est.meta.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds))
     label_name = ds.label_names[ds.label_index(label)]
     fig_path = None
     if not no_figure:
         fig_path = Path(figure or Path("rankkit_out") / f"estimate_{_slug(dataset)}.png")
-        _plot_estimate(est, fig_path, f"Soft-impute completion of Ω₂: {dataset}\nlabel "
-                                      f"'{label_name}', {tokenizer} tokenizer, λ = {lam:g}, "
-                                      f"{max_iter} iterations")
+        how = (f"soft-impute, λ = {lam:g}, {est.max_iter} iterations" if method == "soft-impute"
+               else f"fixed-rank certificates, ρ = {lam:g}")
+        _plot_estimate(est, fig_path, f"Completion of Ω₂: {dataset}\nlabel '{label_name}', "
+                                      f"{tokenizer} tokenizer, {how}")
     if as_json:
         d = est.to_dict()
         d.update(figure=None if fig_path is None else str(fig_path),

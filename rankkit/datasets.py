@@ -1,6 +1,6 @@
 """Labelled text datasets as :class:`~rankkit.sequences.RewardDataset` (paper 002, §2.2, App. C.3).
 
-``load(spec)`` accepts
+``load(spec)`` (the same as :func:`as_dataset`) accepts
 
 * ``"vader:movie"``, ``"vader:tweets"``, ``"vader:nyt"``, ``"vader:amazon"`` — the VADER
   ground-truth sentences (Hutto & Gilbert, ICWSM 2014) with their mean human sentiment
@@ -14,7 +14,10 @@
   (network needed). Their column mapping is the pure function :func:`apply_preset`.
 * a path to a ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file, with ``text=`` and
   ``labels=`` column names;
-* any ``datasets.Dataset`` (or a dict of columns), with ``text=`` and ``labels=``.
+* a table: a ``datasets.Dataset`` or ``DatasetDict`` (with ``split=``), a pandas
+  ``DataFrame`` or a dict of columns, with ``text=`` and ``labels=`` (inferred when there is
+  a ``"text"`` column and exactly one other numeric column);
+* ``(texts, labels)``, ``(token_id_lists, labels)`` (no tokenizer) or a ``RewardDataset``.
 
 Bad data is reported at the boundary, naming the file and line: a missing column (with
 the available ones), a non-numeric or NaN label, a non-UTF-8 line. Empty texts are skipped
@@ -39,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .sequences import RewardDataset
+from .sequences import RewardDataset, TokenSequences
 
-__all__ = ["available", "load", "apply_preset", "from_columns", "cache_dir", "PRESETS",
+__all__ = ["available", "load", "as_dataset", "apply_preset", "from_columns", "cache_dir", "PRESETS",
            "VADER_SETS", "Preset"]
 
 # ---------------------------------------------------------------------------------------
@@ -328,8 +331,8 @@ def _read_file(path: Path, text, labels) -> tuple[list[str], np.ndarray, tuple[s
             line_numbers.append(reader.line_num)
         names = reader.fieldnames or []
         columns = {c: [r.get(c) for r in rows] for c in names}
-        return from_columns(columns, text, labels, where=where,
-                            line_of=lambda i: f"line {line_numbers[i]}")
+        return _from_table(columns, text, labels, where=where, numeric=_file_numeric,
+                           line_of=lambda i: f"line {line_numbers[i]}")
     if suffix in (".jsonl", ".json", ".ndjson"):
         lines = _decode_lines(path.read_bytes(), where)
         records, line_numbers = [], []
@@ -353,13 +356,13 @@ def _read_file(path: Path, text, labels) -> tuple[list[str], np.ndarray, tuple[s
                 raise KeyError(f"{where} line {missing[0]}: column {c!r} missing from this "
                                f"record; available columns: {names}")
         columns = {c: [r.get(c) for r in records] for c in names}
-        return from_columns(columns, text, labels, where=where,
-                            line_of=lambda i: f"line {line_numbers[i]}")
+        return _from_table(columns, text, labels, where=where, numeric=_file_numeric,
+                           line_of=lambda i: f"line {line_numbers[i]}")
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return from_columns(pq.read_table(path).to_pydict(), text, labels, where=where,
-                            line_of=lambda i: f"row {i}")
+        return _from_table(pq.read_table(path).to_pydict(), text, labels, where=where,
+                           numeric=_file_numeric, line_of=lambda i: f"row {i}")
     raise ValueError(f"{where}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, "
                      ".json (one object per line) or .parquet")
 
@@ -380,23 +383,26 @@ def load(spec, tokenizer="gpt2", split: str | None = None, limit: int | None = N
          max_len: int | None = None, text=None, labels=None) -> RewardDataset:
     """Load a labelled text dataset and tokenize it into a :class:`RewardDataset`.
 
+    The same as :func:`as_dataset` (one code path), with ``spec`` as its ``source``.
+
     Parameters
     ----------
-    spec : str, path or ``datasets.Dataset``
+    spec : str, path, table, tuple or RewardDataset
         A name from :func:`available` (``"vader:movie"`` …), ``"hub:<id>"`` for any hub
-        dataset (with ``text=``/``labels=``), a CSV/TSV/JSONL/Parquet path, a
-        ``datasets.Dataset`` or a dict of columns.
+        dataset, a CSV/TSV/JSONL/Parquet path, a ``datasets.Dataset`` / ``DatasetDict``,
+        a pandas DataFrame, a dict of columns, ``(texts, labels)``, ``(token_ids, labels)``
+        or a ``RewardDataset``; see :func:`as_dataset`.
     tokenizer : str or tokenizer, default "gpt2"
         Anything :func:`rankkit.tokenizers.load` accepts.
     split : str, optional
-        Hub split (preset default, e.g. ``"train"``).
+        Hub split (preset default, e.g. ``"train"``), or the split of a ``DatasetDict``.
     limit : int, optional
         Keep the first ``limit`` rows (before dropping empty texts).
     max_len : int, optional
         Truncate every utterance to ``max_len`` tokens.
     text, labels : column names
-        Required for files, hub ids and tables; for presets, ``labels`` picks a subset
-        of the preset's labels (e.g. ``labels="rating"`` for VADER).
+        Required for files; for presets, ``labels`` picks a subset of the preset's labels
+        (e.g. ``labels="rating"`` for VADER); tables infer them when omitted.
 
     Returns
     -------
@@ -407,50 +413,304 @@ def load(spec, tokenizer="gpt2", split: str | None = None, limit: int | None = N
     Examples
     --------
     >>> ds = load("vader:movie", limit=100)          # doctest: +SKIP
-    >>> ds.label_names
+    >>> ds.label_names                               # doctest: +SKIP
     ('sentiment', 'rating')
     """
-    from . import tokenizers
+    return as_dataset(spec, text=text, labels=labels, tokenizer=tokenizer, split=split,
+                      limit=limit, max_len=max_len)
 
+
+_ACCEPTED = ("a preset name (see rankkit.datasets.available()), 'hub:<id>', a .csv/.tsv/"
+             ".jsonl/.parquet path, a pandas DataFrame, a datasets.Dataset or DatasetDict, a "
+             "dict of columns, a (texts, labels) or (token_id_lists, labels) tuple, or a "
+             "RewardDataset")
+
+
+def as_dataset(source, *, text=None, labels=None, tokenizer="gpt2", split: str | None = None,
+               limit: int | None = None, max_len: int | None = None) -> RewardDataset:
+    """Coerce anything a researcher holds into a :class:`RewardDataset`.
+
+    Parameters
+    ----------
+    source
+        One of
+
+        * a preset name (``"vader:tweets"``, a hub preset of :data:`PRESETS`) or
+          ``"hub:<id>"`` (any hub dataset, through ``datasets.load_dataset``);
+        * a path (``str`` or ``os.PathLike``) to a ``.csv``, ``.tsv``, ``.jsonl``/``.json``
+          (one object per line) or ``.parquet`` file, with ``text=`` and ``labels=``;
+        * a table: a pandas ``DataFrame``, a ``datasets.Dataset``, a ``datasets.DatasetDict``
+          (pick one with ``split=``; a single split is used without it) or a dict of
+          columns;
+        * ``(texts, labels)``: a list of str and a 1-D or 2-D array-like with one row per
+          text;
+        * ``(token_ids, labels)``: a sequence of int sequences, a
+          :class:`~rankkit.sequences.TokenSequences` or a tokenizer's output (with
+          ``input_ids``), and labels as above; no tokenizer is used and ``vocab_size`` is
+          the largest id + 1;
+        * a :class:`RewardDataset`, returned as is (or its first ``limit`` utterances,
+          truncated to ``max_len`` tokens).
+    text, labels : str or list of str, optional
+        Column names for files, hub ids and tables (several text columns are joined with a
+        newline). For a table, ``text`` defaults to the column ``"text"`` and ``labels`` to
+        its only numeric column other than the text. For presets ``labels`` picks a subset
+        of the preset's labels; for tuples it names the label columns.
+    tokenizer : str or tokenizer, default "gpt2"
+        Anything :func:`rankkit.tokenizers.load` accepts; unused for token ids and a
+        ``RewardDataset``.
+    split : str, optional
+        Hub split (preset default, e.g. ``"train"``), or the split of a ``DatasetDict``.
+    limit : int, optional
+        Keep the first ``limit`` rows (before dropping empty texts).
+    max_len : int, optional
+        Truncate every utterance to ``max_len`` tokens.
+
+    Returns
+    -------
+    RewardDataset
+
+    Raises
+    ------
+    TypeError
+        For a source of none of the kinds above.
+    ValueError, KeyError
+        For a table whose columns cannot be inferred or are missing, labels whose length
+        differs from the texts', a ``DatasetDict`` with several splits and no ``split=``,
+        or a negative token id (each naming what to fix).
+
+    Examples
+    --------
+    >>> ds = as_dataset((["good day", "bad day"], [1.0, 0.0]))       # doctest: +SKIP
+    >>> ds = as_dataset(([[5, 7], [5]], [1.0, 0.0]))                 # no tokenizer
+    >>> ds.vocab_size, ds.sequences.to_lists()
+    (8, [[5, 7], [5]])
+    """
     if limit is not None and int(limit) < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
-    if isinstance(spec, str) and spec.startswith("vader:"):
-        name = spec.split(":", 1)[1]
+    if max_len is not None and int(max_len) < 1:
+        raise ValueError(f"max_len must be >= 1 or None, got {max_len}")
+    if isinstance(source, RewardDataset):
+        _no_columns(text, labels, "a RewardDataset")
+        return _restrict(source, limit, max_len)
+    if isinstance(source, tuple) and len(source) == 2:
+        return _from_pair(source, text, labels, tokenizer, limit, max_len)
+    if isinstance(source, str) and source.startswith("vader:"):
+        name = source.split(":", 1)[1]
         if name not in VADER_SETS:
             raise KeyError(f"unknown VADER set {name!r}; available: "
                            f"{[f'vader:{k}' for k in VADER_SETS]}")
         texts, r = _read_vader(name)
         table = {"text": texts, "sentiment": (r + 4.0) / 8.0, "rating": r}
         texts, y, names = from_columns(table, "text", _as_list(labels) or ["sentiment", "rating"],
-                                       where=f"vader:{name}")
-    elif isinstance(spec, str) and (spec in PRESETS or spec.startswith("hub:")):
+                                       where=source)
+    elif isinstance(source, str) and (source in PRESETS or source.startswith("hub:")):
         import datasets as hf
 
-        if spec in PRESETS:
-            p = PRESETS[spec]
+        if source in PRESETS:
+            p = PRESETS[source]
             sl = split or p.split
             if limit is not None:
                 sl = f"{sl}[:{int(limit)}]"
-            texts, y, names = apply_preset(spec, hf.load_dataset(p.hub_id, p.config, split=sl),
+            texts, y, names = apply_preset(source, hf.load_dataset(p.hub_id, p.config, split=sl),
                                            labels=labels)
         else:
             sl = split or "train"
             if limit is not None:
                 sl = f"{sl}[:{int(limit)}]"
-            texts, y, names = from_columns(hf.load_dataset(spec[4:], split=sl), text, labels,
-                                           where=spec)
-    elif isinstance(spec, str | os.PathLike):
-        path = Path(spec)
+            texts, y, names = _from_table(hf.load_dataset(source[4:], split=sl), text, labels,
+                                          where=source)
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(
-                f"{spec!r} is neither a preset nor a file; presets: {list(available())}")
+                f"{source!r} is neither a preset nor a file; presets: {list(available())}")
         texts, y, names = _read_file(path, text, labels)
     else:
-        texts, y, names = from_columns(spec, text, labels, where=type(spec).__name__)
+        table, where = _as_table(source, split)
+        texts, y, names = _from_table(table, text, labels, where=where)
+    y = y[:, 0] if y.shape[1] == 1 else y
+    return _tokenize(texts, y, names, tokenizer, limit, max_len)
+
+
+# ---------------------------------------------------------------------------------------
+# as_dataset's parts
+# ---------------------------------------------------------------------------------------
+def _tokenize(texts, y, names, tokenizer, limit, max_len) -> RewardDataset:
+    from . import tokenizers
+
     if limit is not None:
         texts, y = texts[:int(limit)], y[:int(limit)]
     tok = tokenizers.load(tokenizer)
     seqs = tokenizers.encode_batch(tok, texts, max_len=max_len)
-    y = y[:, 0] if y.shape[1] == 1 else y
     return RewardDataset(seqs, y, label_names=names, vocab_size=len(tok), texts=texts)
 
+
+def _no_columns(text, labels, what: str) -> None:
+    if text is not None or labels is not None:
+        raise ValueError(f"text= and labels= pick columns of a table; {what} has none (got "
+                         f"text={text!r}, labels={labels!r}): drop them")
+
+
+def _restrict(ds: RewardDataset, limit, max_len) -> RewardDataset:
+    """``ds`` itself, or its first ``limit`` utterances truncated to ``max_len`` tokens."""
+    if limit is None and max_len is None:
+        return ds
+    n = len(ds) if limit is None else min(int(limit), len(ds))
+    seqs = ds.sequences.select(np.arange(n))
+    if max_len is not None:
+        seqs = seqs.truncate(int(max_len))
+    out = RewardDataset(seqs, ds.responses[:n], label_names=ds.label_names,
+                        vocab_size=ds.vocab_size, texts=None if ds.texts is None else ds.texts[:n])
+    # no sequence became empty (max_len >= 1): keep the map back to the original input rows,
+    # and count the empty input rows among those the kept ones span
+    kept = None if ds.kept_index is None else ds.kept_index[:n]
+    dropped = ds.n_dropped_empty
+    if kept is not None and n < len(ds):
+        dropped = int(kept[-1]) + 1 - n if n else 0
+    object.__setattr__(out, "kept_index", kept)
+    object.__setattr__(out, "n_dropped_empty", dropped)
+    return out
+
+
+def _label_rows(values, n: int, what: str) -> np.ndarray:
+    """``values`` as float64 of shape (n,) or (n, n_labels), the lengths checked."""
+    if isinstance(values, str):
+        raise TypeError(f"labels must be numbers (1-D or 2-D, one row per {what}), got the "
+                        f"string {values!r:.60}")
+    try:
+        y = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"labels must be numbers, 1-D or 2-D with one row per {what}; "
+                         f"conversion failed: {e}") from None
+    if y.ndim not in (1, 2):
+        raise ValueError(f"labels must be 1-D or 2-D (one row per {what}), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"length mismatch: {n} {what}s but {y.shape[0]} label rows; pass one "
+                         f"label row per {what}")
+    return y
+
+
+def _from_pair(source, text, labels, tokenizer, limit, max_len) -> RewardDataset:
+    """``(texts, labels)`` or ``(token_ids, labels)``; ``labels=`` names the label columns."""
+    first, values = source
+    if text is not None:
+        raise ValueError(f"text= picks a table column; a (texts, labels) tuple has none (got "
+                         f"text={text!r}): drop it")
+    names = None if labels is None else _as_list(labels)
+    if isinstance(first, str):
+        raise TypeError("the first element of (texts, labels) must be a list of str, got one "
+                        f"str {first!r:.60}; wrap it in a list")
+    ids = isinstance(first, TokenSequences | Mapping)  # Mapping: a tokenizer's output
+    if not (ids or (hasattr(first, "__len__") and hasattr(first, "__iter__"))):
+        raise TypeError(f"the first element of a 2-tuple must be a list of texts or of token id "
+                        f"lists (or a TokenSequences), got {type(first).__name__}")
+    if not ids and any(isinstance(t, str) for t in first):
+        texts = list(first)
+        y = _label_rows(values, len(texts), "text")
+        return _tokenize(texts, y, names, tokenizer, limit, max_len)
+    seqs = TokenSequences.from_encoding(first)
+    y = _label_rows(values, len(seqs), "sequence")
+    if seqs.tokens.size and seqs.tokens.min() < 0:
+        pos = int(np.argmax(seqs.tokens < 0))
+        row = int(np.searchsorted(seqs.offsets, pos, side="right") - 1)
+        raise ValueError(f"sequence {row}, position {pos - int(seqs.offsets[row])}: token id "
+                         f"{int(seqs.tokens[pos])} is negative; token ids must be >= 0")
+    vocab_size = int(seqs.tokens.max()) + 1 if seqs.tokens.size else 1
+    if limit is not None:  # as for texts: the first rows, before empty ones are dropped
+        n = min(int(limit), len(seqs))
+        seqs, y = seqs.select(np.arange(n)), y[:n]
+    if max_len is not None:
+        seqs = seqs.truncate(int(max_len))
+    return RewardDataset(seqs, y, label_names=names, vocab_size=vocab_size)
+
+
+def _loaded(module: str, name: str):
+    """Class ``module.name`` if ``module`` is already imported (else nothing can be one)."""
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls if isinstance(cls, type) else None
+
+
+def _as_table(source, split):
+    """(columns, where) for a DataFrame, Dataset, DatasetDict or dict; TypeError otherwise."""
+    dataset_dict = _loaded("datasets", "DatasetDict")
+    if dataset_dict is not None and isinstance(source, dataset_dict):
+        splits = list(source)
+        if split is None:
+            if len(splits) != 1:
+                raise ValueError(f"a DatasetDict with splits {splits} needs split=<one of "
+                                 f"{splits}>")
+            split = splits[0]
+        if split not in source:
+            raise KeyError(f"split {split!r} not in the DatasetDict; available splits: {splits}")
+        return source[split], f"DatasetDict[{split!r}]"
+    dataset = _loaded("datasets", "Dataset")
+    if dataset is not None and isinstance(source, dataset):
+        return source, "Dataset"
+    if (type(source).__module__.startswith("pandas") and hasattr(source, "columns")
+            and hasattr(source, "to_dict")):
+        cols = list(source.columns)
+        if len(set(cols)) != len(cols):
+            dup = next(c for c in cols if cols.count(c) > 1)
+            raise ValueError(f"DataFrame: column {dup!r} appears more than once; rename it")
+        return source.to_dict(orient="list"), "DataFrame"
+    if isinstance(source, Mapping):
+        return source, "dict"
+    kind = type(source)
+    given = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    hint = ("; a scipy.sparse matrix is already a reward matrix: use "
+            "rankkit.matrix.as_reward_matrix" if kind.__module__.startswith("scipy") else "")
+    raise TypeError(f"cannot make a RewardDataset from {given}; expected {_ACCEPTED}{hint}")
+
+
+_NUMBER = (bool, int, float, np.number, np.bool_)
+
+
+def _file_numeric(table, column) -> bool:
+    return _parses_as_float(table[column])
+
+
+def _is_numeric(table, column) -> bool:
+    feats = getattr(table, "features", None)
+    if feats is not None and column in feats:  # a datasets.Dataset: ask its schema
+        dtype = getattr(feats[column], "dtype", None)
+        return isinstance(dtype, str) and dtype.startswith(("bool", "int", "uint", "float"))
+    values = table[column]
+    if isinstance(values, np.ndarray):
+        return values.ndim == 1 and values.dtype.kind in "biuf"
+    return all(isinstance(v, _NUMBER) for v in values)
+
+
+def _parses_as_float(values) -> bool:
+    """Every value is a number or a string that parses as one (a CSV column of numbers)."""
+    for v in values:
+        if isinstance(v, _NUMBER):
+            continue
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def _from_table(table, text, labels, *, where: str, numeric=None, line_of=None):
+    """:func:`from_columns`, with ``text`` / ``labels`` inferred when not given: the column
+    named "text", and the one numeric column besides it."""
+    numeric = numeric or _is_numeric
+    names = list(table.column_names if hasattr(table, "column_names") else table.keys())
+    if text is None:
+        if "text" not in names:
+            raise ValueError(f"{where}: no column named 'text'; columns: {names}; pass "
+                             "text=<column name>")
+        text = "text"
+    if labels is None:
+        skip = set(_as_list(text))
+        cols = [c for c in names if c not in skip and numeric(table, c)]
+        if len(cols) != 1:
+            found = f"numeric columns {cols}" if cols else "no numeric column"
+            raise ValueError(f"{where}: cannot tell the label column ({found} besides the text); "
+                             f"columns: {names}; pass labels=<column name or list of names>")
+        labels = cols[0]
+    if line_of is None:
+        return from_columns(table, text, labels, where=where)
+    return from_columns(table, text, labels, where=where, line_of=line_of)

@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from .sequences import _label_index
 
-__all__ = ["RewardMatrix"]
+__all__ = ["RewardMatrix", "as_reward_matrix"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,6 +190,44 @@ class RewardMatrix:
         return cls.from_coo(r, c, values[r, c], values.shape, **kw)
 
     # ---- views ----------------------------------------------------------------------
+    def transpose(self) -> RewardMatrix:
+        """The observed cells of Rᵀ, shape ``(|V|, N)``, in CSR with sorted columns.
+
+        ``values`` (every label column), ``weights`` and ``counts`` move with their cells;
+        explicit zeros stay observed. ``label_names``, ``n_single_rows`` and ``meta`` are
+        kept (rank is transpose-invariant, so the Lemma 3 "+1" still applies), ``row_map``
+        and ``col_map`` are swapped, and the prefix (trie) arrays are dropped: the rows of
+        Rᵀ are tokens, not prefixes.
+
+        Returns
+        -------
+        RewardMatrix
+
+        Notes
+        -----
+        One counting sort by column (scipy's CSR → CSC conversion) on the cell positions,
+        O(nnz + N + |V|). Within each column the conversion visits rows in ascending
+        order, so the columns of every row of Rᵀ come out sorted. The positions are stored
+        shifted by one so that no entry is zero and nothing can be dropped on the way.
+
+        Examples
+        --------
+        >>> R = RewardMatrix.from_coo([0, 0, 1], [1, 2, 2], [1.0, 0.0, 3.0], (2, 3))
+        >>> T = R.transpose()
+        >>> T.shape, T.indptr.tolist(), T.indices.tolist(), T.values.tolist()
+        ((3, 2), [0, 0, 1, 3], [0, 0, 1], [1.0, 0.0, 3.0])
+        """
+        n, m = self.shape
+        position = np.arange(1, self.nnz + 1, dtype=np.int64)
+        csc = sp.csr_matrix((position, self.indices, self.indptr), shape=(n, m)).tocsc()
+        order = csc.data - 1
+        if order.size != self.nnz:  # pragma: no cover - scipy would have merged cells
+            raise RuntimeError(f"transpose lost cells: {order.size} of {self.nnz} came back")
+        return RewardMatrix(
+            (m, n), csc.indptr, csc.indices, self.values[order], self.weights[order],
+            self.counts[order], self.label_names, row_map=self.col_map, col_map=self.row_map,
+            n_single_rows=self.n_single_rows, meta=dict(self.meta))
+
     @property
     def nnz(self) -> int:
         return int(self.indices.size)
@@ -262,3 +300,44 @@ class RewardMatrix:
         return (f"RewardMatrix(shape={self.shape}, nnz={self.nnz}, labels={list(self.label_names)}"
                 + (f", removed_single_rows={self.n_single_rows}" if self.row_map is not None else "")
                 + ")")
+
+
+def as_reward_matrix(source, *, label_name: str = "label_0") -> RewardMatrix:
+    """Coerce ``source`` to a :class:`RewardMatrix`.
+
+    Parameters
+    ----------
+    source : RewardMatrix or scipy.sparse matrix / array
+        A ``RewardMatrix`` is returned as is. For a sparse matrix the *stored* entries,
+        explicit zeros included, are the observations (:meth:`RewardMatrix.from_scipy`;
+        duplicate entries are refused, not summed).
+    label_name : str, default "label_0"
+        Label name of a matrix built from ``scipy.sparse``.
+
+    Returns
+    -------
+    RewardMatrix
+
+    Raises
+    ------
+    TypeError
+        For anything else, saying how to build a matrix from text or a dense array.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> as_reward_matrix(sp.csr_matrix(([0.0, 1.0], ([0, 1], [1, 0])), shape=(2, 2))).nnz
+    2
+    """
+    if isinstance(source, RewardMatrix):
+        return source
+    if sp.issparse(source):
+        return RewardMatrix.from_scipy(source, label_name=label_name)
+    kind = type(source)
+    given = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    raise TypeError(
+        f"source must be a RewardMatrix or a scipy.sparse matrix (stored entries, explicit "
+        f"zeros included, are the observations); got {given}. For text data use rankkit.datasets.load(...) and "
+        f"rankkit.build_reward_matrix, or rankkit.estimate_min_rank(data) directly; for a "
+        f"dense array with NaN for missing cells use RewardMatrix.from_dense(array)")

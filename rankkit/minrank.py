@@ -1,4 +1,4 @@
-r"""Bracketing the minimal rank of P_Ω(R): soft-impute certificates and structural bounds.
+r"""Bracketing the minimal rank of P_Ω(R): fitted certificates and structural bounds.
 
 Paper 002, §3.1 (Definitions 1–2, Lemmas 2–3) and App. C.3 (Table 2). For the observed
 cells Ω of a reward matrix and a tolerance ε,
@@ -8,9 +8,8 @@ cells Ω of a reward matrix and a tolerance ε,
     \operatorname{minrank}_{\Omega,\varepsilon}(R) \le 1 + \operatorname{minrank}_{\Omega_2,\varepsilon}(R)
     \qquad \text{(Lemma 3)},
 
-where Ω₂ keeps the rows with at least two observed cells. :func:`estimate_min_rank` fits
-soft-impute ALS (:func:`rankkit.soft_impute`) on Ω₂ at increasing ranks and reports the
-smallest rank r whose fit has
+where Ω₂ keeps the rows with at least two observed cells. :func:`estimate_min_rank` looks
+for the smallest rank r at which some fit on Ω₂ has
 
 .. math::
 
@@ -19,18 +18,30 @@ smallest rank r whose fit has
         \le \varepsilon .
 
 The factors U diag(d) Vᵀ *are* a matrix of rank ≤ r with that error, so they certify
-minrank_{Ω₂,ε}(R) ≤ r whatever λ and the iteration count were: the certificate is
-sound, but whether one is *found* at a given r depends on λ (the nuclear-norm penalty
-biases the fit) and on ``max_iter``. A smaller rank may exist that soft-impute with this λ
-does not reach. The MSE is re-computed here from the returned factors, independently of
-the solver, before a rank is accepted.
+minrank_{Ω₂,ε}(R) ≤ r whatever solver produced them. The MSE is recomputed here from the
+returned factors (:func:`rankkit.softimpute.observed_mse`), independently of the solver,
+before a rank is accepted. Two ways of finding such factors:
 
-When no soft-impute fit reaches ε, :func:`exact_completion` builds a completion of Ω₂
-that is exact up to rounding at the rank cap c = min(n₂, m₂, max cells in a row, max
-cells in a column) (a seeded Gaussian factor and per-row minimum-norm least squares,
-Definition 1 with ε = 0); its MSE, recomputed from its factors, is ≤ ε whenever ε is
-above float64 rounding at the scale of the values, so ``upper = c (+1)`` always holds
-and does not depend on λ.
+``method="auto"`` (default)
+    the fixed-rank solver :func:`rankkit.lowrank.fixed_rank_fit` (Riemannian
+    Levenberg–Marquardt / ALS on rank-r matrices, ρ = λ), which stops on the certificate
+    itself, with a rank search: r = 1, 2, 4, … until a rank passes, then bisection, each
+    bisection rank warm-started from the truncated factors of the smallest passing rank
+    above it, then from the spectral start and ``n_restarts`` random starts.
+``method="soft-impute"``
+    the paper's methodology (App. C.3): softImpute-ALS with λ = 1e-4 at the listed ranks
+    (``[0, 255, 511, 767]`` reproduces Table 2) or by doubling and bisection; it stops on a
+    relative-change threshold, not on ε, so its bound is loose.
+
+When no fit reaches ε, :func:`rankkit.exact.exact_completion` builds a completion of Ω₂
+that is exact up to rounding at the rank cap c = min(n₂, m₂, max cells in a row, max cells
+in a column), so ``upper = c (+1)`` always holds.
+
+Every certificate comes with its **scale** (:func:`certificate_scale`): the largest
+|entry| of the completed Ω₂ matrix (exact over all its rows × columns when that fits in
+memory, else an upper bound from the factors' row norms), and its nuclear and Frobenius
+norms. A low-rank certificate whose unobserved entries reach 2,000 is a different claim
+from one that stays in the label range; ``max_abs=`` rejects the former.
 
 The MSE is a mean over observed cells, as in Table 2. Definition 2 divides the squared
 error by n·m ≥ |Ω₂| instead, so MSE ≤ ε implies the condition of Definition 2: the
@@ -38,13 +49,14 @@ certificate is conservative with respect to the paper's definition.
 
 The lower end comes from :func:`rankkit.bounds.rank_lower_bound` on the full Ω and holds
 for the *exact* minimal rank (ε = 0) only; see :mod:`rankkit.bounds` for why no lower bound
-exists for ε > 0. Hence ``lower ≤ minrank_Ω(R)`` and ``minrank_{Ω,ε}(R) ≤ upper``; since
-minrank_{Ω,ε} ≤ minrank_Ω, ``upper < lower`` is possible for a large ε and is reported.
+exists for ε > 0. Hence ``lower ≤ minrank_Ω(R)`` and ``minrank_{Ω,ε}(R) ≤ upper``: two
+statements about two quantities (minrank_{Ω,ε} ≤ minrank_Ω), never one interval.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 import numbers
@@ -57,13 +69,54 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ._backend import to_numpy
 from .bounds import BlockCertificate, RankLowerBound, TriangularCertificate, rank_lower_bound
-from .matrix import RewardMatrix
+from .exact import exact_completion, rank_cap
+from .matrix import RewardMatrix, as_reward_matrix
 from .sequences import RewardDataset
+from .softimpute import observed_mse
 
-__all__ = ["estimate_min_rank", "exact_completion", "MinRankEstimate"]
+__all__ = ["estimate_min_rank", "exact_completion", "MinRankEstimate", "certificate_scale", "METHODS"]
 
+METHODS = ("auto", "soft-impute")
 _STATE_FILE = "minrank_state.json"
+# Largest n₂ × m₂ for which the certificate's max |entry| is computed exactly (row blocks of
+# U diag(d) Vᵀ, never the whole matrix at once); above it, a bound from factor row norms.
+_EXACT_SCALE_CELLS = 1 << 31
+
+
+# ---------------------------------------------------------------------------------------
+# the certificate's scale
+# ---------------------------------------------------------------------------------------
+def certificate_scale(U, d, V, *, exact_cells: int = _EXACT_SCALE_CELLS,
+                      block_elems: int = 1 << 24) -> dict:
+    r"""How large the completed matrix M = U diag(d) Vᵀ is, off Ω as well as on it.
+
+    Returns a dict with
+
+    - ``max_abs``: max_{i,j} |M_ij| over all n × m cells — exact when n·m ≤ ``exact_cells``
+      (computed in row blocks of ``block_elems`` cells), else the Cauchy–Schwarz bound
+      max_i ‖(U diag(d))_i‖ · max_j ‖V_j‖ ≥ max |M_ij|;
+    - ``max_abs_exact``: which of the two it is;
+    - ``nuclear``: ‖M‖_* = Σ |d| (U, V orthonormal), ``frobenius``: ‖M‖_F = ‖d‖₂;
+    - ``rms``: ‖M‖_F / √(n m), the root-mean-square entry.
+    """
+    U, V = to_numpy(U, np.float64), to_numpy(V, np.float64)
+    d = to_numpy(d, np.float64).reshape(-1)
+    n, m = U.shape[0], V.shape[0]
+    nuc, fro = float(np.abs(d).sum()), float(np.sqrt((d * d).sum()))
+    out = {"nuclear": nuc, "frobenius": fro, "rms": fro / math.sqrt(max(n * m, 1))}
+    if d.size == 0 or n == 0 or m == 0:
+        return {**out, "max_abs": 0.0, "max_abs_exact": True}
+    Ud = U * d
+    if n * m <= exact_cells:
+        step = max(1, block_elems // m)
+        mx = 0.0
+        for a in range(0, n, step):
+            mx = max(mx, float(np.abs(Ud[a:a + step] @ V.T).max()))
+        return {**out, "max_abs": mx, "max_abs_exact": True}
+    bound = float(np.sqrt((Ud * Ud).sum(1)).max() * np.sqrt((V * V).sum(1)).max())
+    return {**out, "max_abs": bound, "max_abs_exact": False}
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,35 +124,45 @@ _STATE_FILE = "minrank_state.json"
 # ---------------------------------------------------------------------------------------
 @dataclass
 class MinRankEstimate:
-    """Bracket on the minimal rank of P_Ω(R), with the soft-impute certificate.
+    """What is known about the minimal rank of P_Ω(R): an exact lower bound, a certified
+    upper bound on the ε-rank, and every fit behind them.
 
     Attributes
     ----------
-    eps, lam : float
-        Tolerance on the MSE over Ω₂ and the soft-impute penalty λ it was certified at.
+    eps : float
+        Tolerance on the MSE over Ω₂.
+    lam : float
+        Nuclear-norm weight: soft-impute's λ, or the fixed-rank solver's ρ.
+    method : {"auto", "soft-impute"}
+        How the certificate was searched (module docstring).
     label : int or str
     lower : int
-        Lower bound on the exact (ε = 0) minimal rank over Ω (:mod:`rankkit.bounds`).
+        Lower bound on the *exact* (ε = 0) minimal rank over Ω (:mod:`rankkit.bounds`).
     upper : int or None
-        Upper bound on the minimal ε-rank over Ω: ``rank_certified`` + 1 when Lemma 3's
-        single-entry rows hold a nonzero value, else ``rank_certified``. When no soft-impute
-        fit reaches MSE ≤ ε the constructive exact completion at the rank cap c certifies
-        ``upper = c (+1)`` instead; None only when that too misses ε (e.g. huge values
-        against a tiny ε) or ``exact_fallback=False``.
+        Upper bound on the minimal *ε*-rank over Ω: ``rank_certified`` + 1 when Lemma 3's
+        single-entry rows hold a nonzero value, else ``rank_certified``; None when nothing,
+        not even the exact completion at the cap, reaches ε (or ``exact_fallback=False``).
     rank_certified : int or None
-        Rank of the certifying factors on Ω₂ (nonzero entries of d, ≤ the rank asked for).
+        Rank of the certifying factors on Ω₂ (nonzero entries of d).
     certified_at : int or None
         The key of ``mse_by_rank`` whose fit is the certificate (0 for the zero matrix;
         None when the exact completion certifies).
     mse_by_rank : dict of int -> float
-        MSE over Ω₂ at every rank evaluated, recomputed from the factors (the Table 2 row;
-        rank 0 is the zero matrix).
+        Best MSE over Ω₂ at every rank evaluated, recomputed from the factors (for
+        soft-impute, the Table 2 row; rank 0 is the zero matrix).
     converged_by_rank : dict of int -> bool
-        Whether soft-impute met ``thresh`` before ``max_iter`` at that rank.
+        soft-impute: met ``thresh``; fixed-rank: reached ε.
+    trials : list of dict
+        Every fit run, in order: ``rank``, ``method`` (the solver and its start), ``n_iter``
+        (iterations actually run), ``seconds``, ``mse`` (recomputed), ``passed``, ``stop``
+        and, for fits that reached ε, ``max_abs``.
+    scale : dict or None
+        :func:`certificate_scale` of the certificate (None when the zero matrix certifies).
+    max_abs : float or None
+        Certificates whose largest |entry| exceeds this were rejected.
     certificate : SoftImputeResult or None
         The fit behind ``rank_certified`` (None when r = 0: the zero matrix certifies).
-    omega_shape, omega_nnz : shape and observed cells of P_Ω(R).
-    omega2_shape, omega2_nnz : the same for Ω₂.
+    omega_shape, omega_nnz, omega2_shape, omega2_nnz : shapes and observed cells of Ω, Ω₂.
     n_single_rows : int
         Single-entry rows removed by the Lemma 3 reduction.
     single_rows_nonzero : bool
@@ -107,18 +170,15 @@ class MinRankEstimate:
     bounds : RankLowerBound or None
         Certificates of ``lower``.
     ranks : "auto" or list of int
-    max_iter, thresh : soft-impute settings.
+    max_iter, thresh : solver settings (``thresh`` only for soft-impute).
     elapsed : float
-        Seconds spent (this call; ranks restored from a checkpoint cost nothing).
+        Seconds spent (this call; fits restored from a checkpoint cost nothing).
     message : str
         Why ``upper`` is None, or an empty string.
     certificate_source : str
-        What certifies ``upper``: ``"soft-impute"`` (a fit in ``mse_by_rank``), ``"zero"``
-        (the zero matrix, rank 0) or ``"exact-completion"`` (:func:`exact_completion` at the
-        rank cap, λ-free; ``certified_at`` is then None).
+        ``"fixed-rank"``, ``"soft-impute"``, ``"zero"`` (rank 0) or ``"exact-completion"``.
     exact_mse : float or None
-        MSE over Ω₂ of the constructive exact completion at the cap, when it was computed
-        (no soft-impute fit reached ε, or the best one had a rank above the cap).
+        MSE over Ω₂ of the constructive exact completion at the cap, when it was computed.
     """
 
     eps: float
@@ -146,53 +206,92 @@ class MinRankEstimate:
     meta: dict = field(default_factory=dict)
     certificate_source: str = "soft-impute"
     exact_mse: float | None = None
+    method: str = "soft-impute"
+    trials: list[dict] = field(default_factory=list)
+    scale: dict | None = None
+    max_abs: float | None = None
 
     # ---- reporting -----------------------------------------------------------------
+    def _upper_source(self) -> str:
+        plus = " + 1 (Lemma 3: single-entry rows)" if self.upper > self.rank_certified else ""
+        src = self.certificate_source
+        if src == "zero":
+            what = "the zero matrix fits Ω₂ within ε"
+        elif src == "exact-completion":
+            what = (f"rank-{self.rank_certified} constructive exact completion on Ω₂ at the rank cap "
+                    f"(Gaussian factor, per-row least squares; not soft-impute), λ-free")
+        elif src == "fixed-rank":
+            what = (f"rank-{self.rank_certified} fixed-rank certificate on Ω₂ "
+                    f"(MSE {self.mse_by_rank[self.certified_at]:.3g}, ρ = {self.lam:g})")
+        else:
+            what = (f"rank-{self.rank_certified} soft-impute certificate on Ω₂ "
+                    f"(MSE {self.mse_by_rank[self.certified_at]:.3g}), relative to λ = {self.lam:g}")
+        return what + plus
+
+    def _scale_line(self) -> str | None:
+        s = self.scale
+        if not s:
+            return None
+        kind = "exact over all Ω₂ rows × columns" if s["max_abs_exact"] else "upper bound from factor row norms"
+        return (f"  certificate scale: max |entry| {s['max_abs']:.3g} ({kind}), "
+                f"‖M‖_* {s['nuclear']:.3g}, ‖M‖_F {s['frobenius']:.3g}")
+
     def summary(self) -> str:
-        """Readable report: Table 2 layout (rank | MSE on Ω₂), then the bracket."""
+        """Readable report: the fits (rank | MSE on Ω₂), then the two bounds as two statements."""
         n, m = self.omega_shape
         n2, m2 = self.omega2_shape
+        if self.method == "soft-impute":
+            how = (f"soft-impute ALS (the paper's methodology): λ = {self.lam:g}, max_iter = "
+                   f"{self.max_iter}, thresh = {self.thresh:g}")
+        else:
+            how = (f"fixed-rank certificates (rankkit.lowrank, ρ = {self.lam:g}, max_iter = "
+                   f"{self.max_iter}) with doubling + bisection over ranks")
         lines = [
             f"minimal rank of P_Ω(R), label {self.label!r}",
             f"  Ω : {n:,} × {m:,}, {self.omega_nnz:,} observed cells",
             f"  Ω₂: {n2:,} × {m2:,}, {self.omega2_nnz:,} observed cells "
             f"({self.n_single_rows:,} single-entry rows removed, Lemma 3)",
-            f"  soft-impute ALS: λ = {self.lam:g}, max_iter = {self.max_iter}, "
-            f"thresh = {self.thresh:g}; ε = {self.eps:g}",
+            f"  {how}; ε = {self.eps:g}",
             "",
-            f"  {'rank':>6} | MSE on Ω₂",
-            f"  {'-' * 6}-+-{'-' * 12}",
         ]
-        for r in sorted(self.mse_by_rank):
-            mse = self.mse_by_rank[r]
-            ok = " ≤ ε" if mse <= self.eps else ""
-            conv = "" if self.converged_by_rank.get(r, True) else "  (not converged)"
-            lines.append(f"  {r:>6} | {mse:.3g}{ok}{conv}")
+        if self.method == "soft-impute" or not self.trials:
+            lines += [f"  {'rank':>6} | MSE on Ω₂", f"  {'-' * 6}-+-{'-' * 12}"]
+            for r in sorted(self.mse_by_rank):
+                mse = self.mse_by_rank[r]
+                ok = " ≤ ε" if mse <= self.eps else ""
+                conv = "" if self.converged_by_rank.get(r, True) else "  (not converged)"
+                lines.append(f"  {r:>6} | {mse:.3g}{ok}{conv}")
+        else:
+            lines += [f"  {'rank':>6} | {'solver':<16} | {'iter':>5} | {'seconds':>7} | MSE on Ω₂",
+                      f"  {'-' * 6}-+-{'-' * 16}-+-{'-' * 5}-+-{'-' * 7}-+-{'-' * 12}"]
+            for t in self.trials:
+                ok = " ≤ ε" if t["passed"] else ""
+                if t.get("rejected"):
+                    ok = f" ≤ ε, rejected: max |entry| {t['max_abs']:.3g} > max_abs"
+                lines.append(f"  {t['rank']:>6} | {t['method']:<16} | {t['n_iter']:>5} | "
+                             f"{t['seconds']:>7.2f} | {t['mse']:.3g}{ok}")
         if self.exact_mse is not None:
             ok = " ≤ ε" if self.exact_mse <= self.eps else " > ε"
             lines.append(f"  exact completion at the cap (rank {self.meta.get('rank_cap')}, λ-free): "
                          f"MSE {self.exact_mse:.3g}{ok}")
-        up = "?" if self.upper is None else str(self.upper)
-        lines += ["", f"minimal ε-rank ∈ [{self.lower}, {up}]"]
-        lines.append(f"  lower = {self.lower}: exact minimal rank (ε = 0), "
-                     + self._lower_reason())
+        lines += ["", f"exact minimal rank (ε = 0):   minrank_Ω(R) ≥ {self.lower}   ({self._lower_reason()})"]
         if self.upper is None:
-            lines.append(f"  upper unknown: {self.message}")
+            lines.append(f"minimal ε-rank (ε = {self.eps:g}): unknown — {self.message}")
         else:
-            plus = " + 1 (Lemma 3: single-entry rows)" if self.upper > self.rank_certified else ""
-            if self.certificate_source == "exact-completion":
-                lines.append(f"  upper = {self.upper}: ε-rank, rank-{self.rank_certified} constructive "
-                             f"exact completion on Ω₂ (Gaussian factor, per-row least squares; not "
-                             f"soft-impute){plus}; λ-free")
-            else:
-                lines.append(f"  upper = {self.upper}: ε-rank, rank-{self.rank_certified} soft-impute "
-                             f"certificate on Ω₂{plus}, relative to λ = {self.lam:g}")
-            above = [r for r, v in sorted(self.mse_by_rank.items())
-                     if v > self.eps and r >= self.rank_certified]
-            if above:
-                lines.append(f"  note: soft-impute missed ε at rank(s) {above}, at or above the "
-                             f"certified rank {self.rank_certified}: a failing fit (λ bias, thresh, "
-                             f"max_iter) is not a lower bound and is not trusted")
+            lines.append(f"minimal ε-rank (ε = {self.eps:g}): minrank_Ω,ε(R) ≤ {self.upper}   "
+                         f"({self._upper_source()})")
+            sl = self._scale_line()
+            if sl:
+                lines.append(sl)
+            if self.method == "soft-impute":
+                above = [r for r, v in sorted(self.mse_by_rank.items())
+                         if v > self.eps and r >= self.rank_certified]
+                if above:
+                    lines.append(f"  note: soft-impute missed ε at rank(s) {above}, at or above the "
+                                 f"certified rank {self.rank_certified}: a failing fit (λ bias, thresh, "
+                                 f"max_iter) is not a lower bound and is not trusted")
+            lines.append("  (a rank that failed is no evidence that a smaller ε-rank does not exist; "
+                         "the lower bound is for ε = 0)")
             if self.upper < self.lower:
                 lines.append("  note: upper < lower is allowed: the tolerance ε lets a completion "
                              "of lower rank fit within ε where an exact one cannot")
@@ -205,7 +304,7 @@ class MinRankEstimate:
         if self.lower == 0:
             return "all observed values are 0"
         if b.triangular.size >= max(b.block.rank, 2):
-            return f"triangular pattern of size {b.triangular.size} (Lemma 2)"
+            return f"triangular pattern of size {b.triangular.size}, Lemma 2"
         if b.block.rank >= 2:
             return (f"fully observed {len(b.block.rows)} × {len(b.block.cols)} block "
                     f"of rank {b.block.rank}")
@@ -214,11 +313,59 @@ class MinRankEstimate:
     def __str__(self) -> str:
         return self.summary()
 
+    def __repr__(self) -> str:
+        up = "?" if self.upper is None else self.upper
+        return (f"MinRankEstimate(lower={self.lower} [ε=0], upper={up} [ε={self.eps:g}], "
+                f"source={self.certificate_source!r}, method={self.method!r}, "
+                f"omega2={self.omega2_shape[0]}×{self.omega2_shape[1]}/{self.omega2_nnz} cells"
+                + (f", max_abs={self.scale['max_abs']:.3g}" if self.scale else "") + ")")
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        up = "unknown" if self.upper is None else f"≤ {self.upper}"
+        rows = "".join(
+            f"<tr><td>{t['rank']}</td><td>{e(t['method'])}</td><td>{t['n_iter']}</td>"
+            f"<td>{t['seconds']:.2f}</td><td>{t['mse']:.3g}</td><td>{'✓' if t['passed'] else ''}</td></tr>"
+            for t in self.trials)
+        scale = e(self._scale_line() or "")
+        return (f"<div><b>Minimal rank of P_Ω(R)</b>, label {e(repr(self.label))}: "
+                f"Ω₂ {self.omega2_shape[0]:,} × {self.omega2_shape[1]:,}, {self.omega2_nnz:,} cells"
+                f"<ul><li>exact minimal rank (ε = 0) ≥ <b>{self.lower}</b> ({e(self._lower_reason())})</li>"
+                f"<li>minimal ε-rank (ε = {self.eps:g}) <b>{up}</b>"
+                + ("" if self.upper is None else f" ({e(self._upper_source())})")
+                + f"</li></ul><small>{scale}</small>"
+                f"<table><tr><th>rank</th><th>solver</th><th>iter</th><th>s</th><th>MSE on Ω₂</th>"
+                f"<th>≤ ε</th></tr>{rows}</table></div>")
+
+    def plot(self, ax=None):
+        """MSE on Ω₂ against rank (log scale), the ε line, the certificate marked.
+
+        Returns the matplotlib Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5.5, 4))
+        ranks = sorted(self.mse_by_rank)
+        mse = [max(self.mse_by_rank[r], 1e-300) for r in ranks]
+        label = f"soft-impute (λ = {self.lam:g})" if self.method == "soft-impute" else "fixed-rank fit"
+        ax.semilogy(ranks, mse, marker="o", linestyle="-" if self.method == "soft-impute" else "none",
+                    label=f"{label}: best MSE on Ω₂")
+        ax.axhline(self.eps, color="0.4", linestyle="--", label=f"ε = {self.eps:g}")
+        if self.certified_at is not None and self.certified_at in self.mse_by_rank:
+            r = self.certified_at
+            ax.semilogy([r], [max(self.mse_by_rank[r], 1e-300)], marker="*", markersize=16, color="C3",
+                        linestyle="none", label=f"certificate: ε-rank ≤ {self.upper}")
+        ax.axvline(self.lower, color="C2", linestyle=":", label=f"exact rank ≥ {self.lower}")
+        ax.set_xlabel("completion rank r")
+        ax.set_ylabel("mean squared error on Ω₂")
+        ax.legend(fontsize=8)
+        return ax
+
     def to_dict(self) -> dict:
         """JSON-serialisable view (the certificate factors are left to :meth:`save`)."""
         cert = self.certificate
         return {
-            "eps": self.eps, "lam": self.lam, "label": self.label,
+            "eps": self.eps, "lam": self.lam, "label": self.label, "method": self.method,
             "lower": self.lower, "upper": self.upper, "rank_certified": self.rank_certified,
             "certified_at": self.certified_at,
             "mse_by_rank": {int(k): float(v) for k, v in sorted(self.mse_by_rank.items())},
@@ -229,29 +376,44 @@ class MinRankEstimate:
             "bounds": None if self.bounds is None else self.bounds.to_dict(),
             "ranks": self.ranks, "max_iter": self.max_iter, "thresh": self.thresh,
             "elapsed": self.elapsed, "message": self.message,
-            "certificate_rank": None if cert is None else int(np.asarray(_np(cert.d)).size),
+            "certificate_rank": None if cert is None else int(to_numpy(cert.d).size),
             "meta": self.meta, "certificate_source": self.certificate_source,
-            "exact_mse": self.exact_mse,
+            "exact_mse": self.exact_mse, "trials": self.trials, "scale": self.scale,
+            "max_abs": self.max_abs,
         }
 
     # ---- persistence -----------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``estimate.json`` and the certificate (``certificate.npz``) into ``path``.
+        """Write the estimate; returns ``path``.
 
-        Every file is written to a temporary name and moved into place (``os.replace``), so
-        an interrupted save never leaves a half-written file under the final name."""
+        ``path`` ending in ``.json``: that file, and the certificate factors beside it as
+        ``<stem>.certificate.npz``. Any other path is a directory that receives
+        ``estimate.json`` and ``certificate.npz``. Every file is written to a temporary name
+        and moved into place (``os.replace``), so an interrupted save never leaves a
+        half-written file under the final name."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".json":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file, npz = path, path.with_name(path.stem + ".certificate.npz")
+        else:
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"{path} exists and is not a directory; pass a directory or a path "
+                                 f"ending in .json")
+            path.mkdir(parents=True, exist_ok=True)
+            file, npz = path / "estimate.json", path / "certificate.npz"
         if self.certificate is not None:
-            self.certificate.save(path / "certificate.npz")
-        _atomic_json(path / "estimate.json", self.to_dict())
+            self.certificate.save(npz)
+        _atomic_json(file, self.to_dict())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MinRankEstimate:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote (the ``.json`` file or the directory)."""
         path = Path(path)
-        file = path / "estimate.json"
+        if path.suffix.lower() == ".json":
+            file, npz = path, path.with_name(path.stem + ".certificate.npz")
+        else:
+            file, npz = path / "estimate.json", path / "certificate.npz"
         if not file.is_file():
             raise FileNotFoundError(f"{file} does not exist; save an estimate there with "
                                     f"MinRankEstimate.save({str(path)!r})")
@@ -260,7 +422,7 @@ class MinRankEstimate:
         if d.get("certificate_rank") is not None:
             from .softimpute import SoftImputeResult
 
-            cert = SoftImputeResult.load(path / "certificate.npz")
+            cert = SoftImputeResult.load(npz)
         return cls(
             eps=d["eps"], lam=d["lam"], label=d["label"], lower=d["lower"], upper=d["upper"],
             rank_certified=d["rank_certified"], certified_at=d["certified_at"],
@@ -272,7 +434,8 @@ class MinRankEstimate:
             bounds=_bounds_from_dict(d["bounds"]), ranks=d["ranks"], max_iter=d["max_iter"],
             thresh=d["thresh"], elapsed=d["elapsed"], message=d["message"], meta=d.get("meta", {}),
             certificate_source=d.get("certificate_source", "soft-impute"),
-            exact_mse=d.get("exact_mse"),
+            exact_mse=d.get("exact_mse"), method=d.get("method", "soft-impute"),
+            trials=d.get("trials", []), scale=d.get("scale"), max_abs=d.get("max_abs"),
         )
 
 
@@ -293,199 +456,38 @@ def _atomic_json(file: Path, obj) -> None:
     os.replace(tmp, file)
 
 
-def _np(x) -> np.ndarray:
-    """A factor as a NumPy array, whatever backend produced it."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    elif type(x).__module__.split(".")[0] == "cupy":
-        x = x.get()
-    return np.asarray(x, dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------------------
-# the certificate check, independent of the solver
-# ---------------------------------------------------------------------------------------
-def _mse_from_factors(R2: RewardMatrix, label, U, d, V, chunk_elems: int = 1 << 24) -> float:
-    """MSE over the observed cells of ``R2`` of U diag(d) Vᵀ, from the factors alone.
-
-    Works in chunks of cells so memory stays O(chunk · rank), never O(n · m)."""
-    vals = R2.label_values(label)
-    if R2.nnz == 0:
-        return 0.0
-    U, d, V = _np(U), _np(d).reshape(-1), _np(V)
-    k = d.size
-    if U.shape != (R2.shape[0], k) or V.shape != (R2.shape[1], k):
-        raise ValueError(f"certificate factors have shapes U {U.shape}, d ({k},), V {V.shape}; "
-                         f"expected ({R2.shape[0]}, {k}) and ({R2.shape[1]}, {k}) for Ω₂ of shape "
-                         f"{R2.shape}")
-    Ud = U * d
-    rows, cols = R2.rows, R2.indices
-    step = max(1, chunk_elems // max(k, 1))
-    sse = 0.0
-    for a in range(0, R2.nnz, step):
-        b = min(a + step, R2.nnz)
-        pred = np.einsum("ij,ij->i", Ud[rows[a:b]], V[cols[a:b]])
-        sse += float(np.sum((vals[a:b] - pred) ** 2))
-    return sse / R2.nnz
-
-
-def _rank_cap(R2: RewardMatrix) -> int:
-    """Largest rank worth trying on Ω₂.
-
-    Any partially observed matrix has an *exact* completion of rank
-    K = max observed cells in a row: pick a generic V (m × K); each row's system
-    u_i V[Ω_i]ᵀ = R[i, Ω_i] has |Ω_i| ≤ K equations and full row rank, so it is solvable.
-    The same holds for columns, and rank ≤ min(n, m) always."""
-    if R2.nnz == 0:
-        return 0
-    row_max = int(R2.row_nnz.max())
-    col_max = int(np.bincount(R2.indices, minlength=R2.shape[1]).max())
-    return min(R2.shape[0], R2.shape[1], row_max, col_max)
-
-
-# ---------------------------------------------------------------------------------------
-# the constructive, λ-free certificate at the rank cap
-# ---------------------------------------------------------------------------------------
-def _solve_rows_exactly(indptr, indices, vals, G: np.ndarray, chunk_elems: int) -> np.ndarray:
-    """Per-row minimum-norm solutions u_i of G[S_i] u_i = x_{S_i} (S_i: row i's cells).
-
-    Rows are batched by their length L: for a batch, A = G[S] (g × L × k) with L ≤ k, and
-    Aᵀ = Q Rᵣ (QR, Q: k × L) gives u = Q z with Rᵣᵀ z = x, the minimum-norm solution
-    (backward stable; no normal equations). Memory per batch ≤ ``chunk_elems`` floats."""
-    n, k = len(indptr) - 1, G.shape[1]
-    lengths = np.diff(indptr)
-    U = np.zeros((n, k))
-    for L in np.unique(lengths):
-        L = int(L)
-        if L == 0:
-            continue
-        rows_L = np.flatnonzero(lengths == L)
-        step = max(1, chunk_elems // (L * k))
-        for a in range(0, rows_L.size, step):
-            rows = rows_L[a:a + step]
-            cell = indptr[rows][:, None] + np.arange(L)  # (g, L) positions in the CSR arrays
-            A = G[indices[cell]]  # (g, L, k)
-            Q, Rr = np.linalg.qr(np.swapaxes(A, 1, 2))  # (g, k, L), (g, L, L)
-            z = np.linalg.solve(np.swapaxes(Rr, 1, 2), vals[cell][..., None])  # (g, L, 1)
-            U[rows] = (Q @ z)[..., 0]
-    return U
-
-
-def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *,
-                     label: int | str = 0, chunk_elems: int = 1 << 22):
-    r"""An exact completion of P_Ω(R) of rank ≤ ``rank``: a constructive, λ-free certificate.
-
-    Paper 002, §3.1 (Definition 1): minrank_Ω(R) ≤ c for the cap
-
-    .. math::
-
-        c = \min\bigl(n, m, \max_i |S_i|, \max_j |T_j|\bigr),
-        \qquad S_i = \{j : (i, j) \in \Omega\},\ T_j = \{i : (i, j) \in \Omega\}.
-
-    Construction (row side, used when max_i |S_i| ≤ k): draw a Gaussian V ∈ ℝ^{m×k}
-    (seeded). Almost surely every submatrix V_{S_i} (|S_i| × k, |S_i| ≤ k) has full row
-    rank, so u_i = V_{S_i}ᵀ (V_{S_i} V_{S_i}ᵀ)⁻¹ x_{S_i} (minimum-norm least squares,
-    computed by QR) solves u_i V_{S_i}ᵀ = x_{S_i} exactly and U Vᵀ agrees with R on Ω.
-    When only the columns are short (max_j |T_j| ≤ k) the same is done on Rᵀ with a
-    Gaussian U. The factors are returned in SVD form (U, d, V orthonormal-column U and V,
-    via QR of both factors and an SVD of the k × k core) as a
-    :class:`rankkit.softimpute.SoftImputeResult` with ``lam = 0``, ``backend =
-    "exact-completion"``; its ``mse`` over Ω is recomputed from those factors
-    (:func:`_mse_from_factors`), independently of the construction. In exact arithmetic it
-    is 0; in float64 it is of order (ε_mach · κ · scale)², κ the conditioning of the
-    Gaussian submatrices.
-
-    Parameters
-    ----------
-    R2 : RewardMatrix
-        Usually Ω₂ (:func:`rankkit.reduce_omega2`), but any P_Ω(R) works.
-    rank : int, optional
-        Target rank k; default the cap c. Clipped to min(n, m); must be ≥ the longest row
-        or the longest column of Ω.
-    seed : int
-        Seed of the Gaussian factor (the same call gives the same factors).
-    label : int or str
-        Which response column.
-    chunk_elems : int
-        Floats held per batch of rows (memory bound).
-
-    Returns
-    -------
-    SoftImputeResult
-    """
-    from .softimpute import SoftImputeResult
-
-    n, m = R2.shape
-    cap = _rank_cap(R2)
-    if rank is not None and (not isinstance(rank, numbers.Integral) or rank < 0):
-        raise ValueError(f"rank must be a non-negative integer or None (the cap {cap}), got {rank!r}")
-    k = cap if rank is None else min(int(rank), n, m)
-    vals = np.asarray(R2.label_values(label), dtype=np.float64)
-    indptr = np.asarray(R2.indptr, dtype=np.int64)
-    indices = np.asarray(R2.indices, dtype=np.int64)
-    row_max = int(np.diff(indptr).max()) if n and R2.nnz else 0
-    counts = np.bincount(indices, minlength=m)
-    col_max = int(counts.max()) if m and R2.nnz else 0
-    if k < min(row_max, col_max):
-        raise ValueError(f"an exact completion of rank {k} is not guaranteed: the longest row of Ω "
-                         f"has {row_max} cells and the longest column {col_max}; pass rank ≥ "
-                         f"{min(row_max, col_max)} (the cap) or leave rank=None")
-    rng = np.random.default_rng(seed)
-    if k == 0:  # Ω empty: the zero matrix is exact
-        A, B = np.zeros((n, 0)), np.zeros((m, 0))
-    elif row_max <= k and (row_max <= col_max or col_max > k):
-        B = rng.standard_normal((m, k))
-        A = _solve_rows_exactly(indptr, indices, vals, B, chunk_elems)
-        side = "rows"
-    else:
-        # the transpose as CSR: cells sorted by column (stable keeps rows ascending)
-        order = np.argsort(indices, kind="stable")
-        t_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        t_indices = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))[order]
-        A = rng.standard_normal((n, k))
-        B = _solve_rows_exactly(t_indptr, t_indices, vals[order], A, chunk_elems)
-        side = "columns"
-    if k == 0:
-        U, d, V, side = A, np.zeros(0), B, "none"
-    else:
-        Qa, Ra = np.linalg.qr(A)
-        Qb, Rb = np.linalg.qr(B)
-        W, d, Zt = np.linalg.svd(Ra @ Rb.T)
-        U, V = Qa @ W, Qb @ Zt.T
-    mse = _mse_from_factors(R2, label, U, d, V)
-    return SoftImputeResult(U=U, d=d, V=V, mse=mse, sse=mse * R2.nnz, objective=[], ratio=[],
-                            n_iter=0, converged=True, lam=0.0, rank=int(k), shape=(n, m),
-                            nnz=int(R2.nnz), thresh=0.0, backend="exact-completion",
-                            meta={"seed": seed, "side": side, "cap": cap})
-
-
-def _fingerprint(R2: RewardMatrix, label, lam, max_iter, thresh, seed) -> dict:
+def _fingerprint(R2: RewardMatrix, label, settings: dict) -> dict:
     h = hashlib.sha1()
     for a in (R2.indptr, R2.indices, R2.label_values(label)):
         h.update(np.ascontiguousarray(a).tobytes())
-    return {"shape": list(R2.shape), "nnz": R2.nnz, "sha1": h.hexdigest(), "lam": lam,
-            "max_iter": max_iter, "thresh": thresh, "seed": seed}
+    return {"shape": list(R2.shape), "nnz": R2.nnz, "sha1": h.hexdigest(), **settings}
 
 
 # ---------------------------------------------------------------------------------------
 # the public function
 # ---------------------------------------------------------------------------------------
-def _to_matrix(source, max_len) -> RewardMatrix:
-    if isinstance(source, RewardDataset):
-        from .trie import build_reward_matrix
+def _source_matrix(source, *, max_len, text, labels, tokenizer, split) -> RewardMatrix:
+    """P_Ω(R) of whatever the user holds: a matrix as is, anything else through
+    :func:`rankkit.datasets.as_dataset` (the same coercion :func:`rankkit.datasets.load` uses)."""
+    if isinstance(source, RewardMatrix) or sp.issparse(source):
+        extra = {k: v for k, v in (("max_len", max_len), ("text", text), ("labels", labels),
+                                   ("split", split)) if v is not None}
+        if extra:
+            raise ValueError(f"{sorted(extra)} apply to text sources only; got a "
+                             f"{type(source).__name__}: truncate or select before building it")
+        return as_reward_matrix(source)
+    if isinstance(source, np.ndarray) or type(source).__module__.split(".")[0] in ("torch", "cupy"):
+        raise TypeError(f"source is a dense {type(source).__name__}: rankkit cannot tell observed "
+                        f"cells from missing ones in it. Use RewardMatrix.from_dense(array) (NaN marks "
+                        f"a missing cell) or a scipy.sparse matrix (stored entries are observations)")
+    from . import datasets
+    from .trie import build_reward_matrix
 
-        return build_reward_matrix(source, max_len=max_len)
-    if max_len is not None:
-        raise ValueError("max_len truncates utterances and applies only when source is a "
-                         f"RewardDataset; got a {type(source).__name__}: truncate before building it")
-    if isinstance(source, RewardMatrix):
-        return source
-    if sp.issparse(source):
-        return RewardMatrix.from_scipy(source)
-    raise TypeError(f"source must be a RewardDataset, a RewardMatrix or a scipy.sparse matrix "
-                    f"(stored entries, explicit zeros included, are observations); got "
-                    f"{type(source).__name__}. For a dense array with NaN for missing cells use "
-                    f"RewardMatrix.from_dense(array)")
+    if isinstance(source, RewardDataset):
+        ds = source
+    else:
+        ds = datasets.as_dataset(source, text=text, labels=labels, tokenizer=tokenizer, split=split)
+    return build_reward_matrix(ds, max_len=max_len)
 
 
 def _check_ranks(ranks) -> list[int] | str:
@@ -505,15 +507,19 @@ def _check_ranks(ranks) -> list[int] | str:
     return sorted(set(out))
 
 
-def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks="auto",
-                      lam: float = 1e-4, max_iter: int = 1000, thresh: float = 1e-5,
-                      backend: str = "auto", device=None, seed: int = 0, progress: bool = True,
-                      max_len: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                      lower_bound: bool = True, exact_fallback: bool = True) -> MinRankEstimate:
-    r"""Bracket the minimal rank of P_Ω(R) (paper 002, Def. 1–2, Lemma 3, App. C.3).
+def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label: int | str = 0,
+                      ranks="auto", lam: float = 1e-4, max_iter: int | None = None,
+                      thresh: float = 1e-5, solver: str = "auto", n_restarts: int = 1,
+                      solver_options: dict | None = None,
+                      max_abs: float | None = None, backend: str = "auto", device=None,
+                      seed: int = 0, progress: bool = True, max_len: int | None = None,
+                      checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool = True,
+                      exact_fallback: bool = True, text=None, labels=None, tokenizer="gpt2",
+                      split: str | None = None) -> MinRankEstimate:
+    r"""Bound the minimal rank of P_Ω(R) from both sides (paper 002, Def. 1–2, Lemma 3, App. C.3).
 
-    Builds P_Ω(R), reduces it to Ω₂ (rows with ≥ 2 observed cells), and finds the smallest
-    rank r whose soft-impute fit has MSE over Ω₂ ≤ ``eps``; then
+    Builds P_Ω(R), reduces it to Ω₂ (rows with ≥ 2 observed cells), finds the smallest
+    rank r at which a fit on Ω₂ has MSE ≤ ``eps`` (recomputed from its factors); then
 
     .. math::
 
@@ -521,51 +527,73 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
             \text{upper} = r + \mathbb{1}[\text{a removed single-entry row is nonzero}],
         \qquad \text{lower} \le \operatorname{minrank}_{\Omega}(R).
 
-    If no soft-impute fit passes, r is the rank cap c, certified by the constructive
-    :func:`exact_completion` (λ-free; see ``exact_fallback``).
+    If no fit passes, r is the rank cap c, certified by the constructive
+    :func:`rankkit.exact.exact_completion` (λ-free; see ``exact_fallback``).
 
     Parameters
     ----------
-    source : RewardDataset, RewardMatrix or scipy.sparse matrix
-        A dataset is turned into P_Ω(R) with :func:`rankkit.build_reward_matrix`; in a
-        scipy matrix every stored entry, explicit zeros included, is an observation.
+    source
+        What the user holds: a preset name (``"vader:tweets"``), a CSV / TSV / JSONL /
+        Parquet path, a pandas DataFrame, a ``datasets.Dataset`` or ``DatasetDict`` (with
+        ``split=``), a dict of columns, ``(texts, labels)``, ``(token_id_lists, labels)``, a
+        :class:`RewardDataset` — all through :func:`rankkit.datasets.as_dataset`, the
+        coercion :func:`rankkit.datasets.load` uses — or a :class:`RewardMatrix` / scipy
+        sparse matrix (every stored entry, explicit zeros included, is an observation).
     eps : float, default 1e-6
         Tolerance on the MSE over Ω₂ (the paper's resolution for float32).
+    method : {"auto", "soft-impute"}, default "auto"
+        "auto": fixed-rank certificates (:func:`rankkit.lowrank.fixed_rank_fit` with ρ =
+        ``lam``) and the rank search of the module docstring — the tightest bound rankkit
+        can give. "soft-impute": the paper's methodology exactly as in App. C.3 (Table 2).
     label : int or str, default 0
         Which response column to analyse.
     ranks : "auto" or list of int, default "auto"
-        A list evaluates exactly those ranks (``[0, 255, 511, 767]`` reproduces Table 2);
-        r is the smallest passing one. "auto" evaluates rank 0 (the zero matrix), then
-        1, 2, 4, … (warm-started from the previous fit) up to the cap below, then bisects
-        between the last failing and the first passing rank. The cap is
+        A list evaluates exactly those ranks (``[0, 255, 511, 767]`` with
+        ``method="soft-impute"`` reproduces Table 2); r is the smallest passing one.
+        "auto" evaluates rank 0 (the zero matrix), then 1, 2, 4, … up to the cap, then
+        bisects between the last failing and the first passing rank. The cap is
         min(n₂, m₂, max cells per row, max cells per column) of Ω₂, a rank at which an
-        exact completion always exists (see ``_rank_cap``). A listed rank above
-        min(n₂, m₂) is fitted at min(n₂, m₂) (same set of matrices) and reported under the
-        rank asked for.
+        exact completion always exists. A listed rank above min(n₂, m₂) is fitted at
+        min(n₂, m₂) and reported under the rank asked for.
     lam : float, default 1e-4
-        Nuclear-norm penalty λ of soft-impute (R softImpute convention, as in App. C.3).
-    max_iter, thresh : soft-impute iteration limit and convergence threshold.
-    backend, device : where soft-impute runs ("auto", "numpy", "torch", "cupy").
+        Nuclear-norm weight: soft-impute's λ (R softImpute convention, App. C.3), and the
+        fixed-rank solver's ρ, so both minimise the paper's objective (17).
+    max_iter : int, optional
+        Iterations per fit: default 1000 for soft-impute (App. C.3), 500 for fixed-rank.
+    thresh : float, default 1e-5
+        soft-impute's convergence threshold (relative change; unused by "auto", which
+        stops on ε itself).
+    solver : {"auto", "als", "rcg", "rlm"}, default "auto"
+        The fixed-rank solver (:mod:`rankkit.lowrank`).
+    n_restarts : int, default 1
+        "auto": random restarts tried at a bisection rank after its warm and spectral starts.
+    solver_options : dict, optional
+        More keywords of :func:`rankkit.lowrank.fixed_rank_fit` (``cg_iter``, ``window`` …).
+    max_abs : float, optional
+        Reject a certificate whose completed Ω₂ matrix has an entry with |entry| > max_abs
+        (:func:`certificate_scale`); such fits are listed in ``trials`` as rejected.
+    backend, device : where the fits run ("auto", "numpy", "torch", "cupy").
     seed : int
-        Seed of soft-impute's random start (explicit: the same call gives the same answer).
+        Seed of every start (the same call gives the same answer).
     progress : bool
         Show tqdm bars (one over ranks, one inside each fit).
     max_len : int, optional
-        Truncate utterances to this many tokens (only for a RewardDataset source).
+        Truncate utterances to this many tokens (text sources only).
     checkpoint_dir : path, optional
-        Each finished fit is saved there (``rank_XXXXXX.npz``); a rerun with the same matrix and
-        settings loads finished ranks instead of refitting, and an interrupted fit resumes
-        from soft-impute's own checkpoint. A directory made for a different matrix or
-        different settings is refused.
+        Each finished fit is saved there; a rerun with the same matrix and settings loads
+        finished fits instead of refitting, and an interrupted fit resumes from its solver's
+        own checkpoint. A directory made for a different matrix or settings is refused.
     lower_bound : bool, default True
         Compute the structural lower bound (:func:`rankkit.bounds.rank_lower_bound`);
         when False ``lower`` is 1 if any observed value is nonzero, else 0.
     exact_fallback : bool, default True
-        When no soft-impute fit reaches ε (or the best one has a rank above the cap c),
-        build the constructive exact completion of Ω₂ at rank c (:func:`exact_completion`,
-        seeded by ``seed``), recompute its MSE from its factors and, if ≤ ε, certify
-        ``upper = c (+1 by Lemma 3)``. This bound does not depend on λ, ``thresh`` or
-        ``max_iter``. False keeps soft-impute as the only certificate.
+        When no fit reaches ε (or the best has a rank above the cap c), build the
+        constructive exact completion of Ω₂ at rank c, recompute its MSE from its factors
+        and, if ≤ ε, certify ``upper = c (+1 by Lemma 3)``. False keeps the fits as the only
+        certificates.
+    text, labels, tokenizer, split
+        For text sources, with the meaning they have in :func:`rankkit.datasets.load`
+        (``labels`` names the label *columns* of a table; ``label`` picks the one analysed).
 
     Returns
     -------
@@ -574,27 +602,21 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
     Notes
     -----
     A passing fit U diag(d) Vᵀ is itself a matrix of rank ≤ nnz(d) with MSE ≤ ε on Ω₂,
-    so it certifies minrank_{Ω₂,ε} ≤ nnz(d) regardless of λ; stacking it with a rank-1
-    block that reproduces the single-entry rows exactly (each such row is its value times
-    the all-ones row) gives a completion of Ω with the same squared error, hence Lemma 3's
-    +1. The MSE deciding a rank is recomputed from the factors here, not taken from the
-    solver. With λ > 0 and finite iterations a rank that *could* reach ε may be missed, so
-    ``upper`` is relative to λ; ``lower`` is exact but greedy, so it may be loose.
-    Bisection assumes the MSE decreases with rank, which soft-impute's path usually but
-    not provably satisfies; every evaluated rank is reported in ``mse_by_rank``. Only
-    *passing* fits are evidence: a failing rank says soft-impute (this λ, ``thresh``,
-    ``max_iter``, start) did not reach ε there, never that minrank exceeds it. So a failing
-    rank above a passing one (non-convergence, λ bias) is not trusted: ``upper`` is the
-    fewest nonzero singular values over *all* passing fits, whatever failed above them, and
-    ``summary()`` flags such ranks. When the geometric phase of "auto" fails up to the cap,
-    no bisection is run (nothing passed to bisect towards); the exact completion at the
-    cap then certifies (``exact_fallback``), with no claim that a smaller rank fails.
+    so it certifies minrank_{Ω₂,ε} ≤ nnz(d) regardless of the solver and of λ; stacking it
+    with a rank-1 block that reproduces the single-entry rows exactly (each such row is its
+    value times the all-ones row) gives a completion of Ω with the same squared error,
+    hence Lemma 3's +1. Only *passing* fits are evidence: a failing rank says this solver
+    from these starts did not reach ε there, never that minrank exceeds it. So ``upper`` is
+    the fewest nonzero singular values over *all* passing fits. Bisection assumes the best
+    MSE decreases with rank, which holds for the optimum but not provably for any solver;
+    every fit is listed in ``trials``.
 
     References
     ----------
     Troshin, Niculae, Fokkens, *On the Low-Rank Parametrization of Reward Models for
     Controlled Language Generation*, TMLR — §3.1 and App. C.3.
-    Hastie, Mazumder, Lee, Zadeh, *Matrix Completion and Low-Rank SVD via Fast
+    Vandereycken, *Low-rank matrix completion by Riemannian optimization*, SIAM J. Optim.
+    23 (2013). Hastie, Mazumder, Lee, Zadeh, *Matrix Completion and Low-Rank SVD via Fast
     Alternating Least Squares*, JMLR 16 (2015).
 
     Examples
@@ -605,13 +627,23 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
     (8, 8)
     """
     t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} ('auto': fixed-rank certificates, "
+                         f"'soft-impute': the paper's App. C.3 methodology), got {method!r}")
     for name, v in (("eps", eps), ("lam", lam)):
         if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if max_abs is not None and not (isinstance(max_abs, numbers.Real) and max_abs > 0):
+        raise ValueError(f"max_abs must be None or a number > 0, got {max_abs!r}")
+    if max_iter is None:
+        max_iter = 1000 if method == "soft-impute" else 500
     if int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(n_restarts, numbers.Integral) and n_restarts >= 0):
+        raise ValueError(f"n_restarts must be an integer >= 0, got {n_restarts!r}")
     ranks = _check_ranks(ranks)
-    R = _to_matrix(source, max_len)
+    R = _source_matrix(source, max_len=max_len, text=text, labels=labels, tokenizer=tokenizer,
+                       split=split)
     j = R.label_index(label)  # validates the label against the matrix's label names
     from .omega import reduce_omega2
 
@@ -630,9 +662,19 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
     else:
         bounds, lower = None, int(bool(np.any(vals != 0)))
 
-    search = _Search(R2, j, eps=float(eps), lam=float(lam), max_iter=int(max_iter),
-                     thresh=float(thresh), backend=backend, device=device, seed=seed,
-                     progress=progress, checkpoint_dir=checkpoint_dir)
+    common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
+                  progress=progress, checkpoint_dir=checkpoint_dir)
+    if method == "soft-impute":
+        search = _Search(R2, j, lam=float(lam), thresh=float(thresh), **common)
+    else:
+        opts = dict(solver_options or {})
+        clash = sorted(set(opts) & {"label", "eps", "rho", "method", "max_iter", "backend", "device",
+                                    "progress", "warm_start", "init", "seed", "checkpoint"})
+        if clash:
+            raise ValueError(f"solver_options may not set {clash}: they are estimate_min_rank's own "
+                             f"parameters (lam is ρ, solver is method)")
+        search = _CertSearch(R2, j, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
+                             max_abs=max_abs, options=opts, **common)
     try:
         if ranks == "auto":
             search.auto()
@@ -643,30 +685,37 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
         search.close()
 
     r_cert, at, cert = search.best()
-    source = "zero" if (r_cert == 0 and cert is None) else "soft-impute"
+    source_name = "zero" if (r_cert == 0 and cert is None) else (
+        "soft-impute" if method == "soft-impute" else "fixed-rank")
     exact_mse = None
     if exact_fallback and search.cap > 0 and (r_cert is None or r_cert > search.cap):
-        # the λ-free constructive certificate at the cap (_rank_cap, exact_completion)
+        # the λ-free constructive certificate at the cap (rankkit.exact)
         exact = exact_completion(R2, search.cap, seed=seed, label=j)
         exact_mse = float(exact.mse)
         eff = int(np.count_nonzero(exact.d))
-        if exact_mse <= eps and (r_cert is None or eff < r_cert):
-            r_cert, at, cert, source = eff, None, exact, "exact-completion"
+        ok = exact_mse <= eps and (max_abs is None or certificate_scale(
+            exact.U, exact.d, exact.V)["max_abs"] <= max_abs)
+        if ok and (r_cert is None or eff < r_cert):
+            r_cert, at, cert, source_name = eff, None, exact, "exact-completion"
     if r_cert is None:
         upper = None
         tried = max(search.mse)
         message = (f"no rank tried reaches MSE ≤ ε = {eps:g} on Ω₂ (largest tried: rank {tried}, "
-                   f"MSE {search.mse[tried]:.3g}); try larger ranks, a smaller thresh (the fit may stop "
-                   f"on thresh before reaching ε), more max_iter or a smaller lam")
+                   f"MSE {search.mse[tried]:.3g})")
+        message += ("; try larger ranks, a smaller thresh (the fit may stop on thresh before "
+                    "reaching ε), more max_iter or a smaller lam" if method == "soft-impute" else
+                    "; try larger ranks, more max_iter or n_restarts, or a larger max_abs")
         if exact_mse is not None:
             message += (f"; the exact completion at the cap (rank {search.cap}) has MSE "
-                        f"{exact_mse:.3g} > ε in float64: ε is below the rounding error at this "
-                        f"scale of values")
+                        f"{exact_mse:.3g}" + (" > ε in float64: ε is below the rounding error at "
+                                              "this scale of values" if exact_mse > eps else
+                                              " but entries above max_abs"))
         elif not exact_fallback:
             message += "; or pass exact_fallback=True for the λ-free bound at the rank cap"
     else:
         upper = r_cert + int(single_nonzero)
         message = ""
+    scale = None if cert is None else certificate_scale(cert.U, cert.d, cert.V)
     return MinRankEstimate(
         eps=float(eps), lam=float(lam), label=label, lower=int(lower), upper=upper,
         rank_certified=r_cert, certified_at=at, mse_by_rank=dict(sorted(search.mse.items())),
@@ -675,37 +724,38 @@ def estimate_min_rank(source, eps: float = 1e-6, *, label: int | str = 0, ranks=
         n_single_rows=n_single, single_rows_nonzero=single_nonzero, bounds=bounds,
         ranks=ranks, max_iter=int(max_iter), thresh=float(thresh),
         elapsed=time.perf_counter() - t0, message=message,
-        meta={"backend": backend, "seed": seed, "rank_cap": search.cap},
-        certificate_source=source, exact_mse=exact_mse,
+        meta={"backend": backend, "seed": seed, "rank_cap": search.cap,
+              **({} if method == "soft-impute" else {"solver": solver, "n_restarts": int(n_restarts)})},
+        certificate_source=source_name, exact_mse=exact_mse, method=method,
+        trials=search.trials, scale=scale, max_abs=None if max_abs is None else float(max_abs),
     )
 
 
-class _Search:
-    """Evaluates ranks on Ω₂ once each, with warm starts and checkpoints."""
+class _SearchBase:
+    """Ranks evaluated once each, the best certificate, checkpoint bookkeeping."""
 
-    def __init__(self, R2, label, *, eps, lam, max_iter, thresh, backend, device, seed, progress,
-                 checkpoint_dir):
+    def __init__(self, R2, label, *, eps, progress, checkpoint_dir, settings):
         from tqdm.auto import tqdm
 
-        self.R2, self.label, self.eps, self.lam = R2, label, eps, lam
-        self.kw = dict(label=label, max_iter=max_iter, thresh=thresh, backend=backend,
-                       device=device, seed=seed, progress=progress)
-        self.cap = _rank_cap(R2)
+        self.R2, self.label, self.eps = R2, label, eps
+        self.cap = rank_cap(R2)
         self.full = min(R2.shape)
         self.mse: dict[int, float] = {}
         self.converged: dict[int, bool] = {}
-        self.fits: dict[int, object] = {}  # fitted rank -> SoftImputeResult
+        self.ok: dict[int, bool] = {}
+        self.fits: dict[int, object] = {}
+        self.trials: list[dict] = []
         self.bar = tqdm(desc="min rank", unit="rank", disable=not progress, leave=False)
         self.ckpt = None
         if checkpoint_dir is not None:
             self.ckpt = Path(checkpoint_dir)
             self.ckpt.mkdir(parents=True, exist_ok=True)
-            fp = _fingerprint(R2, label, lam, max_iter, thresh, seed)
+            fp = _fingerprint(R2, label, settings)
             state = self.ckpt / _STATE_FILE
             if state.is_file():
                 old = json.loads(state.read_text())
                 if old != fp:
-                    diff = sorted(k for k in fp if old.get(k) != fp[k])
+                    diff = sorted(k for k in set(fp) | set(old) if old.get(k) != fp.get(k))
                     raise ValueError(f"checkpoint_dir {str(self.ckpt)!r} holds fits of a different "
                                      f"problem (differs in {diff}); use a new directory or delete it")
             else:
@@ -715,24 +765,66 @@ class _Search:
         self.bar.close()
 
     def passes(self, r: int) -> bool:
-        return self.mse[r] <= self.eps
+        return self.ok[r]
+
+    def _zero(self, r: int) -> bool:
+        vals = self.R2.label_values(self.label)
+        self.mse[r] = float(np.mean(vals ** 2)) if self.R2.nnz else 0.0
+        self.converged[r] = True
+        self.ok[r] = self.mse[r] <= self.eps
+        self.trials.append(dict(rank=r, method="zero matrix", n_iter=0, seconds=0.0,
+                                mse=self.mse[r], passed=self.ok[r], stop="target"))
+        return self._done(r)
+
+    def _done(self, r: int) -> bool:
+        self.bar.update(1)
+        self.bar.set_postfix(rank=r, mse=f"{self.mse[r]:.3g}")
+        return self.passes(r)
+
+    def best(self):
+        """(certified rank, rank key, certificate) over every passing rank: the fewest
+        nonzero singular values wins, since U diag(d) Vᵀ has rank nnz(d)."""
+        best = (None, None, None)
+        for r in sorted(self.mse):
+            if not self.passes(r):
+                continue
+            if r == 0 or r not in self.fits:
+                return 0, r, None
+            fit = self.fits[r]
+            eff = int(np.count_nonzero(to_numpy(fit.d)))
+            if best[0] is None or eff < best[0]:
+                best = (eff, r, fit)
+        return best
+
+
+class _Search(_SearchBase):
+    """soft-impute at each rank (the paper's methodology), warm-started from the previous fit."""
+
+    def __init__(self, R2, label, *, eps, lam, max_iter, thresh, backend, device, seed, progress,
+                 checkpoint_dir):
+        super().__init__(R2, label, eps=eps, progress=progress, checkpoint_dir=checkpoint_dir,
+                         settings=dict(lam=lam, max_iter=max_iter, thresh=thresh, seed=seed))
+        self.lam = lam
+        self.kw = dict(label=label, max_iter=max_iter, thresh=thresh, backend=backend,
+                       device=device, seed=seed, progress=progress)
 
     def evaluate(self, r: int) -> bool:
         """Fit rank r (once), record the verified MSE, return whether it is ≤ ε."""
         if r in self.mse:
             return self.passes(r)
         if r == 0 or self.R2.nnz == 0:
-            self.mse[r] = float(np.mean(self.R2.label_values(self.label) ** 2)) if self.R2.nnz else 0.0
-            self.converged[r] = True
-        else:
-            k = min(r, self.full)
-            res = self._fit(k)
-            self.fits[r] = res
-            self.mse[r] = _mse_from_factors(self.R2, self.label, res.U, res.d, res.V)
-            self.converged[r] = bool(res.converged)
-        self.bar.update(1)
-        self.bar.set_postfix(rank=r, mse=f"{self.mse[r]:.3g}")
-        return self.passes(r)
+            return self._zero(r)
+        k = min(r, self.full)
+        t = time.perf_counter()
+        res = self._fit(k)
+        self.fits[r] = res
+        self.mse[r] = observed_mse(self.R2, res, self.label)
+        self.converged[r] = bool(res.converged)
+        self.ok[r] = self.mse[r] <= self.eps
+        self.trials.append(dict(rank=r, method="soft-impute", n_iter=int(res.n_iter),
+                                seconds=time.perf_counter() - t, mse=self.mse[r], passed=self.ok[r],
+                                stop="thresh" if res.converged else "max_iter"))
+        return self._done(r)
 
     def _fit(self, k: int):
         from .softimpute import SoftImputeResult, soft_impute
@@ -768,17 +860,97 @@ class _Search:
             else:
                 lo = mid
 
-    def best(self):
-        """(certified rank, rank key, certificate) over every passing rank: the fewest
-        nonzero singular values wins, since U diag(d) Vᵀ has rank nnz(d)."""
-        best = (None, None, None)
-        for r in sorted(self.mse):
-            if not self.passes(r):
-                continue
-            if r == 0 or r not in self.fits:
-                return 0, r, None
-            fit = self.fits[r]
-            eff = int(np.count_nonzero(_np(fit.d)))
-            if best[0] is None or eff < best[0]:
-                best = (eff, r, fit)
-        return best
+
+class _CertSearch(_SearchBase):
+    """Fixed-rank certificates: each rank from a list of starts until one reaches ε."""
+
+    def __init__(self, R2, label, *, eps, rho, max_iter, solver, n_restarts, max_abs, options,
+                 backend, device, seed, progress, checkpoint_dir):
+        super().__init__(R2, label, eps=eps, progress=progress, checkpoint_dir=checkpoint_dir,
+                         settings=dict(method="auto", rho=rho, max_iter=max_iter, solver=solver,
+                                       n_restarts=n_restarts, max_abs=max_abs, seed=seed, eps=eps,
+                                       options=options))
+        self.n_restarts, self.max_abs, self.seed = n_restarts, max_abs, seed
+        self.kw = dict(label=label, eps=eps, rho=rho, method=solver, max_iter=max_iter,
+                       backend=backend, device=device, progress=progress, **options)
+        self.solver = solver
+
+    def _starts(self, r: int, phase: str):
+        """(name, warm start, init) tried in order at rank r: in the doubling phase the
+        spectral start only (most of those ranks are expected to fail); when bisecting, the
+        truncated factors of the smallest certified rank above r first; then spectral and
+        ``n_restarts`` random starts."""
+        starts = []
+        above = [q for q in self.fits if q > r and self.ok[q]]
+        if phase == "bisect" and above:
+            starts.append(("truncated", self.fits[min(above)], "spectral"))
+        starts.append(("spectral", None, "spectral"))
+        if phase != "doubling":
+            starts += [("random", None, "random")] * self.n_restarts
+        return starts
+
+    def evaluate(self, r: int, phase: str = "list") -> bool:
+        if r in self.mse:
+            return self.passes(r)
+        if r == 0 or self.R2.nnz == 0:
+            return self._zero(r)
+        k = min(r, self.full)
+        best = None
+        for i, (name, warm, init) in enumerate(self._starts(r, phase)):
+            fit, seconds = self._fit(k, i, warm, init)
+            mse = observed_mse(self.R2, fit, self.label)
+            passed = mse <= self.eps
+            trial = dict(rank=r, method=f"{fit.meta.get('solver', self.solver)}/{name}",
+                         n_iter=int(fit.n_iter), seconds=seconds, mse=mse, passed=passed,
+                         stop=fit.meta.get("stop", "?"))
+            if passed:
+                trial["max_abs"] = certificate_scale(fit.U, fit.d, fit.V)["max_abs"]
+                if self.max_abs is not None and trial["max_abs"] > self.max_abs:
+                    trial.update(passed=False, rejected=True)
+                    passed = False
+            self.trials.append(trial)
+            if best is None or passed or (not best[2] and mse < best[1]):
+                best = (fit, mse, passed)
+            if passed:
+                break
+        self.fits[r], self.mse[r], self.ok[r] = best
+        self.converged[r] = self.ok[r]
+        return self._done(r)
+
+    def _fit(self, k: int, attempt: int, warm, init):
+        from .lowrank import fixed_rank_fit
+        from .softimpute import SoftImputeResult
+
+        path = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.npz"
+        if path is not None and path.exists():
+            res = SoftImputeResult.load(path)
+            return res, float(res.meta.get("seconds", 0.0))
+        partial = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.partial.npz"
+        t = time.perf_counter()
+        res = fixed_rank_fit(self.R2, k, warm_start=warm, init=init, seed=self.seed + attempt,
+                             checkpoint=partial, **self.kw)
+        res.meta["solver"] = self.solver if self.solver != "auto" else "+".join(
+            dict.fromkeys(res.meta.get("phases") or ["-"]))
+        if path is not None:
+            res.save(path)
+        return res, time.perf_counter() - t
+
+    def auto(self):
+        if self.evaluate(0) or self.cap == 0:
+            return
+        lo, hi, k = 0, None, 1
+        while True:
+            k = min(k, self.cap)
+            if self.evaluate(k, "doubling"):
+                hi = k
+                break
+            lo = k
+            if k == self.cap:
+                return
+            k *= 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.evaluate(mid, "bisect"):
+                hi = mid
+            else:
+                lo = mid

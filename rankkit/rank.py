@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ._backend import array_backend, resolve_backend
+from ._backend import array_backend, resolve_backend, to_numpy
 
 __all__ = ["numerical_rank", "singular_values", "rank_curve", "RankCurve"]
 
@@ -49,20 +49,11 @@ def _shape(A) -> tuple[int, int]:
     return int(A.shape[0]), int(A.shape[1])
 
 
-def _to_numpy(A) -> np.ndarray:
-    kind = array_backend(A)
-    if kind == "torch":
-        return A.detach().cpu().numpy()
-    if kind == "cupy":
-        return A.get()
-    return np.asarray(A)
-
-
 def _to_backend(A, backend: str, device):
     """Move a dense array to ``backend``/``device`` without changing its dtype."""
     kind = array_backend(A)
     if backend == "numpy":
-        return _to_numpy(A)
+        return to_numpy(A)
     if backend == "torch":
         import torch
 
@@ -118,7 +109,7 @@ def _first_nonfinite(A, backend: str) -> tuple[int, int] | None:
     ok = xp.isfinite(A)
     if bool(ok.all()):
         return None
-    bad = _to_numpy(~ok)
+    bad = to_numpy(~ok)
     r, c = np.argwhere(bad)[0]
     return int(r), int(c)
 

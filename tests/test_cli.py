@@ -78,6 +78,14 @@ def test_estimate_json_and_figure(csv_file, ds, tmp_path):
     assert out["mse_by_rank"]["2"] <= ref
     assert out["omega2_shape"] == list(R2.shape) and out["figure"] == str(fig)
     assert fig.stat().st_size > 1000
+    assert out["method"] == "auto" and [t["rank"] for t in out["trials"]] == [0, 2]
+    # the paper's methodology on request: soft-impute fits only
+    res = invoke("estimate", csv_file, "--text", "review", "--labels", "score", "--ranks", "0,2",
+                 "--method", "soft-impute", "--max-iter", 20, "--json", "--no-figure",
+                 "--backend", "numpy")
+    si = json.loads(res.output[res.output.index("{"):])
+    assert si["method"] == "soft-impute" and si["trials"][1]["method"] == "soft-impute"
+    assert si["trials"][1]["n_iter"] <= 20 and si["mse_by_rank"]["0"] == out["mse_by_rank"]["0"]
 
 
 def test_estimate_text_output_names_table_and_figure(csv_file, tmp_path):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rankkit import datasets as D
 from rankkit import tokenizers
+from rankkit.sequences import TokenSequences
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +185,165 @@ def test_load_local_file_and_unknown_spec(tmp_path, tok):
     with pytest.raises(ValueError, match="unsupported file type"):
         (tmp_path / "x.xlsx").write_text("")
         D.load(tmp_path / "x.xlsx", text="a", labels="b")
+
+
+# ---- as_dataset: one coercion for every input kind --------------------------------------------
+TEXTS = ["good day", "", "bad day, really", "fine \u00e9t\u00e9"]  # one empty text: a counted skip
+YS = [1.0, 0.5, 0.0, 0.25]
+ZS = [3.0, 2.0, 1.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def csv_file(tmp_path_factory):
+    import csv
+
+    f = tmp_path_factory.mktemp("as_dataset") / "d.csv"
+    with open(f, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "y", "z"])
+        w.writerows(zip(TEXTS, YS, ZS, strict=True))
+    return f
+
+
+@pytest.fixture(scope="module")
+def reference(csv_file, tok):
+    return D.load(csv_file, tokenizer=tok, text="text", labels="y")
+
+
+def assert_same_dataset(got, want, *, texts=True, vocab=True):
+    np.testing.assert_array_equal(got.sequences.tokens, want.sequences.tokens)
+    np.testing.assert_array_equal(got.sequences.offsets, want.sequences.offsets)
+    np.testing.assert_array_equal(got.responses, want.responses)
+    assert got.responses.dtype == want.responses.dtype == np.float64
+    assert got.label_names == want.label_names
+    assert got.n_dropped_empty == want.n_dropped_empty
+    np.testing.assert_array_equal(got.kept_index, want.kept_index)
+    if texts:
+        assert got.texts == want.texts
+    if vocab:
+        assert got.vocab_size == want.vocab_size
+
+
+def _source(kind, csv_file):
+    table = {"text": TEXTS, "y": YS}
+    if kind == "dict":
+        return table
+    if kind == "dict-of-arrays":
+        return {"text": np.asarray(TEXTS), "y": np.asarray(YS), "id": ["a", "b", "c", "d"]}
+    if kind == "DataFrame":
+        return pytest.importorskip("pandas").DataFrame(table)
+    if kind in ("Dataset", "DatasetDict"):
+        hf = pytest.importorskip("datasets")
+        ds = hf.Dataset.from_dict(table)
+        return ds if kind == "Dataset" else hf.DatasetDict({"train": ds})
+    if kind == "str path":
+        return str(csv_file)
+    return csv_file
+
+
+@pytest.mark.parametrize("kind", ["dict", "dict-of-arrays", "DataFrame", "Dataset",
+                                  "DatasetDict", "str path", "Path"])
+def test_as_dataset_tables_and_paths_match_load_of_a_csv(kind, csv_file, reference, tok):
+    src = _source(kind, csv_file)
+    columns = dict(text="text", labels="y") if "path" in kind.lower() else {}  # tables infer
+    assert_same_dataset(D.as_dataset(src, tokenizer=tok, **columns), reference)
+    assert_same_dataset(D.load(src, tokenizer=tok, **columns), reference)
+    short = D.as_dataset(src, tokenizer=tok, limit=3, max_len=1, **columns)
+    assert_same_dataset(short, D.load(csv_file, tokenizer=tok, text="text", labels="y", limit=3,
+                                      max_len=1))
+
+
+def test_as_dataset_pairs_match_load_of_a_csv(csv_file, reference, tok):
+    assert_same_dataset(D.as_dataset((TEXTS, YS), tokenizer=tok, labels="y"), reference)
+    two = D.load(csv_file, tokenizer=tok, text="text", labels=["y", "z"])
+    got = D.as_dataset((TEXTS, np.column_stack([YS, ZS])), tokenizer=tok, labels=["y", "z"])
+    assert_same_dataset(got, two)
+    assert D.as_dataset((TEXTS, YS), tokenizer=tok).label_names == ("label_0",)
+    # token ids: no tokenizer, vocabulary = largest id + 1, no texts
+    ids = [tok(t)["input_ids"] for t in TEXTS]
+    for first in (ids, TokenSequences.from_lists(ids), tok(TEXTS)):
+        got = D.as_dataset((first, YS), labels="y")
+        assert_same_dataset(got, reference, texts=False, vocab=False)
+        assert got.vocab_size == max(max(s) for s in ids if s) + 1 and got.texts is None
+    short = D.as_dataset((ids, YS), labels="y", limit=3, max_len=1)
+    want = D.load(csv_file, tokenizer=tok, text="text", labels="y", limit=3, max_len=1)
+    assert_same_dataset(short, want, texts=False, vocab=False)
+    pd = pytest.importorskip("pandas")  # pandas columns work as the two halves
+    df = pd.DataFrame({"text": TEXTS, "y": YS})
+    assert_same_dataset(D.as_dataset((df["text"], df["y"]), tokenizer=tok, labels="y"), reference)
+
+
+def test_as_dataset_reward_dataset_is_passed_through(reference):
+    assert D.as_dataset(reference) is reference
+    cut = D.as_dataset(reference, max_len=1)
+    assert cut.sequences.lengths.tolist() == [1, 1, 1] and cut.texts == reference.texts
+    assert cut.n_dropped_empty == 1 and cut.kept_index.tolist() == [0, 2, 3]
+    first = D.as_dataset(reference, limit=1)
+    assert len(first) == 1 and first.n_dropped_empty == 0 and first.kept_index.tolist() == [0]
+    with pytest.raises(ValueError, match="a RewardDataset has none.*drop them"):
+        D.as_dataset(reference, labels="y")
+
+
+def test_as_dataset_preset_matches_load(tok):
+    got = D.as_dataset("vader:tweets", tokenizer=tok, limit=3, labels="rating")
+    assert_same_dataset(got, D.load("vader:tweets", tokenizer=tok, limit=3, labels="rating"))
+
+
+def test_load_is_as_dataset(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(D, "as_dataset", lambda source, **kw: seen.update(kw, source=source))
+    D.load("x.csv", "tok", "train", 5, 7, "t", "y")
+    assert seen == dict(source="x.csv", tokenizer="tok", split="train", limit=5, max_len=7,
+                        text="t", labels="y")
+
+
+def test_as_dataset_column_inference_errors_list_the_columns(tok):
+    with pytest.raises(ValueError, match=r"no column named 'text'; columns: \['review', 'y'\]; "
+                                         r"pass text="):
+        D.as_dataset({"review": ["a"], "y": [1.0]}, tokenizer=tok)
+    with pytest.raises(ValueError, match=r"numeric columns \['y', 'z'\].*columns: "
+                                         r"\['text', 'y', 'z'\]; pass labels="):
+        D.as_dataset({"text": ["a"], "y": [1.0], "z": [2]}, tokenizer=tok)
+    with pytest.raises(ValueError, match="no numeric column"):
+        D.as_dataset({"text": ["a"], "note": ["b"]}, tokenizer=tok)
+    got = D.as_dataset({"text": ["a"], "y": [1.0], "z": [2]}, tokenizer=tok, labels="z")
+    assert got.label_names == ("z",) and got.responses.tolist() == [2.0]
+
+
+def test_as_dataset_datasetdict_needs_a_split(tok):
+    hf = pytest.importorskip("datasets")
+    dd = hf.DatasetDict({"train": hf.Dataset.from_dict({"text": ["a b"], "y": [1.0]}),
+                         "test": hf.Dataset.from_dict({"text": ["c"], "y": [0.0]})})
+    with pytest.raises(ValueError, match=r"splits \['train', 'test'\] needs split="):
+        D.as_dataset(dd, tokenizer=tok)
+    with pytest.raises(KeyError, match=r"split 'dev' not in the DatasetDict; available splits"):
+        D.as_dataset(dd, tokenizer=tok, split="dev")
+    assert D.as_dataset(dd, tokenizer=tok, split="test").texts == ("c",)
+
+
+def test_as_dataset_pair_errors_name_lengths_and_sequences(tok):
+    with pytest.raises(ValueError, match="length mismatch: 2 texts but 3 label rows"):
+        D.as_dataset((["a", "b"], [1.0, 0.0, 1.0]), tokenizer=tok)
+    with pytest.raises(ValueError, match="length mismatch: 3 sequences but 2 label rows"):
+        D.as_dataset(([[1], [2], [3]], [[1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="sequence 1, position 2: token id -4 is negative"):
+        D.as_dataset(([[1, 2], [3, 0, -4]], [0.0, 1.0]))
+    with pytest.raises(TypeError, match="sequence 0: token ids must be integers"):
+        D.as_dataset(([[1.5]], [0.0]))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        D.as_dataset((["a"], [[[1.0]]]), tokenizer=tok)
+    with pytest.raises(ValueError, match="a .texts, labels. tuple has none"):
+        D.as_dataset((["a"], [1.0]), text="text", tokenizer=tok)
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        D.as_dataset(("a text", [1.0]), tokenizer=tok)
+
+
+def test_as_dataset_unknown_kinds_list_the_accepted_ones():
+    import scipy.sparse as sp
+
+    with pytest.raises(TypeError, match=r"from int; expected a preset name.*RewardDataset"):
+        D.as_dataset(42)
+    with pytest.raises(TypeError, match=r"from numpy\.ndarray; expected"):
+        D.as_dataset(np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="as_reward_matrix"):
+        D.as_dataset(sp.eye(2, format="csr"))

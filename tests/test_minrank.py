@@ -1,4 +1,5 @@
-"""estimate_min_rank: soft-impute certificates on Ω₂, Lemma 3's +1, structural lower bounds."""
+"""estimate_min_rank: fixed-rank and soft-impute certificates on Ω₂, Lemma 3's +1, structural
+lower bounds, the scale of a certificate, the summary and persistence."""
 
 import json
 
@@ -9,16 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rankkit as rk
+from rankkit.exact import exact_completion
+from rankkit.exact import rank_cap as _rank_cap
 from rankkit.matrix import RewardMatrix
-from rankkit.minrank import (
-    MinRankEstimate,
-    _mse_from_factors,
-    _rank_cap,
-    estimate_min_rank,
-    exact_completion,
-)
+from rankkit.minrank import MinRankEstimate, certificate_scale, estimate_min_rank
+from rankkit.softimpute import observed_mse
 
 FAST = dict(progress=False, backend="numpy")
+# the paper's methodology (App. C.3): what the tests of the soft-impute search pin down
+SI = dict(FAST, method="soft-impute")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,17 +42,34 @@ def dense_mse_on_omega2(est: MinRankEstimate, R2: RewardMatrix) -> float:
 
 
 # ---- the synthetic cases of the issue -----------------------------------------------------
+@pytest.mark.parametrize("method", ["auto", "soft-impute"])
 @pytest.mark.parametrize("n", [2, 8, 16, 32])
-def test_upper_triangular_is_bracketed_exactly(n):
+def test_upper_triangular_is_bracketed_exactly(n, method):
     R = rk.synthetic.upper_triangular(n)
-    est = estimate_min_rank(R, **FAST)
-    assert est.lower == est.upper == n
+    est = estimate_min_rank(R, method=method, **FAST)
+    assert est.lower == n
     assert est.bounds.verify(R) >= n
-    # Ω₂ loses the one single-entry row; its certificate has rank n - 1, Lemma 3 adds 1
     assert est.n_single_rows == 1 and est.single_rows_nonzero
-    assert est.rank_certified == n - 1
+    if method == "soft-impute" or n <= 8:
+        # Ω₂ loses the one single-entry row; its certificate has rank n - 1, Lemma 3 adds 1
+        assert est.upper == n and est.rank_certified == n - 1
+    else:
+        # ε > 0 admits a smaller rank than the exact minimal rank n (Lemma 2 is for ε = 0):
+        # the fixed-rank solver finds such a certificate, checked here densely
+        assert est.upper <= n
+        assert dense_mse_on_omega2(est, rk.reduce_omega2(R)) <= est.eps
     assert est.mse_by_rank[0] > est.eps  # the zero matrix misses the diagonal
-    assert f"minimal ε-rank ∈ [{n}, {n}]" in est.summary()
+    text = est.summary()
+    # two statements about two quantities, never one interval
+    assert f"minrank_Ω(R) ≥ {n}" in text and f"minrank_Ω,ε(R) ≤ {est.upper}" in text
+    assert "∈" not in text
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_upper_triangular_at_a_tiny_eps_needs_full_rank(n):
+    # at ε = 1e-24 no rank below n - 1 fits Ω₂; the exact completion certifies the cap
+    est = estimate_min_rank(rk.synthetic.upper_triangular(n), eps=1e-24, **FAST)
+    assert est.lower == est.upper == n
 
 
 def test_one_value_per_row_needs_rank_one():
@@ -103,7 +120,7 @@ def test_certificate_mse_matches_a_dense_recomputation(rng):
 def test_mse_from_factors_refuses_wrong_shapes():
     R = RewardMatrix.from_dense(np.ones((3, 2)))
     with pytest.raises(ValueError, match="expected \\(3, 1\\) and \\(2, 1\\)"):
-        _mse_from_factors(R, 0, np.ones((2, 1)), np.ones(1), np.ones((2, 1)))
+        observed_mse(R, (np.ones((2, 1)), np.ones(1), np.ones((2, 1))))
 
 
 def test_rank_cap_is_an_exact_completion_rank():
@@ -113,8 +130,9 @@ def test_rank_cap_is_an_exact_completion_rank():
     R = RewardMatrix.from_coo(rows, cols, np.arange(1.0, 9.0), (4, 4))
     assert _rank_cap(R) == 2
     # the default thresh=1e-5 stops this fit at MSE ~ 3e-5: converge further
-    est = estimate_min_rank(R, thresh=1e-12, **FAST)
+    est = estimate_min_rank(R, thresh=1e-12, **SI)
     assert est.rank_certified == 2 == max(est.mse_by_rank)  # never tries beyond the cap
+    assert max(estimate_min_rank(R, **FAST).mse_by_rank) <= 2
 
 
 # ---- explicit ranks (Table 2 layout) -------------------------------------------------------
@@ -122,7 +140,7 @@ def test_explicit_ranks_give_exactly_those_keys(rng):
     M = rng.normal(size=(20, 4)) @ rng.normal(size=(4, 12))
     R = RewardMatrix.from_dense(M, rng.random(M.shape) < 0.7)
     # soft-impute as the only certificate: the Table 2 semantics
-    est = estimate_min_rank(R, ranks=[0, 2, 5, 40], exact_fallback=False, **FAST)
+    est = estimate_min_rank(R, ranks=[0, 2, 5, 40], exact_fallback=False, **SI)
     assert list(est.mse_by_rank) == [0, 2, 5, 40]
     R2 = rk.reduce_omega2(R)
     assert est.mse_by_rank[0] == pytest.approx(np.mean(R2.label_values() ** 2))
@@ -134,7 +152,7 @@ def test_explicit_ranks_give_exactly_those_keys(rng):
     lines = est.summary().splitlines()
     assert any(line.split("|")[0].strip() == "40" for line in lines if "|" in line)
     # by default a passing rank above the cap is replaced by the exact completion at the cap
-    est2 = estimate_min_rank(R, ranks=[0, 2, 5, 40], **FAST)
+    est2 = estimate_min_rank(R, ranks=[0, 2, 5, 40], **SI)
     cap = _rank_cap(R2)
     assert est2.mse_by_rank == est.mse_by_rank
     assert est2.upper == min(est.upper, cap + int(est.single_rows_nonzero))
@@ -144,18 +162,18 @@ def test_explicit_ranks_give_exactly_those_keys(rng):
 
 def test_nothing_passes_reports_why():
     R = rk.synthetic.upper_triangular(6)
-    est = estimate_min_rank(R, ranks=[1, 2], exact_fallback=False, **FAST)
+    est = estimate_min_rank(R, ranks=[1, 2], exact_fallback=False, **SI)
     assert est.upper is None and est.rank_certified is None and est.certificate is None
     assert "no rank tried reaches MSE" in est.message and "largest tried: rank 2" in est.message
     assert "exact_fallback=True" in est.message
-    assert "upper unknown" in est.summary()
+    assert "minimal ε-rank (ε = 1e-06): unknown" in est.summary()
 
 
 def test_failing_explicit_ranks_fall_back_to_the_exact_completion():
     # issue 3: an explicit list that all fails still gives an upper bound, the cap (+1)
     R = rk.synthetic.upper_triangular(6)
     R2 = rk.reduce_omega2(R)
-    est = estimate_min_rank(R, ranks=[1, 2], **FAST)
+    est = estimate_min_rank(R, ranks=[1, 2], **SI)
     assert list(est.mse_by_rank) == [1, 2] and all(v > est.eps for v in est.mse_by_rank.values())
     assert est.certificate_source == "exact-completion" and est.certified_at is None
     assert est.rank_certified == _rank_cap(R2) == 5
@@ -163,7 +181,7 @@ def test_failing_explicit_ranks_fall_back_to_the_exact_completion():
     assert dense_mse_on_omega2(est, R2) <= est.exact_mse + 1e-24 and est.exact_mse <= est.eps
     text = est.summary()
     assert "constructive exact completion" in text and "λ-free" in text and "not soft-impute" in text
-    assert "minimal ε-rank ∈ [6, 6]" in text
+    assert "minrank_Ω,ε(R) ≤ 6" in text and "minrank_Ω(R) ≥ 6" in text
 
 
 def test_auto_falls_back_when_soft_impute_misses_eps_at_the_cap(rng):
@@ -173,7 +191,7 @@ def test_auto_falls_back_when_soft_impute_misses_eps_at_the_cap(rng):
     R = RewardMatrix.from_dense(M, rng.random(M.shape) < 0.35)
     R2 = rk.reduce_omega2(R)
     cap = _rank_cap(R2)
-    est = estimate_min_rank(R, max_iter=2, lam=1.0, **FAST)
+    est = estimate_min_rank(R, max_iter=2, lam=1.0, **SI)
     assert cap >= 2 and max(est.mse_by_rank) == cap
     assert all(v > est.eps for v in est.mse_by_rank.values())
     assert est.upper == cap + int(est.single_rows_nonzero)
@@ -183,12 +201,12 @@ def test_auto_falls_back_when_soft_impute_misses_eps_at_the_cap(rng):
     text = est.summary()
     # soft-impute's failure at the cap is flagged as untrusted, not read as a lower bound
     assert f"missed ε at rank(s) [{cap}]" in text and "not a lower bound" in text
-    off = estimate_min_rank(R, max_iter=2, lam=1.0, exact_fallback=False, **FAST)
+    off = estimate_min_rank(R, max_iter=2, lam=1.0, exact_fallback=False, **SI)
     assert off.upper is None and off.mse_by_rank == est.mse_by_rank
 
 
 def test_exact_fallback_round_trips_through_save(tmp_path):
-    est = estimate_min_rank(rk.synthetic.upper_triangular(5), ranks=[1], **FAST)
+    est = estimate_min_rank(rk.synthetic.upper_triangular(5), ranks=[1], **SI)
     assert est.certificate_source == "exact-completion"
     back = MinRankEstimate.load(est.save(tmp_path / "e"))
     assert back.to_dict() == est.to_dict()
@@ -267,13 +285,17 @@ def test_input_errors_name_the_problem():
     R = rk.synthetic.upper_triangular(3)
     with pytest.raises(TypeError, match="RewardMatrix.from_dense"):
         estimate_min_rank(np.eye(3), **FAST)
+    with pytest.raises(ValueError, match="method must be one of"):
+        estimate_min_rank(R, method="pymanopt", **FAST)
+    with pytest.raises(ValueError, match="max_abs must be"):
+        estimate_min_rank(R, max_abs=-1.0, **FAST)
     with pytest.raises(ValueError, match="non-negative integers; got -1"):
         estimate_min_rank(R, ranks=[2, -1], **FAST)
     with pytest.raises(ValueError, match="'auto' or a list"):
         estimate_min_rank(R, ranks="fast", **FAST)
     with pytest.raises(ValueError, match="eps must be a finite number"):
         estimate_min_rank(R, eps=float("nan"), **FAST)
-    with pytest.raises(ValueError, match="only when source is a RewardDataset"):
+    with pytest.raises(ValueError, match="apply to text sources only"):
         estimate_min_rank(R, max_len=4, **FAST)
 
 
@@ -294,19 +316,19 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_checkpoint_dir_skips_finished_ranks(tmp_path, monkeypatch):
     R = rk.synthetic.upper_triangular(7)
-    first = estimate_min_rank(R, checkpoint_dir=tmp_path, **FAST)
+    first = estimate_min_rank(R, checkpoint_dir=tmp_path, **SI)
     import rankkit.softimpute as si
 
     def refuse(*a, **k):
         raise AssertionError("a finished rank was refitted instead of loaded")
 
     monkeypatch.setattr(si, "soft_impute", refuse)
-    again = estimate_min_rank(R, checkpoint_dir=tmp_path, **FAST)
+    again = estimate_min_rank(R, checkpoint_dir=tmp_path, **SI)
     assert again.mse_by_rank == first.mse_by_rank
     assert (again.lower, again.upper) == (first.lower, first.upper)
     # a different matrix in the same directory is refused, naming the fix
     with pytest.raises(ValueError, match="different problem.*new directory"):
-        estimate_min_rank(rk.synthetic.upper_triangular(5), checkpoint_dir=tmp_path, **FAST)
+        estimate_min_rank(rk.synthetic.upper_triangular(5), checkpoint_dir=tmp_path, **SI)
 
 
 # ---- properties ----------------------------------------------------------------------------
@@ -326,3 +348,123 @@ def test_bracket_is_sound_on_random_low_rank_patterns(n, m, r, seed):
         assert dense_mse_on_omega2(est, rk.reduce_omega2(R)) <= est.eps
     assert est.mse_by_rank[0] == pytest.approx(
         float(np.mean(rk.reduce_omega2(R).label_values() ** 2)) if est.omega2_nnz else 0.0)
+
+
+# ---- the fixed-rank default: scale, max_abs, reporting, persistence --------------------------
+def _rank3(rng, n=40, m=30, density=0.6):
+    M = rng.normal(size=(n, 3)) @ rng.normal(size=(3, m))
+    return M, RewardMatrix.from_dense(M, rng.random(M.shape) < density)
+
+
+def test_certificate_scale_is_exact_or_a_bound(rng):
+    U = np.linalg.qr(rng.normal(size=(50, 4)))[0]
+    V = np.linalg.qr(rng.normal(size=(30, 4)))[0]
+    d = np.array([5.0, 2.0, 1.0, 0.5])
+    M = (U * d) @ V.T
+    exact = certificate_scale(U, d, V, block_elems=7)  # several row blocks
+    assert exact["max_abs_exact"] and exact["max_abs"] == pytest.approx(np.abs(M).max(), rel=1e-14)
+    assert exact["nuclear"] == pytest.approx(8.5) and exact["frobenius"] == pytest.approx(np.linalg.norm(M))
+    bound = certificate_scale(U, d, V, exact_cells=10)
+    assert not bound["max_abs_exact"] and bound["max_abs"] >= np.abs(M).max()
+
+
+def test_default_reports_trials_and_scale(rng):
+    M, R = _rank3(rng)
+    est = estimate_min_rank(R, **FAST)
+    assert est.method == "auto" and est.certificate_source == "fixed-rank"
+    assert est.lower <= 3 and est.upper <= 3 + int(est.single_rows_nonzero)
+    R2 = rk.reduce_omega2(R)
+    assert dense_mse_on_omega2(est, R2) <= est.eps
+    # every fit is listed with what it cost; the certified rank's MSE is the recomputed one
+    assert [t["rank"] for t in est.trials][:2] == [0, 1]
+    assert all({"rank", "method", "n_iter", "seconds", "mse", "passed"} <= set(t) for t in est.trials)
+    cert = [t for t in est.trials if t["passed"] and t["rank"] == est.certified_at]
+    assert cert and cert[-1]["mse"] == est.mse_by_rank[est.certified_at]
+    dense = (est.certificate.U * est.certificate.d) @ est.certificate.V.T
+    assert est.scale["max_abs_exact"] and est.scale["max_abs"] == pytest.approx(np.abs(dense).max())
+    text = est.summary()
+    assert "certificate scale: max |entry|" in text and "fixed-rank certificate" in text
+    assert "upper=" in repr(est) and "<table>" in est._repr_html_()
+
+
+def test_max_abs_rejects_large_certificates(rng):
+    M, R = _rank3(rng)
+    free = estimate_min_rank(R, **FAST)
+    bound = 0.5 * free.scale["max_abs"]
+    est = estimate_min_rank(R, max_abs=bound, **FAST)
+    rejected = [t for t in est.trials if t.get("rejected")]
+    assert rejected and all(t["max_abs"] > bound for t in rejected)
+    assert est.certificate is None or est.scale["max_abs"] <= bound
+    assert "rejected" in est.summary()
+
+
+def test_soft_impute_method_is_the_chain_of_warm_started_fits(rng):
+    # method="soft-impute" is exactly soft_impute at each rank, warm-started from the previous
+    # one (the Table 2 methodology), with the MSE recomputed from the factors
+    M, R = _rank3(rng, density=0.5)
+    est = estimate_min_rank(R, ranks=[0, 2, 5], lower_bound=False, **SI)
+    R2 = rk.reduce_omega2(R)
+    f2 = rk.soft_impute(R2, 2, 1e-4, max_iter=1000, progress=False, backend="numpy", seed=0)
+    f5 = rk.soft_impute(R2, 5, 1e-4, max_iter=1000, progress=False, backend="numpy", seed=0, warm_start=f2)
+    assert est.mse_by_rank[2] == observed_mse(R2, f2) and est.mse_by_rank[5] == observed_mse(R2, f5)
+    assert [t["method"] for t in est.trials] == ["zero matrix", "soft-impute", "soft-impute"]
+
+
+def test_save_to_a_json_path_and_plot(tmp_path, rng):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    M, R = _rank3(rng)
+    est = estimate_min_rank(R, **FAST)
+    est.save(tmp_path / "x.json")
+    assert (tmp_path / "x.json").is_file() and (tmp_path / "x.certificate.npz").is_file()
+    back = MinRankEstimate.load(tmp_path / "x.json")
+    assert back.to_dict() == est.to_dict()
+    np.testing.assert_array_equal(back.certificate.V, est.certificate.V)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="not a directory"):
+        est.save(tmp_path / "file")
+    ax = est.plot()
+    assert ax.get_yscale() == "log" and any("ε =" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_auto_checkpoint_dir_skips_finished_fits(tmp_path, monkeypatch, rng):
+    M, R = _rank3(rng)
+    first = estimate_min_rank(R, checkpoint_dir=tmp_path, **FAST)
+    import rankkit.lowrank as lr
+
+    monkeypatch.setattr(lr, "fixed_rank_fit", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("a finished fit was refitted instead of loaded")))
+    again = estimate_min_rank(R, checkpoint_dir=tmp_path, **FAST)
+    assert again.mse_by_rank == first.mse_by_rank and again.upper == first.upper
+    with pytest.raises(ValueError, match="different problem"):
+        estimate_min_rank(R, checkpoint_dir=tmp_path, lam=1e-3, **FAST)
+
+
+# ---- the one-liner on what researchers hold ------------------------------------------------
+def test_one_liner_takes_text_tables_and_token_ids(tmp_path):
+    texts = ["good film", "bad film", "good plot", "bad plot twist", "a good film", "a bad one"]
+    y = np.array([1.0, 0.0, 0.9, 0.1, 0.8, 0.2])
+    ref = estimate_min_rank(rk.datasets.load({"text": texts, "score": y}, text="text", labels="score"),
+                            **FAST)
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"text": texts, "score": y})
+    csv = tmp_path / "d.csv"
+    df.to_csv(csv, index=False)
+    for source, kw in (((texts, y), {}), (df, {}), (str(csv), dict(text="text", labels="score")),
+                       (csv, {})):
+        est = estimate_min_rank(source, **kw, **FAST)
+        assert (est.omega_shape, est.omega_nnz, est.lower, est.upper) == \
+            (ref.omega_shape, ref.omega_nnz, ref.lower, ref.upper)
+        assert est.mse_by_rank == ref.mse_by_rank
+    tok = rk.tokenizers.load("gpt2")
+    ids = [tok.encode(t) for t in texts]
+    est = estimate_min_rank((ids, y), **FAST)
+    assert est.omega_nnz == ref.omega_nnz and est.mse_by_rank == ref.mse_by_rank
+    datasets = pytest.importorskip("datasets")
+    hf = datasets.Dataset.from_dict({"text": texts, "score": y.tolist()})
+    assert estimate_min_rank(hf, **FAST).mse_by_rank == ref.mse_by_rank
+    dd = datasets.DatasetDict({"train": hf, "test": hf})
+    assert estimate_min_rank(dd, split="test", **FAST).mse_by_rank == ref.mse_by_rank
+    with pytest.raises(ValueError, match="split"):
+        estimate_min_rank(dd, **FAST)
