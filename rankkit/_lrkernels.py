@@ -42,14 +42,18 @@ def _spmm_rows_py(bounds, indptr, indices, v, Q, out):
     """out[a] = Σ_{p in row a} v[p] Q[indices[p]]  (CSR × dense, one thread per row block)."""
     k = Q.shape[1]
     for c in prange(bounds.size - 1):
+        acc = np.empty(k)
         for a in range(bounds[c], bounds[c + 1]):
+            # a register/L1 accumulator: no store-to-load chain through out[a] per cell
             for t in range(k):
-                out[a, t] = 0.0
+                acc[t] = 0.0
             for p in range(indptr[a], indptr[a + 1]):
                 b = indices[p]
                 w = v[p]
                 for t in range(k):
-                    out[a, t] += w * Q[b, t]
+                    acc[t] += w * Q[b, t]
+            for t in range(k):
+                out[a, t] = acc[t]
 
 
 def _sampled2_py(bounds, indptr, indices, A1, B1, A2, B2, out):
@@ -283,6 +287,17 @@ class NumpyLRKernels:
     def vdot(self, a, b) -> float:
         return float(np.vdot(a, b))
 
+    def flat(self, parts):
+        return np.concatenate([np.ravel(a) for a in parts])
+
+    def unflat(self, f, shapes):
+        out, at = [], 0
+        for sh in shapes:
+            size = sh[0] * sh[1]
+            out.append(f[at:at + size].reshape(sh))
+            at += size
+        return tuple(out)
+
     def diag(self, s):
         return np.diag(s)
 
@@ -399,6 +414,17 @@ class TorchLRKernels:
 
     def vdot(self, a, b) -> float:
         return float((a * b).sum())
+
+    def flat(self, parts):
+        return self.torch.cat([a.reshape(-1) for a in parts])
+
+    def unflat(self, f, shapes):
+        out, at = [], 0
+        for sh in shapes:
+            size = sh[0] * sh[1]
+            out.append(f[at:at + size].reshape(sh))
+            at += size
+        return tuple(out)
 
     def diag(self, s):
         return self.torch.diag(s)

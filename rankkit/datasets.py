@@ -401,7 +401,8 @@ def load(spec, tokenizer="gpt2", split: str | None = None, limit: int | None = N
     max_len : int, optional
         Truncate every utterance to ``max_len`` tokens.
     text, labels : column names
-        Required for files; for presets, ``labels`` picks a subset of the preset's labels
+        For tables and files, the "text" column and the one numeric column besides it unless
+        given; for presets, ``labels`` picks a subset of the preset's labels
         (e.g. ``labels="rating"`` for VADER); tables infer them when omitted.
 
     Returns

@@ -25,7 +25,8 @@ before a rank is accepted. Two ways of finding such factors:
 ``method="auto"`` (default)
     the fixed-rank solver :func:`rankkit.lowrank.fixed_rank_fit` (Riemannian
     Levenberg–Marquardt / ALS on rank-r matrices, ρ = λ), which stops on the certificate
-    itself, with a rank search: r = 1, 2, 4, … until a rank passes, then bisection, each
+    itself, with a rank search: r = ℓ, 2ℓ, 4ℓ, … (ℓ the exact lower bound) until a rank
+    passes, then bisection down to rank 1 if need be, each
     bisection rank warm-started from the truncated factors of the smallest passing rank
     above it, then from the spectral start and ``n_restarts`` random starts.
 ``method="soft-impute"``
@@ -83,6 +84,8 @@ _STATE_FILE = "minrank_state.json"
 # Largest n₂ × m₂ for which the certificate's max |entry| is computed exactly (row blocks of
 # U diag(d) Vᵀ, never the whole matrix at once); above it, a bound from factor row norms.
 _EXACT_SCALE_CELLS = 1 << 31
+# "auto": further starts at a rank only while the best MSE there is within this factor of ε
+_RETRY_BAND = 10.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -550,8 +553,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     ranks : "auto" or list of int, default "auto"
         A list evaluates exactly those ranks (``[0, 255, 511, 767]`` with
         ``method="soft-impute"`` reproduces Table 2); r is the smallest passing one.
-        "auto" evaluates rank 0 (the zero matrix), then 1, 2, 4, … up to the cap, then
-        bisects between the last failing and the first passing rank. The cap is
+        "auto" evaluates rank 0 (the zero matrix), then 1, 2, 4, … (soft-impute) or ℓ, 2ℓ,
+        4ℓ, … with ℓ the exact lower bound (fixed-rank) up to the cap, then bisects between
+        the last failing rank (or 0) and the first passing rank. The cap is
         min(n₂, m₂, max cells per row, max cells per column) of Ω₂, a rank at which an
         exact completion always exists. A listed rank above min(n₂, m₂) is fitted at
         min(n₂, m₂) and reported under the rank asked for.
@@ -567,6 +571,8 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         The fixed-rank solver (:mod:`rankkit.lowrank`).
     n_restarts : int, default 1
         "auto": random restarts tried at a bisection rank after its warm and spectral starts.
+        Further starts are tried only while the best MSE at that rank is within 10 × ε (a
+        near miss); a start that ends far above ε ends the rank.
     solver_options : dict, optional
         More keywords of :func:`rankkit.lowrank.fixed_rank_fit` (``cg_iter``, ``window`` …).
     max_abs : float, optional
@@ -676,8 +682,12 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         search = _CertSearch(R2, j, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
                              max_abs=max_abs, options=opts, **common)
     try:
-        if ranks == "auto":
+        if ranks == "auto" and method == "soft-impute":
             search.auto()
+        elif ranks == "auto":
+            # the doubling starts at the exact lower bound: the ε-rank is rarely far below it,
+            # and the ranks under it (all expected to fail) are only fitted if bisection asks
+            search.auto(start=max(1, lower))
         else:
             for r in ranks:
                 search.evaluate(r)
@@ -781,6 +791,28 @@ class _SearchBase:
         self.bar.set_postfix(rank=r, mse=f"{self.mse[r]:.3g}")
         return self.passes(r)
 
+    def auto(self, start: int = 1):
+        """Rank 0, then start, 2·start, 4·start, … up to the cap until a rank passes, then
+        bisection between the last failing (or 0) and the first passing rank."""
+        if self.evaluate(0) or self.cap == 0:
+            return
+        lo, hi, k = 0, None, max(1, int(start))
+        while True:
+            k = min(k, self.cap)
+            if self.evaluate(k, "doubling"):
+                hi = k
+                break
+            lo = k
+            if k == self.cap:
+                return
+            k *= 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.evaluate(mid, "bisect"):
+                hi = mid
+            else:
+                lo = mid
+
     def best(self):
         """(certified rank, rank key, certificate) over every passing rank: the fewest
         nonzero singular values wins, since U diag(d) Vᵀ has rank nnz(d)."""
@@ -808,8 +840,9 @@ class _Search(_SearchBase):
         self.kw = dict(label=label, max_iter=max_iter, thresh=thresh, backend=backend,
                        device=device, seed=seed, progress=progress)
 
-    def evaluate(self, r: int) -> bool:
-        """Fit rank r (once), record the verified MSE, return whether it is ≤ ε."""
+    def evaluate(self, r: int, phase: str = "list") -> bool:
+        """Fit rank r (once), record the verified MSE, return whether it is ≤ ε (soft-impute
+        warm-starts from the previous fit whatever the search phase)."""
         if r in self.mse:
             return self.passes(r)
         if r == 0 or self.R2.nnz == 0:
@@ -839,27 +872,6 @@ class _Search(_SearchBase):
         if path is not None:
             res.save(path)
         return res
-
-    def auto(self):
-        if self.evaluate(0) or self.cap == 0:
-            return
-        lo, hi, k = 0, None, 1
-        while True:
-            k = min(k, self.cap)
-            if self.evaluate(k):
-                hi = k
-                break
-            lo = k
-            if k == self.cap:
-                return
-            k *= 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.evaluate(mid):
-                hi = mid
-            else:
-                lo = mid
-
 
 class _CertSearch(_SearchBase):
     """Fixed-rank certificates: each rank from a list of starts until one reaches ε."""
@@ -911,7 +923,9 @@ class _CertSearch(_SearchBase):
             self.trials.append(trial)
             if best is None or passed or (not best[2] and mse < best[1]):
                 best = (fit, mse, passed)
-            if passed:
+            if passed or best[1] > _RETRY_BAND * self.eps:
+                # a start that ends far above ε says the rank is out of reach of these starts;
+                # only near misses are worth another start
                 break
         self.fits[r], self.mse[r], self.ok[r] = best
         self.converged[r] = self.ok[r]
@@ -935,22 +949,3 @@ class _CertSearch(_SearchBase):
             res.save(path)
         return res, time.perf_counter() - t
 
-    def auto(self):
-        if self.evaluate(0) or self.cap == 0:
-            return
-        lo, hi, k = 0, None, 1
-        while True:
-            k = min(k, self.cap)
-            if self.evaluate(k, "doubling"):
-                hi = k
-                break
-            lo = k
-            if k == self.cap:
-                return
-            k *= 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.evaluate(mid, "bisect"):
-                hi = mid
-            else:
-                lo = mid
