@@ -47,68 +47,31 @@ QUICK_SI_RANKS = [1, 2, 4, 8, 16]
 QUICK_FR_RANKS = [1, 2, 3, 4, 5, 6]
 
 
-def certificate_scale(U, d, V, block: int = 2048) -> dict:
-    """Largest |entry| of the dense completion U diag(d) Vᵀ (in row blocks) and its nuclear
-    and Frobenius norms, from the singular values of the k×k core R_U diag(d) R_Vᵀ (exact
-    whether or not U and V are orthonormal)."""
-    U, d, V = (np.asarray(x, dtype=np.float64) for x in (U, d, V))
-    if d.size == 0:
-        return {"max_abs": 0.0, "nuclear": 0.0, "frobenius": 0.0}
-    Ud = U * d
-    max_abs = 0.0
-    for i in range(0, Ud.shape[0], block):
-        max_abs = max(max_abs, float(np.abs(Ud[i:i + block] @ V.T).max(initial=0.0)))
-    sv = np.linalg.svd(np.linalg.qr(U, mode="r") * d @ np.linalg.qr(V, mode="r").T, compute_uv=False)
-    return {"max_abs": max_abs, "nuclear": float(sv.sum()), "frobenius": float(np.sqrt((sv ** 2).sum()))}
+def certificate_scale(U, d, V) -> dict:
+    """The package's scale of a certificate (max |entry| of the Ω₂ completion, norms)."""
+    import rankkit as rk
+
+    return rk.certificate_scale(U, d, V)
 
 
 def mse_on(S, U, d, V) -> float:
-    """MSE over the stored cells of the CSR matrix S, recomputed from the factors."""
-    rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-    r = np.einsum("ij,ij->i", np.asarray(U)[rows] * np.asarray(d), np.asarray(V)[S.indices]) - S.data
-    return float(r @ r) / max(S.nnz, 1)
-
-
-def _fixed_rank():
-    try:
-        from rankkit.lowrank import fixed_rank_fit
-    except ImportError as e:
-        print(f"{NAME}: rankkit.lowrank.fixed_rank_fit unavailable ({e}); fixed-rank curves skipped",
-              file=sys.stderr)
-        return None
-    return fixed_rank_fit
-
-
-def _has_method() -> bool:
-    """estimate_min_rank takes ``method=`` (its default is then the fixed-rank solver)."""
-    import inspect
-
+    """MSE over the stored cells of S, recomputed from the factors (the package's check)."""
     import rankkit as rk
 
-    return "method" in inspect.signature(rk.estimate_min_rank).parameters
+    return rk.observed_mse(S, (U, d, V))
 
 
 def _estimate(R, method: str, **kw):
-    """``estimate_min_rank(R, eps=1e-6[, method=...])`` → (summary dict, seconds)."""
-    import inspect
-
+    """``estimate_min_rank(R, eps=1e-6, method=...)`` → summary dict with its seconds."""
     import rankkit as rk
 
-    if method != "default" and "method" in inspect.signature(rk.estimate_min_rank).parameters:
-        kw["method"] = method
-    elif method not in ("default", "soft-impute"):
-        raise RuntimeError(f"rk.estimate_min_rank has no method= (asked for {method!r})")
     t0 = time.perf_counter()
-    est = rk.estimate_min_rank(R, eps=EPS, progress=False, **kw)
+    est = rk.estimate_min_rank(R, eps=EPS, progress=False, method=method, **kw)
     secs = time.perf_counter() - t0
-    scale = getattr(est, "scale", None) or None
-    cert = est.certificate
-    if scale is None and cert is not None:
-        scale = certificate_scale(cert.U, cert.d, cert.V)
     return {"method": method, "lower": est.lower, "rank_certified": est.rank_certified, "upper": est.upper,
-            "certificate_source": getattr(est, "certificate_source", None), "seconds": round(secs, 2),
+            "certificate_source": est.certificate_source, "seconds": round(secs, 2),
             "mse_by_rank": {int(k): float(v) for k, v in sorted(est.mse_by_rank.items())},
-            "scale": scale, "trials": getattr(est, "trials", None)}
+            "scale": est.scale, "trials": est.trials}
 
 
 class _State:
@@ -136,8 +99,8 @@ class _State:
 def run(out: Path, *, quick: bool = False, max_iter: int | None = None, limit: int | None = None,
         sets: list[str] | None = None, workdir: Path | None = None, backend: str = "auto") -> list[Path]:
     import rankkit as rk
+    from rankkit.lowrank import fixed_rank_fit
 
-    fixed_rank_fit = _fixed_rank()
     max_iter = max_iter or (100 if quick else 1000)
     fr_max_iter = 100 if quick else 500
     limit = limit or (1500 if quick else None)
@@ -170,24 +133,21 @@ def run(out: Path, *, quick: bool = False, max_iter: int | None = None, limit: i
                        **certificate_scale(res.U, res.d, res.V)}
                 state.put(key, rec)
             si[r] = rec
-        if fixed_rank_fit is not None:
-            for r in fr_ranks:
-                k = min(r, n2, m2)
-                key = f"fixed-rank/{r}"
-                rec = state.get(key)
-                if rec is None:
-                    t1 = time.perf_counter()
-                    res = fixed_rank_fit(R2, k, eps=EPS, max_iter=fr_max_iter, backend=backend, seed=0,
-                                         progress=False)
-                    rec = {"rank": r, "fitted_rank": k, "mse": mse_on(S, res.U, res.d, res.V),
-                           "solver_mse": float(res.mse), "n_iter": int(res.n_iter),
-                           "seconds": round(time.perf_counter() - t1, 2),
-                           "method": (res.meta or {}).get("method"), **certificate_scale(res.U, res.d, res.V)}
-                    state.put(key, rec)
-                fr[r] = rec
-        est = {}
-        if fixed_rank_fit is not None and _has_method():
-            est["default"] = _estimate(R, "default", backend=backend)
+        for r in fr_ranks:
+            k = min(r, n2, m2)
+            key = f"fixed-rank/{r}"
+            rec = state.get(key)
+            if rec is None:
+                t1 = time.perf_counter()
+                res = fixed_rank_fit(R2, k, eps=EPS, max_iter=fr_max_iter, backend=backend, seed=0,
+                                     progress=False)
+                rec = {"rank": r, "fitted_rank": k, "mse": mse_on(S, res.U, res.d, res.V),
+                       "solver_mse": float(res.mse), "n_iter": int(res.n_iter),
+                       "seconds": round(time.perf_counter() - t1, 2),
+                       "method": (res.meta or {}).get("method"), **certificate_scale(res.U, res.d, res.V)}
+                state.put(key, rec)
+            fr[r] = rec
+        est = {"default": _estimate(R, "auto", backend=backend)}
         est["soft-impute"] = _estimate(R, "soft-impute", backend=backend, max_iter=max_iter)
         rows[spec] = {"texts": len(ds), "omega_shape": list(R.shape), "omega_nnz": int(R.nnz),
                       "omega2_shape": [n2, m2], "omega2_nnz": int(S.nnz),
