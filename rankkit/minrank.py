@@ -83,7 +83,7 @@ METHODS = ("auto", "soft-impute")
 _STATE_FILE = "minrank_state.json"
 # Largest n₂ × m₂ for which the certificate's max |entry| is computed exactly (row blocks of
 # U diag(d) Vᵀ, never the whole matrix at once); above it, a bound from factor row norms.
-_EXACT_SCALE_CELLS = 1 << 31
+_EXACT_SCALE_CELLS = 1 << 28
 # "auto": further starts at a rank only while the best MSE there is within this factor of ε
 _RETRY_BAND = 10.0
 
