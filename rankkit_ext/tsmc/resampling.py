@@ -17,7 +17,8 @@ import math
 
 import torch
 
-__all__ = ["RESAMPLING_METHODS", "normalize_log_weights", "ess", "resample", "categorical"]
+__all__ = ["RESAMPLING_METHODS", "normalize_log_weights", "ess", "resample", "categorical",
+           "conditional_resample"]
 
 RESAMPLING_METHODS = ("systematic", "multinomial", "stratified", "residual")
 
@@ -147,3 +148,37 @@ def resample(log_weights: torch.Tensor, method: str = "systematic",
         out = torch.where(pos < n_det, det_anc.clamp(max=K - 1), res_anc)
         out = out.sort(dim=-1).values
     return out[0] if squeeze else out
+
+
+def conditional_resample(log_weights: torch.Tensor, method: str = "multinomial",
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Ancestors of a conditional SMC step: particle 0 (the reference) keeps its own line and
+    the other K − 1 ancestors are drawn i.i.d. from the normalised weights,
+
+    .. math::
+
+        a_0 = 0, \qquad a_1, \dots, a_{K-1} \overset{iid}{\sim} \mathrm{Cat}(ar w),
+
+    the kernel under which the conditional SMC estimator satisfies
+    :math:`\mathbb E[Z / \hat Z] = 1` for a reference drawn from σ (Andrieu, Doucet &
+    Holenstein 2010; Zhao et al. 2024, §4.2). Drawing K ancestors and overwriting the first
+    would be wrong: :func:`resample` returns them sorted, so that discards the *smallest*
+    of K draws instead of drawing K − 1.
+
+    Parameters
+    ----------
+    log_weights : Tensor, shape (K,)
+    method : str
+        Only ``"multinomial"`` gives the conditional law (i.i.d. draws).
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    LongTensor, shape (K,)
+    """
+    if method != "multinomial":
+        raise ValueError(f"conditional SMC needs resample='multinomial' (i.i.d. ancestors); got "
+                         f"{method!r}")
+    K = log_weights.shape[-1]
+    free = resample(log_weights, "multinomial", generator, n=K - 1)
+    return torch.cat([torch.zeros(1, dtype=free.dtype, device=free.device), free])

@@ -41,7 +41,13 @@ import torch
 
 from .adapters import as_adapter
 from .potentials import Potential
-from .resampling import RESAMPLING_METHODS, ess, normalize_log_weights, resample
+from .resampling import (
+    RESAMPLING_METHODS,
+    conditional_resample,
+    ess,
+    normalize_log_weights,
+    resample,
+)
 from .twists import as_twist
 
 __all__ = ["TSMCResult", "tsmc", "sis", "bootstrap_smc", "RejectionResult", "rejection_sample",
@@ -280,9 +286,10 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
                 rec["epochs"].append((epoch_start, t, tokens[:, : t + 1].clone()))
                 epoch_start = t + 1
             log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
-            anc = _resample(logW, resample, generator)
-            if ref is not None:
-                anc[0] = 0  # the clamped particle keeps its own line (conditional SMC)
+            if ref is None:
+                anc = _resample(logW, resample, generator)
+            else:  # the clamped particle keeps its line, K − 1 i.i.d. draws for the others
+                anc = conditional_resample(logW, resample, generator)
             tokens, lengths, done, finished = tokens[anc], lengths[anc], done[anc], finished[anc]
             lpsi_prev, log_phi, step_w, step_pi = (lpsi_prev[anc], log_phi[anc], step_w[anc],
                                                     step_pi[anc])

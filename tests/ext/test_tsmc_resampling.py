@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 from rankkit_ext.tsmc.resampling import (  # noqa: E402
     RESAMPLING_METHODS,
     categorical,
+    conditional_resample,
     ess,
     normalize_log_weights,
     resample,
@@ -102,3 +103,31 @@ def test_categorical_frequencies():
     x = categorical(logits, torch.Generator().manual_seed(3))
     freq = np.bincount(x.numpy(), minlength=3) / 20000
     assert np.allclose(freq, [0.1, 0.6, 0.3], atol=5 * np.sqrt(0.25 / 20000))
+
+
+@pytest.mark.parametrize("w", [[0.3, 0.7], [0.2, 0.5, 0.3], [0.1, 0.2, 0.3, 0.4],
+                               [0.7, 0.1, 0.1, 0.05, 0.05]])
+def test_conditional_resample_keeps_the_reference_and_draws_the_others_iid(w):
+    # a_0 = 0 and a_1..a_{K-1} i.i.d. Cat(w): the count of ancestor k among the K - 1 free
+    # draws is Binomial(N (K - 1), w_k) over N steps. Overwriting a_0 of K sorted draws (the
+    # old conditional SMC) drops the smallest draw: for w = (0.3, 0.7), P(a_1 = 1) becomes
+    # 1 - 0.3² = 0.91 instead of 0.7, 60 standard errors away at this N.
+    K, N = len(w), 20_000
+    lw = torch.log(torch.tensor(w, dtype=torch.float64))
+    g = torch.Generator().manual_seed(7)
+    anc = torch.stack([conditional_resample(lw, "multinomial", g) for _ in range(N)])
+    assert (anc[:, 0] == 0).all() and anc.shape == (N, K)
+    counts = _counts(anc[:, 1:], K)
+    n = N * (K - 1)
+    expected = n * np.asarray(w)
+    sd = np.sqrt(n * np.asarray(w) * (1 - np.asarray(w)))
+    assert np.all(np.abs(counts - expected) <= 5 * sd), (counts, expected)
+    # two free draws are independent: their (sorted) pair has P(a, b) = 2 w_a w_b for a < b
+    # and w_a² for a = b
+    if K == 3:
+        pair = np.zeros((K, K))
+        np.add.at(pair, (anc[:, 1].numpy(), anc[:, 2].numpy()), 1)
+        p = np.triu(2 * np.outer(w, w), 1) + np.diag(np.square(w))
+        assert np.all(np.abs(pair - N * p) <= 5 * np.sqrt(N * p * (1 - p)) + 1), (pair, N * p)
+    with pytest.raises(ValueError, match="needs resample='multinomial'"):
+        conditional_resample(lw, "systematic", g)
