@@ -107,3 +107,30 @@ def test_self_distill_gives_each_generation_model_to_the_factory(setup):
     assert len(seen) == 2 and all(a is b for a, b in zip(seen, res.models, strict=True))
     with pytest.raises(ValueError, match="bogus"):
         self_distill(model, phi, PROMPT, factory, ctl=dict(negative="bogus"), **kw)
+
+
+def test_generation_m_samples_from_the_previous_generation_target(setup, monkeypatch):
+    """Issue 12: with two or more generations, generation m's distillation samples must come
+    from (p^(m-1), ψ^(m-1), φ^(m-1)) — φ^(m-1) the effective potential of eq. 8, not φ."""
+    import rankkit_ext.tsmc.distill as distill
+
+    model, phi, _ = setup
+    calls = []
+    real = distill.tsmc_samples
+
+    def spy(lm, twist, potential, *a, **k):
+        calls.append((lm, twist, potential))
+        return real(lm, twist, potential, *a, **k)
+
+    monkeypatch.setattr(distill, "tsmc_samples", spy)
+    factory = lambda: TableTwist(torch.zeros(prefix_count(5, T), 5, dtype=torch.float64))  # noqa: E731
+    res = self_distill(model, phi, PROMPT, factory, adapter=lambda m: EnumerableLM(HFCausalLM(m), T),
+                       generations=2, max_new_tokens=T, n_particles=8, ctl_steps=2,
+                       n_distill_samples=16, progress=False, ctl=dict(negative="sis"),
+                       finetune=dict(lora=False, steps=2, lr=0.02, batch_size=8))
+    assert len(calls) == 2 and len(res.potentials) == 3
+    assert res.potentials[0] is phi and isinstance(res.potentials[1], EffectivePotential)
+    for m, (lm, twist, potential) in enumerate(calls, start=1):
+        assert potential is res.potentials[m - 1]
+        assert twist is res.twists[m - 1]
+        assert lm.inner.model is res.models[m - 1]

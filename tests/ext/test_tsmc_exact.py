@@ -190,3 +190,17 @@ def test_optimal_twist_exact_on_cuda_and_matches_cpu_law():
     r = tsmc(lm, target.optimal_twist(), phi, [0], 256, T, ess_threshold=1.0,
              generator=torch.Generator(device="cuda").manual_seed(0))
     assert r.tokens.is_cuda and abs(r.log_Z - target.log_Z) <= 1e-9
+
+
+@given(seed=st.integers(0, 10**6), K=st.integers(2, 12), thr=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+       eos=st.booleans())
+def test_resampling_happens_exactly_where_the_ess_falls_below_the_threshold(seed, K, thr, eos):
+    # issue 12: a sampler resampling when the ESS is *above* the threshold passed the suite
+    lm, phi = make_case(seed, 4, 4, eos)
+    r = tsmc(lm, random_twist(lm, seed, 2.0), phi, [0], K, 4, resample="multinomial",
+             ess_threshold=thr, generator=torch.Generator().manual_seed(seed))
+    # every step but the last ends with a resampling decision on that step's ESS
+    steps = range(len(r.ess_trace) - 1)
+    expected = [t for t in steps if thr > 0 and (thr >= 1 or r.ess_trace[t] < thr * K)]
+    assert r.resampled_at == expected, (r.ess_trace, r.resampled_at)
+    assert all(1.0 - 1e-9 <= e <= K + 1e-9 for e in r.ess_trace)
