@@ -91,9 +91,11 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
+from ._io import DamagedFileError, read_npz
+from ._io import atomic_npz as _atomic_npz
 from ._lrkernels import make_lr_kernels
 from .matrix import as_reward_matrix
-from .softimpute import SoftImputeResult, _atomic_npz
+from .softimpute import SoftImputeResult
 
 __all__ = ["fixed_rank_fit", "FixedRank", "METHODS"]
 
@@ -608,12 +610,21 @@ def _iterate(K, k, rho, nnz, start, ckpt, fp, checkpoint_every, *, eps, method, 
     run = _Run(K, k, rho, nnz)
     resumed = False
     if ckpt is not None and ckpt.is_file():
-        with np.load(ckpt, allow_pickle=False) as z:
-            if "fingerprint" not in z.files or not np.array_equal(z["fingerprint"], fp):
-                raise ValueError(f"checkpoint {str(ckpt)!r} belongs to a different problem (data, rank or "
-                                 "solver settings differ); delete it or pass another path")
-            run.restore(z)
-            resumed = True
+        z = read_npz(ckpt, "fixed-rank checkpoint",
+                     required=("fingerprint", "U", "s", "V", "it", "mse", "objective", "phases", "munu",
+                               "has_prev", "rho", "polish_at", "cg_scale"))
+        if not np.array_equal(z["fingerprint"], fp):
+            raise ValueError(f"checkpoint {str(ckpt)!r} belongs to a different problem (data, rank or "
+                             "solver settings differ); delete it or pass another path")
+        n, m = K.shape
+        it = int(z["it"])
+        if not (0 <= it <= max_iter and z["mse"].size == it and z["U"].shape == (n, k)
+                and z["V"].shape == (m, k) and z["s"].shape == (k,)):
+            raise DamagedFileError(f"fixed-rank checkpoint {str(ckpt)!r} is damaged (iteration {it} of "
+                                   f"max_iter {max_iter}, {z['mse'].size} MSE values, U {z['U'].shape}); "
+                                   "delete it to start over")
+        run.restore(z)
+        resumed = True
     if not resumed:
         run.set_point(*(K.asarray(a) for a in start))
     run.mse_now = run.sse / nnz

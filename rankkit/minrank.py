@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import math
 import numbers
 import os
@@ -71,6 +70,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._backend import to_numpy
+from ._io import atomic_json as _atomic_json
+from ._io import read_json
 from .bounds import BlockCertificate, RankLowerBound, TriangularCertificate, rank_lower_bound
 from .exact import exact_completion, rank_cap
 from .matrix import RewardMatrix, as_reward_matrix
@@ -420,7 +421,7 @@ class MinRankEstimate:
         if not file.is_file():
             raise FileNotFoundError(f"{file} does not exist; save an estimate there with "
                                     f"MinRankEstimate.save({str(path)!r})")
-        d = json.loads(file.read_text())
+        d = read_json(file, "saved estimate", fix="save the estimate again, or delete it")
         cert = None
         if d.get("certificate_rank") is not None:
             from .softimpute import SoftImputeResult
@@ -451,12 +452,6 @@ def _bounds_from_dict(d: dict | None) -> RankLowerBound | None:
                            np.asarray(d["block"]["cols"], np.int64), int(d["block"]["rank"]))
     return RankLowerBound(int(d["lower"]), bool(d["any_nonzero"]), tri, blk,
                           tuple(d["shape"]), int(d["nnz"]))
-
-
-def _atomic_json(file: Path, obj) -> None:
-    tmp = file.with_name(file.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, file)
 
 
 def _fingerprint(R2: RewardMatrix, label, settings: dict) -> dict:
@@ -763,7 +758,8 @@ class _SearchBase:
             fp = _fingerprint(R2, label, settings)
             state = self.ckpt / _STATE_FILE
             if state.is_file():
-                old = json.loads(state.read_text())
+                old = read_json(state, "checkpoint state",
+                                fix=f"delete the directory {str(self.ckpt)!r} to start over")
                 if old != fp:
                     diff = sorted(k for k in set(fp) | set(old) if old.get(k) != fp.get(k))
                     raise ValueError(f"checkpoint_dir {str(self.ckpt)!r} holds fits of a different "

@@ -69,7 +69,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +78,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
+from ._io import DamagedFileError, atomic_npz, read_npz
 from ._kernels import make_kernels
 from .matrix import RewardMatrix
 
@@ -177,17 +177,21 @@ class SoftImputeResult:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; write one with SoftImputeResult.save({str(path)!r})")
-        with np.load(path, allow_pickle=False) as z:
-            if "scalars" not in z.files:
-                raise ValueError(f"{path} is not a SoftImputeResult file (no 'scalars' array); "
-                                 "was it written by SoftImputeResult.save?")
-            mse, sse, lam, thresh = (float(v) for v in z["scalars"])
-            n_iter, conv, rank, n, m, nnz = (int(v) for v in z["ints"])
-            return cls(U=z["U"], d=z["d"], V=z["V"], mse=mse, sse=sse,
-                       objective=z["objective"].tolist(), ratio=z["ratio"].tolist(), n_iter=n_iter,
-                       converged=bool(conv), lam=lam, rank=rank, shape=(n, m), nnz=nnz,
-                       thresh=thresh, backend=str(z["backend"]),
-                       meta=json.loads(str(z["meta"])) if "meta" in z.files else {})
+        z = read_npz(path, "completion result", required=("U", "d", "V", "scalars", "ints", "objective",
+                                                          "ratio", "backend"),
+                     fix="write it again with SoftImputeResult.save, or delete it")
+        mse, sse, lam, thresh = (float(v) for v in z["scalars"])
+        n_iter, conv, rank, n, m, nnz = (int(v) for v in z["ints"])
+        k = z["d"].size
+        if z["U"].shape != (n, k) or z["V"].shape != (m, k) or n_iter < 0 or nnz < 0:
+            raise DamagedFileError(f"completion result {str(path)!r} is damaged (U {z['U'].shape}, d ({k},), "
+                                   f"V {z['V'].shape} for shape {(n, m)}, n_iter {n_iter}); write it again "
+                                   "with SoftImputeResult.save, or delete it")
+        return cls(U=z["U"], d=z["d"], V=z["V"], mse=mse, sse=sse,
+                   objective=z["objective"].tolist(), ratio=z["ratio"].tolist(), n_iter=n_iter,
+                   converged=bool(conv), lam=lam, rank=rank, shape=(n, m), nnz=nnz,
+                   thresh=thresh, backend=str(z["backend"]),
+                   meta=json.loads(str(z["meta"])) if "meta" in z else {})
 
     def __repr__(self) -> str:
         return (f"SoftImputeResult(shape={self.shape}, rank={self.rank}, effective_rank={self.effective_rank}, "
@@ -203,19 +207,7 @@ def _json_default(o):
     raise TypeError(f"meta value of type {type(o).__name__} is not JSON-serialisable")
 
 
-def _atomic_npz(path: Path, arrays: dict) -> None:
-    """np.savez into a temporary file beside ``path``, then os.replace: an interrupted
-    write never leaves a truncated file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_atomic_npz = atomic_npz  # the package's one atomic npz writer (rankkit._io)
 
 
 # ---- input handling ------------------------------------------------------------------------
@@ -409,11 +401,18 @@ def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, check
     if checkpoint is not None:
         fp = _fingerprint(*data[:3], shape, k, lam, thresh, data[3])
         if checkpoint.is_file():
-            with np.load(checkpoint, allow_pickle=False) as z:
-                if "fingerprint" not in z.files or not np.array_equal(z["fingerprint"], fp):
-                    raise ValueError(f"checkpoint {str(checkpoint)!r} belongs to a different problem (data, rank, "
-                                     "lam, thresh or dtype differ); delete it or pass another path")
-                state = {key: z[key] for key in z.files}
+            z = read_npz(checkpoint, "soft-impute checkpoint",
+                         required=("fingerprint", "U", "Dsq", "V", "objective", "ratio", "iter"))
+            if not np.array_equal(z["fingerprint"], fp):
+                raise ValueError(f"checkpoint {str(checkpoint)!r} belongs to a different problem (data, rank, "
+                                 "lam, thresh or dtype differ); delete it or pass another path")
+            n_done = int(z["iter"])
+            if not (0 <= n_done <= max_iter and z["objective"].size == n_done and z["U"].shape == (n, k)
+                    and z["V"].shape == (m, k) and z["Dsq"].shape == (k,)):
+                raise DamagedFileError(f"soft-impute checkpoint {str(checkpoint)!r} is damaged (iteration "
+                                       f"{n_done} of max_iter {max_iter}, {z['objective'].size} objective "
+                                       f"values, U {z['U'].shape}); delete it to start over")
+            state = z
     if state is not None:
         U, Dsq, V = state["U"], state["Dsq"], state["V"]
         objective, ratios = state["objective"].tolist(), state["ratio"].tolist()
