@@ -142,7 +142,8 @@ def _decode(raw: bytes, where: str) -> str:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ValueError(f"{where} line {line}: not valid UTF-8 ({e.reason} at byte {e.start}); "
                          "re-save the file as UTF-8 or fix that line") from None
-    return text
+    # a UTF-8 byte-order mark (Excel, Notepad) is not part of the first column's name
+    return text.removeprefix("\ufeff")
 
 
 def _decode_lines(raw: bytes, where: str) -> list[str]:
@@ -541,6 +542,9 @@ def _tokenize(texts, y, names, tokenizer, limit, max_len) -> RewardDataset:
 
     if limit is not None:
         texts, y = texts[:int(limit)], y[:int(limit)]
+    if len(texts) == 0:
+        raise ValueError(f"the dataset holds no texts ({len(names)} label column(s) {list(names)}, 0 "
+                         f"rows): a header-only file or an empty table has no reward matrix to analyse")
     tok = tokenizers.load(tokenizer)
     seqs = tokenizers.encode_batch(tok, texts, max_len=max_len)
     return RewardDataset(seqs, y, label_names=names, vocab_size=len(tok), texts=texts)

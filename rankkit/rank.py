@@ -228,7 +228,8 @@ def singular_values(M, *, backend: str = "auto", device=None,
 
     Parameters
     ----------
-    M : array_like, torch.Tensor, cupy.ndarray or scipy.sparse matrix, shape (m, n)
+    M : array_like, torch.Tensor, cupy.ndarray, scipy.sparse matrix or RewardMatrix, shape (m, n)
+        A RewardMatrix counts as its label-0 matrix with unobserved cells at 0.
         Sparse input is densified (stored zeros and missing entries alike become 0), but only
         when the dense copy fits in ``max_dense_bytes``.
     backend : {"auto", "numpy", "torch", "cupy"}
@@ -314,6 +315,10 @@ def numerical_rank(M, tol: float | None = None, *, backend: str = "auto", device
     1
     """
     _check_tol(tol)
+    from .matrix import RewardMatrix
+
+    if isinstance(M, RewardMatrix):  # P_Ω(R) with its unobserved cells at 0 (label 0)
+        M = M.to_scipy(0)
     backend, device = resolve_backend(backend, device, like=None if _is_sparse(M) else M)
     A, eps = _dense_input(M, backend, device, max_dense_bytes)
     return _count(_singular_values(A, backend), _shape(A), eps, tol)

@@ -347,3 +347,19 @@ def test_as_dataset_unknown_kinds_list_the_accepted_ones():
         D.as_dataset(np.zeros((2, 2)))
     with pytest.raises(TypeError, match="as_reward_matrix"):
         D.as_dataset(sp.eye(2, format="csr"))
+
+
+def test_header_only_file_is_an_error_and_a_bom_is_stripped(tmp_path):
+    # issue 12: a header-only CSV gave a silent [0, 0] bracket with fits that did not happen
+    empty = tmp_path / "h.csv"
+    empty.write_text("text,score\n")
+    with pytest.raises(ValueError, match="holds no texts.*header-only"):
+        D.load(empty, text="text", labels="score")
+    from rankkit import estimate_min_rank
+
+    with pytest.raises(ValueError, match="holds no texts"):
+        estimate_min_rank(str(empty), text="text", labels="score", progress=False)
+    bom = tmp_path / "b.csv"
+    bom.write_text("text,score\nhello world,1\ngood day,0\n", encoding="utf-8-sig")
+    ds = D.load(bom, text="text", labels="score")
+    assert len(ds) == 2 and ds.label_names == ("score",)

@@ -283,3 +283,10 @@ def test_rank_curve_plot_and_dict(rng):
     np.testing.assert_array_equal(back.ranks, curve.ranks)
     # a generic rank-3 matrix: every sample of k rows has rank min(k, 3)
     assert d["ranks"] == [[min(k, 3)] * 3 for k in d["sizes"]]
+
+
+def test_numerical_rank_of_a_reward_matrix_is_that_of_its_scipy_form():
+    from rankkit.synthetic import upper_triangular
+
+    R = upper_triangular(7)
+    assert numerical_rank(R) == np.linalg.matrix_rank(R.to_scipy().toarray()) == 7
