@@ -19,6 +19,7 @@ Examples
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -96,7 +97,19 @@ def _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split):
         return datasets.load(dataset, tokenizer=tokenizer, split=split, limit=limit,
                              max_len=max_len, text=text_col, labels=labels)
     except (KeyError, ValueError, FileNotFoundError, TypeError, OSError) as e:
-        raise click.ClickException(f"{dataset}: {e.args[0] if e.args else e}") from e
+        msg = str(e.args[0] if e.args else e)
+        # the loaders' messages usually name the source already: do not say it twice
+        raise click.ClickException(msg if dataset in msg else f"{dataset}: {msg}") from e
+
+
+def _check_backend(backend, device) -> None:
+    """Refuse a backend or device this machine lacks before any data is loaded."""
+    from ._backend import resolve_backend
+
+    try:
+        resolve_backend(backend, device)
+    except (ImportError, RuntimeError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--backend / --device") from None
 
 
 def matrix_stats(R, R2) -> dict:
@@ -128,7 +141,62 @@ def matrix_stats(R, R2) -> dict:
     }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class FiniteFloat(click.ParamType):
+    """A finite float ≥ ``low`` (or > ``low`` with ``strict``), checked when the command line
+    is parsed — before any data is loaded."""
+
+    name = "number"
+
+    def __init__(self, low: float = 0.0, strict: bool = False):
+        self.low, self.strict = low, strict
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a number, got {value!r}", param, ctx)
+        ok = math.isfinite(x) and (x > self.low if self.strict else x >= self.low)
+        if not ok:
+            rel = ">" if self.strict else ">="
+            self.fail(f"must be a finite number {rel} {self.low:g}, got {value!r}", param, ctx)
+        return x
+
+
+# errors a command may raise on bad input: one clean line (a JSON object with --json), never a
+# traceback
+_USER_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError, ImportError,
+                MemoryError)
+
+
+class _Group(click.Group):
+    """The ``rankkit`` group: every error is one line on stderr with a non-zero exit, or, when
+    ``--json`` is on the command line, a JSON object ``{"error", "type", "exit_code"}`` on
+    stdout."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except (click.ClickException, *_USER_ERRORS) as e:
+            if isinstance(e, click.ClickException):
+                msg, code = e.format_message(), e.exit_code
+                if isinstance(e, click.UsageError) and e.ctx is not None and not isinstance(e, click.BadParameter):
+                    msg = f"{msg}\n{e.ctx.get_usage()}"
+            else:
+                msg, code = (e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)), 1
+            if "--json" in argv:
+                click.echo(json.dumps({"error": msg, "type": type(e).__name__, "exit_code": code}))
+            else:
+                click.echo(f"Error: {msg}", err=True)
+            sys.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rankkit", message="rankkit %(version)s")
 def main():
     """rankkit: how much rank does reward data need (Troshin et al., TMLR)?"""
@@ -199,18 +267,18 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 
 @main.command("estimate")
 @dataset_options
-@click.option("--eps", type=float, default=1e-6, show_default=True,
+@click.option("--eps", type=FiniteFloat(0.0), default=1e-6, show_default=True,
               help="Tolerance on the MSE over Ω₂.")
 @click.option("--method", type=click.Choice(["auto", "soft-impute"]), default="auto", show_default=True,
               help="auto: fixed-rank certificates (the tightest bound); soft-impute: the paper's "
                    "App. C.3 methodology (Table 2: --ranks 0,255,511,767).")
 @click.option("--ranks", default="auto", show_default=True,
               help="Comma-separated ranks (Table 2 layout) or 'auto' (doubling + bisection).")
-@click.option("--lam", type=float, default=1e-4, show_default=True,
+@click.option("--lam", type=FiniteFloat(0.0), default=1e-4, show_default=True,
               help="Nuclear-norm weight: soft-impute's λ (App. C.3) and the fixed-rank solver's ρ.")
 @click.option("--max-iter", type=click.IntRange(min=1), default=None,
               help="Iterations per fit [1000 for soft-impute, 500 for auto].")
-@click.option("--max-abs", type=float, default=None,
+@click.option("--max-abs", type=FiniteFloat(0.0, strict=True), default=None,
               help="Reject certificates with a completed entry larger than this in absolute value.")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
               default="auto", show_default=True)
@@ -231,6 +299,8 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
     from .trie import build_reward_matrix
 
     t0 = time.perf_counter()
+    _check_backend(backend, device)
+    rank_list = _ranks(ranks)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
     label = int(label) if label.lstrip("-").isdigit() else label
     try:
@@ -238,7 +308,7 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
     except (KeyError, IndexError) as e:
         raise click.BadParameter(str(e.args[0]), param_hint="--label") from None
     R = build_reward_matrix(ds, progress=not as_json)
-    est = estimate_min_rank(R, eps=eps, method=method, label=label, ranks=_ranks(ranks), lam=lam,
+    est = estimate_min_rank(R, eps=eps, method=method, label=label, ranks=rank_list, lam=lam,
                             max_iter=max_iter, max_abs=max_abs, backend=backend, device=device,
                             seed=seed, progress=True, checkpoint_dir=checkpoint_dir,
                             lower_bound=not no_lower_bound)
@@ -289,8 +359,11 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {sizes!r}",
                                  param_hint="--sizes") from None
+    _check_backend(backend, None)
     if dataset.endswith(".npy"):
-        M = np.load(dataset)
+        if not Path(dataset).is_file():
+            raise click.ClickException(f"{dataset}: no such file")
+        M = np.load(dataset, allow_pickle=False)
         what = f"{dataset} ({M.shape[0]:,} × {M.shape[1]:,} dense)"
     else:
         from .omega import reduce_omega2

@@ -107,6 +107,30 @@ def test_bad_inputs_give_clear_errors(csv_file):
     assert res.exit_code == 2 and "upper_triangular" in res.output
 
 
+def test_bad_options_fail_before_loading_with_one_clean_line(csv_file, tmp_path, monkeypatch):
+    # issue 12: numeric options, a backend the machine lacks and a missing file used to print
+    # tracebacks after the data were loaded, and "small.csv: small.csv: …" doubled its prefix
+    def no_loading(*a, **k):
+        raise AssertionError("data were loaded before the options were checked")
+
+    monkeypatch.setattr(datasets, "load", no_loading)
+    base = ("estimate", csv_file, "--text", "review", "--labels", "score")
+    for extra, words in ((("--eps", "-1"), "--eps"), (("--eps", "nan"), "--eps"), (("--lam", "-1"), "--lam"),
+                         (("--max-abs", "0"), "--max-abs"), (("--backend", "numpy", "--device", "cuda"),
+                                                              "--backend / --device")):
+        res = invoke(*base, *extra)
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
+        res = invoke(*base, *extra, "--json")
+        err = json.loads(res.output)
+        assert err["exit_code"] == 2 and words in err["error"] and err["type"] == "BadParameter"
+    monkeypatch.undo()
+    missing = str(tmp_path / "small.csv")
+    res = invoke("estimate", missing)
+    assert res.exit_code == 1 and res.output.count("small.csv") == 1, res.output
+    err = json.loads(invoke("estimate", missing, "--json").output)
+    assert err["exit_code"] == 1 and "neither a preset nor a file" in err["error"]
+
+
 def test_stress_json_upper_triangular():
     res = invoke("stress", "--case", "upper_triangular", "--case", "arithmetic", "--n", 8, "--json")
     assert res.exit_code == 0, res.output
