@@ -16,6 +16,8 @@ import numpy as np
 
 from rankkit.sequences import TokenSequences
 
+from ._io import load_checkpoint
+
 __all__ = ["tiny_gpt2", "train_lm", "TrainLMResult", "load_base_lm"]
 
 _STATE = "train_state.pt"
@@ -162,7 +164,7 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         if ckpt.exists():
-            st = torch.load(ckpt, map_location=device, weights_only=False)
+            st = load_checkpoint(ckpt, "language-model checkpoint", map_location=device)
             if st["total"] != total:
                 raise ValueError(f"checkpoint {ckpt} was written for {st['total']} steps, this run "
                                  f"has {total}; use the same epochs/batch_size or a new checkpoint_dir")

@@ -30,6 +30,7 @@ import torch
 
 from rankkit.sequences import RewardDataset, TokenSequences
 
+from ._io import load_checkpoint
 from .models import RADQ, RewardModel
 
 __all__ = ["train", "evaluate", "TrainResult", "objective_loss", "prefix_weights",
@@ -268,7 +269,7 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if ckpt_path is not None and resume and ckpt_path.is_file():
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+            ck = load_checkpoint(ckpt_path, "training checkpoint", map_location=device)
             diff = {k: (ck["settings"].get(k), v) for k, v in settings.items()
                     if ck["settings"].get(k) != v}
             if diff:

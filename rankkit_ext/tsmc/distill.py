@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import load_checkpoint
 from .learning import TwistTrainResult, _atomic_save, train_twist
 from .potentials import Potential
 from .resampling import resample
@@ -204,7 +205,7 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
             if m > 0:
                 model = type(base_model).from_pretrained(gdir / "model").to(
                     next(base_model.parameters()).device).eval()
-            state = torch.load(gdir / "twist.pt", weights_only=False)
+            state = load_checkpoint(gdir / "twist.pt", "self-distillation twist")
             twist = twist_factory(model) if takes_model else twist_factory()
             twist.load_state_dict(state["twist"])
             trace = TwistTrainResult(state["losses"], len(state["losses"]))

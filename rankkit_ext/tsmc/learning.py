@@ -58,6 +58,7 @@ from pathlib import Path
 
 import torch
 
+from .._io import load_checkpoint
 from .adapters import as_adapter
 from .potentials import Potential
 from .resampling import RESAMPLING_METHODS, normalize_log_weights
@@ -226,7 +227,7 @@ def train_twist(lm, twist, potential: Potential, prompt, *, steps: int, n_partic
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         if ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
+            state = load_checkpoint(ckpt, "CTL checkpoint")
             twist.load_state_dict(state["twist"])
             opt.load_state_dict(state["opt"])
             g.set_state(state["generator"])

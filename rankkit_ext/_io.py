@@ -1,0 +1,51 @@
+"""Loading the extension's torch checkpoints safely.
+
+Training, CTL and self-distillation checkpoints hold tensors, state dicts, RNG states and
+lists of numbers. They are read with ``torch.load(..., weights_only=True)``: a checkpoint
+someone shares cannot execute code when loaded (a full unpickler would run whatever a
+crafted file asks for). A damaged file (truncated, empty, not a torch archive) raises
+:class:`rankkit._io.DamagedFileError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from rankkit._io import DamagedFileError
+
+__all__ = ["load_checkpoint", "UnsafeCheckpointError"]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint asks to build objects beyond tensors and plain containers."""
+
+
+def load_checkpoint(path: str | os.PathLike, what: str, map_location=None):
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        The file contains pickled objects other than tensors, numbers, strings and
+        containers: refused rather than executed.
+    DamagedFileError
+        The file is truncated, empty or not a torch checkpoint.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsafeCheckpointError(
+            f"{what} {str(path)!r} holds objects other than tensors and plain containers; it is "
+            f"refused rather than unpickled, since unpickling can run arbitrary code ({first}). "
+            f"Only load files you trust; rankkit writes tensors, numbers and lists only") from None
+    except (EOFError, RuntimeError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DamagedFileError(f"{what} {str(path)!r} is damaged ({type(e).__name__}: {e}); delete it "
+                               f"to start over") from None
