@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,6 +407,24 @@ def load_reward_model(folder, **kwargs) -> RewardModel:
 # --------------------------------------------------------------------------------------
 # RAD-V
 # --------------------------------------------------------------------------------------
+def _seeded_init(modules, seed: int) -> None:
+    """Re-draw the weights of the ``nn.Linear`` layers in ``modules`` from their default law
+    (PyTorch's: U(−1/√fan_in, 1/√fan_in) for weight and bias) with a generator seeded by
+    ``seed``, instead of the global RNG: two scripts building the same model get the same
+    heads, whatever else they did with ``torch``'s RNG."""
+    g = torch.Generator().manual_seed(int(seed))
+    for mod in modules:
+        if mod is None:
+            continue
+        for layer in (m for m in mod.modules() if isinstance(m, nn.Linear)):
+            bound = 1.0 / math.sqrt(layer.in_features)
+            with torch.no_grad():
+                for p in (layer.weight, layer.bias):
+                    if p is not None:
+                        p.copy_(torch.empty(p.shape, dtype=torch.float64).uniform_(-bound, bound,
+                                                                                    generator=g))
+
+
 class RADV(RewardModel):
     r"""V-style reward model (Deng & Raffel 2023; paper 002 §2.1, §3.1.2).
 
@@ -420,16 +439,19 @@ class RADV(RewardModel):
     candidate_batch : int
         Largest number of (row, candidate) pairs run through the backbone at once when
         scoring; each pass uses its own expanded copy of the prefix KV cache.
+    seed : int, default 0
+        Seeds the head's initial weights (a local generator, never the global RNG).
     """
 
     kind = "radv"
 
     def __init__(self, backbone, n_labels: int = 1, label_names=None, bos_token_id=None,
                  tokenizer_fingerprint=None, freeze_embeddings: bool = True,
-                 candidate_batch: int = 4096):
+                 candidate_batch: int = 4096, seed: int = 0):
         super().__init__(backbone, n_labels, label_names, bos_token_id, tokenizer_fingerprint,
                          freeze_embeddings)
         self.head = nn.Linear(self.hidden_size, self.n_labels)
+        _seeded_init([self.head], seed)
         self.head.to(device=self.device, dtype=self.backbone.get_input_embeddings().weight.dtype)
         self.candidate_batch = int(candidate_batch)
 
@@ -492,13 +514,15 @@ class RADQ(RewardModel):
     baseline : bool
         Keep the baseline term ⟨h, w⟩ (ablation §4.5 drops it).
     head : {"linear", "mlp"}
+    seed : int, default 0
+        Seeds the heads' initial weights (a local generator, never the global RNG).
     """
 
     kind = "radq"
 
     def __init__(self, backbone, n_labels: int = 1, label_names=None, bos_token_id=None,
                  tokenizer_fingerprint=None, freeze_embeddings: bool = True,
-                 baseline: bool = True, head: str = "linear"):
+                 baseline: bool = True, head: str = "linear", seed: int = 0):
         super().__init__(backbone, n_labels, label_names, bos_token_id, tokenizer_fingerprint,
                          freeze_embeddings)
         if head not in ("linear", "mlp"):
@@ -512,6 +536,7 @@ class RADQ(RewardModel):
         self.W = nn.Linear(d, self.n_labels * d, bias=False)
         self.mlp = (nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
                     if head == "mlp" else None)
+        _seeded_init([self.w, self.W, self.mlp], seed)
         for mod in (self.w, self.W, self.mlp):
             if mod is not None:
                 mod.to(device=self.device, dtype=dtype)

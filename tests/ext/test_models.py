@@ -225,3 +225,20 @@ def test_cuda_scores_match_cpu(kind):
 
 
 MODELS = {"radv": make("radv", seed=1), "radq": make("radq", seed=2)}
+
+
+@pytest.mark.parametrize("cls, kw", [(RADV, {}), (RADQ, {}), (RADQ, {"head": "mlp"})])
+def test_heads_are_seeded_not_drawn_from_the_global_rng(cls, kw):
+    # issue 12: two identical scripts gave different first-step losses (0.94 vs 0.41)
+    a = cls(tiny_backbone(0), **kw)
+    torch.rand(1000)  # whatever else the script did with the global RNG
+    b = cls(tiny_backbone(0), **kw)
+    c = cls(tiny_backbone(0), seed=1, **kw)
+    heads = [n for n, _ in a.named_parameters() if not n.startswith("backbone.")]
+    assert heads
+    pa, pb, pc = (dict(m.named_parameters()) for m in (a, b, c))
+    for n in heads:
+        assert torch.equal(pa[n], pb[n]), n
+        bound = 1 / np.sqrt(pa[n].shape[-1])
+        assert pa[n].abs().max() <= bound  # PyTorch's default Linear law
+    assert any(not torch.equal(pa[n], pc[n]) for n in heads)

@@ -1,6 +1,8 @@
 """Training: losses equal their per-prefix definitions, frozen parameters stay bit-identical,
 checkpoints resume bitwise, and wrong set-ups fail with a clear message."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -201,3 +203,26 @@ def test_cuda_amp_training_runs_and_reduces_loss():
     before = evaluate(model, ds)
     train(model, ds, epochs=10, batch_size=10, lr=3e-3, progress=False, reg_coef=0.01)
     assert evaluate(model, ds) < before
+
+
+def test_train_is_reproducible_from_a_fresh_process(tmp_path):
+    """Issue 12: the same script run twice (fresh processes, no torch.manual_seed) gives the
+    same losses: the heads are seeded and train() seeds its own shuffling and dropout."""
+    import subprocess
+    import sys
+
+    backbone(3, dropout=0.1).save_pretrained(tmp_path / "bb")
+    script = f"""
+import sys, torch, transformers
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from tests.ext.test_training import dataset
+from rankkit_ext.models import RADQ
+from rankkit_ext.training import train
+torch.rand(int(sys.argv[1]))  # a different global RNG state in each process
+m = RADQ(transformers.GPT2LMHeadModel.from_pretrained({str(tmp_path / 'bb')!r}), n_labels=2)
+r = train(m, dataset(), epochs=1, batch_size=6, lr=1e-2, progress=False, seed=5)
+print(repr(r.train_loss))
+"""
+    outs = [subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1] for n in (1, 7)]
+    assert outs[0] == outs[1] and outs[0].startswith("[")
