@@ -36,7 +36,14 @@ __all__ = ["numerical_rank", "singular_values", "rank_curve", "RankCurve"]
 #: to the same QR-first path at 11/6; below 2 the extra factorisation does not pay for itself.
 _QR_RATIO = 2
 
-DEFAULT_MAX_DENSE_BYTES = 2**31
+#: Largest dense copy of a sparse input made by default: 256 MiB (≈ 5,800 × 5,800 float64,
+#: whose SVD takes seconds); a 2 GiB copy would also take minutes of SVD with no progress
+#: shown. Above it, numerical_rank refuses with the size it would need (pass a larger
+#: ``max_dense_bytes=`` or use rank_curve on sampled rows).
+DEFAULT_MAX_DENSE_BYTES = 2**28
+#: rank_curve densifies one block of sampled rows at a time (e.g. 1,024 prefixes × 50,257
+#: tokens = 412 MB, a thin SVD of seconds): its own, larger cap.
+CURVE_MAX_DENSE_BYTES = 2**31
 
 
 # ---- thin backend kernels: the algorithm below is written once -----------------------------
@@ -237,7 +244,7 @@ def singular_values(M, *, backend: str = "auto", device=None,
         :func:`rankkit._backend.resolve_backend`).
     device : str, int or torch.device, optional
         Device for the torch or cupy backend.
-    max_dense_bytes : int, default 2**31
+    max_dense_bytes : int, default 2**28 (256 MiB)
         Largest dense copy of a sparse ``M`` that may be made.
 
     Returns
@@ -283,7 +290,7 @@ def numerical_rank(M, tol: float | None = None, *, backend: str = "auto", device
         "auto" follows the array type of ``M``.
     device : str, int or torch.device, optional
         Device for the torch or cupy backend.
-    max_dense_bytes : int, default 2**31
+    max_dense_bytes : int, default 2**28 (256 MiB)
         Largest dense copy of a sparse ``M`` that may be made; beyond it a ``MemoryError``
         names the size and the fix.
 
@@ -425,7 +432,7 @@ def _take_rows(source, idx: np.ndarray):
 def rank_curve(source: object | Callable[[np.ndarray], object], sizes: Sequence[int], *,
                n_rows: int | None = None, n_repeats: int = 1, seed: int | None = 0, replace: bool = False, tol: float | None = None,
                backend: str = "auto", device=None, batch_size: int | None = None,
-               max_dense_bytes: int = DEFAULT_MAX_DENSE_BYTES, progress: bool = False) -> RankCurve:
+               max_dense_bytes: int = CURVE_MAX_DENSE_BYTES, progress: bool = False) -> RankCurve:
     """Numerical rank of i.i.d. sampled row subsets of a matrix (paper 002, Fig. 2, 9, App. D.4).
 
     For each repeat, ``max(sizes)`` row indices are drawn uniformly (without replacement

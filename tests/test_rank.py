@@ -290,3 +290,11 @@ def test_numerical_rank_of_a_reward_matrix_is_that_of_its_scipy_form():
 
     R = upper_triangular(7)
     assert numerical_rank(R) == np.linalg.matrix_rank(R.to_scipy().toarray()) == 7
+
+
+def test_large_sparse_input_is_refused_by_default_not_densified():
+    # issue 12: a sparse matrix whose dense copy needs ~2 GB was densified silently and the
+    # SVD was still running after 300 s; the default now refuses above 256 MiB, naming the size
+    S = sp.random(6000, 6000, density=1e-5, format="csr", random_state=0)  # dense: 288 MB
+    with pytest.raises(MemoryError, match=r"6000x6000.*0\.27 GiB.*max_dense_bytes=268435456"):
+        numerical_rank(S)
