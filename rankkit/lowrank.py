@@ -95,7 +95,7 @@ from ._io import DamagedFileError, read_npz
 from ._io import atomic_npz as _atomic_npz
 from ._lrkernels import make_lr_kernels
 from .matrix import as_reward_matrix
-from .softimpute import SoftImputeResult
+from .softimpute import SoftImputeResult, _check_scale
 
 __all__ = ["fixed_rank_fit", "FixedRank", "METHODS"]
 
@@ -521,6 +521,7 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
     Rm = as_reward_matrix(R)
     indptr, indices = Rm.indptr, Rm.indices
     x = np.ascontiguousarray(Rm.label_values(label), dtype=np.float64)
+    _check_scale(x)
     n, m = Rm.shape
     if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 0 <= rank <= min(n, m):
         raise ValueError(f"rank must be an integer in [0, min(n, m)] = [0, {min(n, m)}], got {rank!r}")

@@ -198,6 +198,32 @@ class TokenSequences:
         return TokenSequences(self.tokens[starts + within], offsets)
 
 
+def _as_responses(responses) -> np.ndarray:
+    """Responses as float64, (n,) or (n, n_labels); a ragged row or a value that is not a number
+    is named by its row (and column) instead of NumPy's shape message."""
+    try:
+        return np.asarray(responses, dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    rows = list(responses)
+    width = None
+    for i, row in enumerate(rows):
+        vals = list(row) if isinstance(row, (list, tuple, np.ndarray)) else [row]
+        if isinstance(row, (list, tuple, np.ndarray)):
+            if width is None:
+                width = len(vals)
+            elif len(vals) != width:
+                raise ValueError(f"responses row {i} has {len(vals)} value(s) but row 0 has {width}: "
+                                 "every utterance needs one response per label")
+        for j, v in enumerate(vals):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                where = f"row {i}" + (f", column {j}" if isinstance(row, (list, tuple, np.ndarray)) else "")
+                raise ValueError(f"responses {where}: {v!r} is not a number") from None
+    raise ValueError("responses mix scalars and rows; give shape (n,) or (n, n_labels)")
+
+
 @dataclass(frozen=True)
 class RewardDataset:
     """Labelled utterances D = {(u^(i), y^(i))} (paper 002, §2.2).
@@ -233,7 +259,7 @@ class RewardDataset:
 
     def __init__(self, sequences, responses, label_names=None, vocab_size=None, texts=None):
         seqs = TokenSequences.from_encoding(sequences)
-        y = np.asarray(responses, dtype=np.float64)
+        y = _as_responses(responses)
         if y.ndim not in (1, 2):
             raise ValueError(f"responses must have shape (n,) or (n, n_labels), got {y.shape}")
         if y.shape[0] != len(seqs):

@@ -222,6 +222,17 @@ def _as_pattern(R, label) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int
                     f"included, are the observations), got {type(R).__name__}")
 
 
+def _check_scale(x: np.ndarray) -> None:
+    """Refuse values whose squared error overflows float64: with max |x| · √|Ω| above
+    ~1e154 the sums of squares are inf and every fit would stop after two iterations with
+    MSE = inf."""
+    if x.size:
+        top = float(np.max(np.abs(x)))
+        if top * np.sqrt(x.size) > 1e150:
+            raise ValueError(f"observed values reach {top:.3g}: their squared errors overflow float64 "
+                             f"over {x.size:,} cells; rescale the labels (e.g. divide by {top:.1g})")
+
+
 def _warm_factors(warm_start, n: int, m: int, k: int, rng: np.random.Generator):
     """(U, Dsq, V, from_warm) in float64 following R's warm.start rules."""
     if warm_start is None:
@@ -350,6 +361,7 @@ def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int
     ((60, 5), (5,), (40, 5))
     """
     indptr, indices, x, shape = _as_pattern(R, label)
+    _check_scale(x)
     n, m = shape
     if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 0 <= rank <= min(n, m):
         raise ValueError(f"rank must be an integer in [0, min(n, m)] = [0, {min(n, m)}], got {rank!r}; "

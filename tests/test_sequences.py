@@ -89,3 +89,18 @@ def test_empty_sequences_dropped_and_counted():
     np.testing.assert_array_equal(ds.responses, [[0.0, 1], [2, 1]])
     assert ds.n_labels == 2 and ds.label_index("y") == 1
     assert "dropped_empty=2" in repr(ds)
+
+
+def test_bad_responses_name_the_row_and_column():
+    # issue 12: ragged 2-D labels and non-numbers failed with NumPy's shape messages
+    from rankkit.sequences import RewardDataset
+
+    seqs = [[1, 2], [3], [4, 5]]
+    with pytest.raises(ValueError, match="row 1 has 1 value\\(s\\) but row 0 has 2"):
+        RewardDataset(seqs, [[1.0, 2.0], [1.0], [0.5, 0.5]], vocab_size=10)
+    with pytest.raises(ValueError, match="row 2, column 1: 'x' is not a number"):
+        RewardDataset(seqs, [[1.0, 2.0], [1.0, 0.0], [0.5, "x"]], vocab_size=10)
+    with pytest.raises(ValueError, match="row 1: 'bad' is not a number"):
+        RewardDataset(seqs, ["1.0", "bad", "0.2"], vocab_size=10)
+    ds = RewardDataset(seqs, ["1.0", "0.5", "0.2"], vocab_size=10)  # numeric strings are numbers
+    assert ds.responses.tolist() == [1.0, 0.5, 0.2]

@@ -380,3 +380,15 @@ def test_numpy_fit_runs_blas_single_threaded(rng):
         after = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
     assert seen and set(seen) == {1}
     assert after and set(after) == {2}
+
+
+def test_values_that_overflow_the_squared_error_are_refused():
+    # issue 12: labels of 1e200 ended soft-impute after two iterations with MSE = inf
+    from rankkit.lowrank import fixed_rank_fit
+
+    S = sp.random(30, 20, density=0.5, random_state=0, format="csr") * 1e200
+    with pytest.raises(ValueError, match="reach 9.99e\\+199.*overflow float64.*rescale"):
+        soft_impute(S, 2, 1e-4, progress=False)
+    with pytest.raises(ValueError, match="overflow float64"):
+        fixed_rank_fit(S, 2, progress=False)
+    assert np.isfinite(soft_impute(S / 1e200, 2, 1e-4, progress=False).mse)
