@@ -422,9 +422,14 @@ def stress_cmd(names, n, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the written files as JSON.")
 def figures_cmd(quick, only, out_dir, as_json):
     """Regenerate every figure and table under paper_figures/ (runs analyses/run_all)."""
+    import contextlib
+
     run_all = _import_run_all()
+    # with --json, stdout carries the JSON only: whatever the analyses print goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        written = run_all.run(only=list(only) or None, quick=quick, out_dir=out_dir)
+        with quiet:
+            written = run_all.run(only=list(only) or None, quick=quick, out_dir=out_dir)
     except ValueError as e:  # unknown analysis name: list the known ones
         raise click.BadParameter(str(e), param_hint="--only") from None
     if as_json:

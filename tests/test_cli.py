@@ -175,13 +175,15 @@ def test_figures_forwards_options(monkeypatch, tmp_path):
         @staticmethod
         def run(only, quick, out_dir):
             calls.update(only=only, quick=quick, out_dir=out_dir)
+            print("table2_min_rank: vader:movie … done")  # analyses talk on stdout
             return {"table2_min_rank": [f"{out_dir}/table2_min_rank.png"]}
 
     monkeypatch.setattr(cli, "_import_run_all", lambda: Stub)
     res = invoke("figures", "--quick", "--only", "table2_min_rank", "--out-dir", tmp_path, "--json")
     assert res.exit_code == 0, res.output
     assert calls == {"only": ["table2_min_rank"], "quick": True, "out_dir": str(tmp_path)}
-    assert json.loads(res.output) == {"table2_min_rank": [f"{tmp_path}/table2_min_rank.png"]}
+    # issue 12: with --json, stdout is parseable JSON only (the analysis output went to stderr)
+    assert json.loads(res.stdout) == {"table2_min_rank": [f"{tmp_path}/table2_min_rank.png"]}
 
 
 def test_run_all_lists_core_analyses():
