@@ -39,6 +39,8 @@ from transformers import LogitsProcessor
 
 from rankkit.sequences import TokenSequences
 
+from ._checks import check_prompt_ids
+
 __all__ = [
     "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
     "guided_generate", "check_compatible",
@@ -434,9 +436,11 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     prompt_ids = _as_prompt_ids(prompts, tokenizer)
     if not prompt_ids:
         raise ValueError("prompts is empty")
+    base_vocab = int(base.config.vocab_size)
     for i, p in enumerate(prompt_ids):
         if not p:
             raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS)")
+        check_prompt_ids(p, base_vocab, f"prompt {i}")
     P = len(prompt_ids)
     per_batch = max(1, batch_size // n_samples)
     out_tokens: list[list[np.ndarray]] = []

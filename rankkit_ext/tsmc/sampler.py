@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._checks import check_prompt_ids
 from .adapters import as_adapter
 from .potentials import Potential
 from .resampling import (
@@ -210,6 +211,9 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
         raise ValueError("conditional SMC (reference=...) needs resample='multinomial'; got "
                          f"{resample!r}.")
     lm = as_adapter(lm)
+    prompt = check_prompt_ids(prompt, lm.vocab_size)
+    if reference is not None:
+        check_prompt_ids(reference, lm.vocab_size, "reference")
     eos = lm.eos_token_id if eos_token_id == -1 else eos_token_id
     K, T = int(n_particles), int(max_new_tokens)
     pad = 0 if eos is None else int(eos)

@@ -287,3 +287,21 @@ def test_device_run_matches_cpu_greedy(base, device):
     sampled = gd.guided_generate(b2, rm2, prompts, beta=6.0, top_k=5, max_new_tokens=4,
                                  n_samples=2, generator=1, mix=0.2, weights=True)
     assert np.isfinite(sampled.log_weights).all()
+
+
+def test_bad_prompt_tokens_and_vocab_mismatch_are_named(base, rm):
+    # issue 12: out-of-vocabulary or negative prompt tokens gave raw torch index errors
+    kw = dict(beta=1.0, top_k=3, max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match=f"prompt 1, position 2: token id 99 is outside .*\\[0, {V}\\)"):
+        gd.guided_generate(base, rm, [[1, 2], [3, 4, 99]], **kw)
+    with pytest.raises(ValueError, match="prompt 0, position 0: token id -1"):
+        gd.guided_generate(base, rm, [[-1, 2]], **kw)
+    other = _rm("radq", vocab=V + 3)
+    with pytest.raises(ValueError, match=f"base model has {V} logits per step but the reward model "
+                                         f"scores a vocabulary of {V + 3}"):
+        gd.guided_generate(base, other, [[1, 2]], **kw)
+    from rankkit_ext.tsmc.potentials import HardConstraint
+    from rankkit_ext.tsmc.sampler import tsmc
+
+    with pytest.raises(ValueError, match=f"prompt, position 1: token id {V} is outside"):
+        tsmc(base, None, HardConstraint(lambda s: True), [1, V], 4, 2)
