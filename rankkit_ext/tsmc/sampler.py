@@ -121,6 +121,17 @@ class TSMCResult:
         return out
 
 
+def _check_finite_above(x: torch.Tensor, live: torch.Tensor, source: str, t: int) -> None:
+    """NaN or +∞ in a live particle's row of ``x`` is an error naming the source, the step and
+    the particle (−∞ is a legitimate zero of a potential or twist); without this a NaN would
+    be read as −∞ downstream and silently kill every particle."""
+    bad = (torch.isnan(x) | (x == math.inf)) & live[:, None]
+    if bool(bad.any()):
+        k, j = (int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{source} is {float(x[k, j])} at step {t}, particle {k}, token {j}: the "
+                         f"sampler needs finite values or -inf (a zero); check the {source.split()[0]}")
+
+
 def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
     # NaN arises only as (-inf) - (-inf) in particles that already have zero weight
     return torch.where(torch.isnan(x), torch.full_like(x, -math.inf), x)
@@ -244,6 +255,8 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
     for t in range(T):
         logp = logp.to(dev, torch.float64)
         lpsi = (torch.zeros_like(logp) if tw is None else lpsi_next.to(dev, torch.float64))
+        _check_finite_above(logp, ~done, "base model log-probabilities", t)
+        _check_finite_above(lpsi, ~done, "twist log ψ", t)
         joint = logp + lpsi
         v, logZt = _sample_rows(joint, generator)
         if ref is not None and t < len(ref):

@@ -204,3 +204,22 @@ def test_resampling_happens_exactly_where_the_ess_falls_below_the_threshold(seed
     expected = [t for t in steps if thr > 0 and (thr >= 1 or r.ess_trace[t] < thr * K)]
     assert r.resampled_at == expected, (r.ess_trace, r.resampled_at)
     assert all(1.0 - 1e-9 <= e <= K + 1e-9 for e in r.ess_trace)
+
+
+def test_nan_in_twist_or_potential_is_an_error_naming_the_source():
+    # issue 12: a NaN twist was read as -inf; every particle emitted EOS at step 0, log Z = -inf
+    from rankkit_ext.tsmc.potentials import Potential
+
+    lm, phi = make_case(3, 4, 3, True)
+    tw = random_twist(lm, 3, 1.0)
+    with torch.no_grad():
+        tw.table[:] = float("nan")
+    with pytest.raises(ValueError, match="twist log ψ is nan at step 0, particle 0, token 0"):
+        tsmc(lm, tw, phi, [0], 4, 3, generator=torch.Generator().manual_seed(0))
+
+    class NaNPotential(Potential):
+        def _log_phi(self, samples):
+            return torch.full((len(samples),), float("nan"), dtype=torch.float64)
+
+    with pytest.raises(ValueError, match="NaNPotential gave log phi = nan for sample"):
+        tsmc(lm, None, NaNPotential(), [0], 4, 3, generator=torch.Generator().manual_seed(0))
