@@ -29,36 +29,30 @@ def _damaged(path: Path, what: str, why: str, fix: str | None) -> DamagedFileErr
     return DamagedFileError(f"{what} {str(path)!r} is damaged ({why}); {fix}")
 
 
-def atomic_npz(path: str | os.PathLike, arrays: dict) -> Path:
-    """``np.savez`` into a temporary file beside ``path``, then ``os.replace``."""
+def _atomic(path: str | os.PathLike, mode: str, write) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """``np.savez`` into a temporary file beside ``path``, then ``os.replace``."""
+    return _atomic(path, "wb", lambda f: np.savez(f, **arrays))
 
 
 def atomic_json(path: str | os.PathLike, obj, **dump_kw) -> Path:
     """``json.dump`` into a temporary file beside ``path``, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **{"indent": 1, **dump_kw})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _atomic(path, "w", lambda f: json.dump(obj, f, **{"indent": 1, **dump_kw}))
 
 
 def read_npz(path: str | os.PathLike, what: str, *, required=(), fix: str | None = None) -> dict:

@@ -188,6 +188,16 @@ def ridge_rows_reference(indptr, indices, x, Q, rho) -> np.ndarray:
 
 # ---- backend objects -----------------------------------------------------------------
 
+def _unflat(f, shapes):
+    """Views of a flat NumPy or torch vector as consecutive blocks of the given 2-D shapes."""
+    out, at = [], 0
+    for sh in shapes:
+        size = sh[0] * sh[1]
+        out.append(f[at:at + size].reshape(sh))
+        at += size
+    return tuple(out)
+
+
 def _transpose_pattern(indptr, indices, shape):
     """(t_indptr, t_indices, perm): CSR of the transposed pattern and the permutation with
     x_T = x[perm]; O(nnz) via SciPy's counting-sort conversion to CSC."""
@@ -291,12 +301,7 @@ class NumpyLRKernels:
         return np.concatenate([np.ravel(a) for a in parts])
 
     def unflat(self, f, shapes):
-        out, at = [], 0
-        for sh in shapes:
-            size = sh[0] * sh[1]
-            out.append(f[at:at + size].reshape(sh))
-            at += size
-        return tuple(out)
+        return _unflat(f, shapes)
 
     def diag(self, s):
         return np.diag(s)
@@ -419,12 +424,7 @@ class TorchLRKernels:
         return self.torch.cat([a.reshape(-1) for a in parts])
 
     def unflat(self, f, shapes):
-        out, at = [], 0
-        for sh in shapes:
-            size = sh[0] * sh[1]
-            out.append(f[at:at + size].reshape(sh))
-            at += size
-        return tuple(out)
+        return _unflat(f, shapes)
 
     def diag(self, s):
         return self.torch.diag(s)
