@@ -33,7 +33,7 @@ from numba import njit, prange
 
 from ._kernels import _SERIAL_WORK, _nnz_bounds, _par_ser, sampled_dot
 
-__all__ = ["make_lr_kernels", "ridge_rows_reference", "spmm_reference"]
+__all__ = ["make_lr_kernels", "ridge_rows_reference", "spmm_reference", "svd_form"]
 
 
 # ---- numba kernels -------------------------------------------------------------------
@@ -187,6 +187,16 @@ def ridge_rows_reference(indptr, indices, x, Q, rho) -> np.ndarray:
 
 
 # ---- backend objects -----------------------------------------------------------------
+
+def svd_form(A, B, qr=np.linalg.qr, svd=np.linalg.svd):
+    """(U, s, V) with U diag(s) Vᵀ = A Bᵀ and U, V orthonormal: QR of both thin factors, then
+    the SVD of the small core R_A R_Bᵀ. ``qr`` and ``svd`` are a backend's (NumPy by default,
+    a kernel object's ``qr`` / ``svd`` for torch)."""
+    Qa, Ra = qr(A)
+    Qb, Rb = qr(B)
+    W, s, Zt = svd(Ra @ Rb.T)
+    return Qa @ W, s, Qb @ Zt.T
+
 
 def _unflat(f, shapes):
     """Views of a flat NumPy or torch vector as consecutive blocks of the given 2-D shapes."""

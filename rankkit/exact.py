@@ -18,6 +18,7 @@ import numbers
 
 import numpy as np
 
+from ._lrkernels import svd_form
 from .matrix import RewardMatrix
 
 __all__ = ["exact_completion", "rank_cap"]
@@ -122,10 +123,7 @@ def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *
             B = _solve_rows_exactly(T.indptr, T.indices, np.asarray(T.label_values(j), np.float64),
                                     A, chunk_elems)
             side = "columns"
-        Qa, Ra = np.linalg.qr(A)
-        Qb, Rb = np.linalg.qr(B)
-        W, d, Zt = np.linalg.svd(Ra @ Rb.T)
-        U, V = Qa @ W, Qb @ Zt.T
+        U, d, V = svd_form(A, B)
     mse = observed_mse(R2, (U, d, V), label=j)
     return SoftImputeResult(U=U, d=d, V=V, mse=mse, sse=mse * R2.nnz, objective=[], ratio=[],
                             n_iter=0, converged=True, lam=0.0, rank=int(k), shape=(n, m),

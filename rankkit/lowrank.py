@@ -91,9 +91,9 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
-from ._io import DamagedFileError, read_npz
-from ._io import atomic_npz as _atomic_npz
-from ._lrkernels import make_lr_kernels
+from ._io import DamagedFileError, atomic_npz, read_npz
+from ._kernels import sampled_dot
+from ._lrkernels import make_lr_kernels, svd_form
 from .matrix import as_reward_matrix
 from .softimpute import SoftImputeResult, _check_scale
 
@@ -155,14 +155,6 @@ def _retract(K, U, s, V, xi, k):
     core = K.stack_rows([K.cat([K.diag(s) + M, Rv.T]), K.cat([Ru, K.zeros(*Ru.shape)])])
     a, sv, bt = K.svd(core)
     return K.cat([U, Qu]) @ a[:, :k], sv[:k], K.cat([V, Qv]) @ bt[:k].T
-
-
-def _svd_form(K, A, B):
-    """(U, s, V) with U diag(s) Vᵀ = A Bᵀ, U and V orthonormal."""
-    Qa, Ra = K.qr(A)
-    Qb, Rb = K.qr(B)
-    W, s, Zt = K.svd(Ra @ Rb.T)
-    return Qa @ W, s, Qb @ Zt.T
 
 
 # ---- starting points (NumPy; the data are on the host) -----------------------------------
@@ -250,16 +242,12 @@ def _warm(warm_start, indptr, indices, x, shape, k, rng):
         A, B = u[:, :k] * d[:k], v[:, :k]
     else:
         # pad with the top singular triplets of the rescaled residual P_Ω(X − M)/p
-        rows = np.repeat(np.arange(n), np.diff(indptr))
-        pred = np.einsum("ij,ij->i", (u * d)[rows], v[indices]) if d.size else np.zeros(x.size)
+        pred = sampled_dot(indptr, indices, u * d, v) if d.size else np.zeros(x.size)
         p = max(x.size, 1) / (n * m)
         Ur, sr, Vr = _top_svd(sp.csr_matrix(((x - pred) / p, indices, indptr), shape=shape), k - d.size, rng)
         sr = sr * p  # the residual's own scale on Ω (its singular vectors came from the rescaled one)
         A, B = np.hstack([u * d, Ur * sr]), np.hstack([v, Vr])
-    Qa, Ra = np.linalg.qr(A)
-    Qb, Rb = np.linalg.qr(B)
-    W, s, Zt = np.linalg.svd(Ra @ Rb.T)
-    return Qa @ W, s, Qb @ Zt.T
+    return svd_form(A, B)
 
 
 # ---- the solver ----------------------------------------------------------------------------
@@ -314,7 +302,7 @@ class _Run:
         B = self.V * root
         A = K.solve_rows(B, self.rho)
         B = K.solve_cols(A, self.rho)
-        U, s, V = _svd_form(K, A, B)
+        U, s, V = svd_form(A, B, K.qr, K.svd)
         f_old = self.f
         self.set_point(U, s, V)
         return self.f < f_old
@@ -631,7 +619,7 @@ def _iterate(K, k, rho, nnz, start, ckpt, fp, checkpoint_every, *, eps, method, 
     run.mse_now = run.sse / nnz
 
     def save():
-        _atomic_npz(ckpt, {**run.state(), "fingerprint": fp})
+        atomic_npz(ckpt, {**run.state(), "fingerprint": fp})
 
     if method != "auto":
         phase = method

@@ -69,9 +69,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._backend import to_numpy
-from ._io import atomic_json as _atomic_json
-from ._io import read_json
+from ._backend import array_backend, to_numpy
+from ._io import atomic_json, read_json
 from .bounds import BlockCertificate, RankLowerBound, TriangularCertificate, rank_lower_bound
 from .exact import exact_completion, rank_cap
 from .matrix import RewardMatrix, as_reward_matrix
@@ -407,7 +406,7 @@ class MinRankEstimate:
             file, npz = path / "estimate.json", path / "certificate.npz"
         if self.certificate is not None:
             self.certificate.save(npz)
-        _atomic_json(file, self.to_dict())
+        atomic_json(file, self.to_dict())
         return path
 
     @classmethod
@@ -474,7 +473,7 @@ def _source_matrix(source, *, max_len, text, labels, tokenizer, split) -> Reward
             raise ValueError(f"{sorted(extra)} apply to text sources only; got a "
                              f"{type(source).__name__}: truncate or select before building it")
         return as_reward_matrix(source)
-    if isinstance(source, np.ndarray) or type(source).__module__.split(".")[0] in ("torch", "cupy"):
+    if isinstance(source, np.ndarray) or array_backend(source) != "numpy":
         raise TypeError(f"source is a dense {type(source).__name__}: rankkit cannot tell observed "
                         f"cells from missing ones in it. Use RewardMatrix.from_dense(array) (NaN marks "
                         f"a missing cell) or a scipy.sparse matrix (stored entries are observations)")
@@ -698,8 +697,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         exact = exact_completion(R2, search.cap, seed=seed, label=j)
         exact_mse = float(exact.mse)
         eff = int(np.count_nonzero(exact.d))
-        ok = exact_mse <= eps and (max_abs is None or certificate_scale(
-            exact.U, exact.d, exact.V)["max_abs"] <= max_abs)
+        if max_abs is not None:
+            exact.meta["scale"] = certificate_scale(exact.U, exact.d, exact.V)
+        ok = exact_mse <= eps and (max_abs is None or exact.meta["scale"]["max_abs"] <= max_abs)
         if ok and (r_cert is None or eff < r_cert):
             r_cert, at, cert, source_name = eff, None, exact, "exact-completion"
     if r_cert is None:
@@ -720,7 +720,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     else:
         upper = r_cert + int(single_nonzero)
         message = ""
-    scale = None if cert is None else certificate_scale(cert.U, cert.d, cert.V)
+    scale = None if cert is None else (cert.meta.get("scale") or certificate_scale(cert.U, cert.d, cert.V))
     return MinRankEstimate(
         eps=float(eps), lam=float(lam), label=label, lower=int(lower), upper=upper,
         rank_certified=r_cert, certified_at=at, mse_by_rank=dict(sorted(search.mse.items())),
@@ -765,7 +765,7 @@ class _SearchBase:
                     raise ValueError(f"checkpoint_dir {str(self.ckpt)!r} holds fits of a different "
                                      f"problem (differs in {diff}); use a new directory or delete it")
             else:
-                _atomic_json(state, fp)
+                atomic_json(state, fp)
 
     def close(self):
         self.bar.close()
@@ -912,7 +912,8 @@ class _CertSearch(_SearchBase):
                          n_iter=int(fit.n_iter), seconds=seconds, mse=mse, passed=passed,
                          stop=fit.meta.get("stop", "?"))
             if passed:
-                trial["max_abs"] = certificate_scale(fit.U, fit.d, fit.V)["max_abs"]
+                fit.meta["scale"] = certificate_scale(fit.U, fit.d, fit.V)  # reused if it certifies
+                trial["max_abs"] = fit.meta["scale"]["max_abs"]
                 if self.max_abs is not None and trial["max_abs"] > self.max_abs:
                     trial.update(passed=False, rejected=True)
                     passed = False

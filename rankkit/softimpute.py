@@ -168,7 +168,7 @@ class SoftImputeResult:
                       ints=np.array([self.n_iter, int(self.converged), self.rank, *self.shape, self.nnz]),
                       backend=np.array(self.backend),
                       meta=np.array(json.dumps(self.meta, default=_json_default)))
-        _atomic_npz(path, arrays)
+        atomic_npz(path, arrays)
         return path
 
     @classmethod
@@ -205,9 +205,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"meta value of type {type(o).__name__} is not JSON-serialisable")
-
-
-_atomic_npz = atomic_npz  # the package's one atomic npz writer (rankkit._io)
 
 
 # ---- input handling ------------------------------------------------------------------------
@@ -439,7 +436,7 @@ def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, check
 
     def save_state():
         u, dsq, v, n_done = done
-        _atomic_npz(checkpoint, dict(U=K.to_numpy(u), Dsq=K.to_numpy(dsq), V=K.to_numpy(v),
+        atomic_npz(checkpoint, dict(U=K.to_numpy(u), Dsq=K.to_numpy(dsq), V=K.to_numpy(v),
                                      objective=np.asarray(objective[:n_done], float),
                                      ratio=np.asarray(ratios[:n_done], float),
                                      iter=np.array(n_done), fingerprint=fp))
