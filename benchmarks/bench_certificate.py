@@ -71,76 +71,18 @@ EXACT_EPS = 1e-10
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-def has_fixed_rank() -> str | None:
-    """None when ``rankkit.lowrank.fixed_rank_fit`` imports, else why not."""
-    try:
-        from rankkit.lowrank import fixed_rank_fit  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - report any import failure
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def has_new_default() -> str | None:
-    """None when ``rk.estimate_min_rank`` takes ``method=`` (the fixed-rank default), else why not."""
-    import inspect
-
-    import rankkit as rk
-
-    if "method" not in inspect.signature(rk.estimate_min_rank).parameters:
-        return "rk.estimate_min_rank has no method= parameter yet (its default is still soft-impute)"
-    return None
-
-
-def certificate_scale(cert, block: int = 2048) -> dict | None:
-    """max |entry| of the dense completion U diag(d) Vᵀ (row blocks), nuclear and Frobenius
-    norms from the k×k core (exact for any factors, orthonormal or not)."""
-    if cert is None:
-        return None
-    U, d, V = (np.asarray(x, dtype=np.float64) for x in (cert.U, cert.d, cert.V))
-    if d.size == 0:
-        return dict(max_abs=0.0, nuclear=0.0, frobenius=0.0)
-    Ud = U * d
-    max_abs = 0.0
-    for i in range(0, Ud.shape[0], block):
-        max_abs = max(max_abs, float(np.abs(Ud[i:i + block] @ V.T).max(initial=0.0)))
-    ru = np.linalg.qr(U, mode="r")
-    rv = np.linalg.qr(V, mode="r")
-    sv = np.linalg.svd(ru * d @ rv.T, compute_uv=False)
-    return dict(max_abs=max_abs, nuclear=float(sv.sum()), frobenius=float(np.sqrt((sv ** 2).sum())))
-
-
-def _estimate_kwargs(method: str) -> dict:
-    """``method=`` only where estimate_min_rank takes it (the soft-impute call predates it:
-    there, no ``method`` means soft-impute)."""
-    import inspect
-
-    import rankkit as rk
-
-    if "method" in inspect.signature(rk.estimate_min_rank).parameters:
-        return {"method": method}
-    if method == "soft-impute":
-        return {}
-    raise RuntimeError(f"rk.estimate_min_rank has no method= parameter yet (asked for {method!r})")
-
-
 def run_estimate(R, method: str, *, progress: bool = False) -> dict:
-    """Time ``estimate_min_rank(R, eps=1e-6[, method=...])`` end to end from P_Ω(R)."""
+    """Time ``estimate_min_rank(R, eps=1e-6, method=...)`` end to end from P_Ω(R)."""
     import rankkit as rk
 
-    kw = _estimate_kwargs(method) if method != "default" else {}
     t0 = time.perf_counter()
-    est = rk.estimate_min_rank(R, eps=EPS, progress=progress, **kw)
+    est = rk.estimate_min_rank(R, eps=EPS, progress=progress, method=method)
     seconds = time.perf_counter() - t0
-    scale = getattr(est, "scale", None)
-    ours = certificate_scale(est.certificate)
-    if not scale:
-        scale = ours
-    trials = getattr(est, "trials", None)
     return dict(method=method, lower=est.lower, upper=est.upper, rank_certified=est.rank_certified,
-                certificate_source=getattr(est, "certificate_source", None),
-                seconds=seconds, elapsed=est.elapsed, scale=scale, scale_recomputed=ours,
+                certificate_source=est.certificate_source,
+                seconds=seconds, elapsed=est.elapsed, scale=est.scale,
                 mse_by_rank={int(k): float(v) for k, v in sorted(est.mse_by_rank.items())},
-                trials=trials, single_rows_nonzero=bool(est.single_rows_nonzero),
+                trials=est.trials, single_rows_nonzero=bool(est.single_rows_nonzero),
                 omega2_shape=list(est.omega2_shape), omega2_nnz=int(est.omega2_nnz)), est
 
 
@@ -165,23 +107,20 @@ def run_peer_walk(S, start: int, stop: int, max_time: float, budget: float, seed
                 max_abs=tried[-1]["max_abs"] if certified else None)
 
 
-def warm_up(has_new: bool, has_default: bool) -> float:
+def warm_up() -> float:
     """Compile numba kernels (disk-cached) outside every timing."""
     import rankkit as rk
+    from rankkit.lowrank import fixed_rank_fit
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     M = sp.random(60, 40, density=0.15, format="csr", random_state=rng)
     M.data = rng.random(M.nnz)
     rk.soft_impute(M, 3, 1e-4, max_iter=3, progress=False)
-    rk.estimate_min_rank(M, eps=EPS, progress=False, **_estimate_kwargs("soft-impute"))
-    if has_new:
-        from rankkit.lowrank import fixed_rank_fit
-
-        for method in ("als", "rcg", "rlm", "auto"):  # every solver's kernels
-            fixed_rank_fit(M, 3, eps=1e-12, method=method, max_iter=5, progress=False)
-    if has_default:
-        rk.estimate_min_rank(M, eps=EPS, progress=False)
+    rk.estimate_min_rank(M, eps=EPS, progress=False, method="soft-impute")
+    for method in ("als", "rcg", "rlm", "auto"):  # every solver's kernels
+        fixed_rank_fit(M, 3, eps=1e-12, method=method, max_iter=5, progress=False)
+    rk.estimate_min_rank(M, eps=EPS, progress=False)
     return time.perf_counter() - t0
 
 
@@ -221,20 +160,9 @@ def _count(seq) -> dict:
     return out
 
 
-def mse_of(S: sp.csr_matrix, U, d, V) -> float:
-    rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-    Ud = np.asarray(U) * np.asarray(d)
-    V = np.asarray(V)
-    sse = 0.0
-    for i in range(0, S.nnz, 1_000_000):
-        r = np.einsum("ij,ij->i", Ud[rows[i:i + 1_000_000]], V[S.indices[i:i + 1_000_000]]) - S.data[i:i + 1_000_000]
-        sse += float(r @ r)
-    return sse / max(S.nnz, 1)
-
-
-def run_exact(size: tuple, cap: float, ours_max_iter: int, cache_dir: str | None, has_new: bool,
-              say=print) -> dict:
+def run_exact(size: tuple, cap: float, ours_max_iter: int, cache_dir: str | None, say=print) -> dict:
     import rankkit as rk
+    from rankkit.lowrank import fixed_rank_fit
 
     n, m, nnz, k = size
     t0 = time.perf_counter()
@@ -243,21 +171,16 @@ def run_exact(size: tuple, cap: float, ours_max_iter: int, cache_dir: str | None
     say(f"-- exact rank-{k}: {n:,} × {m:,}, {S.nnz:,} cells (built in {out['build_seconds']:.1f} s)")
     small = S[: max(2000, n // 50)].tocsr()  # warm-up at the same rank: compiles every kernel used
     rk.soft_impute(small, k, 0.0, max_iter=2, progress=False)
-    if has_new:
-        from rankkit.lowrank import fixed_rank_fit
-
-        fixed_rank_fit(small, k, eps=EXACT_EPS, rho=0.0, max_iter=3, progress=False)
-        t0 = time.perf_counter()
-        res = fixed_rank_fit(S, k, eps=EXACT_EPS, rho=0.0, max_iter=ours_max_iter, progress=False)
-        secs = time.perf_counter() - t0
-        mse = mse_of(S, res.U, res.d, res.V)
-        out["fixed_rank"] = dict(seconds=secs, mse=mse, solver_mse=float(res.mse), n_iter=int(res.n_iter),
-                                 reached=bool(mse <= EXACT_EPS), phases=_count(res.meta.get("phases", [])),
-                                 meta={k: v for k, v in res.meta.items() if k not in ("phases", "mse_trace")})
-        say(f"   fixed_rank_fit: MSE {mse:.3g} in {secs:.1f} s, {res.n_iter} it. "
-            f"({'reached' if mse <= EXACT_EPS else 'NOT reached'})")
-    else:
-        out["fixed_rank"] = None
+    fixed_rank_fit(small, k, eps=EXACT_EPS, rho=0.0, max_iter=3, progress=False)
+    t0 = time.perf_counter()
+    res = fixed_rank_fit(S, k, eps=EXACT_EPS, rho=0.0, max_iter=ours_max_iter, progress=False)
+    secs = time.perf_counter() - t0
+    mse = rk.observed_mse(S, res)
+    out["fixed_rank"] = dict(seconds=secs, mse=mse, solver_mse=float(res.mse), n_iter=int(res.n_iter),
+                             reached=bool(mse <= EXACT_EPS), phases=_count(res.meta.get("phases", [])),
+                             meta={k: v for k, v in res.meta.items() if k not in ("phases", "mse_trace")})
+    say(f"   fixed_rank_fit: MSE {mse:.3g} in {secs:.1f} s, {res.n_iter} it. "
+        f"({'reached' if mse <= EXACT_EPS else 'NOT reached'})")
     reached = {}
 
     def cb(it, info):
@@ -270,7 +193,7 @@ def run_exact(size: tuple, cap: float, ours_max_iter: int, cache_dir: str | None
     t_si = time.perf_counter()
     res = rk.soft_impute(S, k, 0.0, thresh=-1.0, max_iter=10_000_000, callback=cb, progress=False)
     secs = time.perf_counter() - t_si
-    mse = mse_of(S, res.U, res.d, res.V)
+    mse = rk.observed_mse(S, res)
     out["soft_impute"] = dict(seconds=reached.get("seconds", secs), mse=mse, n_iter=int(res.n_iter),
                               reached=bool(reached), capped=not reached)
     how = f"reached at {reached['seconds']:.1f} s" if reached else "stopped by the cap"
@@ -365,8 +288,6 @@ def main(argv=None) -> dict:
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         ap.error(f"--sets: unknown {unknown}; choose from {list(SETS)} or 'none'")
-    why_not = has_fixed_rank()
-    why_not_a = why_not or has_new_default()
     log = io.StringIO()
 
     def say(s=""):
@@ -374,12 +295,7 @@ def main(argv=None) -> dict:
         log.write(s + "\n")
 
     say(header(args))
-    if why_not:
-        say(f"NOTE: rankkit.lowrank.fixed_rank_fit unavailable ({why_not}); the fixed-rank side of exact-L "
-            "is skipped")
-    if why_not_a:
-        say(f"NOTE: (a) skipped ({why_not_a}); pymanopt starts from (b)'s lower")
-    say(f"warm-up (numba compile, outside every timing): {warm_up(why_not is None, why_not_a is None):.1f} s")
+    say(f"warm-up (numba compile, outside every timing): {warm_up():.1f} s")
     say(f"ε = {EPS:g} (MSE over Ω₂); pymanopt: ≤ {args.peer_max_time:g} s per rank, ≤ {args.peer_budget:g} s per set, "
         f"seed {args.seed}")
     rows = {}
@@ -398,45 +314,41 @@ def main(argv=None) -> dict:
             f"build P_Ω(R) {t_build:.2f} s (not timed below)")
         row = dict(spec=spec, texts=len(ds), omega_shape=list(R.shape), omega_nnz=int(R.nnz),
                    omega2_shape=list(S.shape), omega2_nnz=int(S.nnz), load_seconds=t_load, build_seconds=t_build)
-        ref = None
-        if why_not_a is None:
-            a, est_a = run_estimate(R, "default", progress=args.progress)
-            row["default"] = a
-            ref = a
-            say(f"   (a) new default : rank {_fmt_rank(a['rank_certified'])} on Ω₂ (upper {_fmt_rank(a['upper'])}, "
-                f"lower {a['lower']}) in {a['seconds']:.2f} s, max|x| "
-                f"{a['scale']['max_abs'] if a['scale'] else float('nan'):.3g}")
-            for t in (a["trials"] or []):
-                say(f"         trial rank {t.get('rank')}: {t.get('method')} {t.get('n_iter')} it. "
-                    f"{t.get('seconds', float('nan')):.2f} s, MSE {t.get('mse', float('nan')):.3g}"
-                    f"{' pass' if t.get('passed') else ''}")
+        a, _ = run_estimate(R, "auto", progress=args.progress)
+        row["default"] = a
+        ref = a  # the peer walks up from the new default's exact lower bound
+        say(f"   (a) new default : rank {_fmt_rank(a['rank_certified'])} on Ω₂ (upper {_fmt_rank(a['upper'])}, "
+            f"lower {a['lower']}) in {a['seconds']:.2f} s, max|x| "
+            f"{a['scale']['max_abs'] if a['scale'] else float('nan'):.3g}")
+        for t in (a["trials"] or []):
+            say(f"         trial rank {t.get('rank')}: {t.get('method')} {t.get('n_iter')} it. "
+                f"{t.get('seconds', float('nan')):.2f} s, MSE {t.get('mse', float('nan')):.3g}"
+                f"{' pass' if t.get('passed') else ''}")
         if not args.no_soft_impute:
             b, _ = run_estimate(R, "soft-impute", progress=args.progress)
             row["soft_impute"] = b
-            ref = ref or b
             say(f"   (b) soft-impute : rank {_fmt_rank(b['rank_certified'])} on Ω₂ (upper {_fmt_rank(b['upper'])}, "
                 f"{b['certificate_source']}) in {b['seconds']:.2f} s, max|x| "
                 f"{b['scale']['max_abs'] if b['scale'] else float('nan'):.3g}")
-        if ref is not None:
-            start = args.peer_start if args.peer_start is not None else ref["lower"]
-            target = ref["rank_certified"] if ref["rank_certified"] is not None else start
-            if args.quick:
-                stop = start + 2
-            else:
-                stop = max(start, target + args.peer_extra)
-            say(f"   (c) pymanopt CG, ranks {start}..{stop}:")
-            c = run_peer_walk(S, start, stop, args.peer_max_time, args.peer_budget, args.seed, say)
-            c["upper"] = None if c["rank_certified"] is None else c["rank_certified"] + int(ref["single_rows_nonzero"])
-            row["pymanopt"] = c
-            none = "" if c["rank_certified"] is not None else f" (none ≤ {c['last_rank_tried']})"
-            say(f"   (c) pymanopt    : rank {_fmt_rank(c['rank_certified'])}{none} in {c['seconds']:.1f} s "
-                f"over {len(c['tried'])} rank(s)")
+        start = args.peer_start if args.peer_start is not None else ref["lower"]
+        target = ref["rank_certified"] if ref["rank_certified"] is not None else start
+        if args.quick:
+            stop = start + 2
+        else:
+            stop = max(start, target + args.peer_extra)
+        say(f"   (c) pymanopt CG, ranks {start}..{stop}:")
+        c = run_peer_walk(S, start, stop, args.peer_max_time, args.peer_budget, args.seed, say)
+        c["upper"] = None if c["rank_certified"] is None else c["rank_certified"] + int(ref["single_rows_nonzero"])
+        row["pymanopt"] = c
+        none = "" if c["rank_certified"] is not None else f" (none ≤ {c['last_rank_tried']})"
+        say(f"   (c) pymanopt    : rank {_fmt_rank(c['rank_certified'])}{none} in {c['seconds']:.1f} s "
+            f"over {len(c['tried'])} rank(s)")
         rows[name] = row
 
     exact = None
     if args.exact_l:
         exact = run_exact(EXACT_L_QUICK if args.quick else EXACT_L, args.cap, args.ours_max_iter,
-                          args.cache_dir, why_not is None, say)
+                          args.cache_dir, say)
 
     # ---- table and targets -----------------------------------------------------------------
     say("")
@@ -488,13 +400,11 @@ def main(argv=None) -> dict:
     for text, ok in targets:
         say(f"{'PASS' if ok else 'FAIL'}  {text}")
     if not targets:
-        say("(no targets evaluated: fixed_rank_fit missing or no sets)")
+        say("(no targets evaluated: no sets)")
 
     result = dict(name="certificate", date=time.strftime("%Y-%m-%d"), header=header(args), eps=EPS,
                   quick=args.quick, args=vars(args), sets=rows, exact_l=exact,
-                  targets=[dict(target=t, passed=ok) for t, ok in targets],
-                  fixed_rank_available=why_not is None, fixed_rank_missing_reason=why_not,
-                  new_default_available=why_not_a is None, new_default_missing_reason=why_not_a)
+                  targets=[dict(target=t, passed=ok) for t, ok in targets])
     out = Path(args.json) if args.json else HERE / "results" / (
         f"certificate_{time.strftime('%Y-%m-%d')}{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
