@@ -47,18 +47,25 @@ QUICK_SI_RANKS = [1, 2, 4, 8, 16]
 QUICK_FR_RANKS = [1, 2, 3, 4, 5, 6]
 
 
-def certificate_scale(U, d, V) -> dict:
-    """The package's scale of a certificate (max |entry| of the Ω₂ completion, norms)."""
+def _curve(state, name: str, ranks, R2, fit, extra) -> dict:
+    """``fit(R2, k)`` at each rank (k = min(r, n₂, m₂)), or the record ``state`` already holds: MSE on
+    Ω₂ recomputed from the factors, iterations, seconds and the certificate's scale."""
     import rankkit as rk
 
-    return rk.certificate_scale(U, d, V)
-
-
-def mse_on(S, U, d, V) -> float:
-    """MSE over the stored cells of S, recomputed from the factors (the package's check)."""
-    import rankkit as rk
-
-    return rk.observed_mse(S, (U, d, V))
+    out = {}
+    for r in ranks:
+        key = f"{name}/{r}"
+        rec = state.get(key)
+        if rec is None:
+            k = min(r, *R2.shape)
+            t1 = time.perf_counter()
+            res = fit(R2, k)
+            rec = {"rank": r, "fitted_rank": k, "mse": rk.observed_mse(R2, res), "n_iter": int(res.n_iter),
+                   "seconds": round(time.perf_counter() - t1, 2), **extra(res),
+                   **rk.certificate_scale(res.U, res.d, res.V)}
+            state.put(key, rec)
+        out[r] = rec
+    return out
 
 
 def _estimate(R, method: str, **kw):
@@ -119,34 +126,12 @@ def run(out: Path, *, quick: bool = False, max_iter: int | None = None, limit: i
         state = _State(workdir / f"{spec.replace(':', '_')}_n{limit or 'all'}.json",
                        {"eps": EPS, "lam": LAM, "max_iter": max_iter, "fr_max_iter": fr_max_iter,
                         "backend": backend, "nnz": int(S.nnz), "shape": [n2, m2]})
-        si, fr = {}, {}
-        for r in si_ranks:
-            k = min(r, n2, m2)
-            key = f"soft-impute/{r}"
-            rec = state.get(key)
-            if rec is None:
-                t1 = time.perf_counter()
-                res = rk.soft_impute(R2, k, LAM, max_iter=max_iter, backend=backend, seed=0, progress=False)
-                rec = {"rank": r, "fitted_rank": k, "mse": mse_on(S, res.U, res.d, res.V),
-                       "effective_rank": int(np.count_nonzero(res.d)), "n_iter": int(res.n_iter),
-                       "converged": bool(res.converged), "seconds": round(time.perf_counter() - t1, 2),
-                       **certificate_scale(res.U, res.d, res.V)}
-                state.put(key, rec)
-            si[r] = rec
-        for r in fr_ranks:
-            k = min(r, n2, m2)
-            key = f"fixed-rank/{r}"
-            rec = state.get(key)
-            if rec is None:
-                t1 = time.perf_counter()
-                res = fixed_rank_fit(R2, k, eps=EPS, max_iter=fr_max_iter, backend=backend, seed=0,
-                                     progress=False)
-                rec = {"rank": r, "fitted_rank": k, "mse": mse_on(S, res.U, res.d, res.V),
-                       "solver_mse": float(res.mse), "n_iter": int(res.n_iter),
-                       "seconds": round(time.perf_counter() - t1, 2),
-                       "method": (res.meta or {}).get("method"), **certificate_scale(res.U, res.d, res.V)}
-                state.put(key, rec)
-            fr[r] = rec
+        si = _curve(state, "soft-impute", si_ranks, R2, lambda M, k: rk.soft_impute(
+            M, k, LAM, max_iter=max_iter, backend=backend, seed=0, progress=False),
+            lambda res: {"effective_rank": int(np.count_nonzero(res.d)), "converged": bool(res.converged)})
+        fr = _curve(state, "fixed-rank", fr_ranks, R2, lambda M, k: fixed_rank_fit(
+            M, k, eps=EPS, max_iter=fr_max_iter, backend=backend, seed=0, progress=False),
+            lambda res: {"solver_mse": float(res.mse), "method": res.meta.get("method")})
         est = {"default": _estimate(R, "auto", backend=backend)}
         est["soft-impute"] = _estimate(R, "soft-impute", backend=backend, max_iter=max_iter)
         rows[spec] = {"texts": len(ds), "omega_shape": list(R.shape), "omega_nnz": int(R.nnz),
