@@ -78,8 +78,8 @@ def read_npz(path: str | os.PathLike, what: str, *, required=(), fix: str | None
         with np.load(path, allow_pickle=False) as z:
             out = {key: z[key] for key in z.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+        if isinstance(e, FileNotFoundError | IsADirectoryError | PermissionError):
+            raise  # missing or unreadable, not damaged: the OS message says which
         raise _damaged(path, what, f"{type(e).__name__}: {e}", fix) from None
     missing = [key for key in required if key not in out]
     if missing:

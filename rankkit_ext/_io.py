@@ -45,7 +45,11 @@ def load_checkpoint(path: str | os.PathLike, what: str, map_location=None):
             f"refused rather than unpickled, since unpickling can run arbitrary code ({first}). "
             f"Only load files you trust; rankkit writes tensors, numbers and lists only") from None
     except (EOFError, RuntimeError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
+        # only a broken archive is "damaged": a missing or unreadable file, or a RuntimeError of
+        # another kind (e.g. map_location naming a device this machine lacks), keeps its message
+        if isinstance(e, FileNotFoundError | IsADirectoryError | PermissionError):
+            raise
+        if isinstance(e, RuntimeError) and not ("zip archive" in str(e) or "PytorchStreamReader" in str(e)):
             raise
         raise DamagedFileError(f"{what} {str(path)!r} is damaged ({type(e).__name__}: {e}); delete it "
                                f"to start over") from None
