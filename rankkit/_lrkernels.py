@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from ._kernels import _SERIAL_WORK, _nnz_bounds, _par_ser, sampled_dot
+from .matrix import transpose_pattern
 
 __all__ = ["make_lr_kernels", "ridge_rows_reference", "spmm_reference", "svd_form"]
 
@@ -208,15 +209,6 @@ def _unflat(f, shapes):
     return tuple(out)
 
 
-def _transpose_pattern(indptr, indices, shape):
-    """(t_indptr, t_indices, perm): CSR of the transposed pattern and the permutation with
-    x_T = x[perm]; O(nnz) via SciPy's counting-sort conversion to CSC."""
-    nnz = indices.size
-    pos = sp.csr_matrix((np.arange(1, nnz + 1, dtype=np.int64), indices, indptr), shape=shape).tocsc()
-    return (pos.indptr.astype(np.int64), pos.indices.astype(np.int32),
-            (pos.data - 1).astype(np.int64))
-
-
 class NumpyLRKernels:
     """NumPy + numba kernels (float64)."""
 
@@ -227,7 +219,7 @@ class NumpyLRKernels:
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.x = np.ascontiguousarray(x, dtype=np.float64)
-        self.t_indptr, self.t_indices, self.perm = _transpose_pattern(self.indptr, self.indices, shape)
+        self.t_indptr, self.t_indices, self.perm = transpose_pattern(self.indptr, self.indices, shape)
         self.t_x = self.x[self.perm]
         self._b = _nnz_bounds(self.indptr)
         self._tb = _nnz_bounds(self.t_indptr)
@@ -332,7 +324,7 @@ class TorchLRKernels:
         self.torch = torch
         self.device = torch.device(device)
         self.shape = tuple(shape)
-        t_indptr, t_indices, perm = _transpose_pattern(np.asarray(indptr, np.int64),
+        t_indptr, t_indices, perm = transpose_pattern(np.asarray(indptr, np.int64),
                                                        np.asarray(indices, np.int32), shape)
         dev = self.device
         self.ptr = torch.as_tensor(np.asarray(indptr, np.int64), device=dev)

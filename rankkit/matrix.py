@@ -218,13 +218,9 @@ class RewardMatrix:
         ((3, 2), [0, 0, 1, 3], [0, 0, 1], [1.0, 0.0, 3.0])
         """
         n, m = self.shape
-        position = np.arange(1, self.nnz + 1, dtype=np.int64)
-        csc = sp.csr_matrix((position, self.indices, self.indptr), shape=(n, m)).tocsc()
-        order = csc.data - 1
-        if order.size != self.nnz:  # pragma: no cover - scipy would have merged cells
-            raise RuntimeError(f"transpose lost cells: {order.size} of {self.nnz} came back")
+        t_indptr, t_indices, order = transpose_pattern(self.indptr, self.indices, self.shape)
         return RewardMatrix(
-            (m, n), csc.indptr, csc.indices, self.values[order], self.weights[order],
+            (m, n), t_indptr, t_indices, self.values[order], self.weights[order],
             self.counts[order], self.label_names, row_map=self.col_map, col_map=self.row_map,
             n_single_rows=self.n_single_rows, meta=dict(self.meta))
 
@@ -300,6 +296,22 @@ class RewardMatrix:
         return (f"RewardMatrix(shape={self.shape}, nnz={self.nnz}, labels={list(self.label_names)}"
                 + (f", removed_single_rows={self.n_single_rows}" if self.row_map is not None else "")
                 + ")")
+
+
+def transpose_pattern(indptr, indices, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR of the transposed pattern of a CSR pattern, and the permutation of its cells.
+
+    Returns ``(t_indptr, t_indices, order)`` with cell p of the transpose being cell
+    ``order[p]`` of the original (so ``values_T = values[order]``); rows of the transpose have
+    ascending columns. One counting sort (scipy's CSR → CSC conversion) on the cell positions,
+    stored shifted by one so that no entry is zero and nothing can be dropped on the way."""
+    nnz = int(np.asarray(indices).size)
+    position = np.arange(1, nnz + 1, dtype=np.int64)
+    csc = sp.csr_matrix((position, indices, indptr), shape=tuple(shape)).tocsc()
+    order = csc.data - 1
+    if order.size != nnz:  # pragma: no cover - scipy would have merged cells
+        raise RuntimeError(f"transpose lost cells: {order.size} of {nnz} came back")
+    return csc.indptr.astype(np.int64), csc.indices.astype(np.int32), order.astype(np.int64)
 
 
 def as_reward_matrix(source, *, label_name: str = "label_0") -> RewardMatrix:
