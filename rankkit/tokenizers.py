@@ -131,6 +131,20 @@ def _load_named(name: str, allow_network: bool):
         "connect to the network once, pass a local directory, or use 'gpt2'")
 
 
+def _raise_unencodable(chunk: Sequence[str], start: int) -> None:
+    """Name the first text of a failed batch that is not valid Unicode (a lone surrogate,
+    e.g. half of an emoji cut by a byte-level slice, or ``\\ud83d`` decoded from JSON):
+    the Rust tokenizer's own message, "TextEncodeInput must be Union[...]", names nothing."""
+    for j, t in enumerate(chunk):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"text {start + j} (row {start + j} of the data, counting from 0) is not valid "
+                f"Unicode: {t[e.start:e.end]!r} at character {e.start} is a lone surrogate ({e.reason}), in {t!r:.80}; fix the source, or "
+                "clean it with text.encode('utf-8', 'replace').decode()") from None
+
+
 def encode_batch(tokenizer, texts: Sequence[str], *, max_len: int | None = None,
                  batch_size: int = 4096) -> TokenSequences:
     """Tokenize ``texts`` into a :class:`TokenSequences` without special tokens.
@@ -156,10 +170,14 @@ def encode_batch(tokenizer, texts: Sequence[str], *, max_len: int | None = None,
     ids: list = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
-        if backend is not None:
-            ids.extend(e.ids for e in backend.encode_batch(chunk, add_special_tokens=False))
-        else:
-            ids.extend(tok(chunk, add_special_tokens=False)["input_ids"])
+        try:
+            if backend is not None:
+                ids.extend(e.ids for e in backend.encode_batch(chunk, add_special_tokens=False))
+            else:
+                ids.extend(tok(chunk, add_special_tokens=False)["input_ids"])
+        except (TypeError, ValueError, UnicodeError):
+            _raise_unencodable(chunk, start)
+            raise
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

@@ -39,7 +39,7 @@ from transformers import LogitsProcessor
 
 from rankkit.sequences import TokenSequences
 
-from ._checks import check_prompt_ids
+from ._checks import check_prompt_ids, check_real, check_step_values
 
 __all__ = [
     "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
@@ -135,6 +135,15 @@ def _check_direction(direction) -> int:
     return int(direction)
 
 
+def _check_rewards(r, valid, cand, live, step, row) -> None:
+    """A reward-model score must be finite on every valid candidate of a live row: a NaN
+    or ±∞ becomes a NaN guided logit and a NaN log q (greedy), a crash in the sampler, or
+    one inside ``generate``."""
+    check_step_values(torch.where(valid, r, torch.zeros_like(r)), live, "reward model score",
+                      step, allow_neg_inf=False, row=row,
+                      col=lambda j: f"candidate {j}", fix="check the reward model")
+
+
 def _fingerprint(tokenizer) -> str:
     from rankkit_ext.models import tokenizer_fingerprint  # one definition, shared with H6's models
 
@@ -223,7 +232,7 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
                  pad_token_id: int | None = None, tokenizer=None, use_cache: bool = True,
                  clamp: bool = True):
         self.reward_model = reward_model
-        self.beta = float(beta)
+        self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
         self.top_k, self.top_p = top_k, top_p
         self.direction = _check_direction(direction)
         self.label = label
@@ -255,6 +264,11 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         cand, valid = select_candidates(scores, self.top_k, self.top_p)
         r, state = self.reward_model.score_candidates(
             input_ids, self._mask(input_ids), cand, label=self.label, state=state)
+        live = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+        where = f"prefix length {input_ids.shape[1]}"
+        check_step_values(scores, live, "base model logit", where, row=lambda b: f"row {b}",
+                          fix="check the base model")
+        _check_rewards(r, valid, cand, live, where, lambda b: f"row {b}")
         self._state, self._last = state, input_ids.clone()
         z, _ = guided_logits(scores, cand, valid, r, self.beta, self.direction, self.clamp)
         return z.to(scores.dtype)
@@ -401,12 +415,15 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     -------
     GuidedOutput
     """
-    from rankkit_ext.tsmc.resampling import categorical, ess, resample
+    from rankkit_ext.tsmc.resampling import categorical, ess, normalize_log_weights, resample
 
     direction = _check_direction(direction)
-    if not 0.0 <= mix < 1.0:
-        raise ValueError(f"mix must be in [0, 1) (share of the base distribution in the "
-                         f"proposal), got {mix}")
+    beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
+    mix = check_real("mix", mix, low=0.0, high=1.0, high_open=True,
+                     meaning="share of the base distribution in the proposal")
+    if resample_threshold is not None:
+        resample_threshold = check_real("resample_threshold", resample_threshold, low=0.0,
+                                        high=1.0, meaning="a fraction of n_samples")
     if n_samples < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"n_samples, max_new_tokens and batch_size must be >= 1; got "
                          f"{n_samples}, {max_new_tokens}, {batch_size}")
@@ -485,10 +502,19 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
                     rm_ids, rm_mask, cand, label=label,
                     state=rm_state if use_reward_cache else None)
             t_rew += time.perf_counter() - t0
-            zc, r_t = _candidate_logits(logits, cand, valid, r, beta, direction, clamp)
             active = ~done
-            # log p_LM(v) = z_LM(v) - logsumexp z_LM: one pass over the vocabulary
+
+            def row(b, c0=c0):
+                return f"prompt {c0 + b // n_samples}, sample {b % n_samples} (row {b})"
+
+            # log p_LM(v) = z_LM(v) - logsumexp z_LM: one pass over the vocabulary, which
+            # also flags a NaN or +inf logit anywhere in the row (located only then)
             lse_lm = torch.logsumexp(logits.float(), -1).double()
+            if not bool(((lse_lm < math.inf) | ~active).all()):
+                check_step_values(logits, active, "base model logit", step, row=row,
+                                  fix="check the base model")
+            _check_rewards(r, valid, cand, active, step, row)
+            zc, r_t = _candidate_logits(logits, cand, valid, r, beta, direction, clamp)
             if mix == 0.0:
                 # plain RAD lives on the candidates: sample in (B, k), not (B, |V|)
                 logq_c = torch.log_softmax(zc.double(), -1)
@@ -531,6 +557,9 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
                         rm_ids[rows_m], rm_mask[rows_m], tok[rows_m, None], label=label,
                         state=sel(rows_m) if callable(sel) and use_reward_cache else None)
                     t_rew += time.perf_counter() - t0
+                    _check_rewards(rm_extra[:, :1], torch.ones_like(rm_extra[:, :1], dtype=bool),
+                                   tok[rows_m, None], torch.ones_like(rows_m, dtype=bool), step,
+                                   lambda b, rows_m=rows_m: row(int(rows_m[b])))
                     re = rm_extra[:, 0].double()
                     re = re.clamp(0, 1) if clamp else re
                     r_tok[rows_m] = (1 - re) if direction == -1 else re
@@ -593,6 +622,8 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
             fin_r[c0 + g] = r_prev[sl].cpu().numpy()
             if weights:
                 logw_all[c0 + g] = lw[sl].cpu().numpy()
+        if weights:  # refuse log-weights too large to normalise (same rule as the SMC)
+            normalize_log_weights(lw.view(G, n_samples))
     t_all = time.perf_counter() - t_start
     texts = None
     if tokenizer is not None:

@@ -56,3 +56,16 @@ def test_encode_batch_matches_one_by_one(gpt2, texts, max_len):
 def test_encode_batch_rejects_non_strings(gpt2):
     with pytest.raises(TypeError, match="text 1"):
         tokenizers.encode_batch(gpt2, ["ok", 3])
+
+
+def test_lone_surrogate_names_its_row(gpt2_offline):
+    # issue 12: the Rust tokenizer said "TextEncodeInput must be Union[...]" and named nothing
+    texts = ["fine"] * 5 + ["half an emoji \ud83d here"] + ["also fine"]
+    with pytest.raises(ValueError, match=r"text 5 \(row 5 of the data.*'\\ud83d' at character 14 "
+                                         r"is a lone surrogate"):
+        tokenizers.encode_batch(gpt2_offline, texts, batch_size=4)  # in the second batch
+    # the whole route from a file names the same row
+    import rankkit as rk
+
+    with pytest.raises(ValueError, match=r"text 1 \(row 1 of the data"):
+        rk.estimate_min_rank((["ok", "bad \udc80"], [1.0, 0.0]))

@@ -13,10 +13,21 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Potential", "ClassifierPotential", "HardConstraint", "ProductPotential",
+from .._checks import check_real
+
+__all__ = ["Potential", "PotentialValueError", "ClassifierPotential", "HardConstraint", "ProductPotential",
            "TablePotential", "toxicity_potential", "pipeline_scorer"]
 
 Sample = Sequence[int] | str
+
+
+class PotentialValueError(ValueError):
+    """A potential returned NaN or +∞ for one sample; ``index`` is its position in the batch
+    (the samplers re-raise it naming the step and the particle)."""
+
+    def __init__(self, message: str, index: int, value: float):
+        super().__init__(message)
+        self.index, self.value = index, value
 
 
 class Potential:
@@ -37,8 +48,9 @@ class Potential:
         bad = torch.isnan(out) | (out == np.inf)
         if bad.any():
             i = int(torch.nonzero(bad)[0])
-            raise ValueError(f"{type(self).__name__} gave log phi = {float(out[i])} for sample "
-                             f"{i} ({samples[i]!r}); log phi must be real or -inf.")
+            raise PotentialValueError(f"{type(self).__name__} gave log phi = {float(out[i])} for "
+                                      f"sample {i} ({samples[i]!r}); log phi must be real or -inf.",
+                                      i, float(out[i]))
         return out
 
     def _log_phi(self, samples: list[Sample]) -> np.ndarray:  # pragma: no cover - abstract
@@ -75,9 +87,9 @@ class ClassifierPotential(Potential):
 
     def __init__(self, scorer: Callable[[list[str]], Sequence[float]], beta: float = 1.0,
                  decode: Callable[[Sequence[int]], str] | None = None, prefix_text: str = ""):
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0; got {beta}.")
-        self.scorer, self.beta, self.decode, self.prefix_text = scorer, float(beta), decode, prefix_text
+        beta = check_real("beta", beta, low=0.0, meaning="phi = p^beta; beta = inf is a hard "
+                          "constraint, write it with HardConstraint")
+        self.scorer, self.beta, self.decode, self.prefix_text = scorer, beta, decode, prefix_text
 
     def probabilities(self, samples: Sequence[Sample]) -> np.ndarray:
         texts = [self.prefix_text + t for t in self._texts(list(samples))]

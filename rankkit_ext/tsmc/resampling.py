@@ -22,6 +22,12 @@ __all__ = ["RESAMPLING_METHODS", "normalize_log_weights", "ess", "resample", "ca
 
 RESAMPLING_METHODS = ("systematic", "multinomial", "stratified", "residual")
 
+# Largest spacing of representable log-weights (ulp at the row's top log-weight) that still
+# leaves every self-normalised weight within a relative 1e-4 of its exact value: past it
+# (|log w| > 4.5e11 in float64, > 840 in float32) the weights no longer sum to one and the
+# ESS can exceed K, so the functions below refuse instead of returning them.
+LOG_WEIGHT_ULP_TOL = 1e-4
+
 
 def _check(log_weights: torch.Tensor) -> torch.Tensor:
     if not isinstance(log_weights, torch.Tensor):
@@ -38,7 +44,33 @@ def _check(log_weights: torch.Tensor) -> torch.Tensor:
         bad = torch.nonzero(log_weights == math.inf)[0].tolist()
         raise ValueError(f"log_weights contains +inf at index {bad}; an infinite weight has no "
                          "normalisation. Fix the potential or twist that produced it.")
+    _check_precision(log_weights)
     return log_weights
+
+
+def _check_precision(lw: torch.Tensor) -> None:
+    r"""Refuse log-weights whose magnitude leaves too few bits for their differences.
+
+    Normalisation computes :math:`\log w_k - \log\sum_j w_j`; both terms carry a rounding
+    error of one ulp at the row's largest log-weight, ``eps(dtype) * |max_k log w_k|``
+    (particles far below the maximum carry no weight whatever their error). At β = 1e16 that
+    ulp is 2 and the "normalised" weights sum to 0.8.
+    """
+    if not lw.dtype.is_floating_point:
+        return
+    top = lw.max(dim=-1).values
+    top = torch.where(torch.isfinite(top), top.abs(), torch.zeros_like(top))
+    ulp = torch.finfo(lw.dtype).eps * top
+    if bool((ulp > LOG_WEIGHT_ULP_TOL).any()):
+        b = int(torch.argmax(ulp.reshape(-1)))
+        m = float(top.reshape(-1)[b])
+        where = f" (row {b})" if lw.ndim == 2 else ""
+        limit = LOG_WEIGHT_ULP_TOL / torch.finfo(lw.dtype).eps
+        raise ValueError(
+            f"log-weights reach magnitude {m:.3g}{where}: {lw.dtype} resolves them only to "
+            f"±{float(ulp.reshape(-1)[b]):.2g}, so self-normalised weights would be wrong (they "
+            f"need |log w| <= {limit:.2g} in this dtype). Lower beta or rescale the potential / "
+            "reward so that log-weights stay moderate, or work in float64.")
 
 
 def normalize_log_weights(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_prompt_ids
+from .._checks import check_prompt_ids, check_step_values
 from .adapters import as_adapter
-from .potentials import Potential
+from .potentials import Potential, PotentialValueError
 from .resampling import (
     RESAMPLING_METHODS,
     conditional_resample,
@@ -49,7 +49,7 @@ from .resampling import (
     normalize_log_weights,
     resample,
 )
-from .twists import as_twist
+from .twists import as_twist, check_twist_fits
 
 __all__ = ["TSMCResult", "tsmc", "sis", "bootstrap_smc", "RejectionResult", "rejection_sample",
            "teacher_force", "score_sequences"]
@@ -119,17 +119,6 @@ class TSMCResult:
                 s = s[:-1]
             out.append(s)
         return out
-
-
-def _check_finite_above(x: torch.Tensor, live: torch.Tensor, source: str, t: int) -> None:
-    """NaN or +∞ in a live particle's row of ``x`` is an error naming the source, the step and
-    the particle (−∞ is a legitimate zero of a potential or twist); without this a NaN would
-    be read as −∞ downstream and silently kill every particle."""
-    bad = (torch.isnan(x) | (x == math.inf)) & live[:, None]
-    if bool(bad.any()):
-        k, j = (int(i) for i in torch.nonzero(bad)[0])
-        raise ValueError(f"{source} is {float(x[k, j])} at step {t}, particle {k}, token {j}: the "
-                         f"sampler needs finite values or -inf (a zero); check the {source.split()[0]}")
 
 
 def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
@@ -229,6 +218,8 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
     K, T = int(n_particles), int(max_new_tokens)
     pad = 0 if eos is None else int(eos)
     tw = None if twist is None else as_twist(twist)
+    if tw is not None:
+        check_twist_fits(tw, lm)
     logp, h, state = lm.start(prompt, K)
     lpsi_next, tstate = (None, None) if tw is None else tw.init_state(prompt, K, h)
     dev = logp.device
@@ -255,8 +246,10 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
     for t in range(T):
         logp = logp.to(dev, torch.float64)
         lpsi = (torch.zeros_like(logp) if tw is None else lpsi_next.to(dev, torch.float64))
-        _check_finite_above(logp, ~done, "base model log-probabilities", t)
-        _check_finite_above(lpsi, ~done, "twist log ψ", t)
+        check_step_values(logp, ~done, "base model log-probabilities", t,
+                          fix="check the base model (its dtype, weights and inputs)")
+        check_step_values(lpsi, ~done, "twist log ψ", t,
+                          fix="check the twist (a NaN usually means diverged training)")
         joint = logp + lpsi
         v, logZt = _sample_rows(joint, generator)
         if ref is not None and t < len(ref):
@@ -280,7 +273,12 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
             idx = torch.nonzero(newly).squeeze(1)
             seqs = [tokens[k, : int(lengths[k])].tolist() for k in idx.tolist()]
             seqs = [s[:-1] if eos is not None and s[-1] == eos else s for s in seqs]
-            lphi = potential.log_phi(seqs).to(dev)
+            try:
+                lphi = potential.log_phi(seqs).to(dev)
+            except PotentialValueError as e:
+                raise ValueError(f"potential log phi is {e.value} at step {t}, particle "
+                                 f"{int(idx[e.index])} (sequence {seqs[e.index]!r}): log phi must "
+                                 f"be real or -inf; check the potential. ({e})") from None
             log_phi[idx] = lphi
             finished[idx] = v[idx] == eos if eos is not None else False
             g = v[idx].unsqueeze(1)
@@ -404,6 +402,9 @@ def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None
     Positions past ``lengths[k]`` are computed on padding and must be masked by the caller.
     """
     lm = as_adapter(lm)
+    tw = None if twist is None else as_twist(twist)
+    if tw is not None:
+        check_twist_fits(tw, lm)
     K, T = tokens.shape
     logp, h, state = lm.start(prompt, K)
     lps, hs = [logp], [h]
@@ -412,9 +413,9 @@ def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None
         lps.append(logp)
         hs.append(h)
     logp, h = torch.stack(lps, 1), torch.stack(hs, 1)
-    if twist is None:
+    if tw is None:
         return logp, h
-    return logp, h, as_twist(twist).sequence_log_psi(prompt, tokens, h)
+    return logp, h, tw.sequence_log_psi(prompt, tokens, h)
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad: int):

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 __all__ = ["Twist", "TwistHead", "LinearTwist", "MLPTwist", "TableTwist", "CopyTwist",
-           "as_twist"]
+           "as_twist", "check_twist_fits"]
 
 
 class Twist(nn.Module):
@@ -273,6 +273,25 @@ class _HeadLike(Twist):
     def sequence_log_psi(self, prompt, tokens, base_hidden, start=0):
         K, L, H = base_hidden.shape
         return self.inner.log_psi(base_hidden.reshape(K * L, H)).reshape(K, L, -1)
+
+
+def check_twist_fits(twist, lm) -> None:
+    """Refuse a twist whose vocabulary (or, for a head on the base's hidden states, whose
+    input size) differs from the base LM's, naming both sizes; without this the mismatch
+    surfaces as a raw shape error in the first matrix product or a silent broadcast."""
+    inner = twist.inner if isinstance(twist, _HeadLike) else twist
+    V, H = getattr(lm, "vocab_size", None), getattr(lm, "hidden_size", None)
+    tv, th = getattr(inner, "vocab_size", None), getattr(inner, "hidden_size", None)
+    name = type(inner).__name__
+    if V is not None and tv is not None and int(tv) != int(V):
+        raise ValueError(f"{name} scores a vocabulary of {tv} tokens but the base LM has {V}: "
+                         f"a twist log psi(s_<t, v) needs one value per base token; build it "
+                         f"with vocab_size={V}")
+    if (not isinstance(inner, CopyTwist) and H is not None and th is not None
+            and int(th) != int(H)):
+        raise ValueError(f"{name} reads hidden states of size {th} but the base LM's are {H}; "
+                         f"build it with hidden_size={H} (e.g. {name}(lm.hidden_size, "
+                         "lm.vocab_size))")
 
 
 def as_twist(twist) -> Twist:

@@ -305,3 +305,78 @@ def test_bad_prompt_tokens_and_vocab_mismatch_are_named(base, rm):
 
     with pytest.raises(ValueError, match=f"prompt, position 1: token id {V} is outside"):
         tsmc(base, None, HardConstraint(lambda s: True), [1, V], 4, 2)
+
+
+class _PoisonedRM:
+    """Wraps a reward model and puts ``value`` at one (row, candidate) at one step."""
+
+    def __init__(self, inner, value, row, cand, at_step):
+        self.inner, self.value, self.row, self.cand, self.at = inner, value, row, cand, at_step
+        self.vocab_size, self.calls = inner.vocab_size, 0
+
+    def eval(self):
+        return self
+
+    def score_candidates(self, input_ids, attention_mask, candidates, **kw):
+        r, st = self.inner.score_candidates(input_ids, attention_mask, candidates, **kw)
+        if self.calls == self.at:
+            r = r.clone()
+            r[self.row, self.cand] = self.value
+        self.calls += 1
+        return r, st
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("do_sample", [True, False])
+def test_bad_reward_is_an_error_naming_step_prompt_and_sample(base, value, do_sample):
+    # issue 12: a NaN / +inf reward gave log_q = nan silently (greedy) or a message blaming
+    # "the potential or twist" (sampling)
+    rm = _PoisonedRM(_rm("radq"), value, row=5, cand=1, at_step=2)
+    with pytest.raises(ValueError, match=rf"reward model score is {value} at step 2, prompt 1, "
+                                         r"sample 2 \(row 5\), candidate 1: .*check the reward"):
+        gd.guided_generate(base, rm, [[1, 2], [3]], beta=2.0, top_k=4, n_samples=3,
+                           max_new_tokens=4, do_sample=do_sample, weights=True)
+
+
+def test_bad_base_logits_are_named(base):
+    class NaNBase(torch.nn.Module):  # the base, with a NaN logit for row 1 after step 0
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config, self.calls = inner, inner.config, 0
+
+        def forward(self, input_ids=None, **kw):
+            o = self.inner(input_ids=input_ids, **kw)
+            if self.calls == 1:
+                o.logits[1, -1, 7] = math.nan
+            self.calls += 1
+            return o
+
+    with pytest.raises(ValueError, match=r"base model logit is nan at step 1, prompt 0, sample 1 "
+                                         r"\(row 1\), token 7"):
+        gd.guided_generate(NaNBase(base), _rm("radq"), [[1, 2]], beta=1.0, top_k=4,
+                           n_samples=2, max_new_tokens=3)
+
+
+def test_numeric_options_are_validated_up_front(base):
+    rm = _rm("radq")
+    for kw, name in ((dict(beta=math.inf), "beta"), (dict(beta=math.nan), "beta"),
+                     (dict(beta=1.0, mix=math.nan), "mix"), (dict(beta=1.0, mix=-0.1), "mix"),
+                     (dict(beta=1.0, resample_threshold=1.5), "resample_threshold"),
+                     (dict(beta=1.0, resample_threshold=math.nan), "resample_threshold"),
+                     (dict(beta=1.0, top_p=math.nan), "top_p")):
+        with pytest.raises(ValueError, match=name):
+            gd.guided_generate(base, rm, [[1]], **kw)
+    for beta in (math.inf, -math.inf, math.nan, "strong"):
+        with pytest.raises(ValueError, match="beta must be"):
+            gd.RewardGuidedLogitsProcessor(rm, beta=beta)
+
+
+def test_logits_processor_refuses_a_bad_reward_before_generate_sees_it(base):
+    # issue 12: the processor passed NaN on and generate crashed inside torch.multinomial
+    rm = _PoisonedRM(_rm("radq"), math.nan, row=0, cand=0, at_step=1)
+    proc = gd.RewardGuidedLogitsProcessor(rm, beta=1.0, top_k=4)
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"reward model score is nan at prefix length 4, "
+                                         r"row 0, candidate 0"):
+        base.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                      logits_processor=[proc], max_new_tokens=4, pad_token_id=PAD)

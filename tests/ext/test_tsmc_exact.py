@@ -217,9 +217,51 @@ def test_nan_in_twist_or_potential_is_an_error_naming_the_source():
     with pytest.raises(ValueError, match="twist log ψ is nan at step 0, particle 0, token 0"):
         tsmc(lm, tw, phi, [0], 4, 3, generator=torch.Generator().manual_seed(0))
 
-    class NaNPotential(Potential):
-        def _log_phi(self, samples):
-            return torch.full((len(samples),), float("nan"), dtype=torch.float64)
+    with torch.no_grad():
+        tw.table[:] = 0.0
+        tw.table[:, 2] = float("inf")
+    with pytest.raises(ValueError, match="twist log ψ is inf at step 0, particle 0, token 2"):
+        tsmc(lm, tw, phi, [0], 4, 3, generator=torch.Generator().manual_seed(0))
 
-    with pytest.raises(ValueError, match="NaNPotential gave log phi = nan for sample"):
-        tsmc(lm, None, NaNPotential(), [0], 4, 3, generator=torch.Generator().manual_seed(0))
+    class NaNPotential(Potential):  # NaN only for continuations that contain token 1
+        def _log_phi(self, samples):
+            return torch.tensor([math.nan if 1 in s else 0.0 for s in samples],
+                                dtype=torch.float64)
+
+    with pytest.raises(ValueError, match=r"potential log phi is nan at step \d, particle \d+ "
+                                         r"\(sequence \[[^]]*1[^]]*\]\)"):
+        tsmc(lm, None, NaNPotential(), [0], 64, 3, generator=torch.Generator().manual_seed(0))
+    # the potential alone (no sampler) still names its own batch position
+    with pytest.raises(ValueError, match="NaNPotential gave log phi = nan for sample 1"):
+        NaNPotential().log_phi([[0], [1]])
+
+
+def test_classifier_potential_refuses_non_finite_beta():
+    from rankkit_ext.tsmc.potentials import ClassifierPotential
+
+    for beta in (math.inf, math.nan, -1.0):
+        with pytest.raises(ValueError, match="beta must be a finite number in"):
+            ClassifierPotential(lambda texts: [0.5] * len(texts), beta=beta)
+
+
+def test_twist_of_the_wrong_size_is_named_before_any_step():
+    # issue 12: a twist whose vocabulary or hidden size differed from the base gave a raw
+    # torch shape error inside the first product
+    from rankkit_ext.tsmc.sampler import score_sequences
+    from rankkit_ext.tsmc.twists import CopyTwist, LinearTwist
+
+    lm = HFCausalLM(tiny_gpt2())  # vocabulary 4, hidden 16
+    phi = random_phi(0)
+    with pytest.raises(ValueError, match="LinearTwist reads hidden states of size 8 but the base "
+                                         "LM's are 16"):
+        tsmc(lm, LinearTwist(8, 4, dtype=torch.float64), phi, [0], 4, 2)
+    with pytest.raises(ValueError, match="LinearTwist scores a vocabulary of 5 tokens but the "
+                                         "base LM has 4"):
+        score_sequences(lm, [0], [[1, 2]], twist=LinearTwist(16, 5, dtype=torch.float64))
+    other = CopyTwist(tiny_gpt2(V=6, eos=5))
+    with pytest.raises(ValueError, match="CopyTwist scores a vocabulary of 6 tokens but the base "
+                                         "LM has 4"):
+        tsmc(lm, other, phi, [0], 4, 2)
+    # a copy of the base itself fits, whatever its hidden size is called
+    r = tsmc(lm, CopyTwist(tiny_gpt2()), phi, [0], 4, 2, generator=torch.Generator().manual_seed(0))
+    assert r.tokens.shape[0] == 4 and math.isfinite(r.log_Z)

@@ -131,3 +131,61 @@ def test_conditional_resample_keeps_the_reference_and_draws_the_others_iid(w):
         assert np.all(np.abs(pair - N * p) <= 5 * np.sqrt(N * p * (1 - p)) + 1), (pair, N * p)
     with pytest.raises(ValueError, match="needs resample='multinomial'"):
         conditional_resample(lw, "systematic", g)
+
+
+@given(st.lists(st.floats(-50, 50), min_size=1, max_size=12),
+       st.floats(-4e11, 4e11), st.sampled_from([torch.float64, torch.float32]))
+def test_weights_are_normalised_below_the_precision_limit(offsets, shift, dtype):
+    # issue 12: at |log w| ~ 1e16 the weights summed to 0.8 and the ESS exceeded K; below
+    # the documented limit the weights are exact to the tolerance, above it a clear error
+    from rankkit_ext.tsmc.resampling import LOG_WEIGHT_ULP_TOL
+
+    eps = torch.finfo(dtype).eps
+    limit = LOG_WEIGHT_ULP_TOL / eps
+    lw = torch.tensor(offsets, dtype=torch.float64) + (shift if dtype == torch.float64
+                                                       else shift * 800 / 4e11)
+    lw = lw.to(dtype)
+    if float(lw.max().abs()) * eps > LOG_WEIGHT_ULP_TOL:
+        with pytest.raises(ValueError, match="log-weights reach magnitude"):
+            normalize_log_weights(lw)
+        return
+    w = normalize_log_weights(lw)[0].double().exp()
+    K = len(offsets)
+    assert abs(float(w.sum()) - 1.0) <= 4 * K * LOG_WEIGHT_ULP_TOL + 1e3 * eps
+    assert float(ess(lw)) <= K * (1 + 4 * K * LOG_WEIGHT_ULP_TOL)
+    assert limit > 1e11 if dtype == torch.float64 else limit > 800
+
+
+@pytest.mark.parametrize("big", [1e12, 1e16])
+def test_huge_log_weights_are_refused_not_returned(big):
+    lw = torch.tensor([big, big + 1.0, big - 3.0], dtype=torch.float64)
+    for fn in (normalize_log_weights, ess, lambda x: resample(x, "multinomial")):
+        with pytest.raises(ValueError, match=r"log-weights reach magnitude .*float64 resolves"):
+            fn(lw)
+    with pytest.raises(ValueError, match=r"\(row 1\)"):  # batched: the row is named
+        normalize_log_weights(torch.stack([lw - big, lw]))
+
+
+def test_tsmc_at_huge_beta_says_the_weights_are_unreliable():
+    from rankkit_ext.tsmc.potentials import ClassifierPotential
+    from rankkit_ext.tsmc.sampler import tsmc
+
+    from ._helpers import make_case
+
+    lm, _ = make_case(4, 4, 3, True)
+    import zlib
+
+    def scorer(texts):  # a deterministic probability in (0, 1) per text
+        return [0.05 + 0.9 * (zlib.crc32(t.encode()) % 97) / 97 for t in texts]
+
+    for beta, fails in ((1e16, True), (1e3, False)):
+        phi = ClassifierPotential(scorer, beta=beta, decode=lambda s: " ".join(map(str, s)))
+        run = lambda phi=phi: tsmc(lm, None, phi, [0], 16, 3,  # noqa: E731
+                           generator=torch.Generator().manual_seed(0))
+        if fails:
+            with pytest.raises(ValueError, match="log-weights reach magnitude"):
+                run()
+        else:
+            r = run()
+            assert abs(float(r.weights.sum()) - 1) < 1e-9
+            assert all(e <= 16 * (1 + 1e-9) for e in r.ess_trace)
