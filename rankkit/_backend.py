@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 
 __all__ = ["HAS_TORCH", "HAS_CUPY", "HAS_CUDA", "BACKENDS", "resolve_backend", "array_backend",
-           "torch_cuda_available", "cupy_cuda_available", "to_numpy"]
+           "torch_cuda_available", "cupy_cuda_available", "to_numpy", "to_backend", "namespace",
+           "qr_r", "svdvals", "first_nonfinite", "astype"]
 
 BACKENDS = ("auto", "numpy", "torch", "cupy")
 
@@ -68,6 +69,43 @@ def to_numpy(x, dtype=None) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def namespace(backend: str):
+    """The array module of a backend (``numpy``, ``torch`` or ``cupy``), for the few
+    element-wise calls the three share (``isfinite``, ``linalg.qr``, …), in the spirit of the
+    array-API ``get_namespace`` scikit-learn uses."""
+    if backend == "torch":
+        import torch
+
+        return torch
+    if backend == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_backend(x, backend: str, device=None):
+    """Move a dense NumPy, torch or CuPy array to ``backend``/``device`` without changing its
+    dtype (a NumPy input to NumPy is returned as is). The one conversion *to* a backend; its
+    inverse is :func:`to_numpy`."""
+    kind = array_backend(x)
+    if backend == "numpy":
+        return to_numpy(x)
+    if backend == "torch":
+        import torch
+
+        if kind == "cupy":
+            x = x.get()
+        return torch.as_tensor(x, device=device)
+    import cupy
+
+    with cupy.cuda.Device(device):
+        if kind == "torch":
+            x = x.detach()
+            return cupy.asarray(x) if x.is_cuda else cupy.asarray(x.numpy())
+        return cupy.asarray(x)
+
+
 def resolve_backend(backend: str = "auto", device=None, like=None) -> tuple[str, object]:
     """Turn ``backend``/``device`` into a concrete (backend, device) pair.
 
@@ -109,3 +147,46 @@ def resolve_backend(backend: str = "auto", device=None, like=None) -> tuple[str,
             raise ValueError(f"backend='numpy' runs on the CPU only; got device={device!r}")
         device = "cpu"
     return backend, device
+
+
+# ---- dense linear algebra shared by the backends (numerical rank, thin SVDs) --------------
+
+def qr_r(A, backend: str):
+    """R factor of the QR decomposition of a tall matrix, same dtype as ``A``."""
+    if backend == "torch":
+        import torch
+
+        return torch.linalg.qr(A, mode="r").R
+    return namespace(backend).linalg.qr(A, mode="r")
+
+
+def svdvals(A, backend: str) -> np.ndarray:
+    """Singular values of a dense matrix, descending, as a host NumPy array."""
+    if backend == "torch":
+        import torch
+
+        return to_numpy(torch.linalg.svdvals(A))
+    if backend == "cupy":
+        import cupy
+
+        return to_numpy(cupy.linalg.svd(A, compute_uv=False))
+    # exactly the call np.linalg.matrix_rank makes, so the default path is bit-identical
+    return np.linalg.svd(A, compute_uv=False)
+
+
+def first_nonfinite(A, backend: str) -> tuple[int, int] | None:
+    """(row, column) of the first NaN or ±inf of a dense 2-D array, or None."""
+    xp = namespace(backend)
+    ok = xp.isfinite(A)
+    if bool(ok.all()):
+        return None
+    bad = to_numpy(~ok)
+    r, c = np.argwhere(bad)[0]
+    return int(r), int(c)
+
+
+def astype(A, dtype, backend: str):
+    """``A`` in ``dtype`` (no copy when it already is)."""
+    if backend == "torch":
+        return A if A.dtype == dtype else A.to(dtype)
+    return A if A.dtype == dtype else A.astype(dtype)

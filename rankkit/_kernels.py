@@ -41,6 +41,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from numba import njit, prange
 
+from ._backend import to_numpy
+
 __all__ = ["sampled_dot", "sampled_dot_reference", "make_kernels"]
 
 
@@ -238,7 +240,8 @@ class _Kernels:
         raise NotImplementedError
 
     def to_numpy(self, a) -> np.ndarray:
-        raise NotImplementedError
+        """Host float64 copy (results and checkpoints are float64 whatever the solve dtype)."""
+        return to_numpy(a, np.float64)
 
     def thin_svd(self, a):
         """(u, s, w) with a = u diag(s) wᵀ; QR first so the SVD is of a k×k matrix."""
@@ -334,9 +337,6 @@ class NumpyKernels(_Kernels):
 
     def asarray(self, a):
         return np.ascontiguousarray(a, dtype=self.dtype)
-
-    def to_numpy(self, a):
-        return np.asarray(a, dtype=np.float64)
 
     def _resid(self, side, P, Q):
         out = np.empty((P.shape[0], P.shape[1]), dtype=self.dtype)
@@ -468,9 +468,6 @@ class TorchKernels(_GatherKernels):
     def asarray(self, a):
         return self.torch.as_tensor(np.asarray(a), device=self.device).to(self.dtype).contiguous()
 
-    def to_numpy(self, a):
-        return a.detach().to("cpu", self.torch.float64).numpy()
-
     def thin_svd(self, a):
         q, r = self.torch.linalg.qr(a)
         u, s, wt = self.torch.linalg.svd(r)
@@ -504,9 +501,6 @@ class CupyKernels(_GatherKernels):
 
     def asarray(self, a):
         return self.cp.ascontiguousarray(self.cp.asarray(a, dtype=self.dtype))
-
-    def to_numpy(self, a):
-        return self.cp.asnumpy(a).astype(np.float64)
 
     def thin_svd(self, a):
         q, r = self.cp.linalg.qr(a)

@@ -31,6 +31,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from numba import njit, prange
 
+from ._backend import to_numpy
 from ._kernels import _SERIAL_WORK, _nnz_bounds, _par_ser, sampled_dot
 from .matrix import transpose_pattern
 
@@ -209,7 +210,13 @@ def _unflat(f, shapes):
     return tuple(out)
 
 
-class NumpyLRKernels:
+class _LRKernels:
+    def to_numpy(self, a) -> np.ndarray:
+        """Host float64 copy (results and checkpoints are float64 whatever the solve dtype)."""
+        return to_numpy(a, np.float64)
+
+
+class NumpyLRKernels(_LRKernels):
     """NumPy + numba kernels (float64)."""
 
     name = "numpy"
@@ -271,9 +278,6 @@ class NumpyLRKernels:
     def asarray(self, a):
         return np.ascontiguousarray(a, dtype=np.float64)
 
-    def to_numpy(self, a):
-        return np.asarray(a, dtype=np.float64)
-
     def observed(self):
         return self.x
 
@@ -312,7 +316,7 @@ class NumpyLRKernels:
         return float(np.abs(s).sum())
 
 
-class TorchLRKernels:
+class TorchLRKernels(_LRKernels):
     """torch kernels (CPU or CUDA, float64): SDDMM, CSR × dense, batched Cholesky solves."""
 
     name = "torch"
@@ -394,9 +398,6 @@ class TorchLRKernels:
 
     def asarray(self, a):
         return self.torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device).contiguous()
-
-    def to_numpy(self, a):
-        return a.detach().to("cpu", self.torch.float64).numpy()
 
     def observed(self):
         return self.x

@@ -28,7 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ._backend import array_backend, resolve_backend, to_numpy
+from ._backend import (
+    array_backend,
+    astype,
+    first_nonfinite,
+    namespace,
+    qr_r,
+    resolve_backend,
+    svdvals,
+    to_backend,
+)
 
 __all__ = ["numerical_rank", "singular_values", "rank_curve", "RankCurve"]
 
@@ -46,79 +55,10 @@ DEFAULT_MAX_DENSE_BYTES = 2**28
 CURVE_MAX_DENSE_BYTES = 2**31
 
 
-# ---- thin backend kernels: the algorithm below is written once -----------------------------
-
-def _is_sparse(M) -> bool:
-    return sp.issparse(M)
-
+# ---- the dense operations come from rankkit._backend; the algorithm below is written once --
 
 def _shape(A) -> tuple[int, int]:
     return int(A.shape[0]), int(A.shape[1])
-
-
-def _to_backend(A, backend: str, device):
-    """Move a dense array to ``backend``/``device`` without changing its dtype."""
-    kind = array_backend(A)
-    if backend == "numpy":
-        return to_numpy(A)
-    if backend == "torch":
-        import torch
-
-        if kind == "cupy":
-            A = A.get()
-        return torch.as_tensor(A, device=device)
-    import cupy
-
-    with cupy.cuda.Device(device):
-        if kind == "torch":
-            A = A.detach()
-            return cupy.asarray(A) if A.is_cuda else cupy.asarray(A.numpy())
-        return cupy.asarray(A)
-
-
-def _xp(backend: str):
-    if backend == "torch":
-        import torch
-
-        return torch
-    if backend == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-def _qr_r(A, backend: str):
-    """R factor of the QR decomposition of a tall matrix, same dtype as ``A``."""
-    if backend == "torch":
-        import torch
-
-        return torch.linalg.qr(A, mode="r").R
-    return _xp(backend).linalg.qr(A, mode="r")
-
-
-def _svdvals(A, backend: str) -> np.ndarray:
-    """Singular values of a dense matrix, descending, as a host NumPy array."""
-    if backend == "torch":
-        import torch
-
-        return torch.linalg.svdvals(A).cpu().numpy()
-    if backend == "cupy":
-        import cupy
-
-        return cupy.linalg.svd(A, compute_uv=False).get()
-    # exactly the call np.linalg.matrix_rank makes, so the default path is bit-identical
-    return np.linalg.svd(A, compute_uv=False)
-
-
-def _first_nonfinite(A, backend: str) -> tuple[int, int] | None:
-    xp = _xp(backend)
-    ok = xp.isfinite(A)
-    if bool(ok.all()):
-        return None
-    bad = to_numpy(~ok)
-    r, c = np.argwhere(bad)[0]
-    return int(r), int(c)
 
 
 # ---- dtype rules ---------------------------------------------------------------------------
@@ -153,17 +93,11 @@ def _dtypes(A, backend: str):
     return dt, float(np.finfo(dt).eps)
 
 
-def _astype(A, dtype, backend: str):
-    if backend == "torch":
-        return A if A.dtype == dtype else A.to(dtype)
-    return A if A.dtype == dtype else A.astype(dtype)
-
-
 # ---- validation at the boundary --------------------------------------------------------------
 
 def _dense_input(M, backend: str, device, max_dense_bytes: int, name: str = "M"):
     """Validate ``M`` and return (dense backend array in computation dtype, data epsilon)."""
-    if _is_sparse(M):
+    if sp.issparse(M):
         m, n = (int(s) for s in M.shape)
         dt = np.dtype(M.dtype)
         itemsize = 8 if dt.kind in "biu" else (4 if dt == np.float16 else dt.itemsize)
@@ -180,10 +114,10 @@ def _dense_input(M, backend: str, device, max_dense_bytes: int, name: str = "M")
     if len(M.shape) != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(M.shape)}; "
                          "reshape it, or loop over a stack of matrices yourself")
-    A = _to_backend(M, backend, device)
+    A = to_backend(M, backend, device)
     dtype, eps = _dtypes(A, backend)
-    A = _astype(A, dtype, backend)
-    bad = _first_nonfinite(A, backend) if min(_shape(A)) else None
+    A = astype(A, dtype, backend)
+    bad = first_nonfinite(A, backend) if min(_shape(A)) else None
     if bad is not None:
         raise ValueError(f"{name}[{bad[0]}, {bad[1]}] is not finite (NaN or inf); the singular "
                          "values of such a matrix are undefined. Replace or drop that entry first")
@@ -205,12 +139,12 @@ def _singular_values(A, backend: str) -> np.ndarray:
     """
     m, n = _shape(A)
     if min(m, n) == 0:
-        return _svdvals(A[:0, :0], backend)
+        return svdvals(A[:0, :0], backend)
     if n >= _QR_RATIO * m:
-        A = _qr_r(A.T if backend != "torch" else A.mT, backend)
+        A = qr_r(A.T if backend != "torch" else A.mT, backend)
     elif m >= _QR_RATIO * n:
-        A = _qr_r(A, backend)
-    return _svdvals(A, backend)
+        A = qr_r(A, backend)
+    return svdvals(A, backend)
 
 
 def _default_tol(s: np.ndarray, shape: tuple[int, int], eps: float):
@@ -265,7 +199,7 @@ def singular_values(M, *, backend: str = "auto", device=None,
     >>> singular_values(np.diag([3.0, 1.0])).tolist()
     [3.0, 1.0]
     """
-    backend, device = resolve_backend(backend, device, like=None if _is_sparse(M) else M)
+    backend, device = resolve_backend(backend, device, like=None if sp.issparse(M) else M)
     A, _ = _dense_input(M, backend, device, max_dense_bytes)
     return _singular_values(A, backend)
 
@@ -326,7 +260,7 @@ def numerical_rank(M, tol: float | None = None, *, backend: str = "auto", device
 
     if isinstance(M, RewardMatrix):  # P_Ω(R) with its unobserved cells at 0 (label 0)
         M = M.to_scipy(0)
-    backend, device = resolve_backend(backend, device, like=None if _is_sparse(M) else M)
+    backend, device = resolve_backend(backend, device, like=None if sp.issparse(M) else M)
     A, eps = _dense_input(M, backend, device, max_dense_bytes)
     return _count(_singular_values(A, backend), _shape(A), eps, tol)
 
@@ -415,7 +349,7 @@ def _check_sizes(sizes, n_rows: int, replace: bool) -> np.ndarray:
 
 def _take_rows(source, idx: np.ndarray):
     """Rows ``idx`` of an array-like source (numpy, torch, cupy or scipy.sparse)."""
-    if _is_sparse(source):
+    if sp.issparse(source):
         return source[idx]
     kind = array_backend(source)
     if kind == "torch":
@@ -487,7 +421,7 @@ def rank_curve(source: object | Callable[[np.ndarray], object], sizes: Sequence[
             raise ValueError("a callable source needs n_rows= (how many rows it can return)")
         total = int(n_rows)
     else:
-        if _is_sparse(source):
+        if sp.issparse(source):
             source = source.tocsr()  # COO and DIA cannot index rows
         elif not hasattr(source, "shape"):
             source = np.asarray(source)
@@ -517,7 +451,7 @@ def rank_curve(source: object | Callable[[np.ndarray], object], sizes: Sequence[
             part = idx[a:a + step]
             block = source(part) if lazy else _take_rows(source, part)
             if resolved is None:
-                resolved = resolve_backend(backend, device, like=None if _is_sparse(block) else block)
+                resolved = resolve_backend(backend, device, like=None if sp.issparse(block) else block)
             block, eps = _dense_input(block, *resolved, max_dense_bytes, name="rows")
             if block.shape[0] != part.size or (blocks and block.shape[1] != blocks[0].shape[1]):
                 raise ValueError(
@@ -526,7 +460,7 @@ def rank_curve(source: object | Callable[[np.ndarray], object], sizes: Sequence[
                     + "; it must return one row of equal length per index")
             blocks.append(block)
             bar.update()
-        xp = _xp(resolved[0])
+        xp = namespace(resolved[0])
         rows = blocks[0] if len(blocks) == 1 else (
             xp.cat(blocks) if resolved[0] == "torch" else xp.concatenate(blocks))
         n_cols = int(rows.shape[1])

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._backend import to_numpy
+
 __all__ = ["TokenSequences", "RewardDataset"]
 
 
@@ -134,10 +136,11 @@ class TokenSequences:
         if hasattr(encoding, "keys") and "input_ids" in encoding:
             ids = encoding["input_ids"]
             mask = encoding.get("attention_mask") if hasattr(encoding, "get") else None
-            if hasattr(ids, "detach"):  # torch tensor
-                ids = ids.detach().cpu().numpy()
-            if hasattr(mask, "detach"):
-                mask = mask.detach().cpu().numpy()
+            # a torch or CuPy tensor (any device) becomes NumPy; lists stay lists
+            if hasattr(ids, "shape") and not isinstance(ids, np.ndarray):
+                ids = to_numpy(ids)
+            if hasattr(mask, "shape") and not isinstance(mask, np.ndarray):
+                mask = to_numpy(mask)
             if isinstance(ids, np.ndarray) and ids.ndim == 2:
                 return cls.from_padded(ids, attention_mask=mask)
             return cls.from_lists(ids)

@@ -72,13 +72,13 @@ def test_qr_path_singular_values_match_numpy(m, ratio, seed, dtype, wide):
 @pytest.mark.parametrize("wide", [True, False])
 def test_qr_runs_on_the_tall_side_and_keeps_dtype(monkeypatch, dtype, wide):
     seen = []
-    real = rank_mod._qr_r
+    real = rank_mod.qr_r
 
     def spy(A, backend):
         seen.append((tuple(A.shape), A.dtype))
         return real(A, backend)
 
-    monkeypatch.setattr(rank_mod, "_qr_r", spy)
+    monkeypatch.setattr(rank_mod, "qr_r", spy)
     shape = (6, 50) if wide else (50, 6)
     A = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     assert numerical_rank(A, backend="numpy") == 6
