@@ -189,6 +189,44 @@ class TokenSequences:
         within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
         return TokenSequences(self.tokens[starts + within], offsets)
 
+    def to_padded(self, side: str = "right", pad: int = 0, prepend: Sequence[int] = (),
+                  width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, attention_mask)``, both int64 of shape (n, width): every sequence, with
+        ``prepend`` (e.g. ``[bos]``) in front, padded with ``pad`` on ``side``.
+
+        The inverse of :meth:`from_padded` for ``side="right"`` and no ``prepend``
+        (``from_padded(*to_padded())`` is the identity). Left padding is what incremental
+        decoding wants (every row's next token goes in the last column); right padding with
+        causal attention is what teacher forcing wants. ``width`` defaults to the longest row
+        (including ``prepend``); a shorter ``width`` is refused, not a silent cut
+        (use :meth:`truncate` first). int64 because that is the dtype embeddings index with.
+        """
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+        head = np.asarray(prepend, dtype=np.int64).reshape(-1)
+        lengths = self.lengths + head.size
+        need = int(lengths.max()) if len(self) else head.size
+        T = need if width is None else int(width)
+        if T < need:
+            row = _first_bad(lengths > T)
+            raise ValueError(f"width={T} is shorter than row {row} ({int(lengths[row])} tokens "
+                             f"with prepend); truncate the sequences first")
+        col = np.arange(T)[None, :]
+        keep = col >= (T - lengths)[:, None] if side == "left" else col < lengths[:, None]
+        flat = self.tokens.astype(np.int64)
+        if head.size:  # row-major order of `keep` is each row's block in turn: head, tokens
+            starts = (np.cumsum(lengths) - lengths).astype(np.int64)
+            at_head = (starts[:, None] + np.arange(head.size)[None, :]).ravel()
+            with_head = np.empty(int(lengths.sum()), dtype=np.int64)
+            is_head = np.zeros(with_head.size, dtype=bool)
+            is_head[at_head] = True
+            with_head[is_head] = np.tile(head, len(self))
+            with_head[~is_head] = flat
+            flat = with_head
+        ids = np.full((len(self), T), int(pad), dtype=np.int64)
+        ids[keep] = flat
+        return ids, keep.astype(np.int64)
+
     def truncate(self, max_len: int) -> TokenSequences:
         """Keep at most the first ``max_len`` tokens of every sequence."""
         if max_len < 1:
@@ -321,6 +359,30 @@ class RewardDataset:
     def label_index(self, label: int | str) -> int:
         """Column index of ``label`` (an int or one of ``label_names``)."""
         return _label_index(label, self.label_names)
+
+    def select(self, idx) -> RewardDataset:
+        """The utterances ``idx`` (integer indices or a boolean mask over the rows), in that
+        order, with their responses, texts and labels; ``kept_index`` keeps pointing at the
+        rows of the original input."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"boolean mask has shape {idx.shape}; the dataset has "
+                                 f"{len(self)} rows")
+            idx = np.flatnonzero(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"select needs integer indices or a boolean mask, got {idx.dtype}")
+        idx = idx.astype(np.int64).reshape(-1)
+        bad = (idx < -len(self)) | (idx >= len(self))
+        if bad.any():
+            raise IndexError(f"index {int(idx[_first_bad(bad)])} is out of range for a dataset "
+                             f"of {len(self)} rows")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        out = RewardDataset(self.sequences.select(idx), self.responses[idx], self.label_names,
+                            self.vocab_size,
+                            None if self.texts is None else [self.texts[i] for i in idx])
+        object.__setattr__(out, "kept_index", self.kept_index[idx])
+        return out
 
     def __repr__(self) -> str:
         return (f"RewardDataset(n={len(self)}, labels={list(self.label_names)}, "

@@ -401,6 +401,8 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
     """
     import torch
 
+    from ._tensors import padded
+
     rows = _check_samples(samples)
     if len(prompts) != len(rows):
         raise ValueError(f"{len(prompts)} prompts for {len(rows)} sample lists")
@@ -428,15 +430,10 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
             idx = [k for k in order[start:start + batch_size] if pairs[k][3]]
             if not idx:
                 continue
-            seqs = [pairs[k][2] + pairs[k][3] for k in idx]
-            T = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), T), dtype=torch.long)
-            score = torch.zeros((len(seqs), T), dtype=torch.bool)
-            for r, (k, s) in enumerate(zip(idx, seqs, strict=True)):
-                ids[r, :len(s)] = torch.tensor(s)
-                mask[r, :len(s)] = 1
-                score[r, len(pairs[k][2]):len(s)] = True
+            ids, mask = padded([pairs[k][2] + pairs[k][3] for k in idx], pad=pad_id)
+            # score the continuation only: columns past the prompt, up to the row's length
+            plen = torch.tensor([len(pairs[k][2]) for k in idx])
+            score = (torch.arange(ids.shape[1])[None, :] >= plen[:, None]) & mask.bool()
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             tok_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()

@@ -40,6 +40,7 @@ from transformers import LogitsProcessor
 from rankkit.sequences import TokenSequences
 
 from ._checks import check_prompt_ids, check_real, check_step_values
+from ._tensors import padded
 
 __all__ = [
     "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
@@ -336,17 +337,6 @@ def _as_prompt_ids(prompts, tokenizer) -> list[list[int]]:
     return out
 
 
-def _left_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, T - len(r):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _reorder_cache(past, idx: torch.Tensor):
     if hasattr(past, "reorder_cache"):
         past.reorder_cache(idx)
@@ -477,7 +467,7 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
         G = len(group)
         rows = [p for p in group for _ in range(n_samples)]
         B = len(rows)
-        ids, mask = _left_pad(rows, pad, device)
+        ids, mask = padded(rows, "left", pad, device=device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         gen = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -13,19 +13,10 @@ import torch
 
 from rankkit.sequences import TokenSequences
 
+from ._tensors import padded
 from .models import RADQ, RADV, RewardModel
 
-__all__ = ["learned_matrix", "left_pad"]
-
-
-def left_pad(seqs: TokenSequences, idx: np.ndarray, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``(input_ids, attention_mask)`` of sequences ``idx`` (pad id 0, masked)."""
-    sub = seqs.select(np.asarray(idx))
-    T = int(sub.lengths.max()) if len(sub) and sub.tokens.size else 0
-    ids = np.zeros((len(sub), T), dtype=np.int64)
-    keep = np.arange(T)[None, :] >= (T - sub.lengths)[:, None]
-    ids[keep] = sub.tokens
-    return (torch.from_numpy(ids).to(device), torch.from_numpy(keep.astype(np.int64)).to(device))
+__all__ = ["learned_matrix"]
 
 
 @torch.no_grad()
@@ -83,7 +74,7 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
     try:
         for s in tqdm(range(0, len(seqs), batch_size), disable=not progress, desc="R̂ rows"):
             idx = np.arange(s, min(s + batch_size, len(seqs)))
-            ids, mask = left_pad(seqs, idx, model.device)
+            ids, mask = padded(seqs.select(idx), "left", device=model.device)
             if isinstance(model, RADQ):
                 if cols is None:
                     scores, _ = model.score_vocab(ids, mask, label=label)

@@ -134,6 +134,8 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
     """
     import torch
 
+    from ._tensors import padded
+
     if not isinstance(sequences, TokenSequences):
         sequences = TokenSequences.from_encoding(sequences)
     if len(sequences) == 0:
@@ -196,13 +198,7 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
                 step += 1
                 if step <= result.steps:
                     continue  # already done before the resume
-                rows = [np.concatenate([[bos], seqs[int(i)]]) for i in idx]
-                T = max(r.size for r in rows)
-                ids = torch.full((len(rows), T), bos, dtype=torch.long)
-                mask = torch.zeros((len(rows), T), dtype=torch.long)
-                for r, a in enumerate(rows):
-                    ids[r, :a.size] = torch.from_numpy(a.astype(np.int64))
-                    mask[r, :a.size] = 1
+                ids, mask = padded(seqs.select(np.asarray(idx)), pad=bos, prepend=[bos])
                 labels = ids.masked_fill(mask == 0, -100)
                 out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                             labels=labels.to(device))

@@ -104,3 +104,59 @@ def test_bad_responses_name_the_row_and_column():
         RewardDataset(seqs, ["1.0", "bad", "0.2"], vocab_size=10)
     ds = RewardDataset(seqs, ["1.0", "0.5", "0.2"], vocab_size=10)  # numeric strings are numbers
     assert ds.responses.tolist() == [1.0, 0.5, 0.2]
+
+
+def _pad_slow(rows, side, pad, prepend, width):
+    """The obvious per-row loop to_padded must agree with."""
+    rows = [list(prepend) + list(r) for r in rows]
+    T = width if width is not None else max([len(r) for r in rows], default=len(prepend))
+    ids = [[pad] * T for _ in rows]
+    mask = [[0] * T for _ in rows]
+    for i, r in enumerate(rows):
+        start = T - len(r) if side == "left" else 0
+        for j, t in enumerate(r):
+            ids[i][start + j], mask[i][start + j] = t, 1
+    return np.array(ids, dtype=np.int64).reshape(len(rows), T), \
+        np.array(mask, dtype=np.int64).reshape(len(rows), T)
+
+
+@given(rows=st.lists(st.lists(st.integers(0, 50), max_size=6), max_size=6),
+       side=st.sampled_from(["left", "right"]), pad=st.integers(-1, 60),
+       prepend=st.lists(st.integers(0, 50), max_size=2), extra=st.integers(0, 2),
+       fixed=st.booleans())
+def test_to_padded_matches_the_row_loop(rows, side, pad, prepend, extra, fixed):
+    seqs = TokenSequences.from_lists(rows)
+    need = max([len(r) + len(prepend) for r in rows], default=len(prepend))
+    width = need + extra if fixed else None
+    ids, mask = seqs.to_padded(side, pad, prepend, width)
+    ref_ids, ref_mask = _pad_slow(rows, side, pad, prepend, width)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(mask, ref_mask)
+    assert ids.dtype == np.int64 and mask.dtype == np.int64
+    if side == "right" and not prepend:  # the inverse of from_padded
+        back = TokenSequences.from_padded(ids, attention_mask=mask)
+        assert back.to_lists() == [list(r) for r in rows]
+
+
+def test_to_padded_refuses_a_width_that_would_cut():
+    seqs = TokenSequences.from_lists([[1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match=r"width=3 is shorter than row 1 \(4 tokens with prepend\)"):
+        seqs.to_padded("left", 0, [9], width=3)
+    with pytest.raises(ValueError, match="side must be"):
+        seqs.to_padded("top")
+
+
+def test_reward_dataset_select_keeps_rows_together():
+    ds = RewardDataset([[1, 2], [], [3], [4, 5, 6]], [[0.1, 1], [0.2, 2], [0.3, 3], [0.4, 4]],
+                       label_names=["a", "b"], vocab_size=10, texts=["x", "", "y", "z"])
+    sub = ds.select([2, 0, -1])  # rows of the kept dataset (input rows 0, 2, 3)
+    assert sub.sequences.to_lists() == [[4, 5, 6], [1, 2], [4, 5, 6]]
+    np.testing.assert_array_equal(sub.responses, [[0.4, 4], [0.1, 1], [0.4, 4]])
+    assert sub.texts == ("z", "x", "z") and sub.label_names == ("a", "b")
+    np.testing.assert_array_equal(sub.kept_index, [3, 0, 3])  # rows of the original input
+    mask = ds.select(np.array([True, False, True]))
+    assert mask.sequences.to_lists() == [[1, 2], [4, 5, 6]]
+    with pytest.raises(IndexError, match="index 3 is out of range for a dataset of 3 rows"):
+        ds.select([0, 3])
+    with pytest.raises(ValueError, match="boolean mask has shape"):
+        ds.select(np.array([True, False]))

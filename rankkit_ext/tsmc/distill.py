@@ -28,7 +28,7 @@ from .._io import load_checkpoint
 from .learning import TwistTrainResult, _atomic_save, train_twist
 from .potentials import Potential
 from .resampling import resample
-from .sampler import _pad, score_sequences, tsmc
+from .sampler import _right_padded, score_sequences, tsmc
 
 __all__ = ["EffectivePotential", "finetune_lm", "tsmc_samples", "self_distill",
            "SelfDistillResult"]
@@ -102,7 +102,7 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     pad = student.config.eos_token_id if student.config.eos_token_id is not None else 0
-    toks, lens = _pad(sequences, pad)
+    toks, lens = _right_padded(sequences, pad)
     toks, lens = toks.to(dev), lens.to(dev)
     prompt = torch.as_tensor(prompt, dtype=torch.long, device=dev).reshape(1, -1)
     g = torch.Generator().manual_seed(seed)

@@ -62,7 +62,7 @@ from .._io import load_checkpoint
 from .adapters import as_adapter
 from .potentials import Potential
 from .resampling import RESAMPLING_METHODS, normalize_log_weights
-from .sampler import _pad, teacher_force, tsmc
+from .sampler import _right_padded, teacher_force, tsmc
 from .twists import as_twist
 
 __all__ = ["ctl_loss", "train_twist", "TwistTrainResult", "NEGATIVE_PHASES", "POSITIVE_PHASES"]
@@ -169,7 +169,7 @@ def ctl_loss(lm, twist, potential: Potential, prompt, n_particles: int, max_new_
     if positive_samples is not None:
         dev = r.tokens.device
         pad = 0 if lm.eos_token_id is None else int(lm.eos_token_id)
-        toks, lens = _pad(positive_samples, pad)
+        toks, lens = _right_padded(positive_samples, pad)
         toks = toks.to(dev)
         with torch.no_grad():
             _, hp = teacher_force(lm, prompt, toks, lens)

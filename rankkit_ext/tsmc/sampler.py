@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_prompt_ids, check_step_values
+from .._tensors import padded
 from .adapters import as_adapter
 from .potentials import Potential, PotentialValueError
 from .resampling import (
@@ -418,12 +419,11 @@ def teacher_force(lm, prompt, tokens: torch.Tensor, lengths: torch.Tensor | None
     return logp, h, tw.sequence_log_psi(prompt, tokens, h)
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad: int):
-    T = max(1, max(len(s) for s in seqs))
-    out = torch.full((len(seqs), T), pad, dtype=torch.long)
-    for k, s in enumerate(seqs):
-        out[k, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-    return out, torch.tensor([len(s) for s in seqs])
+def _right_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuations right-padded with ``pad`` (at least one column, so an all-empty batch
+    still teacher-forces one step) and their lengths."""
+    toks, mask = padded(seqs, pad=pad, width=max(1, max(len(s) for s in seqs)))
+    return toks, mask.sum(1)
 
 
 @torch.no_grad()
@@ -438,7 +438,7 @@ def score_sequences(lm, prompt, sequences: Sequence[Sequence[int]], twist=None,
     pad = 0 if lm.eos_token_id is None else int(lm.eos_token_id)
     out_p, out_q = [], []
     for i in range(0, len(sequences), chunk):
-        toks, lens = _pad(sequences[i: i + chunk], pad)
+        toks, lens = _right_padded(sequences[i: i + chunk], pad)
         out = teacher_force(lm, prompt, toks.to(_device(lm)), lens, twist=twist)
         logp = out[0].to(torch.float64).cpu()
         mask = torch.arange(toks.shape[1])[None] < lens[:, None]

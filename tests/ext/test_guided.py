@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 import rankkit_ext.guided as gd  # noqa: E402
+from rankkit_ext._tensors import padded  # noqa: E402
 from rankkit_ext.lm import tiny_gpt2  # noqa: E402
 from rankkit_ext.models import RADQ, RADV  # noqa: E402
 
@@ -111,7 +112,7 @@ def test_processor_cached_and_uncached_logits_identical_in_generate(base):
 
 def test_generate_path_equals_own_loop_and_processor_is_stateless(base, rm):
     prompts = [[3, 1], [5, 9, 2, 6], [8]]
-    ids, mask = gd._left_pad(prompts, PAD, "cpu")
+    ids, mask = padded(prompts, "left", PAD)
     proc = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=5, pad_token_id=PAD)
     kw = dict(do_sample=False, max_new_tokens=5, logits_processor=[proc], pad_token_id=PAD)
     out1 = base.generate(ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
@@ -119,7 +120,7 @@ def test_generate_path_equals_own_loop_and_processor_is_stateless(base, rm):
                              do_sample=False, eos_token_id=-1)
     np.testing.assert_array_equal(out1.numpy(), np.stack([r[0] for r in own.tokens]))
     # same processor object, another generate on other prompts == a fresh processor
-    ids2, mask2 = gd._left_pad([[7, 7, 7]], PAD, "cpu")
+    ids2, mask2 = padded([[7, 7, 7]], "left", PAD)
     again = base.generate(ids2, attention_mask=mask2, **kw)
     fresh = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=5, pad_token_id=PAD)
     ref = base.generate(ids2, attention_mask=mask2, **{**kw, "logits_processor": [fresh]})
@@ -256,7 +257,7 @@ def test_unguided_loop_equals_hf_greedy_and_beta_zero(base, rm):
     prompts = [[3, 1, 4], [5]]
     own = gd.guided_generate(base, None, prompts, beta=0.0, top_k=5, max_new_tokens=5,
                              do_sample=False, eos_token_id=-1)
-    ids, mask = gd._left_pad(prompts, PAD, "cpu")
+    ids, mask = padded(prompts, "left", PAD)
     hf = base.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=5,
                        pad_token_id=PAD)[:, ids.shape[1]:]
     np.testing.assert_array_equal(np.stack([r[0] for r in own.tokens]), hf.numpy())
