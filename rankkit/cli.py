@@ -28,26 +28,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ._io import json_default
+
 __all__ = ["json_default", "main", "matrix_stats"]
 
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=json_default))
-
-
-def json_default(o):
-    """``default=`` hook of :func:`json.dumps` for the CLI's and the analyses' JSON output:
-    numpy scalars become Python numbers, arrays, tuples and sets become lists, anything else
-    its ``str``."""
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, tuple | set):
-        return list(o)
-    return str(o)
 
 
 def _slug(spec: str) -> str:

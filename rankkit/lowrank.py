@@ -78,8 +78,6 @@ Precision: float64 throughout (certificates are stated at MSE 1e-6 and tested at
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import time
@@ -91,7 +89,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
-from ._io import DamagedFileError, atomic_npz, read_npz
+from ._io import DamagedFileError, atomic_npz, fingerprint, read_npz
 from ._kernels import sampled_dot
 from ._lrkernels import make_lr_kernels, svd_form
 from .matrix import as_reward_matrix
@@ -253,11 +251,9 @@ def _warm(warm_start, indptr, indices, x, shape, k, rng):
 # ---- the solver ----------------------------------------------------------------------------
 
 def _fingerprint(indptr, indices, x, shape, k, settings) -> np.ndarray:
-    h = hashlib.blake2b(digest_size=16)
-    for a in (np.asarray(shape, np.int64), indptr, indices, x):
-        h.update(np.ascontiguousarray(a).tobytes())
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    return np.frombuffer(h.digest(), dtype=np.uint8)
+    """The problem a checkpoint belongs to, as a 0-d string array for its npz."""
+    return np.asarray(fingerprint("fixed-rank", list(shape), indptr, indices, x, int(k),
+                                  settings))
 
 
 class _Run:

@@ -56,7 +56,6 @@ statements about two quantities (minrank_{Ω,ε} ≤ minrank_Ω), never one inte
 
 from __future__ import annotations
 
-import hashlib
 import html
 import math
 import numbers
@@ -70,7 +69,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._backend import array_backend, to_numpy
-from ._io import atomic_json, read_json
+from ._io import atomic_json, fingerprint, read_json
 from .bounds import BlockCertificate, RankLowerBound, TriangularCertificate, rank_lower_bound
 from .exact import exact_completion, rank_cap
 from .matrix import RewardMatrix, as_reward_matrix
@@ -454,10 +453,9 @@ def _bounds_from_dict(d: dict | None) -> RankLowerBound | None:
 
 
 def _fingerprint(R2: RewardMatrix, label, settings: dict) -> dict:
-    h = hashlib.sha1()
-    for a in (R2.indptr, R2.indices, R2.label_values(label)):
-        h.update(np.ascontiguousarray(a).tobytes())
-    return {"shape": list(R2.shape), "nnz": R2.nnz, "sha1": h.hexdigest(), **settings}
+    # a dict, not one digest: a mismatch on resume names the setting that changed
+    return {"shape": list(R2.shape), "nnz": R2.nnz,
+            "data": fingerprint(R2.indptr, R2.indices, R2.label_values(label)), **settings}
 
 
 # ---------------------------------------------------------------------------------------

@@ -66,7 +66,6 @@ R package ``softImpute`` (Hastie & Mazumder), function ``Ssimpute.als``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -78,7 +77,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
-from ._io import DamagedFileError, atomic_npz, read_npz
+from ._io import DamagedFileError, atomic_npz, fingerprint, read_npz
 from ._kernels import make_kernels
 from .matrix import RewardMatrix
 
@@ -272,11 +271,9 @@ def _warm_factors(warm_start, n: int, m: int, k: int, rng: np.random.Generator):
 
 
 def _fingerprint(indptr, indices, x, shape, k, lam, thresh, dtype) -> np.ndarray:
-    h = hashlib.blake2b(digest_size=16)
-    for a in (np.asarray(shape, np.int64), indptr, indices, x):
-        h.update(np.ascontiguousarray(a).tobytes())
-    h.update(repr((k, float(lam), float(thresh), str(dtype))).encode())
-    return np.frombuffer(h.digest(), dtype=np.uint8)
+    """The problem a checkpoint belongs to, as a 0-d string array for its npz."""
+    return np.asarray(fingerprint("soft-impute", list(shape), indptr, indices, x, int(k),
+                                  float(lam), float(thresh), str(dtype)))
 
 
 # ---- the algorithm ------------------------------------------------------------------------

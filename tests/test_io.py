@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rankkit as rk
 from rankkit._io import DamagedFileError, atomic_json, atomic_npz, read_json, read_npz
@@ -86,3 +88,29 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
         read_npz(tmp_path / "b.npz", "test", required=("y",))
     with pytest.raises(FileNotFoundError):
         read_npz(tmp_path / "missing.npz", "test")
+
+
+@given(st.lists(st.integers(-3, 3), max_size=6), st.lists(st.integers(-3, 3), max_size=6))
+def test_fingerprint_separates_different_inputs(a, b):
+    from rankkit._io import fingerprint
+
+    fa, fb = fingerprint(np.array(a, np.int64)), fingerprint(np.array(b, np.int64))
+    assert (fa == fb) == (a == b)
+    # the same values under another dtype, as a plain list, or split differently are other
+    # problems: a checkpoint of one must never resume the other
+    assert fingerprint(np.array(a, np.int32)) != fa
+    assert fingerprint(a) != fa
+    assert fingerprint(a, b) != fingerprint(a + b)
+
+
+def test_fingerprint_is_stable_and_typed():
+    from rankkit._io import fingerprint
+
+    assert fingerprint({"b": 1, "a": [1.5, None]}) == fingerprint({"a": [1.5, None], "b": 1})
+    assert len({fingerprint(x) for x in (1, 1.0, "1", True, b"1", None)}) == 6
+    with pytest.raises(TypeError, match="cannot fingerprint a object"):
+        fingerprint(object())
+    torch = pytest.importorskip("torch")
+    t = torch.arange(4, dtype=torch.float32)
+    assert fingerprint(t) == fingerprint(t.clone()) != fingerprint(t.double())
+    assert fingerprint(t.bfloat16()) != fingerprint(t)
