@@ -8,7 +8,6 @@ users with hub access pass any model id to ``load_base_lm``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from rankkit.sequences import TokenSequences
 
-from ._io import load_checkpoint
+from ._loop import OptimLoop
 
 __all__ = ["tiny_gpt2", "train_lm", "TrainLMResult", "load_base_lm"]
 
@@ -85,14 +84,6 @@ class TrainLMResult:
     resumed_from_step: int = 0
 
 
-def _atomic_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
-
-
 def _batches(sequences: TokenSequences, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     # one permutation per (seed, epoch): a resumed run replays the same order
     perm = np.random.default_rng([seed, epoch]).permutation(len(sequences))
@@ -110,11 +101,11 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
     over all real tokens of the batch (padding is masked). AdamW with a linear decay of
     the learning rate to zero (as in paper 002 App. E).
 
-    Checkpoints (model, optimiser, scheduler, step) are written atomically to
-    ``checkpoint_dir/train_state.pt`` every ``checkpoint_every`` steps and at the end of
-    each epoch; calling ``train_lm`` again with the same arguments resumes from it (the
-    batch order depends only on ``seed`` and the epoch, so a resumed run sees the same
-    batches as an uninterrupted one). The final weights are saved with
+    Checkpoints (model, optimiser, scheduler, RNG states, step, losses) are written
+    atomically to ``checkpoint_dir/train_state.pt`` every ``checkpoint_every`` steps and at
+    the end (:class:`rankkit_ext._loop.OptimLoop`, shared with the other training
+    functions); calling ``train_lm`` again with the same arguments resumes from it bit for
+    bit (the batch order depends only on ``seed`` and the epoch). The final weights are saved with
     ``save_pretrained(checkpoint_dir / "final")``.
 
     Parameters
@@ -160,64 +151,29 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-12,
                             weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
-    result = TrainLMResult()
     ckpt = Path(checkpoint_dir) / _STATE if checkpoint_dir is not None else None
-    torch_gen_state = None
-    if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt.exists():
-            st = load_checkpoint(ckpt, "language-model checkpoint", map_location=device)
-            if st["total"] != total:
-                raise ValueError(f"checkpoint {ckpt} was written for {st['total']} steps, this run "
-                                 f"has {total}; use the same epochs/batch_size or a new checkpoint_dir")
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["opt"])
-            sched.load_state_dict(st["sched"])
-            result.losses = list(st["losses"])
-            result.steps = result.resumed_from_step = st["step"]
-            torch_gen_state = st["torch_rng"]
-
-    def save():
-        if ckpt is not None:
-            _atomic_save({"model": model.state_dict(), "opt": opt.state_dict(),
-                          "sched": sched.state_dict(), "losses": result.losses,
-                          "step": result.steps, "total": total,
-                          "torch_rng": torch.get_rng_state()}, ckpt)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, initial=result.steps, desc="train_lm")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if torch_gen_state is not None:
-            torch.set_rng_state(torch_gen_state)
-        step = 0
-        for epoch in range(epochs):
-            for idx in _batches(seqs, batch_size, seed, epoch):
-                step += 1
-                if step <= result.steps:
-                    continue  # already done before the resume
-                ids, mask = padded(seqs.select(np.asarray(idx)), pad=bos, prepend=[bos])
-                labels = ids.masked_fill(mask == 0, -100)
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                            labels=labels.to(device))
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                result.losses.append(float(out.loss.detach()))
-                result.steps = step
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
-                if checkpoint_every and step % checkpoint_every == 0:
-                    save()
-            result.epochs_done = epoch + 1
-            save()
-    if bar is not None:
-        bar.close()
+    loop = OptimLoop("language-model checkpoint", ckpt, total=total, seed=seed,
+                     state={"model": model, "opt": opt, "sched": sched},
+                     settings={"total": total, "batch_size": batch_size, "n": len(seqs),
+                               "seed": seed}, every=checkpoint_every, device=device,
+                     progress=progress)
+    with loop:
+        for step in loop:
+            epoch, within = divmod(step, n_batches)
+            idx = _batches(seqs, batch_size, seed, epoch)[within]
+            ids, mask = padded(seqs.select(np.asarray(idx)), pad=bos, prepend=[bos])
+            labels = ids.masked_fill(mask == 0, -100)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        labels=labels.to(device))
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            loop.done(float(out.loss.detach()))
+        loop.save()
+    result = TrainLMResult(losses=loop.history["loss"], steps=loop.step,
+                           epochs_done=loop.step // n_batches, resumed_from_step=loop.resumed_from)
     model.eval()
     if checkpoint_dir is not None:
         model.save_pretrained(Path(checkpoint_dir) / "final")
