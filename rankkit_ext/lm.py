@@ -231,21 +231,27 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
 def load_base_lm(name_or_path: str | Path, *, device=None, dtype=None):
     """Load a causal LM for guided decoding: a hub id (online) or a local folder.
 
+    Any architecture ``transformers.AutoModelForCausalLM`` knows (GPT-2, Llama, Qwen2 …).
     A folder written by :func:`train_lm` (``<checkpoint_dir>/final``) or by
     ``save_pretrained`` loads offline; a folder holding a ``final`` sub-folder is
     resolved to it. Returns the model in eval mode.
-    """
-    from transformers import AutoModelForCausalLM
 
-    p = Path(name_or_path)
+    Raises
+    ------
+    rankkit._hub.HubUnreachableError
+        A hub id that is not in the local cache while the hub is unreachable (or
+        ``HF_HUB_OFFLINE=1``): raised within ~2.5 s, naming the id and how to pass a
+        local folder instead.
+    FileNotFoundError
+        A path (``./x``, ``/x``, ``~/x``) with nothing there.
+    """
+    from ._hf import load_pretrained
+
+    p = Path(name_or_path).expanduser()
     if p.is_dir() and not (p / "config.json").exists() and (p / "final" / "config.json").exists():
-        p = p / "final"
-    src = str(p) if p.exists() else str(name_or_path)
-    if not p.exists() and str(name_or_path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no model folder at {name_or_path!r}; pass a folder written by "
-                                f"save_pretrained / train_lm, or a hub id such as 'gpt2'")
+        name_or_path = p / "final"
     kw = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    model = load_pretrained(name_or_path, "causal_lm", what="base language model", **kw)
     if device is not None:
         model.to(device)
     return model.eval()

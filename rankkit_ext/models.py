@@ -181,11 +181,35 @@ class RewardModel(nn.Module):
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, name_or_path: str, **kwargs) -> RewardModel:
-        """Load a hub id or local folder as ``AutoModelForCausalLM`` and wrap it."""
-        from transformers import AutoModelForCausalLM
+    def from_backbone(cls, name_or_path: str | os.PathLike, *, auto: str = "causal_lm",
+                      dtype=None, **kwargs) -> RewardModel:
+        """Load a hub id or local folder as the backbone and wrap it.
 
-        return cls(AutoModelForCausalLM.from_pretrained(name_or_path), **kwargs)
+        Parameters
+        ----------
+        name_or_path : str or os.PathLike
+            A hub id (``"gpt2"``, any causal LM) or a local directory written by
+            ``save_pretrained``.
+        auto : {"causal_lm", "base"}
+            ``AutoModelForCausalLM`` (default; its LM head gives RAD-Q's e(v)) or
+            ``AutoModel`` (no head: e(v) is the tied input embedding).
+        dtype : torch.dtype, optional
+        **kwargs
+            Passed to the class (``n_labels``, ``label_names``, ``seed`` …).
+
+        Raises
+        ------
+        rankkit._hub.HubUnreachableError
+            A hub id that is not cached while the hub is unreachable (or
+            ``HF_HUB_OFFLINE=1``), within ~2.5 s, naming the id and the local-folder fix.
+        """
+        from ._hf import load_pretrained
+
+        if auto not in ("causal_lm", "base"):
+            raise ValueError(f"auto must be 'causal_lm' or 'base', got {auto!r}")
+        kw = {} if dtype is None else {"dtype": dtype}
+        return cls(load_pretrained(name_or_path, auto, what=f"{cls.__name__} backbone", **kw),
+                   **kwargs)
 
     def _options(self) -> dict:
         return {}
