@@ -22,6 +22,7 @@ _LAZY = {
     "RADQ": ("models", "RADQ"),
     "ScoringState": ("models", "ScoringState"),
     "load_reward_model": ("models", "load_reward_model"),
+    "SigmoidScores": ("models", "SigmoidScores"),
     "tokenizer_fingerprint": ("models", "tokenizer_fingerprint"),
     # training
     "train": ("training", "train"),

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 __all__ = ["RewardModel", "RADV", "RADQ", "ScoringState", "tokenizer_fingerprint",
-           "load_reward_model"]
+           "load_reward_model", "SigmoidScores"]
 
 _CONFIG_NAME = "reward_model.json"
 _HEAD_NAME = "head.safetensors"
@@ -616,3 +616,42 @@ class RADQ(RewardModel):
         E = self.output_embedding_weight().to(h.dtype)
         scores = self._u(h)[:, li] @ E.T + self._base(h)[:, li, None]
         return scores, state
+
+
+# --------------------------------------------------------------------------------------
+# σ link for models trained with the binary cross-entropy (eq. 18)
+# --------------------------------------------------------------------------------------
+class SigmoidScores:
+    r"""A reward model whose scores are :math:`\sigma(\hat r)`, for decoding with a model
+    trained with ``objective="bce"`` (paper 002 eq. 18, App. G.2.1: σ maps RAD-Q's logits
+    into [0, 1] "which is also used during generation").
+
+    Wraps any model with the scoring contract; ``score_candidates`` / ``score_vocab`` /
+    ``score_sequences`` return σ of the wrapped scores and the wrapped state, everything
+    else (``vocab_size``, ``tokenizer_fingerprint``, ``label_names``, ``eval`` …) is the
+    wrapped model's. The learned matrix R̂ (and its rank ≤ d for RAD-Q) is that of the
+    *logits*: pass the unwrapped model to :func:`~rankkit_ext.learned.learned_matrix`.
+    """
+
+    def __init__(self, model):
+        if not hasattr(model, "score_candidates"):
+            raise TypeError(f"SigmoidScores needs a reward model with score_candidates, got "
+                            f"{type(model).__name__}")
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["model"], name)
+
+    def score_candidates(self, *args, **kwargs):
+        scores, state = self.model.score_candidates(*args, **kwargs)
+        return torch.sigmoid(scores), state
+
+    def score_vocab(self, *args, **kwargs):
+        scores, state = self.model.score_vocab(*args, **kwargs)
+        return torch.sigmoid(scores), state
+
+    def score_sequences(self, *args, **kwargs):
+        return torch.sigmoid(self.model.score_sequences(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"SigmoidScores({self.model!r})"
