@@ -36,6 +36,7 @@ _LAZY = {
     "learned_matrix": ("learned", "learned_matrix"),
     # base language models
     "tiny_gpt2": ("lm", "tiny_gpt2"),
+    "tiny_causal_lm": ("lm", "tiny_causal_lm"),
     "train_lm": ("lm", "train_lm"),
     "TrainLMResult": ("lm", "TrainLMResult"),
     "load_base_lm": ("lm", "load_base_lm"),

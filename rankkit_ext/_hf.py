@@ -12,7 +12,9 @@ Everything the samplers and reward models need from a backbone goes through here
 * :func:`hidden_size`, :func:`max_positions` — sizes read from the config's generic names
   (GPT-2's config maps them through its ``attribute_map``);
 * :func:`forward_kwargs` — keep only the keyword arguments a model's ``forward`` takes
-  (``position_ids`` is absent from ALiBi models, ``logits_to_keep`` from older ones).
+  (``position_ids`` is absent from ALiBi models, ``logits_to_keep`` from older ones);
+* :func:`cache_kwargs`, :func:`output_cache` — pass and read the KV cache under the name
+  this transformers release uses (``cache`` since 5.2x, ``past_key_values`` before).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from rankkit._hub import from_hub
 
 __all__ = ["load_pretrained", "text_config", "hidden_size", "max_positions", "forward_kwargs",
-           "MODEL_FIX"]
+           "cache_kwargs", "output_cache", "MODEL_FIX"]
 
 MODEL_FIX = ("pass a local directory instead (one written by model.save_pretrained(dir) or "
              "rankkit_ext.train_lm(..., checkpoint_dir=dir), or a copy of the hub repository's "
@@ -120,3 +122,22 @@ def forward_kwargs(model, **kwargs) -> dict:
     """
     names = inspect.signature(model.forward).parameters
     return {k: v for k, v in kwargs.items() if v is not None and k in names}
+
+
+def cache_kwargs(model, past) -> dict:
+    """The KV-cache argument under the name ``model.forward`` takes: ``cache`` (transformers
+    ≥ 5.2x, where ``past_key_values`` is deprecated and due to be removed) or
+    ``past_key_values`` (older releases, e.g. 5.17 on the GPU machine)."""
+    names = inspect.signature(model.forward).parameters
+    if "cache" in names and "past_key_values" not in names:
+        return {"cache": past}
+    return {"past_key_values": past}
+
+
+def output_cache(out):
+    """The KV cache of a model output: ``out.cache`` or ``out.past_key_values``, whichever
+    this transformers release fills."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    if "cache" in keys:
+        return out["cache"]
+    return getattr(out, "past_key_values", None)

@@ -131,8 +131,10 @@ class RewardModel(nn.Module):
     Parameters
     ----------
     backbone : transformers.PreTrainedModel
-        A causal LM (``AutoModelForCausalLM``, e.g. ``GPT2LMHeadModel``) or its base
-        model (``AutoModel``). Hidden states come from ``backbone.base_model``.
+        Any causal LM (``AutoModelForCausalLM``: GPT-2, Llama, Qwen2, GPT-NeoX …) or its
+        base model (``AutoModel``). Hidden states come from ``backbone.base_model``; the
+        architecture is reached only through generic calls (``get_input_embeddings``,
+        ``get_output_embeddings``, the config's ``bos_token_id``), see ``rankkit_ext._hf``.
     n_labels : int
         Number of reward heads trained jointly (7 for Jigsaw); decoding uses one.
     label_names : sequence of str, optional
@@ -153,7 +155,9 @@ class RewardModel(nn.Module):
         if n_labels < 1:
             raise ValueError(f"n_labels must be >= 1, got {n_labels}")
         self.backbone = backbone
-        cfg = backbone.config
+        from ._hf import text_config
+
+        cfg = text_config(backbone.config)  # the decoder's config, also for nested configs
         self.n_labels = int(n_labels)
         if label_names is None:
             label_names = tuple(f"label_{i}" for i in range(n_labels))
@@ -216,7 +220,10 @@ class RewardModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.backbone.get_input_embeddings().weight.shape[1])
+        """d, the width of h(x): that of the output embedding e(·) (logits = h Eᵀ), which for
+        every causal LM equals the last hidden state's (GPT-2 ``n_embd``, Llama
+        ``hidden_size``, OPT-350m's 512-wide projection)."""
+        return int(self.output_embedding_weight().shape[1])
 
     @property
     def device(self) -> torch.device:
@@ -246,9 +253,16 @@ class RewardModel(nn.Module):
 
     # ---- backbone passes --------------------------------------------------------------
     def _run(self, ids, mask, position_ids, past=None, use_cache=False):
-        out = self.backbone.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                       past_key_values=past, use_cache=use_cache)
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        from ._hf import cache_kwargs, forward_kwargs, output_cache
+
+        body = self.backbone.base_model
+        # explicit position ids (left padding: positions count real tokens only) wherever the
+        # architecture takes them; the cache under this transformers release's argument name
+        kw = forward_kwargs(body, attention_mask=mask, position_ids=position_ids)
+        if past is not None:
+            kw.update(cache_kwargs(body, past))
+        out = body(input_ids=ids, use_cache=use_cache, **kw)
+        return out.last_hidden_state, (output_cache(out) if use_cache else None)
 
     def _check_prefix(self, input_ids, attention_mask):
         input_ids = torch.as_tensor(input_ids, device=self.device)

@@ -152,8 +152,9 @@ def _prepare(model: RewardModel, dataset: RewardDataset, max_len: int | None):
     if dataset.vocab_size > model.vocab_size:
         raise ValueError(f"dataset vocab_size={dataset.vocab_size} exceeds the model's "
                          f"{model.vocab_size} output embeddings (tokenizer mismatch?)")
-    n_pos = getattr(model.backbone.config, "max_position_embeddings", None) or getattr(
-        model.backbone.config, "n_positions", None)
+    from ._hf import max_positions
+
+    n_pos = max_positions(model.backbone.config)  # GPT-2 n_positions, Llama max_position_embeddings
     if max_len is None and n_pos is not None:
         max_len = int(n_pos) - 1  # one position goes to BOS
     seqs = dataset.sequences if max_len is None else dataset.sequences.truncate(max_len)
