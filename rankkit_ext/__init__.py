@@ -32,8 +32,10 @@ _LAZY = {
     "prefix_weights": ("training", "prefix_weights"),
     "fit_entries": ("training", "fit_entries"),
     "FitResult": ("training", "FitResult"),
-    # learned matrices
+    # learned matrices, and the paper's question in one call
     "learned_matrix": ("learned", "learned_matrix"),
+    "compare_rank": ("compare", "compare_rank"),
+    "RankComparison": ("compare", "RankComparison"),
     # base language models
     "tiny_gpt2": ("lm", "tiny_gpt2"),
     "tiny_causal_lm": ("lm", "tiny_causal_lm"),
@@ -48,6 +50,6 @@ _LAZY = {
     "select_candidates": ("guided", "select_candidates"),
     "check_compatible": ("guided", "check_compatible"),
 }
-_SUBMODULES = {"models", "training", "learned", "lm", "guided", "evaluate", "tsmc"}
+_SUBMODULES = {"models", "training", "learned", "compare", "lm", "guided", "evaluate", "tsmc"}
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, _SUBMODULES, globals())
