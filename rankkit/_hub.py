@@ -136,8 +136,8 @@ def _unreachable_message(shown: str, what: str, fix: str, cause: BaseException |
     why = (f"{var} is set" if var else f"the Hugging Face hub ({host}) is unreachable "
            "(no network)")
     detail = f" [{type(cause).__name__}]" if cause is not None else ""
-    return (f"{what} {shown} is not in the local Hugging Face cache and {why}{detail}. "
-            f"Fix: {fix}")
+    return (f"{what} {shown} is neither a local path nor in the local Hugging Face cache, and "
+            f"{why}{detail}. Fix: {fix}")
 
 
 def from_hub(name: str | os.PathLike, load: Callable[[bool], T], *, what: str, fix: str,

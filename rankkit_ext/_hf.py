@@ -114,14 +114,20 @@ def max_positions(config) -> int | None:
 
 
 def forward_kwargs(model, **kwargs) -> dict:
-    """``kwargs`` restricted to the names ``model.forward`` declares (``None`` values dropped).
+    """``kwargs`` restricted to the names ``model.forward`` declares (``None`` values dropped);
+    all of them for a wrapper whose ``forward`` takes only ``*args, **kwargs``.
 
     ``position_ids`` matter with left padding (each row's positions must start at its first
     real token) and are passed wherever the model takes them; models with ALiBi or no
     position ids at all do not declare the argument and never receive it.
     """
-    names = inspect.signature(model.forward).parameters
-    return {k: v for k, v in kwargs.items() if v is not None and k in names}
+    params = inspect.signature(model.forward).parameters
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    named = [p for p in params.values() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                          inspect.Parameter.VAR_KEYWORD)]
+    if not named:  # a wrapper's forward(*args, **kwargs) (e.g. peft): it forwards everything
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def cache_kwargs(model, past) -> dict:

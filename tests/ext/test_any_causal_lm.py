@@ -123,6 +123,13 @@ def test_generic_config_helpers():
     assert _hf.hidden_size(m) == 16
     kw = _hf.forward_kwargs(m, position_ids=1, attention_mask=2, no_such_argument=3, labels=None)
     assert kw == {"position_ids": 1, "attention_mask": 2}
+
+    class Wrapper(torch.nn.Module):  # forward(*args, **kwargs): cannot tell, pass everything
+        def forward(self, *args, **kwargs):
+            return kwargs
+
+    assert _hf.forward_kwargs(Wrapper(), position_ids=1, other=2) == {"position_ids": 1,
+                                                                       "other": 2}
     assert set(_hf.cache_kwargs(m, "c")) <= {"cache", "past_key_values"}
     with pytest.raises(ValueError, match="divisible"):
         tiny_causal_lm("llama", hidden_size=15, n_head=2)

@@ -95,3 +95,31 @@ def test_local_folder_still_loads_offline(tmp_path, how, request, monkeypatch):
     assert type(rq.backbone).__name__ == "LlamaForCausalLM" and rq.hidden_size == 16
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_base_lm(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "no_network"])
+def test_a_cached_hub_id_loads_offline(tmp_path, how, request, monkeypatch):
+    # a hub cache holding "rankkit-tests/tiny" (the layout huggingface_hub writes): without a
+    # network the loaders read it instead of failing
+    import huggingface_hub.constants as hc
+
+    repo = tmp_path / "hub" / "models--rankkit-tests--tiny"
+    src = _tiny_llama()
+    src.save_pretrained(repo / "snapshots" / ("a" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    if how == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        request.getfixturevalue("no_network")
+    t0 = time.perf_counter()
+    base = load_base_lm("rankkit-tests/tiny")
+    rv = RADV.from_backbone("rankkit-tests/tiny")
+    assert time.perf_counter() - t0 < 5.0
+    ids = torch.tensor([[1, 5, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(base(ids).logits, src(ids).logits)
+    assert rv.hidden_size == 16
+    with pytest.raises(HubUnreachableError, match="rankkit-tests/other"):
+        load_base_lm("rankkit-tests/other")  # same cache, another id: not there
