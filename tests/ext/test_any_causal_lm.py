@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 import rankkit_ext as rx  # noqa: E402
 from rankkit import tokenizers as rtok  # noqa: E402
 from rankkit.datasets import as_dataset  # noqa: E402
+from rankkit.sequences import TokenSequences  # noqa: E402
 from rankkit_ext import _hf  # noqa: E402
 from rankkit_ext.lm import load_base_lm, tiny_causal_lm  # noqa: E402
 from rankkit_ext.models import RADQ, RADV, load_reward_model  # noqa: E402
@@ -236,7 +237,7 @@ def test_train_lm_truncates_to_the_models_positions():
                         max_positions=6, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
                         ffn_dim=32, word_embed_proj_dim=16)
     assert _hf.max_positions(lm.config) == 6
-    long = rx.lm.TokenSequences.from_lists([list(range(4, 4 + 12))] * 4)
+    long = TokenSequences.from_lists([list(range(4, 4 + 12))] * 4)
     res = rx.train_lm(lm, long, epochs=1, batch_size=2, progress=False)
     assert res.steps == 2 and all(np.isfinite(res.losses))
 

@@ -154,3 +154,21 @@ def test_bce_training_reduces_the_loss_and_sigmoid_scores_follow():
     assert ((vocab > 0) & (vocab < 1)).all() and vocab.shape == (2, V)
     with pytest.raises(TypeError, match="score_candidates"):
         SigmoidScores(object())
+
+
+def test_sigmoid_scores_drive_guided_decoding():
+    # a BCE-trained model's logits go through σ before eq. 1 adds β r̃ (App. G.2.1)
+    from rankkit_ext.guided import guided_generate
+
+    base = backbone(7).eval()
+    rm = RADQ(backbone(8), n_labels=1, seed=1).eval()
+    wrapped = SigmoidScores(rm)
+    out = guided_generate(base, wrapped, [[3, 4], [5]], beta=2.0, top_k=5, n_samples=2,
+                          max_new_tokens=3, generator=0)
+    for i, p in enumerate([[3, 4], [5]]):
+        for j, y in enumerate(out.tokens[i]):
+            with torch.no_grad():
+                raw = float(rm.score_sequences(torch.tensor([p + y.tolist()]))[0])
+            # σ(r) differs from the clamp to [0, 1] by > 1e-4 wherever |r| < 8
+            assert abs(raw) < 8
+            assert abs(out.final_reward[i, j] - 1.0 / (1.0 + math.exp(-raw))) < 1e-5
