@@ -17,7 +17,7 @@ from rankkit.sequences import TokenSequences
 
 from ._loop import OptimLoop
 
-__all__ = ["tiny_gpt2", "train_lm", "TrainLMResult", "load_base_lm"]
+__all__ = ["tiny_gpt2", "tiny_causal_lm", "train_lm", "TrainLMResult", "load_base_lm"]
 
 _STATE = "train_state.pt"
 
@@ -62,6 +62,64 @@ def tiny_gpt2(vocab_size: int = 50257, n_embd: int = 64, n_layer: int = 2, n_hea
     return model.eval()
 
 
+def tiny_causal_lm(model_type: str = "llama", vocab_size: int = 50257, hidden_size: int = 32,
+                   n_layer: int = 2, n_head: int = 2, max_positions: int = 128, seed: int = 0,
+                   bos_token_id: int | None = None, eos_token_id: int | None = None,
+                   pad_token_id: int | None = None, **config_kwargs):
+    """A randomly initialised causal LM of any architecture ``transformers`` knows.
+
+    Built with ``AutoConfig.for_model(model_type, ...)`` and
+    ``AutoModelForCausalLM.from_config`` from the generic config names (``hidden_size``,
+    ``num_hidden_layers``, ``num_attention_heads``, ``max_position_embeddings``; GPT-2's
+    config maps them onto ``n_embd`` … itself), so tests and examples can exercise
+    non-GPT-2 models offline. ``save_pretrained`` it and load it back by path with
+    :func:`load_base_lm` or ``RADQ.from_backbone``.
+
+    Parameters
+    ----------
+    model_type : str
+        ``"llama"``, ``"qwen2"``, ``"mistral"``, ``"gpt_neox"``, ``"gpt2"`` …
+    vocab_size, hidden_size, n_layer, n_head, max_positions : int
+        ``hidden_size`` must be divisible by ``n_head``.
+    seed : int
+        Initialisation seed; the global torch RNG is left untouched.
+    bos_token_id, eos_token_id, pad_token_id : int, optional
+        Default: BOS = EOS = ``vocab_size - 1`` (as GPT-2's ``<|endoftext|>``), pad = EOS.
+    **config_kwargs
+        Further config fields (``intermediate_size`` defaults to ``2 * hidden_size``,
+        ``num_key_value_heads`` to ``n_head``).
+
+    Examples
+    --------
+    >>> m = tiny_causal_lm("llama", vocab_size=32, hidden_size=16, n_layer=1, n_head=2)
+    >>> type(m).__name__, m.config.hidden_size
+    ('LlamaForCausalLM', 16)
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if hidden_size % n_head:
+        raise ValueError(f"hidden_size={hidden_size} must be divisible by n_head={n_head}")
+    bos = vocab_size - 1 if bos_token_id is None else int(bos_token_id)
+    eos = bos if eos_token_id is None else int(eos_token_id)
+    pad = eos if pad_token_id is None else int(pad_token_id)
+    for name, v in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad)):
+        if not 0 <= v < vocab_size:
+            raise ValueError(f"{name}={v} is outside [0, vocab_size={vocab_size})")
+    kw = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=n_layer,
+              num_attention_heads=n_head, max_position_embeddings=max_positions,
+              bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    if model_type != "gpt2":  # GPT-2's MLP width is n_inner (None = 4 d)
+        kw.update(intermediate_size=2 * hidden_size, num_key_value_heads=n_head)
+    kw.update(config_kwargs)
+    cfg = AutoConfig.for_model(model_type, **kw)
+    # fork_rng: seeding must not leak into the caller's global RNG (no global state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    return model.eval()
+
+
 @dataclass
 class TrainLMResult:
     """Outcome of :func:`train_lm`.
@@ -96,8 +154,8 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
              progress: bool = True, device=None) -> TrainLMResult:
     r"""Train a causal LM on token sequences with next-token cross-entropy.
 
-    Each sequence is prefixed with the model's BOS token and truncated to
-    ``n_positions``; the loss is :math:`-\frac{1}{N}\sum \log p(u_t \mid \text{BOS}, u_{<t})`
+    Each sequence is prefixed with the model's BOS token and truncated to the model's
+    positions (``max_position_embeddings``; ``n_positions`` for GPT-2); the loss is :math:`-\frac{1}{N}\sum \log p(u_t \mid \text{BOS}, u_{<t})`
     over all real tokens of the batch (padding is masked). AdamW with a linear decay of
     the learning rate to zero (as in paper 002 App. E).
 
@@ -110,7 +168,8 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
 
     Parameters
     ----------
-    model : transformers causal LM (e.g. from :func:`tiny_gpt2`), trained in place.
+    model : any transformers causal LM (e.g. from :func:`tiny_gpt2` or
+        :func:`tiny_causal_lm`), trained in place.
     sequences : TokenSequences
         Training texts, already tokenized with the model's tokenizer.
     epochs, batch_size, lr, weight_decay : training settings.
@@ -131,7 +190,10 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
         sequences = TokenSequences.from_encoding(sequences)
     if len(sequences) == 0:
         raise ValueError("sequences is empty; nothing to train on")
-    V = model.config.vocab_size
+    from ._hf import max_positions, text_config
+
+    cfg = text_config(model.config)
+    V = int(cfg.vocab_size)
     if sequences.tokens.size and (sequences.tokens.max() >= V or sequences.tokens.min() < 0):
         bad = int(sequences.tokens.max())
         raise ValueError(f"token id {bad} is outside the model's vocabulary [0, {V}); "
@@ -141,9 +203,10 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
             raise ValueError(f"{name} must be >= 1, got {v}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device).train()
-    bos = model.config.bos_token_id
+    bos = cfg.bos_token_id
     bos = V - 1 if bos is None else bos
-    max_len = int(getattr(model.config, "n_positions", 1024)) - 1
+    # one position goes to BOS; GPT-2 n_positions and Llama max_position_embeddings alike
+    max_len = (max_positions(cfg) or 1024) - 1
     seqs = sequences.truncate(max_len)
 
     n_batches = -(-len(seqs) // batch_size)
@@ -183,21 +246,27 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
 def load_base_lm(name_or_path: str | Path, *, device=None, dtype=None):
     """Load a causal LM for guided decoding: a hub id (online) or a local folder.
 
+    Any architecture ``transformers.AutoModelForCausalLM`` knows (GPT-2, Llama, Qwen2 …).
     A folder written by :func:`train_lm` (``<checkpoint_dir>/final``) or by
     ``save_pretrained`` loads offline; a folder holding a ``final`` sub-folder is
     resolved to it. Returns the model in eval mode.
-    """
-    from transformers import AutoModelForCausalLM
 
-    p = Path(name_or_path)
+    Raises
+    ------
+    rankkit._hub.HubUnreachableError
+        A hub id that is not in the local cache while the hub is unreachable (or
+        ``HF_HUB_OFFLINE=1``): raised within ~2.5 s, naming the id and how to pass a
+        local folder instead.
+    FileNotFoundError
+        A path (``./x``, ``/x``, ``~/x``) with nothing there.
+    """
+    from ._hf import load_pretrained
+
+    p = Path(name_or_path).expanduser()
     if p.is_dir() and not (p / "config.json").exists() and (p / "final" / "config.json").exists():
-        p = p / "final"
-    src = str(p) if p.exists() else str(name_or_path)
-    if not p.exists() and str(name_or_path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no model folder at {name_or_path!r}; pass a folder written by "
-                                f"save_pretrained / train_lm, or a hub id such as 'gpt2'")
+        name_or_path = p / "final"
     kw = {} if dtype is None else {"dtype": dtype}
-    model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    model = load_pretrained(name_or_path, "causal_lm", what="base language model", **kw)
     if device is not None:
         model.to(device)
     return model.eval()

@@ -74,8 +74,9 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
                 weight_decay: float = 0.0, seed: int = 0, progress: bool = True):
     r"""Return a fine-tuned **copy** of ``model`` maximising :math:`\sum_s\log p(s\mid s_0)`
     over ``sequences`` (eq. 7). ``lora=True`` trains rank-``lora_rank`` adapters on the
-    attention projections (``lora_targets``; default the query/value projections, fused
-    ``c_attn`` in GPT-2) with ``peft`` and merges them back; ``lora=False`` trains all
+    attention projections (``lora_targets``; default GPT-2's fused ``c_attn``, else peft's
+    per-architecture default, e.g. the query/value projections of Llama and Qwen2) with
+    ``peft`` and merges them back; ``lora=False`` trains all
     weights (no weight decay on biases and LayerNorms, as in App. C).
     """
     if not sequences:
@@ -89,11 +90,20 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            targets = lora_targets or (["c_attn"] if student.config.model_type == "gpt2"
-                                       else ["q_proj", "v_proj"])
+            gpt2 = student.config.model_type == "gpt2"
+            # default targets: GPT-2's fused c_attn (a Conv1D, hence fan_in_fan_out), else
+            # peft's own per-architecture table (q_proj/v_proj for Llama and Qwen2,
+            # query_key_value for GPT-NeoX …), so any causal LM peft knows works
+            targets = list(lora_targets) if lora_targets else (["c_attn"] if gpt2 else None)
             cfg = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                             target_modules=targets, fan_in_fan_out=student.config.model_type == "gpt2")
-            student = get_peft_model(student, cfg)
+                             target_modules=targets, fan_in_fan_out=gpt2)
+            try:
+                student = get_peft_model(student, cfg)
+            except ValueError as e:  # peft has no default for this architecture / no match
+                raise ValueError(
+                    f"LoRA for a {student.config.model_type!r} model: {e}. Pass lora_targets= "
+                    f"with the names of its attention projections (e.g. ['q_proj', 'v_proj']), "
+                    f"or lora=False") from e
     student.train()
     decay, no_decay = [], []
     for n, p in student.named_parameters():
