@@ -34,7 +34,8 @@ import torch
 
 from rankkit.sequences import RewardDataset, TokenSequences
 
-from ._io import load_checkpoint
+from ._loop import OptimLoop
+from ._tensors import padded
 from .models import RADQ, RewardModel
 
 __all__ = ["train", "evaluate", "TrainResult", "objective_loss", "prefix_weights",
@@ -133,13 +134,9 @@ def objective_loss(model: RewardModel, tokens: torch.Tensor, mask: torch.Tensor,
 # data
 # --------------------------------------------------------------------------------------
 def _batch(seqs: TokenSequences, y: np.ndarray, idx: np.ndarray, device):
-    sub = seqs.select(idx)
-    L = int(sub.lengths.max()) if len(sub) else 0
-    tokens = np.zeros((len(sub), L), dtype=np.int64)
-    keep = np.arange(L)[None, :] < sub.lengths[:, None]
-    tokens[keep] = sub.tokens
-    return (torch.from_numpy(tokens).to(device), torch.from_numpy(keep.astype(np.int64)).to(device),
-            torch.from_numpy(y[idx]).to(device))
+    """Right-padded utterances ``idx`` (the models prepend BOS themselves) and their targets."""
+    tokens, mask = padded(seqs.select(idx), device=device)
+    return tokens, mask, torch.from_numpy(y[idx]).to(device)
 
 
 def _prepare(model: RewardModel, dataset: RewardDataset, max_len: int | None):
@@ -262,7 +259,6 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
     -------
     TrainResult
     """
-    from tqdm.auto import tqdm
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -304,51 +300,17 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
     settings = _settings_fingerprint(objective=objective, reg_coef=reg_coef, epochs=epochs,
                                      batch_size=batch_size, lr=lr, seed=seed, n=n,
                                      grad_accum_steps=grad_accum_steps)
-    result = TrainResult(steps=0, total_steps=total)
     ckpt_path = Path(checkpoint_dir) / _CKPT if checkpoint_dir is not None else None
-    devices = [device] if device.type == "cuda" else []
+    loop = OptimLoop("training checkpoint", ckpt_path, total=total, seed=seed,
+                     state={"model": model, "optimizer": opt, "scheduler": sched},
+                     generator=gen, settings=settings, every=checkpoint_every, resume=resume,
+                     stop_after=stop_after_steps, device=device, progress=progress)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if ckpt_path is not None and resume and ckpt_path.is_file():
-            ck = load_checkpoint(ckpt_path, "training checkpoint", map_location=device)
-            diff = {k: (ck["settings"].get(k), v) for k, v in settings.items()
-                    if ck["settings"].get(k) != v}
-            if diff:
-                raise ValueError(f"{ckpt_path} was written with other settings "
-                                 f"(checkpoint, now): {diff}; pass resume=False or another "
-                                 "checkpoint_dir")
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            gen.set_state(ck["generator"].cpu())  # generator states are CPU byte tensors
-            torch.set_rng_state(ck["torch_rng"].cpu())
-            if device.type == "cuda" and ck.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
-            result.steps = result.resumed_from = int(ck["step"])
-            result.train_loss = list(ck["train_loss"])
-            result.eval_loss = [tuple(x) for x in ck["eval_loss"]]
-
-        def save_checkpoint():
-            if ckpt_path is None:
-                return
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            state = {"step": result.steps, "settings": settings, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                     "train_loss": result.train_loss, "eval_loss": result.eval_loss}
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)
-            result.checkpoint = str(ckpt_path)
-
-        bar = tqdm(total=total, initial=result.steps, disable=not progress, desc="train")
+    with loop:
+        loop.history.setdefault("eval", [])
         model.train()
-        while result.steps < total:
-            if stop_after_steps is not None and result.steps >= stop_after_steps:
-                break
-            epoch, within = divmod(result.steps, steps_per_epoch)
+        for step in loop:
+            epoch, within = divmod(step, steps_per_epoch)
             order = np.random.default_rng([seed, epoch]).permutation(n)
             idx = order[within * batch_size:(within + 1) * batch_size]
             opt.zero_grad(set_to_none=True)
@@ -370,23 +332,22 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
             sched.step()
-            result.steps += 1
-            result.train_loss.append(batch_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{batch_loss:.4g}")
-            if eval_dataset is not None and eval_every and result.steps % eval_every == 0:
-                result.eval_loss.append((result.steps, evaluate(
+            # evaluate before the step is recorded, so a checkpoint taken then includes it
+            if eval_dataset is not None and eval_every and (step + 1) % eval_every == 0:
+                loop.history["eval"].append((step + 1, evaluate(
                     model, eval_dataset, objective, teacher, batch_size=batch_size,
                     max_len=max_len)))
                 model.train()
-            if checkpoint_every and result.steps % checkpoint_every == 0:
-                save_checkpoint()
-        bar.close()
-        if eval_dataset is not None and result.steps == total and (
-                not result.eval_loss or result.eval_loss[-1][0] != total):
-            result.eval_loss.append((total, evaluate(model, eval_dataset, objective, teacher,
-                                                     batch_size=batch_size, max_len=max_len)))
-        save_checkpoint()
+            loop.done(batch_loss)
+        evals = loop.history["eval"]
+        if eval_dataset is not None and loop.step == total and (not evals or evals[-1][0] != total):
+            evals.append((total, evaluate(model, eval_dataset, objective, teacher,
+                                          batch_size=batch_size, max_len=max_len)))
+        loop.save()
+    result = TrainResult(steps=loop.step, total_steps=total, resumed_from=loop.resumed_from,
+                         train_loss=loop.history["loss"],
+                         eval_loss=[tuple(x) for x in loop.history["eval"]],
+                         checkpoint=None if ckpt_path is None else str(ckpt_path))
     model.eval()
     result.wall_time_s = time.perf_counter() - t0
     return result
@@ -430,7 +391,7 @@ class FitResult:
 
 def _entry_batch(prefixes: TokenSequences, cols: np.ndarray, device):
     seqs = TokenSequences.from_lists([np.append(p, c) for p, c in zip(prefixes, cols, strict=True)])
-    tokens, mask, _ = _batch(seqs, np.zeros((len(seqs), 1), np.float32), np.arange(len(seqs)), device)
+    tokens, mask = padded(seqs, device=device)
     last = torch.as_tensor(seqs.lengths - 1, device=device)
     return tokens, mask, last
 
