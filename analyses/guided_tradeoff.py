@@ -19,8 +19,8 @@ kept in ``sweep.json``), so an interrupted run continues where it stopped. Outpu
 
 Usage::
 
-    nice python analyses/guided_tradeoff.py            # ~minutes on 2 CPU cores
-    python analyses/guided_tradeoff.py --quick         # smoke run (tiny sizes)
+    nice python -m analyses.guided_tradeoff            # ~minutes on 2 CPU cores
+    python -m analyses.guided_tradeoff --quick         # smoke run (tiny sizes)
 """
 
 from __future__ import annotations

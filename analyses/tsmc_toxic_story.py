@@ -17,10 +17,10 @@ are enough of them; otherwise equally weighted particles of a large-K TSMC run (
 
 Usage::
 
-    nice python analyses/tsmc_toxic_story.py            # ~18 min on 2 busy CPU cores
+    nice python -m analyses.tsmc_toxic_story            # ~18 min on 2 busy CPU cores
     # (cached generations: ~5 min, then ~13 min for Fig. 2, mostly the 9 runs at
     # K = 1000; training the base LM and generations 0-2 first adds ~30 min)
-    python analyses/tsmc_toxic_story.py --quick         # smoke run, K ∈ {20, 50}
+    python -m analyses.tsmc_toxic_story --quick         # smoke run, K ∈ {20, 50}
 
 Writes ``paper_figures/tsmc_toxic_story.{json,png}`` and
 ``paper_figures/tsmc_particle_efficiency.{json,png}`` (``--out`` picks another folder); the
@@ -249,7 +249,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "paper_figures",
-                    help="output folder [paper_figures/] (analyses/run_all.py passes it)")
+                    help="output folder [paper_figures/] (rankkit figures passes it)")
     ap.add_argument("--pe-ks", type=int, nargs="+", default=None,
                     help="particle counts K of Fig. 2 [20 50 100 1000; --quick: 20 50]")
     ap.add_argument("--pe-runs", type=int, default=None,
