@@ -399,6 +399,8 @@ def stress_cmd(names, n, as_json):
         _echo_json(rows)
     else:
         click.echo(synthetic._table(rows))
+        click.echo("\nΩ₂ keeps rows with >= 2 observed cells; "
+                   "min rank(Ω) <= 1 + min rank(Ω₂) (Lemma 3).")
 
 
 @main.command("figures")
