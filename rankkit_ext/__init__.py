@@ -23,6 +23,7 @@ _LAZY = {
     "RADQ": ("models", "RADQ"),
     "ScoringState": ("models", "ScoringState"),
     "load_reward_model": ("models", "load_reward_model"),
+    "SigmoidScores": ("models", "SigmoidScores"),
     "tokenizer_fingerprint": ("models", "tokenizer_fingerprint"),
     # training
     "train": ("training", "train"),
@@ -32,10 +33,13 @@ _LAZY = {
     "prefix_weights": ("training", "prefix_weights"),
     "fit_entries": ("training", "fit_entries"),
     "FitResult": ("training", "FitResult"),
-    # learned matrices
+    # learned matrices, and the paper's question in one call
     "learned_matrix": ("learned", "learned_matrix"),
+    "compare_rank": ("compare", "compare_rank"),
+    "RankComparison": ("compare", "RankComparison"),
     # base language models
     "tiny_gpt2": ("lm", "tiny_gpt2"),
+    "tiny_causal_lm": ("lm", "tiny_causal_lm"),
     "train_lm": ("lm", "train_lm"),
     "TrainLMResult": ("lm", "TrainLMResult"),
     "load_base_lm": ("lm", "load_base_lm"),
@@ -47,7 +51,7 @@ _LAZY = {
     "select_candidates": ("guided", "select_candidates"),
     "check_compatible": ("guided", "check_compatible"),
 }
-_SUBMODULES = {"models", "training", "learned", "lm", "guided", "scorers", "metrics", "report",
-               "tsmc"}
+_SUBMODULES = {"models", "training", "learned", "compare", "lm", "guided", "scorers", "metrics",
+               "report", "tsmc"}
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, _SUBMODULES, globals())

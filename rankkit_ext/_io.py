@@ -1,4 +1,5 @@
-"""Loading the extension's torch checkpoints safely; the fingerprint of models and twists.
+"""Writing and loading the extension's torch checkpoints safely; the fingerprint of models
+and twists.
 
 Training, CTL and self-distillation checkpoints hold tensors, state dicts, RNG states and
 lists of numbers. They are read with ``torch.load(..., weights_only=True)``: a checkpoint
@@ -15,9 +16,16 @@ from pathlib import Path
 
 import torch
 
-from rankkit._io import DamagedFileError, fingerprint
+from rankkit._io import DamagedFileError, atomic_write, fingerprint
 
-__all__ = ["load_checkpoint", "UnsafeCheckpointError", "state_fingerprint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "UnsafeCheckpointError", "state_fingerprint"]
+
+
+def save_checkpoint(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` through the core's atomic writer: a crash mid-write never leaves a
+    torn checkpoint under ``path``. ``obj`` should hold only what :func:`load_checkpoint`
+    reads back (tensors, state dicts, numbers, strings, lists and dicts)."""
+    return atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 class UnsafeCheckpointError(ValueError):

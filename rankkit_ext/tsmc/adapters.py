@@ -31,7 +31,8 @@ def prefix_count(vocab_size: int, horizon: int) -> int:
 
 
 class HFCausalLM:
-    """Adapter for a Hugging Face causal LM (e.g. ``GPT2LMHeadModel``).
+    """Adapter for any Hugging Face causal LM (GPT-2, Llama, Qwen2 …; a hub id or local
+    folder loads with :func:`rankkit_ext.lm.load_base_lm`).
 
     Parameters
     ----------
@@ -47,10 +48,14 @@ class HFCausalLM:
 
     def __init__(self, model, eos_token_id: int | None = -1, use_cache: bool = True):
         self.model = model
-        self.eos_token_id = model.config.eos_token_id if eos_token_id == -1 else eos_token_id
+        from .._hf import text_config
+
+        cfg = text_config(model.config)  # the decoder's config, also for nested configs
+        eos = cfg.eos_token_id if eos_token_id == -1 else eos_token_id
+        self.eos_token_id = eos[0] if isinstance(eos, list | tuple) else eos  # Llama 3 lists
         self.use_cache = use_cache
-        self.vocab_size = int(model.config.vocab_size)
-        self.hidden_size = int(model.config.hidden_size)
+        self.vocab_size = int(cfg.vocab_size)
+        self.hidden_size = int(cfg.hidden_size)  # width of hidden_states[-1], any architecture
         # only the last position's logits are needed: (K, L, V) logits would dominate memory
         params = inspect.signature(model.forward).parameters
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -61,10 +66,13 @@ class HFCausalLM:
 
     @torch.no_grad()
     def _forward(self, ids, cache=None):
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=self.use_cache,
-                         output_hidden_states=True, **self._keep)
+        from .._hf import cache_kwargs, output_cache
+
+        past = cache_kwargs(self.model, cache) if cache is not None else {}
+        out = self.model(input_ids=ids, use_cache=self.use_cache, output_hidden_states=True,
+                         **past, **self._keep)
         logp = torch.log_softmax(out.logits[:, -1].to(torch.float64), -1)
-        return logp, out.hidden_states[-1][:, -1], out.past_key_values
+        return logp, out.hidden_states[-1][:, -1], output_cache(out)
 
     def start(self, prompt: torch.Tensor, n: int):
         prompt = torch.as_tensor(prompt, dtype=torch.long, device=self.device).reshape(1, -1)
