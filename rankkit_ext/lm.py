@@ -23,7 +23,8 @@ _STATE = "train_state.pt"
 
 
 def tiny_gpt2(vocab_size: int = 50257, n_embd: int = 64, n_layer: int = 2, n_head: int = 2,
-              n_positions: int = 128, seed: int = 0, bos_token_id: int | None = None):
+              n_positions: int = 128, seed: int = 0, bos_token_id: int | None = None,
+              n_inner: int | None = None):
     """A randomly initialised GPT-2 (``GPT2LMHeadModel``) of the given size.
 
     Parameters
@@ -37,6 +38,8 @@ def tiny_gpt2(vocab_size: int = 50257, n_embd: int = 64, n_layer: int = 2, n_hea
     bos_token_id : int, optional
         BOS = EOS token id; ``vocab_size - 1`` by default (GPT-2's ``<|endoftext|>`` is
         50256 = the last id).
+    n_inner : int, optional
+        Width of the MLP blocks; ``GPT2Config``'s default (``4 * n_embd``) when ``None``.
 
     Examples
     --------
@@ -53,7 +56,7 @@ def tiny_gpt2(vocab_size: int = 50257, n_embd: int = 64, n_layer: int = 2, n_hea
     if not 0 <= bos < vocab_size:
         raise ValueError(f"bos_token_id={bos} is outside [0, vocab_size={vocab_size})")
     cfg = GPT2Config(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     n_positions=n_positions, bos_token_id=bos, eos_token_id=bos,
+                     n_inner=n_inner, n_positions=n_positions, bos_token_id=bos, eos_token_id=bos,
                      pad_token_id=bos, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     # fork_rng: seeding must not leak into the caller's global RNG (no global state)
     with torch.random.fork_rng(devices=[]):
