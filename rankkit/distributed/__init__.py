@@ -17,8 +17,16 @@ as a world of one process.
 """
 
 from ._comm import ENV_VARS, Comm, RankFailedError, get_comm
-from .build import (ShardedRewardMatrix, build_reward_matrix, choose_route_len, reduce_omega2,
-                    shard_dataset, shard_rows)
+from .build import (
+           ShardedRewardMatrix,
+           build_reward_matrix,
+           choose_route_len,
+           reduce_omega2,
+           shard_dataset,
+           shard_rows,
+)
+from .softimpute import ShardedKernels, bytes_per_iteration, observed_mse, soft_impute
 
 __all__ = ["ENV_VARS", "Comm", "RankFailedError", "get_comm", "ShardedRewardMatrix", "build_reward_matrix",
-           "choose_route_len", "reduce_omega2", "shard_dataset", "shard_rows"]
+           "choose_route_len", "reduce_omega2", "shard_dataset", "shard_rows", "soft_impute", "observed_mse",
+           "ShardedKernels", "bytes_per_iteration"]

@@ -206,6 +206,23 @@ class Comm:
         raw = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
         return [pickle.loads(b.tobytes()) for b in self.allgather(raw.copy(), what)]
 
+    def gather_object(self, obj, dst: int = 0, what: str = "gather_object") -> list | None:
+        """Picklable objects of every rank on rank ``dst`` (in rank order), None elsewhere."""
+        if self.size == 1:
+            return [obj]
+        torch, dist = _torch()
+        raw = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8).copy()
+        sizes = [int(s) for s in np.asarray(self.allreduce(self._onehot(raw.size), what + " (sizes)"))]
+        pad = torch.zeros(max(sizes), dtype=torch.uint8)
+        pad[:raw.size] = torch.from_numpy(raw)
+        pad = pad.to(self.device)
+        out = [torch.empty_like(pad) for _ in range(self.size)] if self.rank == dst else None
+        with self.guard(what):
+            dist.gather(pad, out, dst=dst, group=self.group)
+        if self.rank != dst:
+            return None
+        return [pickle.loads(o[:s].cpu().numpy().tobytes()) for o, s in zip(out, sizes, strict=True)]
+
     def broadcast_object(self, obj, src: int = 0, what: str = "broadcast"):
         if self.size == 1:
             return obj
