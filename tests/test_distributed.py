@@ -81,6 +81,10 @@ def _main_worker(comm):
     fits["vader_mse"] = rd.observed_mse(S2, fits["vader"], "rating", comm)
     fits["resume_ref"] = _resume_fit(comm, None)
     out["fits"] = fits
+    ds = random_dataset(7, n=150, vocab=9, n_labels=1)
+    out["estimates"] = (rd.estimate_min_rank(ds, 1e-4, comm=comm, method="soft-impute", max_iter=300,
+                                             progress=False),
+                        rd.estimate_min_rank(ds, 1e-6, comm=comm, progress=False))
     return out
 
 
@@ -214,6 +218,24 @@ def test_a_dying_rank_fails_the_others_and_the_run_resumes_bitwise(two_ranks, tm
     np.testing.assert_array_equal(resumed[0].V, ref.V)
     assert resumed[0].objective == ref.objective and resumed[0].ratio == ref.ratio
     assert not any(tmp_path.iterdir()), "a finished run removes its per-rank checkpoints"
+
+
+def test_distributed_estimate_gives_the_single_process_bracket(two_ranks):
+    ds = random_dataset(7, n=150, vocab=9, n_labels=1)
+    si, auto = two_ranks[0]["estimates"]
+    ref_si = rk.estimate_min_rank(ds, 1e-4, method="soft-impute", max_iter=300, progress=False)
+    ref_auto = rk.estimate_min_rank(ds, 1e-6, progress=False)
+    assert (si.lower, si.upper, si.rank_certified) == (ref_si.lower, ref_si.upper, ref_si.rank_certified)
+    assert si.upper is not None and si.lower < si.upper, "a bracket with room in it: the search did work"
+    assert sorted(si.mse_by_rank) == sorted(ref_si.mse_by_rank), "the same ranks tried"
+    for r, mse in ref_si.mse_by_rank.items():
+        assert si.mse_by_rank[r] == pytest.approx(mse, rel=1e-6, abs=1e-12)
+    assert si.certificate.U.shape == ref_si.certificate.U.shape
+    assert rk.observed_mse(rk.reduce_omega2(rk.build_reward_matrix(ds)), si.certificate) <= 1e-4
+    assert (auto.lower, auto.upper) == (ref_auto.lower, ref_auto.upper)
+    other_si, other_auto = two_ranks[1]["estimates"]
+    assert (other_si.lower, other_si.upper) == (si.lower, si.upper) and other_si.certificate is None
+    assert (other_auto.lower, other_auto.upper) == (auto.lower, auto.upper)
 
 
 # ---- one process: the same code at world size 1, and the routing helpers --------------------------

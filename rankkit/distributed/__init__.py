@@ -25,8 +25,9 @@ from .build import (
            shard_dataset,
            shard_rows,
 )
+from .minrank import estimate_min_rank
 from .softimpute import ShardedKernels, bytes_per_iteration, observed_mse, soft_impute
 
 __all__ = ["ENV_VARS", "Comm", "RankFailedError", "get_comm", "ShardedRewardMatrix", "build_reward_matrix",
            "choose_route_len", "reduce_omega2", "shard_dataset", "shard_rows", "soft_impute", "observed_mse",
-           "ShardedKernels", "bytes_per_iteration"]
+           "ShardedKernels", "bytes_per_iteration", "estimate_min_rank"]

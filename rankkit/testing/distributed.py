@@ -53,8 +53,7 @@ class RankOutcome:
         return self.error is None and self.exitcode == 0
 
 
-def _entry(rank: int, size: int, port: int, timeout_s: float, out_dir: str, fn, args, env) -> None:
-    os.environ.update(env)
+def _entry(rank: int, size: int, port: int, timeout_s: float, out_dir: str, fn, args) -> None:
     import torch.distributed as dist
 
     from ..distributed import get_comm
@@ -91,10 +90,21 @@ def spawn(fn, nprocs: int = 2, *args, timeout_s: float = 60.0, collective_timeou
     port = free_port()
     env = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     with tempfile.TemporaryDirectory(prefix="rankkit-spawn-") as out:
-        procs = [ctx.Process(target=_entry, args=(r, nprocs, port, collective_timeout_s, out, fn, args, env),
+        procs = [ctx.Process(target=_entry, args=(r, nprocs, port, collective_timeout_s, out, fn, args),
                              daemon=False) for r in range(nprocs)]
-        for p in procs:
-            p.start()
+        # the children inherit the environment at start: numba and OpenMP read their thread
+        # counts when first imported, which unpickling the target already does
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            for key, val in saved.items():
+                if val is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = val
         deadline = time.monotonic() + timeout_s
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
