@@ -305,3 +305,10 @@ def test_environment_without_torchrun_is_a_world_of_one(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(ValueError, match="launch with torchrun"):
         rd.get_comm()
+
+
+def test_cli_nproc_relaunch_drops_only_its_own_option():
+    from rankkit.cli import _without_nproc
+
+    argv = ["estimate", "vader:tweets", "--nproc", "4", "--ranks", "0,2", "--nproc=2", "--json"]
+    assert _without_nproc(argv) == ["estimate", "vader:tweets", "--ranks", "0,2", "--json"]

@@ -116,7 +116,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                       backend: str = "auto", device=None, seed: int = 0, progress: bool = True,
                       max_len: int | None = None, lower_bound: bool | str = True, exact_fallback: bool = True,
                       route_len="auto", text=None, labels=None, tokenizer="gpt2", split: str | None = None,
-                      **auto_kw) -> _mr.MinRankEstimate:
+                      limit: int | None = None, **auto_kw) -> _mr.MinRankEstimate:
     r"""Bound the minimal rank of P_Ω(R) from both sides on a process group.
 
     The same call as :func:`rankkit.estimate_min_rank` (same parameters, same bracket) under
@@ -134,6 +134,8 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         is nonzero.
     route_len : "auto" or int
         Routing of the sharded build (:func:`rankkit.distributed.build_reward_matrix`).
+    limit : int, optional
+        Use the first ``limit`` texts of a text source (as :func:`rankkit.datasets.load`).
     **auto_kw
         ``solver``, ``n_restarts``, ``solver_options``, ``max_abs`` of the fixed-rank search
         (``method="auto"``).
@@ -159,7 +161,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         S = shard_rows(source, comm)
     else:
         S = build_reward_matrix(source, comm=comm, max_len=max_len, route_len=route_len, tokenizer=tokenizer,
-                                text=text, labels=labels, split=split)
+                                text=text, labels=labels, split=split, limit=limit)
     j = S.label_index(label)
     progress = progress and comm.rank == 0
     whole = S.gather(comm) if (lower_bound is True or method == "auto") else None
