@@ -414,16 +414,20 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
     else:
         plen = np.zeros(0, np.int32)
         code = np.zeros(0, np.int64)
-    shared = np.flatnonzero(plen < p)
-    own = np.flatnonzero(plen >= p)
+    # rows are numbered by prefix length: the shared rows (length < p) come first, the own
+    # rows are the contiguous rest
+    if plen.size and np.any(np.diff(plen) < 0):  # pragma: no cover - the trie builder's invariant
+        raise RuntimeError("local rows are not ordered by prefix length")
+    first_own = int(np.searchsorted(plen, p, side="left"))
+    n_own = plen.size - first_own
+    # contiguous ranges: slices (views), not index arrays (copies of ~10⁸ cells at scale)
+    c_own = int(L.indptr[first_own]) if n_local else 0
+    row_nnz_all = L.row_nnz
     # (1) the cells of the shared rows, to rank 0
-    sh_nnz = L.row_nnz[shared] if n_local else np.zeros(0, np.int64)
-    cells = np.concatenate([np.arange(L.indptr[r], L.indptr[r + 1]) for r in shared]) if shared.size \
-        else np.zeros(0, np.int64)
+    sh_nnz = row_nnz_all[:first_own]
     vals2 = L.values.reshape(L.nnz, L.n_labels)
-    part = dict(code=np.repeat(code[shared], sh_nnz), plen=np.repeat(plen[shared], sh_nnz).astype(np.int64),
-                tok=np.asarray(L.prefix_token)[shared] if n_local else np.zeros(0, np.int32),
-                col=L.indices[cells].astype(np.int64), w=L.weights[cells], c=L.counts[cells], v=vals2[cells])
+    part = dict(code=np.repeat(code[:first_own], sh_nnz), plen=np.repeat(plen[:first_own], sh_nnz).astype(np.int64),
+                col=L.indices[:c_own].astype(np.int64), w=L.weights[:c_own], c=L.counts[:c_own], v=vals2[:c_own])
     parts = comm.allgather_object(part, "merge of the shared rows") if comm.size > 1 else [part]
     code_all = np.concatenate([q["code"] for q in parts])
     plen_all = np.concatenate([q["plen"] for q in parts])
@@ -466,44 +470,44 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
     s_parent = np.where(s_plen > 0, _lookup(s_code, s_parent_code), -1)
     # (2) own rows: global ids from the (rank, prefix length) counts
     lmax = int(comm.allreduce_scalar(float(plen.max()) if plen.size else 0.0, "row numbering", "max"))
-    cnt = np.bincount(plen[own], minlength=lmax + 1)[:lmax + 1] if own.size else np.zeros(lmax + 1, np.int64)
+    cnt = np.bincount(plen[first_own:], minlength=lmax + 1)[:lmax + 1] if n_own else np.zeros(lmax + 1, np.int64)
     allc = comm.allgather_equal(cnt.astype(np.int64), "row numbering")
     per_len = allc.sum(0)
     per_len[:p] = 0
     offset_len = n_shared + np.r_[0, np.cumsum(per_len)[:-1]]
     before = allc[:comm.rank].sum(0)
-    own_len = plen[own]
-    # local rows are in (length, lexicographic) order: index within a length by a running count
-    first_of_len = np.r_[0, np.cumsum(cnt)[:-1]]
-    within = np.arange(own.size) - first_of_len[own_len]
-    own_ids = offset_len[own_len] + before[own_len] + within
-    # (3) the local matrix: shared nodes first (rows on rank 0 only), then the own rows
-    node_of_local = np.full(n_local, -1, np.int64)
-    node_of_local[own] = n_shared + np.arange(own.size)
-    if shared.size:
-        node_of_local[shared] = _lookup(s_code, code[shared])
-    par = np.asarray(L.prefix_parent)[own] if own.size else np.zeros(0, np.int64)
-    own_parent = node_of_local[par] if own.size else np.zeros(0, np.int64)
+    own_len = plen[first_own:]
+    # local rows are in (length, lexicographic) order, so within one length the own rows are a
+    # run: global id = local position + (offset of the length + rows of it on lower ranks −
+    # first local row of the length)
+    first_of_len = first_own + np.r_[0, np.cumsum(cnt)[:-1]]
+    shift = (offset_len + before - first_of_len).astype(np.int64)
+    own_ids = np.arange(first_own, plen.size, dtype=np.int64) + shift[own_len]
+    # (3) the local matrix: shared nodes first (rows on rank 0 only), then the own rows;
+    # node of a local row: own row i → n_shared + i − first_own, shared row → by its code
+    shared_node = _lookup(s_code, code[:first_own]) if first_own else np.zeros(0, np.int64)
+    par = np.asarray(L.prefix_parent)[first_own:].astype(np.int64)
+    own_parent = par + (n_shared - first_own)
+    up = par < first_own  # the parent is a shared row (length p − 1)
+    own_parent[up] = shared_node[par[up]]
     tr_parent = np.concatenate([s_parent, own_parent]).astype(np.int64)
-    tr_token = np.concatenate([s_tok, np.asarray(L.prefix_token)[own] if own.size else []]).astype(np.int32)
-    tr_len = np.concatenate([s_plen, plen[own]]).astype(np.int32)
-    own_cells = np.concatenate([np.arange(L.indptr[r], L.indptr[r + 1]) for r in own]) if own.size \
-        else np.zeros(0, np.int64)
+    tr_token = np.concatenate([s_tok, np.asarray(L.prefix_token)[first_own:]]).astype(np.int32)
+    tr_len = np.concatenate([s_plen, own_len]).astype(np.int32)
     one_d = L.values.ndim == 1
     if comm.rank == 0:
         s_nnz = np.bincount(s_row, minlength=n_shared) if ng else np.zeros(0, np.int64)
-        row_nnz = np.concatenate([s_nnz, L.row_nnz[own] if own.size else []]).astype(np.int64)
-        idx = np.concatenate([g_col, L.indices[own_cells]])
-        vals = np.concatenate([g_val, vals2[own_cells]])
-        w = np.concatenate([g_w, L.weights[own_cells]])
-        c = np.concatenate([sc, L.counts[own_cells]])
+        row_nnz = np.concatenate([s_nnz, row_nnz_all[first_own:]]).astype(np.int64)
+        idx = np.concatenate([g_col, L.indices[c_own:]])
+        vals = np.concatenate([g_val, vals2[c_own:]])
+        w = np.concatenate([g_w, L.weights[c_own:]])
+        c = np.concatenate([sc, L.counts[c_own:]])
         row_ids = np.concatenate([np.arange(n_shared), own_ids]).astype(np.int64)
-        prefix_node = np.arange(n_shared + own.size, dtype=np.int64)
+        prefix_node = np.arange(n_shared + n_own, dtype=np.int64)
     else:
-        row_nnz = L.row_nnz[own].astype(np.int64) if own.size else np.zeros(0, np.int64)
-        idx, vals, w, c = L.indices[own_cells], vals2[own_cells], L.weights[own_cells], L.counts[own_cells]
-        row_ids = own_ids.astype(np.int64)
-        prefix_node = n_shared + np.arange(own.size, dtype=np.int64)
+        row_nnz = row_nnz_all[first_own:]
+        idx, vals, w, c = L.indices[c_own:], vals2[c_own:], L.weights[c_own:], L.counts[c_own:]
+        row_ids = own_ids
+        prefix_node = n_shared + np.arange(n_own, dtype=np.int64)
     indptr = np.zeros(row_nnz.size + 1, np.int64)
     np.cumsum(row_nnz, out=indptr[1:])
     if one_d:
