@@ -43,7 +43,13 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set of this process (``VmHWM``). Not ``ru_maxrss``: Linux keeps that
+    across ``execve``, so a child started by a large parent would report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover
 
 
 # ---- soft-impute ------------------------------------------------------------------------------
@@ -111,7 +117,7 @@ def _build_rank(comm, n, length, vocab, zipf_a, seed):
     dt = time.perf_counter() - t0
     return dict(seconds=dt, peak_rss_mb=_peak_mb(), extra_mb=_peak_mb() - base, rows=int(S.local.shape[0]),
                 nnz=int(S.local.nnz), route_len=S.route_len, shape=S.shape, total_nnz=S.nnz,
-                imbalance=S.meta["imbalance"])
+                imbalance=S.meta["imbalance"], stages=S.meta.get("seconds"))
 
 
 def run_build(procs: int, n: int, length: int, vocab: int, zipf_a: float, seed: int) -> dict:
@@ -139,7 +145,7 @@ def run_build(procs: int, n: int, length: int, vocab: int, zipf_a: float, seed: 
                 peak_rss_mb_per_rank=[round(p["peak_rss_mb"]) for p in per],
                 extra_mb_per_rank=[round(p["extra_mb"]) for p in per], rows_per_rank=[p["rows"] for p in per],
                 shape=list(per[0]["shape"]), nnz=per[0]["total_nnz"], route_len=per[0]["route_len"],
-                imbalance=per[0]["imbalance"])
+                imbalance=per[0]["imbalance"], stages_per_rank=[p.get("stages") for p in per])
 
 
 def run_spark(size: str, rank: int, cache_dir: str, iters: tuple[int, int]) -> dict:

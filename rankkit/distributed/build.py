@@ -290,12 +290,13 @@ def _subset(ds: RewardDataset, a: int, b: int) -> RewardDataset:
 
 # ---- the build ---------------------------------------------------------------------------------
 
-def _prefix_codes(L: RewardMatrix, p: int, vocab: int) -> np.ndarray:
-    """Code of every trie node of length < p (p − 1 digits, as :func:`_keys`); −1 otherwise."""
+def _prefix_codes(L: RewardMatrix, p: int, vocab: int, n_short: int) -> np.ndarray:
+    """Code of each of the first ``n_short`` trie nodes, those of length < p (p − 1 digits, as
+    :func:`_keys`)."""
     B = _radix(vocab)
-    plen = np.asarray(L.prefix_len)
-    parent = np.asarray(L.prefix_parent)
-    tok = np.asarray(L.prefix_token).astype(np.int64)
+    plen = np.asarray(L.prefix_len)[:n_short]
+    parent = np.asarray(L.prefix_parent)[:n_short]
+    tok = np.asarray(L.prefix_token)[:n_short].astype(np.int64)
     code = np.full(plen.size, -1, dtype=np.int64)
     slots = p - 1
     code[plen == 0] = 0
@@ -352,7 +353,10 @@ def build_reward_matrix(dataset, *, comm=None, max_len: int | None = None, route
     ShardedRewardMatrix
         ``.gather()`` assembles the single-process matrix on rank 0.
     """
+    import time
+
     comm = get_comm(comm)
+    stamps = [("start", time.perf_counter())]
     if not isinstance(max_imbalance, int | float) or not max_imbalance >= 1:
         raise ValueError(f"max_imbalance must be a number >= 1 (max/mean load per rank), got {max_imbalance!r}")
     if presharded:
@@ -376,7 +380,9 @@ def build_reward_matrix(dataset, *, comm=None, max_len: int | None = None, route
     seqs = ds.sequences if max_len is None else ds.sequences.truncate(_check_max_len(max_len))
     y = ds.responses.reshape(len(ds), ds.n_labels)
 
+    stamps.append(("input", time.perf_counter()))
     p, cuts, imb = choose_route_len(seqs, vocab, comm, route_len=route_len, max_imbalance=max_imbalance)
+    stamps.append(("route_len", time.perf_counter()))
     dest = np.searchsorted(cuts, _keys(seqs, p, vocab), side="right")
     order = np.argsort(dest, kind="stable")  # keeps the original order within a destination
     counts = np.bincount(dest, minlength=comm.size)
@@ -390,12 +396,18 @@ def build_reward_matrix(dataset, *, comm=None, max_len: int | None = None, route
     np.cumsum(got_lens, out=offsets[1:])
     yy = got_y if ds.responses.ndim == 2 else got_y.reshape(-1)
     local_ds = RewardDataset(TokenSequences(got_tok, offsets), yy, label_names=names, vocab_size=vocab)
+    stamps.append(("routing", time.perf_counter()))
     L = _build_local(local_ds, progress=progress)
+    stamps.append(("trie", time.perf_counter()))
     loads = comm.allreduce(comm._onehot(int(got_tok.size)), "routing (loads)")
-    return _assemble(L, p, vocab, comm, dict(
+    out = _assemble(L, p, vocab, comm, dict(
         route_len=p, imbalance=imb, n_sequences=int(sum(i[3] for i in info)),
         n_dropped_empty=int(sum(i[4] for i in info)), max_len=None if max_len is None else int(max_len)),
         np.asarray(loads))
+    stamps.append(("merge", time.perf_counter()))
+    # seconds per stage on this rank (input slice, choice of p, routing, local trie, merge)
+    out.meta["seconds"] = {b[0]: round(b[1] - a[1], 3) for a, b in zip(stamps, stamps[1:], strict=False)}
+    return out
 
 
 def _check_max_len(max_len) -> int:
@@ -408,23 +420,16 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
     """Shared rows (length < p) merged on rank 0, own rows numbered globally (module docstring)."""
     m = vocab
     n_local = L.shape[0]
-    if n_local:
-        plen = np.asarray(L.prefix_len)
-        code = _prefix_codes(L, p, vocab)
-    else:
-        plen = np.zeros(0, np.int32)
-        code = np.zeros(0, np.int64)
-    # rows are numbered by prefix length: the shared rows (length < p) come first, the own
-    # rows are the contiguous rest
-    if plen.size and np.any(np.diff(plen) < 0):  # pragma: no cover - the trie builder's invariant
-        raise RuntimeError("local rows are not ordered by prefix length")
+    plen = np.asarray(L.prefix_len) if n_local else np.zeros(0, np.int32)
+    # rows are numbered by prefix length (the trie builder's invariant): the shared rows
+    # (length < p) come first, the own rows are the contiguous rest
     first_own = int(np.searchsorted(plen, p, side="left"))
+    code = _prefix_codes(L, p, vocab, first_own) if n_local else np.zeros(0, np.int64)
     n_own = plen.size - first_own
     # contiguous ranges: slices (views), not index arrays (copies of ~10⁸ cells at scale)
     c_own = int(L.indptr[first_own]) if n_local else 0
-    row_nnz_all = L.row_nnz
     # (1) the cells of the shared rows, to rank 0
-    sh_nnz = row_nnz_all[:first_own]
+    sh_nnz = np.diff(L.indptr[:first_own + 1])
     vals2 = L.values.reshape(L.nnz, L.n_labels)
     part = dict(code=np.repeat(code[:first_own], sh_nnz), plen=np.repeat(plen[:first_own], sh_nnz).astype(np.int64),
                 col=L.indices[:c_own].astype(np.int64), w=L.weights[:c_own], c=L.counts[:c_own], v=vals2[:c_own])
@@ -486,33 +491,42 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
     # (3) the local matrix: shared nodes first (rows on rank 0 only), then the own rows;
     # node of a local row: own row i → n_shared + i − first_own, shared row → by its code
     shared_node = _lookup(s_code, code[:first_own]) if first_own else np.zeros(0, np.int64)
-    par = np.asarray(L.prefix_parent)[first_own:].astype(np.int64)
-    own_parent = par + (n_shared - first_own)
-    up = par < first_own  # the parent is a shared row (length p − 1)
-    own_parent[up] = shared_node[par[up]]
-    tr_parent = np.concatenate([s_parent, own_parent]).astype(np.int64)
-    tr_token = np.concatenate([s_tok, np.asarray(L.prefix_token)[first_own:]]).astype(np.int32)
-    tr_len = np.concatenate([s_plen, own_len]).astype(np.int32)
+    # Every array here is O(local rows or cells): reuse the local builder's arrays (views)
+    # wherever they already are the answer, since at 10⁸ cells each fresh copy costs seconds.
+    if n_shared == first_own and np.array_equal(shared_node, np.arange(first_own)):
+        # this rank's short rows are all the shared rows, in order (always so for p = 1, where
+        # the only shared row is the root): the local trie is the shard's trie unchanged
+        tr_parent, tr_token, tr_len = L.prefix_parent, L.prefix_token, L.prefix_len
+    else:
+        par = np.asarray(L.prefix_parent)[first_own:].astype(np.int64)
+        own_parent = par + (n_shared - first_own)
+        up = par < first_own  # the parent is a shared row (length p − 1)
+        own_parent[up] = shared_node[par[up]]
+        tr_parent = np.concatenate([s_parent.astype(np.int64, copy=False), own_parent])
+        tr_token = np.concatenate([s_tok.astype(np.int32, copy=False),
+                                   np.asarray(L.prefix_token)[first_own:].astype(np.int32, copy=False)])
+        tr_len = np.concatenate([s_plen.astype(np.int32, copy=False), own_len.astype(np.int32, copy=False)])
     one_d = L.values.ndim == 1
+    own_ptr = L.indptr[first_own:] - c_own  # indptr of the own rows (one array, no diff / cumsum)
     if comm.rank == 0:
         s_nnz = np.bincount(s_row, minlength=n_shared) if ng else np.zeros(0, np.int64)
-        row_nnz = np.concatenate([s_nnz, row_nnz_all[first_own:]]).astype(np.int64)
-        idx = np.concatenate([g_col, L.indices[c_own:]])
+        s_ptr = np.r_[0, np.cumsum(s_nnz)].astype(np.int64)
+        indptr = np.concatenate([s_ptr, own_ptr[1:] + s_ptr[-1]]) if n_own else s_ptr
+        idx = np.concatenate([g_col.astype(np.int32), L.indices[c_own:]])
         vals = np.concatenate([g_val, vals2[c_own:]])
         w = np.concatenate([g_w, L.weights[c_own:]])
         c = np.concatenate([sc, L.counts[c_own:]])
-        row_ids = np.concatenate([np.arange(n_shared), own_ids]).astype(np.int64)
-        prefix_node = np.arange(n_shared + n_own, dtype=np.int64)
+        row_ids = np.concatenate([np.arange(n_shared, dtype=np.int64), own_ids])
+        prefix_node = None if tr_parent is L.prefix_parent and L.prefix_node is None else \
+            np.arange(n_shared + n_own, dtype=np.int64)
     else:
-        row_nnz = row_nnz_all[first_own:]
+        indptr = own_ptr if n_own else np.zeros(1, np.int64)
         idx, vals, w, c = L.indices[c_own:], vals2[c_own:], L.weights[c_own:], L.counts[c_own:]
         row_ids = own_ids
         prefix_node = n_shared + np.arange(n_own, dtype=np.int64)
-    indptr = np.zeros(row_nnz.size + 1, np.int64)
-    np.cumsum(row_nnz, out=indptr[1:])
     if one_d:
         vals = vals.reshape(-1)
-    local = RewardMatrix((row_nnz.size, m), indptr, idx, vals, w, c, L.label_names,
+    local = RewardMatrix((indptr.size - 1, m), indptr, idx, vals, w, c, L.label_names,
                          prefix_parent=tr_parent, prefix_token=tr_token, prefix_len=tr_len,
                          prefix_node=prefix_node, meta=dict(meta))
     n_rows = int(n_shared + per_len.sum())

@@ -378,6 +378,8 @@ def soft_impute(R, rank: int, lam: float, *, comm=None, label: int | str = 0, ma
     np_dtype = np.dtype(np.float64 if dtype is None else dtype)
     if np_dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise ValueError(f"dtype must be None, 'float64' or 'float32', got {dtype!r}")
+    if device is None and comm.device != "cpu" and backend in ("auto", "torch"):
+        device = comm.device  # an NCCL rank computes on its own GPU (cuda:LOCAL_RANK)
     backend, device = resolve_backend(backend, device)
     nnz = int(S.nnz)
     rows = S.row_ids
