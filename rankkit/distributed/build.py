@@ -417,7 +417,9 @@ def _check_max_len(max_len) -> int:
 
 
 def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads) -> ShardedRewardMatrix:
-    """Shared rows (length < p) merged on rank 0, own rows numbered globally (module docstring)."""
+    """Shared rows (length < p) merged on rank 0, own rows numbered globally (module docstring).
+
+    ``L`` is the caller's temporary local matrix: its arrays are reused, ``indptr`` in place."""
     m = vocab
     n_local = L.shape[0]
     plen = np.asarray(L.prefix_len) if n_local else np.zeros(0, np.int32)
@@ -475,7 +477,10 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
     s_parent = np.where(s_plen > 0, _lookup(s_code, s_parent_code), -1)
     # (2) own rows: global ids from the (rank, prefix length) counts
     lmax = int(comm.allreduce_scalar(float(plen.max()) if plen.size else 0.0, "row numbering", "max"))
-    cnt = np.bincount(plen[first_own:], minlength=lmax + 1)[:lmax + 1] if n_own else np.zeros(lmax + 1, np.int64)
+    # rows per prefix length from the sorted lengths (no O(rows) temporary)
+    edges = np.searchsorted(plen, np.arange(lmax + 2), side="left")
+    cnt = np.diff(edges).astype(np.int64)
+    cnt[:p] = 0
     allc = comm.allgather_equal(cnt.astype(np.int64), "row numbering")
     per_len = allc.sum(0)
     per_len[:p] = 0
@@ -487,7 +492,9 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
     # first local row of the length)
     first_of_len = first_own + np.r_[0, np.cumsum(cnt)[:-1]]
     shift = (offset_len + before - first_of_len).astype(np.int64)
-    own_ids = np.arange(first_own, plen.size, dtype=np.int64) + shift[own_len]
+    own_ids = np.arange(first_own, plen.size, dtype=np.int64)
+    for d in np.flatnonzero(cnt):  # one run of rows per prefix length, shifted in place
+        own_ids[edges[d] - first_own:edges[d + 1] - first_own] += shift[d]
     # (3) the local matrix: shared nodes first (rows on rank 0 only), then the own rows;
     # node of a local row: own row i → n_shared + i − first_own, shared row → by its code
     shared_node = _lookup(s_code, code[:first_own]) if first_own else np.zeros(0, np.int64)
@@ -507,7 +514,9 @@ def _assemble(L: RewardMatrix, p: int, vocab: int, comm: Comm, meta: dict, loads
                                    np.asarray(L.prefix_token)[first_own:].astype(np.int32, copy=False)])
         tr_len = np.concatenate([s_plen.astype(np.int32, copy=False), own_len.astype(np.int32, copy=False)])
     one_d = L.values.ndim == 1
-    own_ptr = L.indptr[first_own:] - c_own  # indptr of the own rows (one array, no diff / cumsum)
+    # indptr of the own rows: shifted in place (L is this function's own temporary)
+    own_ptr = L.indptr[first_own:]
+    own_ptr -= c_own
     if comm.rank == 0:
         s_nnz = np.bincount(s_row, minlength=n_shared) if ng else np.zeros(0, np.int64)
         s_ptr = np.r_[0, np.cumsum(s_nnz)].astype(np.int64)
