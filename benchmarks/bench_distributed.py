@@ -42,6 +42,19 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _reset_peak() -> None:
+    """Reset this process's peak-RSS mark to its current RSS (Linux ``clear_refs`` 5), so that
+    the peak measured next is the fit's own (with the resident data), not the data loading's."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # pragma: no cover - not Linux, or not permitted: the peak then includes loading
+        pass
+
+
 def _peak_mb() -> float:
     """Peak resident set of this process (``VmHWM``). Not ``ru_maxrss``: Linux keeps that
     across ``execve``, so a child started by a large parent would report the parent's size."""
@@ -54,36 +67,49 @@ def _peak_mb() -> float:
 
 # ---- soft-impute ------------------------------------------------------------------------------
 
-def _fit_rank(comm, size, rank, iters, cache_dir):
+def _fit_rank(comm, size, rank, iters, cache_dir, plain=False):
     """On every rank: this rank's rows of the cached matrix, a warm-up, then timed iterations."""
     import rankkit.distributed as rd
     from rankkit.softimpute import soft_impute
 
     X = make_data(size, "uniform", cache_dir=cache_dir)
     S = rd.shard_rows(X, comm)
+    local = S.local if plain else None
     del X
-    base = _rss_mb()
     small = X_small(S)
     soft_impute(small, 2, LAM, max_iter=1, progress=False)  # numba compile / cache load, outside the timing
+    load_peak = _peak_mb()  # every rank reads the whole cached matrix, then keeps its rows
+    _reset_peak()
+    base = _rss_mb()
     stamps = [time.perf_counter()]
-    res = rd.soft_impute(S, rank, LAM, comm=comm, max_iter=iters, thresh=-1.0, progress=False, gather=False,
-                         callback=lambda it, info: stamps.append(time.perf_counter()) and False)
+
+    def cb(it, info):
+        stamps.append(time.perf_counter())
+        return False
+
+    if plain:  # the one-process function itself
+        soft_impute(local, rank, LAM, max_iter=iters, thresh=-1.0, progress=False, callback=cb)
+        d = {"bytes_per_iteration": 0, "payload_bytes_per_iteration": 0.0}
+    else:
+        res = rd.soft_impute(S, rank, LAM, comm=comm, max_iter=iters, thresh=-1.0, progress=False, gather=False,
+                             callback=cb)
+        d = res.meta["distributed"]
     st = np.diff(stamps)[1:]  # drop iteration 1 (first touch of the tiled pattern copies)
-    d = res.meta["distributed"]
-    return dict(s_per_iter=float(np.median(st)), peak_rss_mb=_peak_mb(), extra_mb=_peak_mb() - base,
-                ring_bytes_per_iter=d["bytes_per_iteration"], payload_bytes_per_iter=d["payload_bytes_per_iteration"],
-                rows=int(S.local.shape[0]), nnz=int(S.local.nnz))
+    return dict(s_per_iter=float(np.median(st)), fit_peak_mb=_peak_mb(), fit_extra_mb=_peak_mb() - base,
+                load_peak_mb=load_peak, ring_bytes_per_iter=d["bytes_per_iteration"],
+                payload_bytes_per_iter=d["payload_bytes_per_iteration"], rows=int(S.local.shape[0]),
+                nnz=int(S.local.nnz))
 
 
 def X_small(S):
     return S.local.to_scipy()[:200].tocsr()
 
 
-def run_soft(size: str, procs: int, rank: int, iters: int, cache_dir: str) -> dict:
+def run_soft(size: str, procs: int, rank: int, iters: int, cache_dir: str, plain: bool = False) -> dict:
     if procs == 1:
         from rankkit.distributed import Comm
 
-        per = [_fit_rank(Comm(), size, rank, iters, cache_dir)]
+        per = [_fit_rank(Comm(), size, rank, iters, cache_dir, plain)]
     else:
         from rankkit.testing.distributed import spawn
 
@@ -92,10 +118,11 @@ def run_soft(size: str, procs: int, rank: int, iters: int, cache_dir: str) -> di
             if o.error:
                 raise RuntimeError(f"rank {o.rank}: {o.error[1]}\n{o.error[2]}")
         per = [o.value for o in out]
-    return dict(kind="soft-impute", size=size, procs=procs, rank=rank,
-                s_per_iter=max(p["s_per_iter"] for p in per),
-                peak_rss_mb_per_rank=[round(p["peak_rss_mb"]) for p in per],
-                extra_mb_per_rank=[round(p["extra_mb"]) for p in per],
+    return dict(kind="soft-impute" if not plain else "soft-impute (one-process function)", size=size,
+                procs=procs, rank=rank, s_per_iter=max(p["s_per_iter"] for p in per),
+                fit_peak_mb_per_rank=[round(p["fit_peak_mb"]) for p in per],
+                fit_extra_mb_per_rank=[round(p["fit_extra_mb"]) for p in per],
+                load_peak_mb_per_rank=[round(p["load_peak_mb"]) for p in per],
                 ring_bytes_per_iter=per[0]["ring_bytes_per_iter"],
                 payload_bytes_per_iter=[p["payload_bytes_per_iter"] for p in per],
                 rows_per_rank=[p["rows"] for p in per], nnz_per_rank=[p["nnz"] for p in per])
@@ -110,6 +137,7 @@ def _build_rank(comm, n, length, vocab, zipf_a, seed):
 
     rd.build_reward_matrix(make_dataset(50, 4, 10, zipf_a, 0), comm=comm)  # compile / cache load
     ds = make_dataset(n, length, vocab, zipf_a, seed)  # each rank reads the data, builds its slice
+    _reset_peak()
     base = _rss_mb()
     comm.barrier()
     t0 = time.perf_counter()
@@ -128,6 +156,7 @@ def run_build(procs: int, n: int, length: int, vocab: int, zipf_a: float, seed: 
 
         build_reward_matrix(make_dataset(50, 4, 10, zipf_a, 0))
         ds = make_dataset(n, length, vocab, zipf_a, seed)
+        _reset_peak()
         base = _rss_mb()
         t0 = time.perf_counter()
         R = build_reward_matrix(ds)
@@ -186,8 +215,8 @@ def main() -> None:
     if args.one:
         job = json.loads(args.one)
         kind = job[0]
-        if kind == "soft":
-            res = run_soft(job[1], int(job[2]), int(job[3]), int(job[4]), job[5])
+        if kind in ("soft", "plain"):
+            res = run_soft(job[1], int(job[2]), int(job[3]), int(job[4]), job[5], plain=kind == "plain")
         elif kind == "build":
             res = run_build(int(job[1]), int(job[2]), int(job[3]), 50_257, 1.1, 0)
         else:
@@ -205,18 +234,19 @@ def main() -> None:
           f"torch {torch.__version__} (gloo)", flush=True)
     rows = []
     procs = [int(p) for p in args.procs.split(",")]
-    print(f"{'what':12} {'size':4} {'rank':>4} {'procs':>5} {'s/iter':>8} {'ring MB/it':>10} {'peak MB/rank':>14}")
+    print(f"{'what':12} {'size':4} {'rank':>4} {'procs':>5} {'s/iter':>8} {'ring MB/it':>10} {'peak MB/rank':>14}"
+          "   (soft-impute: peak RSS during the fit, data included)")
     for size in sizes:
         n, m, nnz, _ = SIZES[size]
         print(f"-- {size}: {n:,} × {m:,}, {nnz:,} observed", flush=True)
         for rank in (int(r) for r in args.ranks.split(",")):
-            for p in procs:
-                env_threads = str(max(1, (os.cpu_count() or 1) // p))
-                os.environ["NUMBA_NUM_THREADS"] = env_threads
-                r = _child(["soft", size, p, rank, args.iters, args.cache_dir])
+            for kind, p in [("plain", 1)] + [("soft", p) for p in procs]:
+                os.environ["NUMBA_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // p))
+                r = _child([kind, size, p, rank, args.iters, args.cache_dir])
                 rows.append(r)
-                print(f"{'soft-impute':12} {size:4} {rank:4} {p:5} {r['s_per_iter']:8.3f} "
-                      f"{r['ring_bytes_per_iter'] / 2**20:10.2f} {str(r['peak_rss_mb_per_rank']):>14}", flush=True)
+                name = "soft_impute" if kind == "plain" else "distributed"
+                print(f"{name:12} {size:4} {rank:4} {p:5} {r['s_per_iter']:8.3f} "
+                      f"{r['ring_bytes_per_iter'] / 2**20:10.2f} {str(r['fit_peak_mb_per_rank']):>14}", flush=True)
     if not args.no_spark:
         os.environ.pop("NUMBA_NUM_THREADS", None)
         rank = int(args.ranks.split(",")[0])
