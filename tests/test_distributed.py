@@ -14,13 +14,13 @@ import time
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rankkit as rk
 import rankkit.distributed as rd
 from rankkit.distributed.build import _keys, _split
-from rankkit.testing.distributed import gloo_available, spawn
+from rankkit.testing.distributed import gloo_available, run_threads, spawn
 
 pytestmark = pytest.mark.skipif(not gloo_available(), reason="torch.distributed with gloo is not available")
 
@@ -41,7 +41,7 @@ def random_dataset(seed: int, n: int = 250, vocab: int = 11, max_len: int = 7, p
     for _ in range(n):
         s = list(g.integers(0, vocab, int(g.integers(1, max_len + 1))))
         if prompt and g.random() < 0.8:
-            s = [3] * prompt + s
+            s = [min(3, vocab - 1)] * prompt + s
         seqs.append(s)
     y = g.standard_normal((n, n_labels)) if n_labels > 1 else g.standard_normal(n)
     return rk.RewardDataset(seqs, y, vocab_size=vocab)
@@ -138,9 +138,9 @@ def _assert_same_matrix(got: rk.RewardMatrix, ref: rk.RewardMatrix, exact: bool,
     else:
         # partial sums of a shared row added in another order: a few ulps per term
         tol = 4 * F64 * (ref.counts + 1)
-        scale = max(1.0, float(np.abs(ref.values).max()))
+        scale = max(1.0, float(np.abs(ref.values).max(initial=0.0)))
         np.testing.assert_array_less(np.abs(got.weights - ref.weights), tol * ref.weights + 1e-300)
-        err = np.abs(got.values - ref.values).reshape(ref.nnz, -1).max(axis=1)
+        err = np.abs(got.values - ref.values).reshape(ref.nnz, ref.n_labels).max(axis=1, initial=0.0)
         np.testing.assert_array_less(err, tol * scale + 1e-300)
     if trie:
         for r in range(0, ref.shape[0], max(1, ref.shape[0] // 50)):
@@ -236,6 +236,73 @@ def test_distributed_estimate_gives_the_single_process_bracket(two_ranks):
     other_si, other_auto = two_ranks[1]["estimates"]
     assert (other_si.lower, other_si.upper) == (si.lower, si.upper) and other_si.certificate is None
     assert (other_auto.lower, other_auto.upper) == (auto.lower, auto.upper)
+
+
+def _hanging_worker(comm):
+    def cb(it, info):
+        if comm.rank == 1 and it == 3:
+            time.sleep(5)  # alive but silent for longer than the timeout: only it can end rank 0's wait
+        return False
+
+    t0 = time.perf_counter()
+    try:
+        rd.soft_impute(lowrank_problem(), 3, 0.5, comm=comm, max_iter=10, thresh=-1, progress=False, callback=cb)
+    except rd.RankFailedError as e:
+        return ("failed", str(e), time.perf_counter() - t0)
+    return ("finished", "", time.perf_counter() - t0)
+
+
+def test_a_silent_rank_fails_the_others_after_the_timeout():
+    out = spawn(_hanging_worker, 2, timeout_s=40, collective_timeout_s=2)
+    assert out[0].error is None, out[0].error
+    status, message, seconds = out[0].value
+    assert status == "failed" and "rank 0 of 2" in message and "2 s timeout" in message
+    assert seconds < 4.9, f"rank 0 gave up after {seconds:.1f} s with a 2 s collective timeout"
+
+
+# ---- ranks as threads: any world size, property tests against the one-process functions ---------
+
+def _thread_build(comm, seed, n, vocab, prompt, route, nl):
+    ds = random_dataset(seed, n=n, vocab=vocab, prompt=prompt, n_labels=nl)
+    S = rd.build_reward_matrix(ds, comm=comm, route_len=route)
+    S2 = rd.reduce_omega2(S, comm)
+    return S.route_len, S.gather(comm), S2.gather(comm), int(S.local.shape[0])
+
+
+@given(seed=st.integers(0, 10_000), P=st.integers(2, 4), n=st.integers(1, 120), vocab=st.integers(2, 9),
+       prompt=st.integers(0, 3), route=st.sampled_from(["auto", 1, 2, 3]), nl=st.integers(1, 2))
+def test_threaded_ranks_build_the_single_process_matrix(seed, P, n, vocab, prompt, route, nl):
+    """Any world size, any routing length, tiny and empty shards included: the union of the
+    shards is the one-process matrix (bitwise for p = 1), and so is its Ω₂."""
+    p, full, full2, _ = run_threads(_thread_build, P, seed, n, vocab, prompt, route, nl)[0]
+    ref = rk.build_reward_matrix(random_dataset(seed, n=n, vocab=vocab, prompt=prompt, n_labels=nl))
+    _assert_same_matrix(full, ref, exact=(p == 1))
+    ref2 = rk.reduce_omega2(ref)
+    _assert_same_matrix(full2, ref2, exact=(p == 1), trie=False)
+    assert full2.n_single_rows == ref2.n_single_rows
+
+
+def _thread_fit(comm, seed, k, lam, warm):
+    X = lowrank_problem(seed, n=90, m=25, density=0.4)
+    start = None
+    if warm:  # a smaller warm start: R's padding with random columns orthogonalised against it
+        start = rd.soft_impute(X, max(1, k - 2), lam, comm=comm, max_iter=3, thresh=-1, progress=False,
+                               gather=False)
+    return rd.soft_impute(X, k, lam, comm=comm, max_iter=8, thresh=-1, progress=False, warm_start=start)
+
+
+@settings(max_examples=20)
+@given(seed=st.integers(0, 10_000), P=st.integers(2, 4), k=st.integers(1, 6), lam=st.sampled_from([0.0, 0.3]),
+       warm=st.booleans())
+def test_threaded_ranks_soft_impute_follows_one_process(seed, P, k, lam, warm):
+    got = run_threads(_thread_fit, P, seed, k, lam, warm)[0]
+    X = lowrank_problem(seed, n=90, m=25, density=0.4)
+    start = rk.soft_impute(X, max(1, k - 2), lam, max_iter=3, thresh=-1, progress=False) if warm else None
+    ref = rk.soft_impute(X, k, lam, max_iter=8, thresh=-1, progress=False, warm_start=start)
+    if not warm:  # with a warm start the padding columns come from another random stream layout
+        np.testing.assert_allclose(got.objective, ref.objective, rtol=TRAJ_RTOL * F64)
+    np.testing.assert_allclose(got.sse, rk.observed_mse(X, got) * X.nnz, rtol=1e-9)
+    assert np.all(np.diff(got.objective) <= 1e-9 * np.abs(got.objective[:-1])), "ALS never increases the objective"
 
 
 # ---- one process: the same code at world size 1, and the routing helpers --------------------------

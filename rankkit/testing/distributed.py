@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["spawn", "RankOutcome", "free_port", "gloo_available"]
+__all__ = ["spawn", "RankOutcome", "free_port", "gloo_available", "run_threads"]
 
 
 def free_port() -> int:
@@ -122,3 +122,122 @@ def spawn(fn, nprocs: int = 2, *args, timeout_s: float = 60.0, collective_timeou
                 o.value, o.error, o.seconds = res.get("value"), res.get("error"), res.get("seconds", 0.0)
             outcomes.append(o)
         return outcomes
+
+
+# ---- ranks as threads of one process -----------------------------------------------------------
+
+class _Rendezvous:
+    """What the threads of a :class:`ThreadComm` world share: one slot per rank, a barrier."""
+
+    def __init__(self, size: int, timeout_s: float):
+        import threading
+
+        self.slots: list = [None] * size
+        self.barrier = threading.Barrier(size, timeout=timeout_s)
+
+
+def _thread_comm_class():
+    import pickle as _pickle
+    from dataclasses import dataclass as _dc
+
+    import numpy as np
+
+    from ..distributed._comm import Comm, RankFailedError
+
+    @_dc(frozen=True, eq=False)
+    class ThreadComm(Comm):
+        """A :class:`~rankkit.distributed.Comm` whose ranks are threads of this process.
+
+        Every collective is an exchange through shared slots between two barrier waits,
+        reduced in rank order on every rank (so, as with gloo and NCCL, every rank gets the
+        same bits). NumPy arrays only. For property tests of the distributed algorithms at
+        any world size without starting processes; a broken barrier (a rank raised, or did
+        not arrive within the timeout) raises :class:`RankFailedError`."""
+
+        state: object = None
+
+        def _exchange(self, value, what: str) -> list:
+            st = self.state
+            st.slots[self.rank] = _pickle.dumps(value, protocol=_pickle.HIGHEST_PROTOCOL)
+            try:
+                st.barrier.wait()
+                out = [_pickle.loads(b) for b in st.slots]
+                st.barrier.wait()  # nobody writes the next collective before all have read
+            except Exception as e:  # threading.BrokenBarrierError
+                st.barrier.abort()
+                raise RankFailedError(f"rank {self.rank} of {self.size}: collective {what} failed "
+                                      f"({type(e).__name__}): another rank raised or did not arrive") from e
+            return out
+
+        def barrier(self, what: str = "barrier") -> None:
+            self._exchange(None, what)
+
+        def allreduce(self, a, what: str = "all_reduce", op: str = "sum"):
+            vals = self._exchange(np.asarray(a), what)
+            f = {"sum": np.add, "max": np.maximum, "min": np.minimum}[op]
+            out = vals[0].copy()
+            for v in vals[1:]:
+                out = f(out, v)
+            return out
+
+        def allgather(self, a, what: str = "all_gather") -> list:
+            return self._exchange(np.asarray(a), what)
+
+        def allgather_equal(self, a, what: str = "all_gather"):
+            return np.stack(self._exchange(np.asarray(a), what))
+
+        def reduce_scatter_rows(self, a, bounds, what: str = "reduce_scatter"):
+            total = self.allreduce(a, what)
+            return np.ascontiguousarray(total[int(bounds[self.rank]):int(bounds[self.rank + 1])])
+
+        def alltoallv(self, a, counts, what: str = "all_to_all"):
+            counts = np.asarray(counts, dtype=np.int64)
+            parts = self._exchange((np.asarray(a), counts), what)
+            got = np.array([c[self.rank] for _, c in parts], dtype=np.int64)
+            pieces = []
+            for arr, c in parts:
+                lo = int(c[:self.rank].sum())
+                pieces.append(arr[lo:lo + int(c[self.rank])])
+            return np.concatenate(pieces) if pieces else np.asarray(a)[:0], got
+
+        def allgather_object(self, obj, what: str = "all_gather_object") -> list:
+            return self._exchange(obj, what)
+
+        def gather_object(self, obj, dst: int = 0, what: str = "gather_object"):
+            out = self._exchange(obj, what)
+            return out if self.rank == dst else None
+
+        def broadcast_object(self, obj, src: int = 0, what: str = "broadcast"):
+            return self._exchange(obj if self.rank == src else None, what)[src]
+
+    return ThreadComm
+
+
+def run_threads(fn, nranks: int, *args, timeout_s: float = 60.0) -> list:
+    """``fn(comm, *args)`` on ``nranks`` threads joined by a :class:`ThreadComm`; the values in
+    rank order. The first exception of any rank is re-raised (the others then fail at their
+    next collective instead of waiting)."""
+    import threading
+
+    ThreadComm = _thread_comm_class()
+    st = _Rendezvous(nranks, timeout_s)
+    out: list = [None] * nranks
+    errors: list = [None] * nranks
+
+    def body(r):
+        try:
+            out[r] = fn(ThreadComm(rank=r, size=nranks, state=st, timeout_s=timeout_s), *args)
+        except BaseException as e:
+            errors[r] = e
+            st.barrier.abort()
+
+    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(nranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s * 4)
+    first = next((e for e in errors if e is not None and "another rank raised" not in str(e)), None) or \
+        next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return out
