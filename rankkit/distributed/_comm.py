@@ -258,7 +258,13 @@ def get_comm(group=None, *, backend: str | None = None, timeout_s: float | None 
     if isinstance(group, Comm):
         return group
     timeout = _DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
-    torch, dist = _torch()
+    try:
+        torch, dist = _torch()
+    except ImportError:
+        if group is None and (_env_int("WORLD_SIZE") or 1) == 1:
+            return Comm(timeout_s=timeout)  # one process needs no torch
+        raise ImportError("rankkit.distributed needs PyTorch for more than one process: "
+                          "pip install 'rankkit[ext]' (torch >= 2.11)") from None
     if group is None and not (dist.is_available() and dist.is_initialized()):
         world = _env_int("WORLD_SIZE")
         if world is None or world == 1:
