@@ -379,3 +379,24 @@ def test_cli_nproc_relaunch_drops_only_its_own_option():
 
     argv = ["estimate", "vader:tweets", "--nproc", "4", "--ranks", "0,2", "--nproc=2", "--json"]
     assert _without_nproc(argv) == ["estimate", "vader:tweets", "--ranks", "0,2", "--json"]
+
+
+def _thread_hf_build(comm, table):
+    return rd.build_reward_matrix(table, comm=comm, limit=77).gather(comm)
+
+
+@pytest.mark.parametrize("P", [2, 3])
+def test_a_hugging_face_dataset_is_read_shard_by_shard(P):
+    """Each rank reads its ``Dataset.shard(P, r, contiguous=True)`` only; the union is the
+    one-process matrix of the same (limited) dataset, bitwise."""
+    datasets = pytest.importorskip("datasets")
+    texts = [f"the movie number {i} was {'good' if i % 3 else 'bad'} and {'long' if i % 5 else 'short'}"
+             for i in range(101)]
+    table = datasets.Dataset.from_dict({"text": texts, "score": np.arange(101) / 100.0})
+    full = run_threads(_thread_hf_build, P, table)[0]
+    ref = rk.build_reward_matrix(rk.datasets.as_dataset(table, limit=77))
+    _assert_same_matrix(full, ref, exact=True)
+    from rankkit.distributed.build import _slice_bounds
+
+    sizes = [table.shard(num_shards=P, index=r, contiguous=True).num_rows for r in range(P)]
+    assert np.diff(_slice_bounds(101, P)).tolist() == sizes

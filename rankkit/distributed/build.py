@@ -249,7 +249,11 @@ def choose_route_len(seqs: TokenSequences, vocab: int, comm: Comm, *, route_len=
 # ---- input shards -----------------------------------------------------------------------------
 
 def _slice_bounds(n: int, P: int) -> np.ndarray:
-    return np.linspace(0, n, P + 1).astype(np.int64)
+    """Contiguous shard boundaries, the layout of ``datasets.Dataset.shard(P, r,
+    contiguous=True)``: the first n mod P shards hold one row more."""
+    div, mod = divmod(int(n), int(P))
+    r = np.arange(P + 1)
+    return (r * div + np.minimum(r, mod)).astype(np.int64)
 
 
 def shard_dataset(source, comm=None, *, tokenizer="gpt2", limit: int | None = None,
@@ -257,8 +261,11 @@ def shard_dataset(source, comm=None, *, tokenizer="gpt2", limit: int | None = No
     """This rank's contiguous slice of a dataset, in rank order (rank 0 holds the first slice).
 
     A :class:`RewardDataset` or a ``(texts | token_ids, labels)`` pair is coerced whole and
-    sliced; a preset, hub id, file or table is read whole (texts and labels only) and only
-    this rank's slice of the texts is tokenized. Arguments as :func:`rankkit.datasets.as_dataset`.
+    sliced; a 🤗 ``datasets.Dataset`` (or one split of a ``DatasetDict``) is cut with
+    ``Dataset.shard(P, r, contiguous=True)`` and only that shard is read; a preset, hub id,
+    file or other table is read whole (texts and labels only) and only this rank's slice of
+    the texts is tokenized. The slices are those of ``Dataset.shard``, in rank order.
+    Arguments as :func:`rankkit.datasets.as_dataset`.
     """
     from .. import datasets
 
@@ -268,12 +275,25 @@ def shard_dataset(source, comm=None, *, tokenizer="gpt2", limit: int | None = No
                                  limit=limit, max_len=max_len)
         b = _slice_bounds(len(ds), comm.size)
         return _subset(ds, int(b[comm.rank]), int(b[comm.rank + 1]))
-    texts, y, names = datasets._read_texts(source, text=text, labels=labels, split=split, limit=limit)
+    table = source
+    hf_dict = datasets._loaded("datasets", "DatasetDict")
+    if hf_dict is not None and isinstance(source, hf_dict):
+        table, _ = datasets._as_table(source, split)
+    hf = datasets._loaded("datasets", "Dataset")
+    if hf is not None and isinstance(table, hf):
+        # a 🤗 Dataset: read only this rank's shard (Arrow, memory-mapped) instead of every row
+        if limit is not None:
+            table = table.select(range(min(int(limit), table.num_rows)))
+        part = table.shard(num_shards=comm.size, index=comm.rank, contiguous=True)
+        texts, y, names = datasets._read_texts(part, text=text, labels=labels, split=None, limit=None)
+        lo, hi = 0, len(texts)
+    else:
+        texts, y, names = datasets._read_texts(source, text=text, labels=labels, split=split, limit=limit)
+        if limit is not None:
+            texts, y = texts[:int(limit)], y[:int(limit)]
+        b = _slice_bounds(len(texts), comm.size)
+        lo, hi = int(b[comm.rank]), int(b[comm.rank + 1])
     y = y[:, 0] if y.shape[1] == 1 else y
-    if limit is not None:
-        texts, y = texts[:int(limit)], y[:int(limit)]
-    b = _slice_bounds(len(texts), comm.size)
-    lo, hi = int(b[comm.rank]), int(b[comm.rank + 1])
     from .. import tokenizers
 
     tok = tokenizers.load(tokenizer)
