@@ -360,7 +360,9 @@ def build_reward_matrix(dataset, *, comm=None, max_len: int | None = None, route
         Truncate utterances to ``max_len`` tokens first (as the single-process builder).
     route_len : "auto" or int
         p, the number of leading tokens that route an utterance; "auto" takes the
-        smallest p ≤ 4 whose split balances the token load within ``max_imbalance``.
+        smallest p whose split balances the token load within ``max_imbalance`` (p ≤ 4, and
+        p ≤ 3 for a GPT-2-sized vocabulary: a key of p tokens must fit one int64), else the
+        best-balanced p tried.
     max_imbalance : float, default 1.25
         Largest accepted max/mean token load per rank for ``route_len="auto"``.
     presharded : bool, default False
