@@ -393,8 +393,10 @@ def test_a_hugging_face_dataset_is_read_shard_by_shard(P):
     texts = [f"the movie number {i} was {'good' if i % 3 else 'bad'} and {'long' if i % 5 else 'short'}"
              for i in range(101)]
     table = datasets.Dataset.from_dict({"text": texts, "score": np.arange(101) / 100.0})
-    full = run_threads(_thread_hf_build, P, table)[0]
+    # the one-process build first: it imports transformers and loads the tokenizer in this
+    # thread (the lazy imports of transformers are not safe to race from several threads)
     ref = rk.build_reward_matrix(rk.datasets.as_dataset(table, limit=77))
+    full = run_threads(_thread_hf_build, P, table)[0]
     _assert_same_matrix(full, ref, exact=True)
     from rankkit.distributed.build import _slice_bounds
 
