@@ -7,6 +7,10 @@
 * :func:`fancyimpute_soft_impute` — ``fancyimpute.SoftImpute`` (Mazumder et al. 2010,
   soft-thresholded SVD on the dense filled matrix; NaN marks a missing cell). It needs the
   dense n×m matrix, so it only runs where that fits in memory.
+* :func:`spark_als` — Spark MLlib's explicit ALS (``pyspark.ml.recommendation.ALS``, the
+  block-partitioned ALS of Spark's distributed engine) for benchmarks/bench_distributed.py.
+  It minimises Σ_Ω (x − uᵀv)² + λ (Σ_u n_u ‖u‖² + Σ_v n_v ‖v‖²) (ALS-WR: λ scaled by each
+  row's and column's count), not soft-impute's objective: only time and memory compare.
 """
 
 from __future__ import annotations
@@ -194,3 +198,84 @@ def pymanopt_fixed_rank(S: sp.spmatrix, rank: int, eps: float = 1e-6, max_time: 
         max_abs = max(max_abs, float(np.abs(us[i:i + 2048] @ vt).max(initial=0.0)))
     return dict(rank=k, mse=mse, seconds=seconds, max_abs=max_abs, n_iter=int(res.iterations),
                 reached=bool(mse <= eps), stop=res.stopping_criterion)
+
+
+# ---- Spark MLlib ALS (benchmarks/bench_distributed.py) -----------------------------------------
+
+def _tree_hwm_mb(pid: int) -> float:
+    """Largest ``VmHWM`` (peak resident set) among ``pid`` and its descendants, in MiB."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    best, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        best = max(best, int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+    return best
+
+
+def spark_als(X: sp.csr_matrix, rank: int, lam: float, iters: tuple[int, int] = (2, 4), *,
+              master: str = "local[2]", parquet: str | None = None, driver_memory: str = "6g") -> dict:
+    """Time Spark MLlib explicit ALS on the cells of ``X``.
+
+    Two fits with ``maxIter`` = ``iters[0]`` and ``iters[1]`` (ALS exposes no per-iteration
+    hook): seconds per iteration = Δ fit time / Δ iterations, which removes the fixed cost of
+    a fit (job set-up, block partitioning, the final factor materialisation). The ratings go
+    through a Parquet file (``parquet``, written once). Peak memory is the JVM's resident
+    peak (``RUSAGE_CHILDREN`` after the gateway JVM exits; in local mode the executors run
+    inside it): ``VmHWM`` of the JVM process tree, read before the session stops.
+    """
+    import os
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import SparkSession
+
+    coo = X.tocoo()
+    if parquet is None:
+        parquet = os.path.join(tempfile.mkdtemp(prefix="spark-als-"), "ratings.parquet")
+    if not os.path.exists(parquet):
+        table = pa.table({"user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
+                          "rating": coo.data.astype(np.float32)})
+        pq.write_table(table, parquet + ".tmp")
+        os.replace(parquet + ".tmp", parquet)
+    spark = (SparkSession.builder.master(master).appName("rankkit-bench-als")
+             .config("spark.driver.memory", driver_memory).config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    df = spark.read.parquet(parquet).cache()
+    df.count()
+    seconds = {}
+    for it in (1, *iters):  # the first (1 iteration, untimed) warms the JIT and the caches
+        als = ALS(rank=rank, maxIter=it, regParam=lam, userCol="user", itemCol="item", ratingCol="rating",
+                  implicitPrefs=False, seed=0, coldStartStrategy="nan")
+        t0 = time.perf_counter()
+        model = als.fit(df)
+        model.userFactors.count()  # the factors are lazy: materialise them inside the timing
+        model.itemFactors.count()
+        if it in iters:
+            seconds[it] = time.perf_counter() - t0
+    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
+    peak_mb = _tree_hwm_mb(proc.pid) if proc is not None else float("nan")
+    spark.stop()
+    a, b = iters
+    return dict(s_per_iter=(seconds[b] - seconds[a]) / (b - a), fit_seconds={str(k): v for k, v in seconds.items()},
+                peak_jvm_mb=peak_mb, master=master)

@@ -44,7 +44,7 @@ _LAZY = {
     "HAS_CUPY": "_backend",
     "HAS_CUDA": "_backend",
 }
-_SUBMODULES = {"synthetic", "datasets", "tokenizers", "testing", "cli"}
+_SUBMODULES = {"synthetic", "datasets", "tokenizers", "testing", "cli", "distributed"}
 
 __getattr__, __dir__, __all__ = attach(
     __name__, {name: (module, name) for name, module in _LAZY.items()}, _SUBMODULES, globals())

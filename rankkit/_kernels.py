@@ -250,6 +250,24 @@ class _Kernels:
     def relu(self, a):
         raise NotImplementedError
 
+    # The distributed fit (rankkit.distributed) partitions the rows; in one process these
+    # four are the identity, the thin SVD and a plain product (see softimpute.als_iteration).
+    def col_block(self, a):
+        """The rows of an m × k array that this process's column pass owns: all of them."""
+        return a
+
+    def svd_cols(self, b):
+        """Thin SVD of B (m × k) → (V, s, W) with the whole V."""
+        return self.thin_svd(b)
+
+    def svd_rows(self, a):
+        """Thin SVD of A (n × k) → (U, s, W)."""
+        return self.thin_svd(a)
+
+    def row_gram(self, x, y):
+        """xᵀ y for two n × k factors."""
+        return x.T @ y
+
 
 def _csc_of(indptr, indices, values, shape):
     """CSC copy (column pointers, row indices, values) of a CSR pattern, rows sorted within

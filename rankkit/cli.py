@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -162,6 +163,7 @@ class _Group(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
+        extra.setdefault("obj", {"argv": argv})  # `estimate --nproc N` relaunches itself with them
         try:
             return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
@@ -278,9 +280,12 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
               help="Where to write the MSE-vs-rank figure [rankkit_out/estimate_<dataset>.png].")
 @click.option("--no-figure", is_flag=True, help="Do not write a figure.")
 @click.option("--no-lower-bound", is_flag=True, help="Skip the structural lower bound.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this host: relaunches the command under torchrun "
+                   "(rankkit.distributed: sharded build and soft-impute fits, gloo or NCCL).")
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
                  eps, method, ranks, lam, max_iter, max_abs, backend, device, label, seed,
-                 checkpoint_dir, figure, no_figure, no_lower_bound):
+                 checkpoint_dir, figure, no_figure, no_lower_bound, nproc):
     """Bound the minimal rank of P_Ω(R): exact rank ≥ lower, ε-rank ≤ upper, and every fit."""
     from .minrank import estimate_min_rank
     from .trie import build_reward_matrix
@@ -288,6 +293,18 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
     t0 = time.perf_counter()
     _check_backend(backend, device)
     rank_list = _ranks(ranks)
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if nproc > 1 and world == 1:
+        ctx = click.get_current_context()
+        argv = (ctx.obj or {}).get("argv", sys.argv[1:])
+        sys.exit(launch(argv, nproc))
+    if world > 1:
+        if checkpoint_dir is not None:
+            raise click.BadParameter("is not supported under torchrun yet (soft-impute fits of a "
+                                     "distributed run are not saved per rank)", param_hint="--checkpoint-dir")
+        return _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split,
+                                     as_json, eps, method, rank_list, lam, max_iter, max_abs, backend,
+                                     device, label, seed, figure, no_figure, no_lower_bound, t0)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
     label = int(label) if label.lstrip("-").isdigit() else label
     try:
@@ -315,6 +332,68 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
         _echo_json(d)
         return
     click.echo(f"{dataset}, label '{label_name}', {tokenizer} tokenizer, {len(ds):,} texts")
+    click.echo(est.summary())
+    click.echo(f"\n({time.perf_counter() - t0:.1f} s)")
+    if fig_path is not None:
+        click.echo(f"figure written to {fig_path}")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run ``rankkit <argv without --nproc>`` on ``nproc`` processes of this host with
+    ``torchrun --standalone`` (``python -m torch.distributed.run``); returns its exit code.
+    Each process gets cores / nproc numba and OpenMP threads unless those are set."""
+    import subprocess
+
+    env = dict(os.environ)
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        env.setdefault(var, threads)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "rankkit", *_without_nproc(argv)]
+    return subprocess.call(cmd, env=env)
+
+
+def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json, eps,
+                          method, rank_list, lam, max_iter, max_abs, backend, device, label, seed, figure,
+                          no_figure, no_lower_bound, t0):
+    """``rankkit estimate`` on one rank of a torchrun world; rank 0 prints and plots."""
+    from . import distributed
+
+    comm = distributed.get_comm()
+    labels = None if label_cols is None else [c.strip() for c in label_cols.split(",")]
+    label = int(label) if label.lstrip("-").isdigit() else label
+    auto_kw = {} if max_abs is None else {"max_abs": max_abs}
+    est = distributed.estimate_min_rank(
+        dataset, eps=eps, comm=comm, method=method, label=label, ranks=rank_list, lam=lam, max_iter=max_iter,
+        backend=backend, device=device, seed=seed, progress=comm.rank == 0 and not as_json, max_len=max_len,
+        lower_bound=not no_lower_bound, tokenizer=tokenizer, text=text_col, labels=labels, split=split,
+        limit=limit, **auto_kw)
+    if comm.rank != 0:
+        return
+    est.meta.update(dataset=dataset, tokenizer=str(tokenizer))
+    fig_path = None
+    if not no_figure:
+        fig_path = Path(figure or Path("rankkit_out") / f"estimate_{_slug(dataset)}.png")
+        _plot_estimate(est, fig_path, f"Completion of Ω₂: {dataset} ({comm.size} processes)")
+    if as_json:
+        d = est.to_dict()
+        d.update(figure=None if fig_path is None else str(fig_path), seconds=round(time.perf_counter() - t0, 2))
+        _echo_json(d)
+        return
+    click.echo(f"{dataset}, {tokenizer} tokenizer, {comm.size} processes "
+               f"(rows routed by their first {est.meta.get('route_len', '?')} token(s))")
     click.echo(est.summary())
     click.echo(f"\n({time.perf_counter() - t0:.1f} s)")
     if fig_path is not None:

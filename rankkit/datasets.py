@@ -496,6 +496,15 @@ def as_dataset(source, *, text=None, labels=None, tokenizer="gpt2", split: str |
         return _restrict(source, limit, max_len)
     if isinstance(source, tuple) and len(source) == 2:
         return _from_pair(source, text, labels, tokenizer, limit, max_len)
+    texts, y, names = _read_texts(source, text=text, labels=labels, split=split, limit=limit)
+    y = y[:, 0] if y.shape[1] == 1 else y
+    return _tokenize(texts, y, names, tokenizer, limit, max_len)
+
+
+def _read_texts(source, *, text, labels, split, limit) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """(texts, labels (n, n_labels), label names) of a preset, hub id, file or table, before
+    tokenizing: :func:`as_dataset` tokenizes all of them, a distributed rank only its slice
+    (:func:`rankkit.distributed.shard_dataset`)."""
     if isinstance(source, str) and source.startswith("vader:"):
         name = source.split(":", 1)[1]
         if name not in VADER_SETS:
@@ -528,8 +537,7 @@ def as_dataset(source, *, text=None, labels=None, tokenizer="gpt2", split: str |
     else:
         table, where = _as_table(source, split)
         texts, y, names = _from_table(table, text, labels, where=where)
-    y = y[:, 0] if y.shape[1] == 1 else y
-    return _tokenize(texts, y, names, tokenizer, limit, max_len)
+    return texts, y, names
 
 
 # ---------------------------------------------------------------------------------------

@@ -278,14 +278,71 @@ def _fingerprint(indptr, indices, x, shape, k, lam, thresh, dtype) -> np.ndarray
 
 # ---- the algorithm ------------------------------------------------------------------------
 
-def _frob_ratio(U0, D0, V0, U, D, V) -> float:
-    """‖U0 D0 V0ᵀ − U D Vᵀ‖²_F / max(‖U0 D0 V0ᵀ‖²_F, 1e-9) from k×k products (R's Frob)."""
+def _frob_ratio(K, U0, D0, V0, U, D, V) -> float:
+    """‖U0 D0 V0ᵀ − U D Vᵀ‖²_F / max(‖U0 D0 V0ᵀ‖²_F, 1e-9) from k×k products (R's Frob).
+
+    ``K.row_gram`` forms Uᵀ U0 (summed over the row shards when U is distributed)."""
     denom = float((D0 * D0).sum())
-    utu = D[:, None] * (U.T @ U0)
+    utu = D[:, None] * K.row_gram(U, U0)
     vtv = D0[:, None] * (V0.T @ V)
     cross = float((utu * vtv.T).sum())  # trace(utu @ vtv)
     num = denom + float((D * D).sum()) - 2.0 * cross
     return num / max(denom, 1e-9)
+
+
+def als_iteration(K, U, Dsq, V, lam: float):
+    r"""One softImpute-ALS iteration (Hastie et al. 2015, Alg. 3.1; R ``Ssimpute.als``).
+
+    B-step :math:`\tilde B = P_\Omega(X - U D^2 V^\top)^\top U + V D^2`, shrunk by
+    :math:`D^2 (D^2 + \lambda I)^{-1}` and re-orthogonalised by a thin SVD; then the A-step
+    :math:`\tilde A = P_\Omega(X - U D^2 V^\top) V + U D^2` likewise (module docstring).
+
+    Written once against the kernel interface of :mod:`rankkit._kernels`, so the one-process
+    fit and the row-partitioned fit of :mod:`rankkit.distributed` run this same function:
+    there ``resid_cols`` returns this rank's block of columns of B (reduced over ranks),
+    ``col_block`` cuts the same block out of a replicated m × k array, ``svd_cols`` /
+    ``svd_rows`` are the thin SVDs of a column- / row-partitioned factor (TSQR over ranks,
+    ``svd_cols`` hands back the whole V) and ``row_gram`` sums Xᵀ Y over the row shards. In
+    one process those are the identity, ``thin_svd`` and ``X.T @ Y``.
+
+    Returns
+    -------
+    (U, Dsq, V, objective, sse, ratio)
+        The new factors, ½ sse + λ Σ D² after the B-step (R's trace), sse = ‖P_Ω(X − M)‖²
+        at the factors of the A-step, and R's relative change of M.
+    """
+    U0, D0, V0 = U, Dsq, V
+    # B-step: B = P_Ω(X − U D² Vᵀ)ᵀ U + V D², shrunk by D²/(D²+λ).
+    BD = V * Dsq
+    B, _ = K.resid_cols(BD, U)
+    # in place: B is a fresh array of the kernels (saves two n×k allocations per step)
+    B += K.col_block(BD)
+    if lam > 0:
+        B *= Dsq / (Dsq + lam)
+    V, Dsq, W = K.svd_cols(B)
+    U = U @ W
+    # A-step: A = P_Ω(X − U D² Vᵀ) V + U D², shrunk likewise.
+    AD = U * Dsq
+    A, sse = K.resid_rows(AD, V)
+    objective = 0.5 * sse + lam * float(Dsq.sum())
+    A += AD
+    if lam > 0:
+        A *= Dsq / (Dsq + lam)
+    U, Dsq, W = K.svd_rows(A)
+    V = V @ W
+    return U, Dsq, V, objective, sse, _frob_ratio(K, U0, D0, V0, U, Dsq, V)
+
+
+def final_step(K, U, Dsq, V, lam: float, final_svd: bool):
+    """R's ``final.svd``: one unshrunk A-step, then the singular values soft-thresholded once;
+    returns (U, d, V, sse) with sse at the returned factors."""
+    if lam > 0 and final_svd:
+        AD = U * Dsq
+        A, _ = K.resid_rows(AD, V)
+        U, Dsq, W = K.svd_rows(A + AD)
+        V = V @ W
+        Dsq = K.relu(Dsq - lam)
+    return U, Dsq, V, K.sse(U * Dsq, V)
 
 
 def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int = 1000,
@@ -393,38 +450,83 @@ def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int
                             (indptr, indices, x, np_dtype))
 
 
+class _FileCheckpoint:
+    """The iteration state of one process in one npz file (see ``checkpoint`` of
+    :func:`soft_impute`): written atomically, refused if it belongs to another problem."""
+
+    save_on_interrupt = True
+
+    def __init__(self, path: Path, fingerprint: np.ndarray, n: int, m: int, k: int, max_iter: int):
+        self.path, self.fp, self.n, self.m, self.k, self.max_iter = path, fingerprint, n, m, k, max_iter
+
+    def read(self, path: Path) -> dict:
+        z = read_npz(path, "soft-impute checkpoint",
+                     required=("fingerprint", "U", "Dsq", "V", "objective", "ratio", "iter"))
+        if not np.array_equal(z["fingerprint"], self.fp):
+            raise ValueError(f"checkpoint {str(path)!r} belongs to a different problem (data, rank, "
+                             "lam, thresh or dtype differ); delete it or pass another path")
+        n_done = int(z["iter"])
+        if not (0 <= n_done <= self.max_iter and z["objective"].size == n_done
+                and z["U"].shape == (self.n, self.k) and z["V"].shape == (self.m, self.k)
+                and z["Dsq"].shape == (self.k,)):
+            raise DamagedFileError(f"soft-impute checkpoint {str(path)!r} is damaged (iteration "
+                                   f"{n_done} of max_iter {self.max_iter}, {z['objective'].size} objective "
+                                   f"values, U {z['U'].shape}); delete it to start over")
+        return z
+
+    def load(self) -> dict | None:
+        return self.read(self.path) if self.path.is_file() else None
+
+    def write(self, path: Path, U, Dsq, V, objective, ratios, n_done: int) -> None:
+        atomic_npz(path, dict(U=U, Dsq=Dsq, V=V, objective=np.asarray(objective[:n_done], float),
+                              ratio=np.asarray(ratios[:n_done], float), iter=np.array(n_done),
+                              fingerprint=self.fp))
+
+    def save(self, U, Dsq, V, objective, ratios, n_done: int) -> None:
+        self.write(self.path, U, Dsq, V, objective, ratios, n_done)
+
+    def finish(self, keep: bool) -> None:
+        if not keep and self.path.is_file():
+            self.path.unlink()
+
+
 def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, checkpoint, checkpoint_every,
                  progress, callback, final_svd, data) -> SoftImputeResult:
     """Body of :func:`soft_impute`; inputs are already validated."""
+    n, m = shape
+    store = None
+    if checkpoint is not None:
+        store = _FileCheckpoint(checkpoint, _fingerprint(*data[:3], shape, k, lam, thresh, data[3]),
+                                n, m, k, max_iter)
+    U, Dsq, V, objective, ratios, it, converged = _run(
+        K, k, lam, max_iter, thresh, lambda: _warm_factors(warm_start, n, m, k, rng)[:3], store,
+        checkpoint_every, progress, callback, nnz)
+    U, Dsq, V, sse = final_step(K, U, Dsq, V, lam, final_svd)
+    return SoftImputeResult(U=K.to_numpy(U), d=K.to_numpy(Dsq), V=K.to_numpy(V), mse=sse / nnz if nnz else 0.0,
+                            sse=sse, objective=objective, ratio=ratios, n_iter=it, converged=converged, lam=lam,
+                            rank=k, shape=shape, nnz=nnz, thresh=thresh, backend=K.name)
+
+
+def _run(K, k, lam, max_iter, thresh, start, store, checkpoint_every, progress, callback, nnz,
+         agree=None):
+    """The iterations of softImpute-ALS with checkpointing: one loop for one process and for
+    a process group (``store`` saves this process's part; ``agree`` makes every rank take the
+    same decision to stop on a callback).
+
+    ``start()`` gives the initial (U, Dsq, V) as float64 NumPy when no checkpoint is resumed.
+    Returns (U, Dsq, V, objective, ratios, n_iter, converged)."""
     from tqdm.auto import tqdm
 
-    n, m = shape
     objective: list[float] = []
     ratios: list[float] = []
     it = 0
-    fp = None
-    state = None
-    if checkpoint is not None:
-        fp = _fingerprint(*data[:3], shape, k, lam, thresh, data[3])
-        if checkpoint.is_file():
-            z = read_npz(checkpoint, "soft-impute checkpoint",
-                         required=("fingerprint", "U", "Dsq", "V", "objective", "ratio", "iter"))
-            if not np.array_equal(z["fingerprint"], fp):
-                raise ValueError(f"checkpoint {str(checkpoint)!r} belongs to a different problem (data, rank, "
-                                 "lam, thresh or dtype differ); delete it or pass another path")
-            n_done = int(z["iter"])
-            if not (0 <= n_done <= max_iter and z["objective"].size == n_done and z["U"].shape == (n, k)
-                    and z["V"].shape == (m, k) and z["Dsq"].shape == (k,)):
-                raise DamagedFileError(f"soft-impute checkpoint {str(checkpoint)!r} is damaged (iteration "
-                                       f"{n_done} of max_iter {max_iter}, {z['objective'].size} objective "
-                                       f"values, U {z['U'].shape}); delete it to start over")
-            state = z
+    state = None if store is None else store.load()
     if state is not None:
         U, Dsq, V = state["U"], state["Dsq"], state["V"]
         objective, ratios = state["objective"].tolist(), state["ratio"].tolist()
         it = int(state["iter"])
     else:
-        U, Dsq, V, _ = _warm_factors(warm_start, n, m, k, rng)
+        U, Dsq, V = start()
     U, Dsq, V = K.asarray(U), K.asarray(Dsq), K.asarray(V)
 
     # State after the last *completed* iteration: what a checkpoint holds, so that a Ctrl-C
@@ -433,10 +535,7 @@ def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, check
 
     def save_state():
         u, dsq, v, n_done = done
-        atomic_npz(checkpoint, dict(U=K.to_numpy(u), Dsq=K.to_numpy(dsq), V=K.to_numpy(v),
-                                     objective=np.asarray(objective[:n_done], float),
-                                     ratio=np.asarray(ratios[:n_done], float),
-                                     iter=np.array(n_done), fingerprint=fp))
+        store.save(K.to_numpy(u), K.to_numpy(dsq), K.to_numpy(v), objective, ratios, n_done)
 
     ratio = ratios[-1] if ratios else np.inf
     stopped = False
@@ -444,60 +543,33 @@ def _soft_impute(K, shape, nnz, k, lam, max_iter, thresh, warm_start, rng, check
     try:
         while ratio > thresh and it < max_iter:
             it += 1
-            U0, D0, V0 = U, Dsq, V
-            # B-step: B = P_Ω(X − U D² Vᵀ)ᵀ U + V D², shrunk by D²/(D²+λ).
-            BD = V * Dsq
-            B, sse_prev = K.resid_cols(BD, U)
-            # in place: B is a fresh array of the kernels (saves two n×k allocations per step)
-            B += BD
-            if lam > 0:
-                B *= Dsq / (Dsq + lam)
-            V, Dsq, W = K.thin_svd(B)
-            U = U @ W
-            # A-step: A = P_Ω(X − U D² Vᵀ) V + U D², shrunk likewise.
-            AD = U * Dsq
-            A, sse = K.resid_rows(AD, V)
-            objective.append(0.5 * sse + lam * float(Dsq.sum()))
-            A += AD
-            if lam > 0:
-                A *= Dsq / (Dsq + lam)
-            U, Dsq, W = K.thin_svd(A)
-            V = V @ W
-            ratio = _frob_ratio(U0, D0, V0, U, Dsq, V)
+            U, Dsq, V, obj, sse, ratio = als_iteration(K, U, Dsq, V, lam)
+            objective.append(obj)
             ratios.append(ratio)
             done = (U, Dsq, V, it)
             mse_now = sse / nnz if nnz else 0.0
             bar.update(1)
             bar.set_postfix(mse=f"{mse_now:.3g}", ratio=f"{ratio:.2g}", refresh=False)
-            if checkpoint is not None and it % checkpoint_every == 0:
+            if store is not None and it % checkpoint_every == 0:
                 save_state()
-            if callback is not None and callback(it, dict(mse=mse_now, objective=objective[-1], ratio=ratio,
-                                                          rank=k, lam=lam)):
-                stopped = True
-                break
+            if callback is not None:
+                stop = bool(callback(it, dict(mse=mse_now, objective=obj, ratio=ratio, rank=k, lam=lam)))
+                if agree is not None:
+                    stop = agree(stop)
+                if stop:
+                    stopped = True
+                    break
     except KeyboardInterrupt:
-        if checkpoint is not None:
+        if store is not None and store.save_on_interrupt:
             save_state()
         raise
     finally:
         bar.close()
-    if checkpoint is not None:
+    if store is not None:
         if stopped:
             save_state()
-        elif checkpoint.is_file():
-            checkpoint.unlink()
-    converged = bool(ratio <= thresh)
-    if lam > 0 and final_svd:
-        # One unshrunk A-step, then soft-threshold the singular values once (R's final.svd).
-        AD = U * Dsq
-        A, _ = K.resid_rows(AD, V)
-        U, Dsq, W = K.thin_svd(A + AD)
-        V = V @ W
-        Dsq = K.relu(Dsq - lam)
-    sse = K.sse(U * Dsq, V)
-    return SoftImputeResult(U=K.to_numpy(U), d=K.to_numpy(Dsq), V=K.to_numpy(V), mse=sse / nnz if nnz else 0.0,
-                            sse=sse, objective=objective, ratio=ratios, n_iter=it, converged=converged, lam=lam,
-                            rank=k, shape=shape, nnz=nnz, thresh=thresh, backend=K.name)
+        store.finish(keep=stopped)
+    return U, Dsq, V, objective, ratios, it, bool(ratio <= thresh)
 
 
 def soft_impute_path(R, ranks: int | Sequence[int] | None = None, lams: float | Sequence[float] | None = None,
