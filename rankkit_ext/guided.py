@@ -14,9 +14,12 @@ with :math:`\tilde r = \hat r` (``direction=+1``, steer toward the attribute) or
 Two entry points share one step function (:func:`guided_logits`):
 
 * :class:`RewardGuidedLogitsProcessor` for any causal LM's ``generate(do_sample=True)``;
-* :func:`guided_generate`, rankkit's own batched loop (left-padded prompts, base KV cache,
-  reward-model state), which can also run guided decoding as a *proposal* of sequential
-  Monte Carlo with importance weights toward :math:`p_{LM}(y)\exp(\beta\,\tilde r(y))`.
+* :func:`guided_generate`, a thin batching wrapper over the package's one SMC engine
+  (:func:`rankkit_ext.tsmc.engine.smc`) with eq. 1–2 as its proposal
+  (:class:`rankkit_ext.tsmc.proposals.RewardGuidedProposal`): plain RAD, importance
+  weights, or sequential Monte Carlo toward :math:`p_{LM}(y)\exp(\beta\,\tilde r(y))`,
+  with left-padded prompts, the base KV cache (:class:`rankkit_ext.tsmc.adapters.HFCausalLM`)
+  and the reward model's incremental state.
 
 Reward models follow the ``rankkit_ext.models`` contract: ``score_candidates(input_ids,
 attention_mask, candidates, *, label, state) -> (scores (B, k), state)`` with left-padded
@@ -347,8 +350,13 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
                     progress: bool = False) -> GuidedOutput:
     r"""Sample continuations with reward-guided decoding (paper 002 eq. 1–2).
 
-    Prompts are left padded; the base model runs with its KV cache and explicit position
-    ids, the reward model with its own state (incremental per step). Sampling uses
+    Prompts are left padded and batched whole groups at a time (``batch_size // n_samples``
+    prompts × ``n_samples`` rows); each prompt runs once through the base model, its KV
+    cache is shared by its samples and extended with explicit position ids, the reward
+    model keeps its own state (incremental per step). The loop is the SMC engine
+    (:func:`rankkit_ext.tsmc.engine.smc`) with the proposal
+    :class:`~rankkit_ext.tsmc.proposals.RewardGuidedProposal`; the target's terminal
+    potential is the last twist, :math:`\phi = \exp(\beta\tilde r_T)`. Sampling uses
     ``generator`` only (inverse CDF in float64), so a seed reproduces the samples.
 
     Parameters
@@ -386,8 +394,9 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
         sampled token outside V' (possible only when ``mix > 0``) is scored with one extra
         reward-model call for the rows that need it.
     resample_threshold : float, optional
-        SMC: resample a prompt's particles when ESS < threshold × n_samples (uses
-        ``rankkit_ext.tsmc.resampling``). None = importance sampling only.
+        SMC: resample a prompt's particles (within its group) when ESS < threshold ×
+        n_samples, after every step but the last. None = importance sampling only.
+    resample_method : {"systematic", "multinomial", "stratified", "residual"}
 
     Returns
     -------
