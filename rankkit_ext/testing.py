@@ -186,7 +186,10 @@ def assert_twist_reorder_consistent(lm, twist, prompt, *, n: int = 6, steps: int
 
     ``n`` particles take ``steps`` random tokens; after each, the rows are reordered by a
     fixed permutation or a many-to-one map (resampling), exactly as the sampler does (the
-    adapter's and the twist's states, the token history). Returns the largest difference.
+    adapter's and the twist's states, the token history). Then the same through
+    :func:`~rankkit_ext.tsmc.sampler.tsmc` itself (resampling after every step, no EOS):
+    its ``step_log_psi`` equals the teacher-forced log ψ of the chosen tokens. Returns the
+    largest difference.
     """
     from .tsmc.adapters import as_adapter
     from .tsmc.sampler import teacher_force
@@ -219,11 +222,21 @@ def assert_twist_reorder_consistent(lm, twist, prompt, *, n: int = 6, steps: int
     got_psi, got_p = torch.stack(hist_psi, 1), torch.stack(hist_p, 1)
     worst = _close(got_psi, tf_psi.double(), _tol(psi_dtype, tf_psi.abs().max(), ulps),
                    f"{type(tw).__name__}: log psi after step/reorder vs teacher-forced")
-    # log p: finite entries only carry information (a table LM may hold -inf)
-    return max(worst, _close(got_p, tf_p.double(), _tol(torch.float32 if logp.dtype ==
-                                                        torch.float32 else torch.float64,
-                                                        10.0, ulps),
-                             "adapter log p after reorder vs teacher-forced"))
+    p_tol = _tol(torch.float32 if logp.dtype == torch.float32 else torch.float64, 10.0, ulps)
+    worst = max(worst, _close(got_p, tf_p.double(), p_tol,
+                              "adapter log p after reorder vs teacher-forced"))
+    # the same through the sampler itself: resampling after every step (ancestors drawn
+    # from the twisted weights), then the chosen tokens' log psi against teacher forcing
+    from .tsmc.potentials import FunctionPotential
+    from .tsmc.sampler import tsmc
+
+    r = tsmc(lm, tw, FunctionPotential(lambda s: 0.0), prompt, n, steps, ess_threshold=1.0,
+             generator=generator, eos_token_id=None)
+    _, _, tf = teacher_force(lm, prompt, r.tokens, twist=tw)
+    chosen = tf.double().gather(2, r.tokens[..., None]).squeeze(2)
+    return max(worst, _close(r.step_log_psi, chosen, _tol(psi_dtype, chosen.abs().max(), ulps),
+                             f"{type(tw).__name__}: the sampler's log psi of the chosen tokens "
+                             "(resampling every step) vs teacher-forced"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ there and keeps its weight afterwards), and resamples when the ESS falls below
 float64 and is unbiased in :math:`\hat Z` for any twist; with the optimal twist ψ* it is
 exact (zero variance).
 
+:func:`tsmc` validates its arguments and runs the package's one SMC engine
+(:func:`~rankkit_ext.tsmc.engine.smc`) with the twist-induced proposal
+(:class:`~rankkit_ext.tsmc.proposals.TwistProposal`), the same engine guided decoding runs
+with its own proposal.
+
 Every twist goes through the protocol of :mod:`~rankkit_ext.tsmc.twists`
 (``init_state`` / ``step`` / ``reorder``): a head on the base's hidden states and a
 :class:`~rankkit_ext.tsmc.twists.CopyTwist` (a trainable copy of the base with its own KV
