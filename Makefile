@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 stress: $(STAMP)
-	$(PY) -m rankkit.synthetic
+	$(VENV)/bin/rankkit stress
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rankkit rankkit_ext tests analyses benchmarks

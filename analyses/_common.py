@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 
-from rankkit.cli import json_default
+from rankkit._io import atomic_write, json_default
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "paper_figures"
@@ -18,7 +18,7 @@ TOKENIZER = "gpt2"
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """``--out`` and ``--quick`` for every analysis (``analyses/run_all.py`` passes both)."""
+    """``--out`` and ``--quick`` for every analysis (``rankkit figures`` passes both)."""
     ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT, help="output folder [paper_figures/]")
     ap.add_argument("--quick", action="store_true", help="small settings for a smoke run")
@@ -26,26 +26,24 @@ def parser(doc: str) -> argparse.ArgumentParser:
 
 
 def write_json(obj: dict, path: Path) -> Path:
-    """Atomic write (tmp + os.replace) so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic write (:func:`rankkit._io.atomic_write`) so an interrupted run never leaves half
+    a file; stamped with the time and the machine it was generated on."""
     obj = {**obj, "generated": {"utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "machine": f"{platform.machine()} {platform.system()}, "
                                            f"{os.cpu_count()} cores"}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
-    os.replace(tmp, path)
-    return path
+    # a trailing newline, as the committed paper_figures/*.json have
+    return atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=2,
+                                                                default=json_default) + "\n"))
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Atomic PNG write at a readable resolution."""
+    """Atomic PNG write (:func:`rankkit._io.atomic_write`) at a readable resolution."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    # format= because the temporary file's name does not end in .png
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=130,
+                                                   bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -7,7 +7,7 @@ figure shows, per prefix length, how many rows and cells there are before and af
 
 Writes paper_figures/data_rank_structure.{png,json}.
 
-    python analyses/data_rank_structure.py [--quick]
+    python -m analyses.data_rank_structure [--quick]
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analyses._common import TOKENIZER, VADER, parser, pyplot, save_figure, write_json
+from ._common import TOKENIZER, VADER, parser, pyplot, save_figure, write_json
 
 NAME = "data_rank_structure"
 

@@ -15,20 +15,20 @@ Scales: ``--scale cpu`` (default; tiny GPT-2 configs, minutes on a laptop CPU; R
 to the most frequent tokens) and ``--scale paper`` (d = 768, n = 1024, GPT-2-small config,
 full vocabulary; needs ``--device cuda``). Outputs: ``paper_figures/<name>.png`` + ``.json``.
 
-    python analyses/expressivity_upper_triangular.py --scale cpu
-    python analyses/expressivity_upper_triangular.py --scale paper --device cuda
+    python -m analyses.expressivity_upper_triangular --scale cpu
+    python -m analyses.expressivity_upper_triangular --scale paper --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from rankkit._io import atomic_json, atomic_write
 
 SCALES = {
     # the CPU sizes are those of tests/ext/test_expressivity.py: at d = 16, n = 48 a rank-16
@@ -45,29 +45,16 @@ SCALES = {
 }
 
 
-def _backbone(vocab, d, n_layer, n_head, n_inner=None, n_positions=128, bos=None, seed=0):
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    bos = vocab - 1 if bos is None else bos
-    cfg = GPT2Config(vocab_size=vocab, n_embd=d, n_layer=n_layer, n_head=n_head, n_inner=n_inner,
-                     n_positions=n_positions, bos_token_id=bos, eos_token_id=bos,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(cfg)
-
-
 def _save(out: Path, name: str, fig, payload: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
-    tmp = out / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, out / f"{name}.json")
+    atomic_write(out / f"{name}.png", "wb",
+                 lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    atomic_json(out / f"{name}.json", payload, indent=2, default=float)
 
 
 def run_upper(cfg: dict, device: str, out: Path, seed: int = 0) -> dict:
     import matplotlib.pyplot as plt
 
+    from rankkit_ext.lm import tiny_gpt2
     from rankkit_ext.models import RADQ, RADV
     from rankkit_ext.training import fit_entries
 
@@ -76,8 +63,8 @@ def run_upper(cfg: dict, device: str, out: Path, seed: int = 0) -> dict:
     prefixes, cols, vals = [[a] for a in i], n + j, (i == j).astype(np.float32)
     res = {}
     for kind in (RADV, RADQ):
-        bb = _backbone(2 * n + 1, d, cfg["n_layer"], cfg["n_head"], cfg["n_inner"],
-                       n_positions=8, seed=seed)
+        bb = tiny_gpt2(2 * n + 1, d, cfg["n_layer"], cfg["n_head"], n_positions=8, seed=seed,
+                       n_inner=cfg["n_inner"])
         model = kind(bb, freeze_embeddings=False).to(device)
         fit = fit_entries(model, prefixes, cols, vals, steps=cfg["steps"], lr=cfg["lr"],
                           eval_every=max(1, cfg["steps"] // 40), seed=seed, progress=True)
@@ -103,17 +90,15 @@ def run_vader(cfg: dict, device: str, out: Path, seed: int = 0) -> dict:
     import matplotlib.pyplot as plt
 
     import rankkit as rk
-    from rankkit_ext.learned import learned_matrix
+    from rankkit_ext.learned import learned_matrix, sample_prefixes
+    from rankkit_ext.lm import tiny_gpt2
     from rankkit_ext.models import RADQ, RADV
     from rankkit_ext.training import train
 
-    ds = rk.datasets.load("vader:movie", limit=cfg["limit"], max_len=cfg["max_len"])
-    ds = rk.RewardDataset(ds.sequences, ds.responses[:, :1] if ds.responses.ndim == 2 else ds.responses,
-                          label_names=ds.label_names[:1], vocab_size=ds.vocab_size)
-    rng = np.random.default_rng(seed)
-    # i.i.d. training prefixes x' = u_{<t} of D_f (eq. 3): a random utterance, a random t
-    utt = rng.integers(0, len(ds), cfg["n_prefixes"])
-    prefixes = [ds.sequences[u][:rng.integers(0, ds.sequences.lengths[u])].tolist() for u in utt]
+    # the preset's first label, sentiment = (rating + 4) / 8
+    ds = rk.datasets.load("vader:movie", limit=cfg["limit"], max_len=cfg["max_len"],
+                          labels="sentiment")
+    prefixes = sample_prefixes(ds, cfg["n_prefixes"], seed)  # i.i.d. x' = u_{<t} (eq. 3)
     cols = None
     if cfg["n_cols"] is not None:  # CPU: the most frequent tokens, RAD-V needs N·|cols| passes
         counts = np.bincount(ds.sequences.tokens, minlength=ds.vocab_size)
@@ -129,8 +114,8 @@ def run_vader(cfg: dict, device: str, out: Path, seed: int = 0) -> dict:
     print(f"data min-rank (eps=1e-6): [{data['lower']}, {data['upper']}]")
     curves = {}
     for kind in (RADV, RADQ):
-        bb = _backbone(ds.vocab_size, cfg["d"], cfg["n_layer"], cfg["n_head"],
-                       n_positions=cfg["max_len"] + 1, bos=ds.vocab_size - 1, seed=seed)
+        bb = tiny_gpt2(ds.vocab_size, cfg["d"], cfg["n_layer"], cfg["n_head"],
+                       n_positions=cfg["max_len"] + 1, seed=seed)  # BOS = the last id
         model = kind(bb).to(device)
         tr = train(model, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                    seed=seed, device=device, progress=True)
@@ -167,7 +152,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "paper_figures"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="accepted for run_all; the default cpu scale already runs in minutes")
+                   help="accepted for rankkit figures; the default cpu scale already runs in minutes")
     a = p.parse_args(argv)
     if a.scale == "paper" and not a.device.startswith("cuda"):
         p.error("--scale paper trains GPT-2-small configs: pass --device cuda")

@@ -19,8 +19,8 @@ kept in ``sweep.json``), so an interrupted run continues where it stopped. Outpu
 
 Usage::
 
-    nice python analyses/guided_tradeoff.py            # ~minutes on 2 CPU cores
-    python analyses/guided_tradeoff.py --quick         # smoke run (tiny sizes)
+    nice python -m analyses.guided_tradeoff            # ~minutes on 2 CPU cores
+    python -m analyses.guided_tradeoff --quick         # smoke run (tiny sizes)
 """
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import rankkit_ext.evaluate as ev
+from rankkit._io import atomic_json
 from rankkit.sequences import RewardDataset, TokenSequences
+from rankkit_ext import metrics
 from rankkit_ext.guided import guided_generate
 from rankkit_ext.lm import load_base_lm, tiny_gpt2, train_lm
+from rankkit_ext.report import results_table, tradeoff_plot
+from rankkit_ext.scorers import vader_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,18 +54,11 @@ def _tokenizer():
     return tokenizers.load("gpt2")
 
 
-def _vader(spec: str) -> tuple[list[str], np.ndarray]:
-    """Texts and mean ratings r ∈ [−4, 4] of one VADER set (rankkit.datasets, offline)."""
+def _vader(spec: str, tok) -> RewardDataset:
+    """One VADER set (rankkit.datasets, offline) with label sentiment = (rating + 4) / 8."""
     from rankkit.datasets import load
 
-    ds = load(spec, labels="rating")
-    return list(ds.texts), np.asarray(ds.responses, dtype=np.float64).reshape(len(ds.texts), -1)[:, 0]
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    return load(spec, tokenizer=tok, labels="sentiment")
 
 
 # ---- models -------------------------------------------------------------------------
@@ -109,9 +105,9 @@ def _run_point(base, rm, tok, prompts, beta, k, a, scorer, seed):
                           max_new_tokens=a.new_tokens, generator=seed, tokenizer=tok,
                           batch_size=a.batch, direction=+1)
     conts = out.texts
-    ppl = ev.conditional_perplexity(base, tok, prompts, conts, batch_size=64)
-    dist = ev.distinct_n(conts)
-    return {"positive_rate": ev.positive_rate(conts, scorer, prompts=prompts),
+    ppl = metrics.conditional_perplexity(base, tok, prompts, conts, batch_size=64)
+    dist = metrics.distinct_n(conts)
+    return {"positive_rate": metrics.positive_rate(conts, scorer, prompts=prompts),
             "perplexity": ppl.mean, "ppl_dropped": ppl.n_dropped,
             "dist_1": dist[1], "dist_2": dist[2], "dist_3": dist[3],
             # r~ of the guiding model (none for unguided decoding)
@@ -146,7 +142,7 @@ def _plots(rows, bias, out: Path, ks):
     fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 3.5), sharey=True)
     for ax, k in zip(np.atleast_1d(axes), ks, strict=True):
         sub = [r for r in rows if r["k"] == k]
-        ev.tradeoff_plot(sub, x="perplexity", y="positive_rate", ax=ax, title=f"top-k = {k}")
+        tradeoff_plot(sub, x="perplexity", y="positive_rate", ax=ax, title=f"top-k = {k}")
         ax.set_xlabel("perplexity (base LM) ↓")
         ax.set_ylabel("positive rate (VADER) ↑")
     fig.tight_layout()
@@ -202,27 +198,28 @@ def main(argv=None):
     t_start = time.time()
 
     tok = _tokenizer()
-    movie_texts, movie_y = _vader("vader:movie")
+    movie = _vader("vader:movie", tok)
+    movie_texts = movie.texts
     rng = np.random.default_rng(0)
-    perm = rng.permutation(len(movie_texts))
+    perm = rng.permutation(len(movie))
     held, train_idx = perm[:500], perm[500:]
     if a.quick:
         train_idx = train_idx[:600]
     # base LM text: training movie reviews + tweets (CPU minutes; add the other sets with
     # more time)
-    lm_texts = [movie_texts[i] for i in train_idx] + _vader("vader:tweets")[0][: (400 if a.quick else None)]
+    lm_texts = [movie_texts[i] for i in train_idx] + list(_vader("vader:tweets", tok).texts)[
+        : (400 if a.quick else None)]
     base = _base_lm(tok, lm_texts, a.workdir, a).eval()
 
-    enc = tok([movie_texts[i] for i in train_idx], add_special_tokens=False)["input_ids"]
-    ds = RewardDataset(TokenSequences.from_lists(enc), (movie_y[train_idx] + 4.0) / 8.0,
-                       label_names=("positive",), vocab_size=len(tok))
+    ds = movie.select(train_idx)  # the reward models' training set: sentiment in [0, 1]
     rms = _reward_models(base, ds, a.workdir, a)
 
     # negative held-out reviews, first 5 tokens as prompts (steer toward positive)
-    neg = [i for i in held if movie_y[i] < -1.0]
-    prompts = [tok.decode(tok(movie_texts[i], add_special_tokens=False)["input_ids"][:5])
-               for i in neg[: a.prompts]]
-    scorer = ev.vader_scorer()
+    # rating < -1, i.e. sentiment (rating + 4) / 8 < 3/8 (exact in binary floating point)
+    sentiment = movie.responses.reshape(len(movie), -1)[:, 0]
+    neg = [i for i in held if sentiment[i] < 0.375]
+    prompts = [tok.decode(movie.sequences[i][:5].tolist()) for i in neg[: a.prompts]]
+    scorer = vader_scorer()
 
     cache = a.workdir / "sweep.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}
@@ -238,7 +235,7 @@ def main(argv=None):
         row = _run_point(base, rm, tok, prompts, beta, k, a, scorer, seed=1)
         row.update(method=method, beta=beta, k=k)
         done[key] = row
-        _atomic_json(done, cache)
+        atomic_json(cache, done, default=float)
     rows = list(done.values())
     # the unguided point (beta = 0) starts every method's curve, as in Fig. 6
     for m in rms:
@@ -254,10 +251,10 @@ def main(argv=None):
         for b in a.betas:
             bias.append(_bias_point(base, rms["RAD-Q (distill)"], tok, prompts[:a.bias_prompts], b,
                                     a.ks[0], a, seed=2))
-        _atomic_json(bias, bias_key)
+        atomic_json(bias_key, bias, default=float)
 
     _plots([r for r in rows], bias, a.out, a.ks)
-    table = ev.results_table([{k: v for k, v in r.items() if k != "example"} for r in rows])
+    table = results_table([{k: v for k, v in r.items() if k != "example"} for r in rows])
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} torch thread(s), "
                    f"torch {torch.__version__}",
@@ -271,7 +268,7 @@ def main(argv=None):
                      for r in rows if r["k"] == a.ks[0]},
         "wall_seconds": time.time() - t_start,
     }
-    _atomic_json(meta, a.out / "guided_tradeoff.json")
+    atomic_json(a.out / "guided_tradeoff.json", meta, default=float)
     print(table.to_string() if hasattr(table, "to_string") else table)
     print("bias of plain RAD (RAD-Q distill):")
     for b in bias:

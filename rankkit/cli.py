@@ -399,46 +399,34 @@ def stress_cmd(names, n, as_json):
         _echo_json(rows)
     else:
         click.echo(synthetic._table(rows))
+        click.echo("\nΩ₂ keeps rows with >= 2 observed cells; "
+                   "min rank(Ω) <= 1 + min rank(Ω₂) (Lemma 3).")
 
 
 @main.command("figures")
 @click.option("--quick", is_flag=True, help="Small settings (minutes, not hours).")
-@click.option("--only", "only", multiple=True, help="Only this analysis module (repeatable).")
+@click.option("--only", "only", multiple=True,
+              help="Only this analysis (repeatable); names in rankkit.figures.ANALYSES.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="paper_figures",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the written files as JSON.")
 def figures_cmd(quick, only, out_dir, as_json):
-    """Regenerate every figure and table under paper_figures/ (runs analyses/run_all)."""
-    import contextlib
+    """Regenerate every figure and table under paper_figures/ (the scripts in analyses/)."""
+    from . import figures
 
-    run_all = _import_run_all()
-    # with --json, stdout carries the JSON only: whatever the analyses print goes to stderr
-    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        with quiet:
-            written = run_all.run(only=list(only) or None, quick=quick, out_dir=out_dir)
+        # with --json, stdout carries the JSON only: whatever the analyses print goes to stderr
+        written = figures.run(only=list(only) or None, quick=quick, out_dir=out_dir,
+                              stdout=sys.stderr if as_json else None)
     except ValueError as e:  # unknown analysis name: list the known ones
         raise click.BadParameter(str(e), param_hint="--only") from None
+    except (FileNotFoundError, figures.AnalysisError) as e:
+        raise click.ClickException(str(e)) from None
     if as_json:
         _echo_json(written)
     else:
         for name, files in written.items():
             click.echo(f"{name}: {', '.join(map(str, files))}")
-
-
-def _import_run_all():
-    """``analyses.run_all`` from the current directory or the source checkout."""
-    import importlib
-
-    try:
-        return importlib.import_module("analyses.run_all")
-    except ImportError:
-        for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-            if (root / "analyses" / "run_all.py").is_file():
-                sys.path.insert(0, str(root))
-                return importlib.import_module("analyses.run_all")
-    raise click.ClickException("analyses/run_all.py not found: run `rankkit figures` from the "
-                               "rankkit source checkout")
 
 
 if __name__ == "__main__":

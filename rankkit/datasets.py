@@ -506,21 +506,19 @@ def as_dataset(source, *, text=None, labels=None, tokenizer="gpt2", split: str |
         texts, y, names = from_columns(table, "text", _as_list(labels) or ["sentiment", "rating"],
                                        where=source)
     elif isinstance(source, str) and (source in PRESETS or source.startswith("hub:")):
-        import datasets as hf
-
         if source in PRESETS:
             p = PRESETS[source]
             sl = split or p.split
             if limit is not None:
                 sl = f"{sl}[:{int(limit)}]"
-            texts, y, names = apply_preset(source, hf.load_dataset(p.hub_id, p.config, split=sl),
+            texts, y, names = apply_preset(source, _load_hub_dataset(p.hub_id, p.config, sl, source),
                                            labels=labels)
         else:
             sl = split or "train"
             if limit is not None:
                 sl = f"{sl}[:{int(limit)}]"
-            texts, y, names = _from_table(hf.load_dataset(source[4:], split=sl), text, labels,
-                                          where=source)
+            texts, y, names = _from_table(_load_hub_dataset(source[4:], None, sl, source), text,
+                                          labels, where=source)
     elif isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.is_file():
@@ -627,6 +625,26 @@ def _from_pair(source, text, labels, tokenizer, limit, max_len) -> RewardDataset
     if max_len is not None:
         seqs = seqs.truncate(int(max_len))
     return RewardDataset(seqs, y, label_names=names, vocab_size=vocab_size)
+
+
+_DATASET_FIX = ("use a local copy: save the table once (datasets.Dataset.to_parquet / to_csv) "
+                "and pass the file with text= and labels=, or pass 'hub:<local folder>'; the "
+                "vader:* presets work offline; or connect to the network once so that the "
+                "Hugging Face cache holds it")
+
+
+def _load_hub_dataset(hub_id: str, config: str | None, split: str, spec: str):
+    """``datasets.load_dataset`` that fails fast without a network (rankkit._hub.from_hub):
+    a cached copy still loads offline; a cache miss raises HubUnreachableError at once."""
+    import datasets as hf
+
+    from ._hub import from_hub
+
+    def load(offline: bool):  # offline=True runs in rankkit._hub.hub_offline_mode()
+        return hf.load_dataset(hub_id, config, split=split)
+
+    shown = repr(hub_id) if spec == f"hub:{hub_id}" else f"{hub_id!r} (preset {spec!r})"
+    return from_hub(hub_id, load, what="hub dataset", fix=_DATASET_FIX, shown_as=shown)
 
 
 def _loaded(module: str, name: str):

@@ -26,14 +26,11 @@ Examples 3 and 4 are phrased as text in the paper; :func:`upper_triangular_datas
 :func:`arithmetic_dataset` give them as token utterances whose reward matrix
 (:func:`rankkit.build_reward_matrix`) contains the same observed cells.
 
-``python -m rankkit.synthetic`` prints the stress report (:func:`report`).
+``rankkit stress`` prints the stress report (:func:`report`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +42,7 @@ from .sequences import RewardDataset, TokenSequences
 
 __all__ = ["upper_triangular", "one_per_row", "context_independent", "arithmetic", "single_missing",
            "random_low_rank", "upper_triangular_dataset", "arithmetic_dataset", "Case", "cases",
-           "report", "main"]
+           "report"]
 
 
 def _positive(name: str, value, minimum: int = 1) -> int:
@@ -375,25 +372,3 @@ def _table(rows: list[dict]) -> str:
 
     head = fmt([t for t, _ in cols])
     return "\n".join([head, "-" * len(head), *(fmt(c) for c in cells)])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m rankkit.synthetic [--json] [--case NAME ...]``: the stress report."""
-    p = argparse.ArgumentParser(prog="python -m rankkit.synthetic",
-                                description="Synthetic reward matrices with known minimal rank "
-                                            "(Troshin et al., §3.1.4): size, observed cells, "
-                                            "Ω₂ reduction (Lemma 3), known minimal rank.")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    p.add_argument("--case", action="append", choices=list(cases()), help="only this case (repeatable)")
-    args = p.parse_args(argv)
-    rows = report(args.case)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(_table(rows))
-        print("\nΩ₂ keeps rows with >= 2 observed cells; min rank(Ω) <= 1 + min rank(Ω₂) (Lemma 3).")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

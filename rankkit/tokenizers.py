@@ -11,42 +11,21 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ._hub import HubUnreachableError, hub_reachable
 from .sequences import TokenSequences
 
 __all__ = ["load", "encode_batch", "gpt2_offline", "GPT2_VOCAB_SIZE"]
 
 GPT2_VOCAB_SIZE = 50257
-_HUB_HOST = "huggingface.co"
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """True when the hub answers a TCP connect within ``timeout`` seconds.
-
-    The probe runs in a daemon thread because a DNS lookup is not covered by the socket
-    timeout and can hang for a minute on a machine without network.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    result: list[bool] = []
-
-    def probe():
-        try:
-            socket.create_connection((_HUB_HOST, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(result and result[0])
+# one probe for every loader (rankkit._hub); the name is kept for this module's callers
+_hub_reachable = hub_reachable
 
 
 def gpt2_offline():
@@ -126,7 +105,7 @@ def _load_named(name: str, allow_network: bool):
                 errors.append(f"{candidate} (local_only={local_only}): {type(e).__name__}")
     if name in ("gpt2", "openai-community/gpt2"):
         return gpt2_offline()
-    raise OSError(
+    raise HubUnreachableError(
         f"tokenizer {name!r} is neither cached nor reachable on the hub ({'; '.join(errors)}); "
         "connect to the network once, pass a local directory, or use 'gpt2'")
 

@@ -2,13 +2,14 @@
 
 Reward models for guided decoding (RAD-V and RAD-Q of Troshin et al., TMLR: §3.2–3.3, eq. 8–9),
 their training objectives (eq. 4, 12–14), the matrices they learned (for ``rankkit.numerical_rank``
-and ``rankkit.rank_curve``), reward-guided decoding (§2.1, eq. 1–2) with its evaluation
-metrics, and the twisted SMC sampler with contrastive twist learning and self-distillation
-(Kim et al.; Zhao et al., ICML 2024) in :mod:`rankkit_ext.tsmc`.
+and ``rankkit.rank_curve``), reward-guided decoding (§2.1, eq. 1–2) with its text scorers
+(:mod:`rankkit_ext.scorers`), evaluation metrics (:mod:`rankkit_ext.metrics`) and result tables
+and plots (:mod:`rankkit_ext.report`), and the twisted SMC sampler with contrastive twist
+learning and self-distillation (Kim et al.; Zhao et al., ICML 2024) in :mod:`rankkit_ext.tsmc`.
 
 Names are imported lazily so that ``import rankkit_ext`` does not import torch until used.
-``rankkit_ext.evaluate`` is the metrics *module*; the training-set evaluation function is
-``rankkit_ext.evaluate_objective`` (``rankkit_ext.training.evaluate``).
+The training-set objective is ``rankkit_ext.evaluate_objective`` (``rankkit_ext.training.evaluate``);
+the metrics module that used to be called ``rankkit_ext.evaluate`` is ``rankkit_ext.metrics``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _LAZY = {
     "RADQ": ("models", "RADQ"),
     "ScoringState": ("models", "ScoringState"),
     "load_reward_model": ("models", "load_reward_model"),
+    "SigmoidScores": ("models", "SigmoidScores"),
     "tokenizer_fingerprint": ("models", "tokenizer_fingerprint"),
     # training
     "train": ("training", "train"),
@@ -31,10 +33,13 @@ _LAZY = {
     "prefix_weights": ("training", "prefix_weights"),
     "fit_entries": ("training", "fit_entries"),
     "FitResult": ("training", "FitResult"),
-    # learned matrices
+    # learned matrices, and the paper's question in one call
     "learned_matrix": ("learned", "learned_matrix"),
+    "compare_rank": ("compare", "compare_rank"),
+    "RankComparison": ("compare", "RankComparison"),
     # base language models
     "tiny_gpt2": ("lm", "tiny_gpt2"),
+    "tiny_causal_lm": ("lm", "tiny_causal_lm"),
     "train_lm": ("lm", "train_lm"),
     "TrainLMResult": ("lm", "TrainLMResult"),
     "load_base_lm": ("lm", "load_base_lm"),
@@ -46,6 +51,7 @@ _LAZY = {
     "select_candidates": ("guided", "select_candidates"),
     "check_compatible": ("guided", "check_compatible"),
 }
-_SUBMODULES = {"models", "training", "learned", "lm", "guided", "evaluate", "tsmc"}
+_SUBMODULES = {"models", "training", "learned", "compare", "lm", "guided", "scorers", "metrics",
+               "report", "tsmc"}
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, _SUBMODULES, globals())

@@ -1,4 +1,5 @@
-"""Loading the extension's torch checkpoints safely.
+"""Writing and loading the extension's torch checkpoints safely; the fingerprint of models
+and twists.
 
 Training, CTL and self-distillation checkpoints hold tensors, state dicts, RNG states and
 lists of numbers. They are read with ``torch.load(..., weights_only=True)``: a checkpoint
@@ -15,9 +16,16 @@ from pathlib import Path
 
 import torch
 
-from rankkit._io import DamagedFileError
+from rankkit._io import DamagedFileError, atomic_write, fingerprint
 
-__all__ = ["load_checkpoint", "UnsafeCheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "UnsafeCheckpointError", "state_fingerprint"]
+
+
+def save_checkpoint(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` through the core's atomic writer: a crash mid-write never leaves a
+    torn checkpoint under ``path``. ``obj`` should hold only what :func:`load_checkpoint`
+    reads back (tensors, state dicts, numbers, strings, lists and dicts)."""
+    return atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 class UnsafeCheckpointError(ValueError):
@@ -53,3 +61,26 @@ def load_checkpoint(path: str | os.PathLike, what: str, map_location=None):
             raise
         raise DamagedFileError(f"{what} {str(path)!r} is damaged ({type(e).__name__}: {e}); delete it "
                                f"to start over") from None
+
+
+def state_fingerprint(*objs) -> str:
+    """:func:`rankkit._io.fingerprint` of models and twists: each object by its type name and
+    its parameters — a ``torch.nn.Module``'s ``state_dict()``, another object's (a sampler
+    adapter such as ``TableLM``) tensor attributes — so a cached result is reused only for
+    the same weights.
+
+    Raises
+    ------
+    ValueError
+        An object has no parameters and no tensor attributes: a stale cached result could
+        not be told apart from a fresh one.
+    """
+    parts = []
+    for obj in objs:
+        state = (obj.state_dict() if isinstance(obj, torch.nn.Module)
+                 else {k: v for k, v in vars(obj).items() if isinstance(v, torch.Tensor)})
+        if not state:
+            raise ValueError(f"cannot fingerprint {type(obj).__name__}: no parameters or "
+                             "tensor attributes, so a stale cached run could not be detected.")
+        parts += [type(obj).__name__, dict(state)]
+    return fingerprint(*parts)

@@ -16,7 +16,30 @@ from rankkit.sequences import TokenSequences
 from ._tensors import padded
 from .models import RADQ, RADV, RewardModel
 
-__all__ = ["learned_matrix"]
+__all__ = ["learned_matrix", "sample_prefixes", "delta_spread"]
+
+
+def sample_prefixes(dataset, n: int, seed: int = 0) -> list[list[int]]:
+    """``n`` i.i.d. training prefixes x' = u_{<t} of D_f (paper 002, eq. 3): a uniformly drawn
+    utterance u of ``dataset`` (a :class:`~rankkit.RewardDataset`) and a uniformly drawn
+    t ∈ {1, …, |u|} (the empty prefix, t = 1, included) — the rows of R̂ in Fig. 2, 7 and 9.
+    The same ``seed`` gives the same prefixes."""
+    rng = np.random.default_rng(seed)
+    seqs = dataset.sequences
+    utt = rng.integers(0, len(dataset), n)
+    return [seqs[u][:rng.integers(0, seqs.lengths[u])].tolist() for u in utt]
+
+
+def delta_spread(R) -> float:
+    r"""Mean over rows of :math:`\operatorname{std}_j \hat R[i, j]`: the spread of
+    :math:`\Delta\hat r(e(v) \mid h(x'_i))` across tokens v (paper 002 §4.5, Fig. 7).
+
+    For RAD-Q, :math:`\hat R[i, j] = \langle h_i, w\rangle + \Delta\hat r(e(v_j) \mid h_i)`
+    (eq. 10); the row mean removes the baseline, so this is 0 exactly when the model abstains
+    (:math:`\hat R = H w \mathbf 1^\top`, rank 1), the limit L_reg (eq. 14) pulls towards.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    return float((R - R.mean(axis=1, keepdims=True)).std(axis=1).mean())
 
 
 @torch.no_grad()

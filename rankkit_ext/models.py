@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 __all__ = ["RewardModel", "RADV", "RADQ", "ScoringState", "tokenizer_fingerprint",
-           "load_reward_model"]
+           "load_reward_model", "SigmoidScores"]
 
 _CONFIG_NAME = "reward_model.json"
 _HEAD_NAME = "head.safetensors"
@@ -131,8 +131,10 @@ class RewardModel(nn.Module):
     Parameters
     ----------
     backbone : transformers.PreTrainedModel
-        A causal LM (``AutoModelForCausalLM``, e.g. ``GPT2LMHeadModel``) or its base
-        model (``AutoModel``). Hidden states come from ``backbone.base_model``.
+        Any causal LM (``AutoModelForCausalLM``: GPT-2, Llama, Qwen2, GPT-NeoX …) or its
+        base model (``AutoModel``). Hidden states come from ``backbone.base_model``; the
+        architecture is reached only through generic calls (``get_input_embeddings``,
+        ``get_output_embeddings``, the config's ``bos_token_id``), see ``rankkit_ext._hf``.
     n_labels : int
         Number of reward heads trained jointly (7 for Jigsaw); decoding uses one.
     label_names : sequence of str, optional
@@ -153,7 +155,9 @@ class RewardModel(nn.Module):
         if n_labels < 1:
             raise ValueError(f"n_labels must be >= 1, got {n_labels}")
         self.backbone = backbone
-        cfg = backbone.config
+        from ._hf import text_config
+
+        cfg = text_config(backbone.config)  # the decoder's config, also for nested configs
         self.n_labels = int(n_labels)
         if label_names is None:
             label_names = tuple(f"label_{i}" for i in range(n_labels))
@@ -181,18 +185,45 @@ class RewardModel(nn.Module):
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
-    def from_backbone(cls, name_or_path: str, **kwargs) -> RewardModel:
-        """Load a hub id or local folder as ``AutoModelForCausalLM`` and wrap it."""
-        from transformers import AutoModelForCausalLM
+    def from_backbone(cls, name_or_path: str | os.PathLike, *, auto: str = "causal_lm",
+                      dtype=None, **kwargs) -> RewardModel:
+        """Load a hub id or local folder as the backbone and wrap it.
 
-        return cls(AutoModelForCausalLM.from_pretrained(name_or_path), **kwargs)
+        Parameters
+        ----------
+        name_or_path : str or os.PathLike
+            A hub id (``"gpt2"``, any causal LM) or a local directory written by
+            ``save_pretrained``.
+        auto : {"causal_lm", "base"}
+            ``AutoModelForCausalLM`` (default; its LM head gives RAD-Q's e(v)) or
+            ``AutoModel`` (no head: e(v) is the tied input embedding).
+        dtype : torch.dtype, optional
+        **kwargs
+            Passed to the class (``n_labels``, ``label_names``, ``seed`` …).
+
+        Raises
+        ------
+        rankkit._hub.HubUnreachableError
+            A hub id that is not cached while the hub is unreachable (or
+            ``HF_HUB_OFFLINE=1``), within ~2.5 s, naming the id and the local-folder fix.
+        """
+        from ._hf import load_pretrained
+
+        if auto not in ("causal_lm", "base"):
+            raise ValueError(f"auto must be 'causal_lm' or 'base', got {auto!r}")
+        kw = {} if dtype is None else {"dtype": dtype}
+        return cls(load_pretrained(name_or_path, auto, what=f"{cls.__name__} backbone", **kw),
+                   **kwargs)
 
     def _options(self) -> dict:
         return {}
 
     @property
     def hidden_size(self) -> int:
-        return int(self.backbone.get_input_embeddings().weight.shape[1])
+        """d, the width of h(x): that of the output embedding e(·) (logits = h Eᵀ), which for
+        every causal LM equals the last hidden state's (GPT-2 ``n_embd``, Llama
+        ``hidden_size``, OPT-350m's 512-wide projection)."""
+        return int(self.output_embedding_weight().shape[1])
 
     @property
     def device(self) -> torch.device:
@@ -222,9 +253,16 @@ class RewardModel(nn.Module):
 
     # ---- backbone passes --------------------------------------------------------------
     def _run(self, ids, mask, position_ids, past=None, use_cache=False):
-        out = self.backbone.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                       past_key_values=past, use_cache=use_cache)
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        from ._hf import cache_kwargs, forward_kwargs, output_cache
+
+        body = self.backbone.base_model
+        # explicit position ids (left padding: positions count real tokens only) wherever the
+        # architecture takes them; the cache under this transformers release's argument name
+        kw = forward_kwargs(body, attention_mask=mask, position_ids=position_ids)
+        if past is not None:
+            kw.update(cache_kwargs(body, past))
+        out = body(input_ids=ids, use_cache=use_cache, **kw)
+        return out.last_hidden_state, (output_cache(out) if use_cache else None)
 
     def _check_prefix(self, input_ids, attention_mask):
         input_ids = torch.as_tensor(input_ids, device=self.device)
@@ -592,3 +630,42 @@ class RADQ(RewardModel):
         E = self.output_embedding_weight().to(h.dtype)
         scores = self._u(h)[:, li] @ E.T + self._base(h)[:, li, None]
         return scores, state
+
+
+# --------------------------------------------------------------------------------------
+# σ link for models trained with the binary cross-entropy (eq. 18)
+# --------------------------------------------------------------------------------------
+class SigmoidScores:
+    r"""A reward model whose scores are :math:`\sigma(\hat r)`, for decoding with a model
+    trained with ``objective="bce"`` (paper 002 eq. 18, App. G.2.1: σ maps RAD-Q's logits
+    into [0, 1] "which is also used during generation").
+
+    Wraps any model with the scoring contract; ``score_candidates`` / ``score_vocab`` /
+    ``score_sequences`` return σ of the wrapped scores and the wrapped state, everything
+    else (``vocab_size``, ``tokenizer_fingerprint``, ``label_names``, ``eval`` …) is the
+    wrapped model's. The learned matrix R̂ (and its rank ≤ d for RAD-Q) is that of the
+    *logits*: pass the unwrapped model to :func:`~rankkit_ext.learned.learned_matrix`.
+    """
+
+    def __init__(self, model):
+        if not hasattr(model, "score_candidates"):
+            raise TypeError(f"SigmoidScores needs a reward model with score_candidates, got "
+                            f"{type(model).__name__}")
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["model"], name)
+
+    def score_candidates(self, *args, **kwargs):
+        scores, state = self.model.score_candidates(*args, **kwargs)
+        return torch.sigmoid(scores), state
+
+    def score_vocab(self, *args, **kwargs):
+        scores, state = self.model.score_vocab(*args, **kwargs)
+        return torch.sigmoid(scores), state
+
+    def score_sequences(self, *args, **kwargs):
+        return torch.sigmoid(self.model.score_sequences(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"SigmoidScores({self.model!r})"

@@ -8,6 +8,10 @@ teacher-forced pass (``model(tokens, mask)[b, t-1] = r̂(u_t | u_{<t})``):
 * ``"distill"`` (eq. 13; paper 001 eq. 4): :math:`\frac1L \sum_t (\hat r(u_t|u_{<t}) -
   \tilde r(u_{1:t}))^2` against a frozen teacher evaluated once per batch under
   ``no_grad``;
+* ``"bce"`` (eq. 18, App. G.2.1): the binary cross-entropy
+  :math:`-\sum_t \lambda_t [y\log\sigma(\hat r) + (1-y)\log(1-\sigma(\hat r))]` with
+  the cumulative weights λ_t, for responses y ∈ [0, 1]; r̂ is then a logit and σ(r̂) the
+  reward (wrap the model in :class:`~rankkit_ext.models.SigmoidScores` for decoding);
 * ``reg_coef > 0`` adds :math:`L_{reg}` (eq. 14): one token v' ~ Uniform(V) per position,
   :math:`\Delta\hat r(e(v')|h(u_{<t}))^2`, with the same per-position weights as the
   objective (RAD-Q only: RAD-V has no Δr̂).
@@ -30,13 +34,14 @@ import torch
 
 from rankkit.sequences import RewardDataset, TokenSequences
 
-from ._io import load_checkpoint
+from ._loop import OptimLoop
+from ._tensors import padded
 from .models import RADQ, RewardModel
 
 __all__ = ["train", "evaluate", "TrainResult", "objective_loss", "prefix_weights",
-           "fit_entries", "FitResult"]
+           "bce_per_position", "fit_entries", "FitResult", "OBJECTIVES"]
 
-OBJECTIVES = ("cumulative", "distill")
+OBJECTIVES = ("cumulative", "distill", "bce")
 _CKPT = "checkpoint.pt"
 
 
@@ -44,11 +49,11 @@ _CKPT = "checkpoint.pt"
 # losses
 # --------------------------------------------------------------------------------------
 def prefix_weights(mask: torch.Tensor, objective: str) -> torch.Tensor:
-    r"""Per-position weights (B, L): λ_t = 2t/(L(L+1)) for "cumulative", 1/L for "distill",
-    zero on padding; each utterance's weights sum to 1."""
+    r"""Per-position weights (B, L): λ_t = 2t/(L(L+1)) for "cumulative" and "bce" (eq. 18
+    reuses eq. 4's λ), 1/L for "distill", zero on padding; each utterance's weights sum to 1."""
     m = mask.to(torch.float64)
     lengths = m.sum(1, keepdim=True)
-    if objective == "cumulative":
+    if objective in ("cumulative", "bce"):
         t = m.cumsum(1)
         w = 2.0 * t / (lengths * (lengths + 1)).clamp(min=1)
     elif objective == "distill":
@@ -58,19 +63,49 @@ def prefix_weights(mask: torch.Tensor, objective: str) -> torch.Tensor:
     return w * m
 
 
+def bce_per_position(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r"""Eq. 18 (paper 002, App. G.2.1) per position and label, before the weights λ:
+
+    .. math:: -\bigl[y\log\sigma(\hat r) + (1-y)\log(1-\sigma(\hat r))\bigr]
+              = \mathrm{softplus}(\hat r) - y\,\hat r
+
+    computed as ``binary_cross_entropy_with_logits`` in float32 (the log-sum-exp form:
+    finite for any logit, where log σ(r̂) itself underflows to −∞ for r̂ ≲ −104). Eq. 18
+    as printed omits the minus sign of a negative log-likelihood; it is a loss to minimise.
+    """
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        preds.float(), targets.float().expand_as(preds), reduction="none")
+
+
+def _check_bce_targets(targets: torch.Tensor) -> None:
+    if targets.numel() and not bool(((targets >= 0) & (targets <= 1)).all()):
+        bad = targets[~((targets >= 0) & (targets <= 1))]
+        raise ValueError(f"objective='bce' (eq. 18) needs responses y in [0, 1]; got values such "
+                         f"as {float(bad.flatten()[0])!r} (range [{float(targets.min())}, "
+                         f"{float(targets.max())}]). Rescale the labels to [0, 1] (e.g. the "
+                         f"'sentiment' label of the vader:* sets) or use objective='cumulative'")
+
+
 def objective_loss(model: RewardModel, tokens: torch.Tensor, mask: torch.Tensor,
                    targets: torch.Tensor, objective: str = "cumulative", reg_coef: float = 0.0,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-utterance loss (B,) of one right-padded batch.
+    r"""Per-utterance loss (B,) of one right-padded batch.
+
+    ``"cumulative"``: :math:`\sum_t \lambda_t (\hat r_t - y)^2` (eq. 4/12);
+    ``"distill"``: :math:`\frac1L\sum_t (\hat r_t - \tilde r_t)^2` (eq. 13);
+    ``"bce"``: :math:`-\sum_t \lambda_t [y\log\sigma(\hat r_t) + (1-y)\log(1-\sigma(\hat r_t))]`
+    (eq. 18, App. G.2.1; see :func:`bce_per_position`). Each is averaged over labels.
 
     Parameters
     ----------
     tokens, mask : torch.Tensor, shape (B, L)
-    targets : torch.Tensor, shape (B, n_labels) for "cumulative" (the responses y) or
-        (B, L, n_labels) for "distill" (teacher scores per prefix).
+    targets : torch.Tensor, shape (B, n_labels) for "cumulative" and "bce" (the responses
+        y; in [0, 1] for "bce") or (B, L, n_labels) for "distill" (teacher scores per prefix).
     reg_coef : float
         Weight of L_reg (eq. 14); needs a RADQ and ``generator`` for the uniform draws.
     """
+    if objective == "bce":
+        _check_bce_targets(targets)
     w = prefix_weights(mask, objective)
     if reg_coef and isinstance(model, RADQ):
         h = model.hidden_states(tokens, mask)
@@ -79,7 +114,10 @@ def objective_loss(model: RewardModel, tokens: torch.Tensor, mask: torch.Tensor,
         h = None
         preds = model(tokens, mask)
     tgt = targets[:, None, :] if targets.ndim == 2 else targets
-    per_pos = (preds.float() - tgt.float()).pow(2).mean(-1)  # mean over labels
+    if objective == "bce":
+        per_pos = bce_per_position(preds, tgt).mean(-1)  # mean over labels
+    else:
+        per_pos = (preds.float() - tgt.float()).pow(2).mean(-1)  # mean over labels
     loss = (per_pos.double() * w).sum(1)
     if reg_coef:
         if h is None:
@@ -96,13 +134,9 @@ def objective_loss(model: RewardModel, tokens: torch.Tensor, mask: torch.Tensor,
 # data
 # --------------------------------------------------------------------------------------
 def _batch(seqs: TokenSequences, y: np.ndarray, idx: np.ndarray, device):
-    sub = seqs.select(idx)
-    L = int(sub.lengths.max()) if len(sub) else 0
-    tokens = np.zeros((len(sub), L), dtype=np.int64)
-    keep = np.arange(L)[None, :] < sub.lengths[:, None]
-    tokens[keep] = sub.tokens
-    return (torch.from_numpy(tokens).to(device), torch.from_numpy(keep.astype(np.int64)).to(device),
-            torch.from_numpy(y[idx]).to(device))
+    """Right-padded utterances ``idx`` (the models prepend BOS themselves) and their targets."""
+    tokens, mask = padded(seqs.select(idx), device=device)
+    return tokens, mask, torch.from_numpy(y[idx]).to(device)
 
 
 def _prepare(model: RewardModel, dataset: RewardDataset, max_len: int | None):
@@ -115,8 +149,9 @@ def _prepare(model: RewardModel, dataset: RewardDataset, max_len: int | None):
     if dataset.vocab_size > model.vocab_size:
         raise ValueError(f"dataset vocab_size={dataset.vocab_size} exceeds the model's "
                          f"{model.vocab_size} output embeddings (tokenizer mismatch?)")
-    n_pos = getattr(model.backbone.config, "max_position_embeddings", None) or getattr(
-        model.backbone.config, "n_positions", None)
+    from ._hf import max_positions
+
+    n_pos = max_positions(model.backbone.config)  # GPT-2 n_positions, Llama max_position_embeddings
     if max_len is None and n_pos is not None:
         max_len = int(n_pos) - 1  # one position goes to BOS
     seqs = dataset.sequences if max_len is None else dataset.sequences.truncate(max_len)
@@ -182,8 +217,10 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
         ``requires_grad`` go to the optimizer).
     dataset : RewardDataset
         Responses (n,) or (n, n_labels) in the model's label order.
-    objective : {"cumulative", "distill"}
-        Eq. 4/12 on the responses, or eq. 13 against ``teacher``.
+    objective : {"cumulative", "distill", "bce"}
+        Eq. 4/12 on the responses, eq. 13 against ``teacher``, or the binary cross-entropy
+        of eq. 18 (App. G.2.1) on responses in [0, 1]; a "bce" model's scores are logits,
+        so decode with ``SigmoidScores(model)`` (σ is "also used during generation").
     teacher : RewardModel, optional
         Frozen teacher for "distill" (e.g. a trained RADV for a RADQ student); its scores
         are computed once per batch under ``no_grad`` and it is never updated.
@@ -222,7 +259,6 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
     -------
     TrainResult
     """
-    from tqdm.auto import tqdm
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -241,6 +277,8 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
     seqs, y = _prepare(model, dataset, max_len)
+    if objective == "bce":  # before any step, not at the first batch that holds a bad label
+        _check_bce_targets(torch.from_numpy(y))
     n = len(seqs)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
@@ -262,51 +300,17 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
     settings = _settings_fingerprint(objective=objective, reg_coef=reg_coef, epochs=epochs,
                                      batch_size=batch_size, lr=lr, seed=seed, n=n,
                                      grad_accum_steps=grad_accum_steps)
-    result = TrainResult(steps=0, total_steps=total)
     ckpt_path = Path(checkpoint_dir) / _CKPT if checkpoint_dir is not None else None
-    devices = [device] if device.type == "cuda" else []
+    loop = OptimLoop("training checkpoint", ckpt_path, total=total, seed=seed,
+                     state={"model": model, "optimizer": opt, "scheduler": sched},
+                     generator=gen, settings=settings, every=checkpoint_every, resume=resume,
+                     stop_after=stop_after_steps, device=device, progress=progress)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if ckpt_path is not None and resume and ckpt_path.is_file():
-            ck = load_checkpoint(ckpt_path, "training checkpoint", map_location=device)
-            diff = {k: (ck["settings"].get(k), v) for k, v in settings.items()
-                    if ck["settings"].get(k) != v}
-            if diff:
-                raise ValueError(f"{ckpt_path} was written with other settings "
-                                 f"(checkpoint, now): {diff}; pass resume=False or another "
-                                 "checkpoint_dir")
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            gen.set_state(ck["generator"].cpu())  # generator states are CPU byte tensors
-            torch.set_rng_state(ck["torch_rng"].cpu())
-            if device.type == "cuda" and ck.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
-            result.steps = result.resumed_from = int(ck["step"])
-            result.train_loss = list(ck["train_loss"])
-            result.eval_loss = [tuple(x) for x in ck["eval_loss"]]
-
-        def save_checkpoint():
-            if ckpt_path is None:
-                return
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            state = {"step": result.steps, "settings": settings, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                     "train_loss": result.train_loss, "eval_loss": result.eval_loss}
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, ckpt_path)
-            result.checkpoint = str(ckpt_path)
-
-        bar = tqdm(total=total, initial=result.steps, disable=not progress, desc="train")
+    with loop:
+        loop.history.setdefault("eval", [])
         model.train()
-        while result.steps < total:
-            if stop_after_steps is not None and result.steps >= stop_after_steps:
-                break
-            epoch, within = divmod(result.steps, steps_per_epoch)
+        for step in loop:
+            epoch, within = divmod(step, steps_per_epoch)
             order = np.random.default_rng([seed, epoch]).permutation(n)
             idx = order[within * batch_size:(within + 1) * batch_size]
             opt.zero_grad(set_to_none=True)
@@ -328,23 +332,22 @@ def train(model: RewardModel, dataset: RewardDataset, objective: str = "cumulati
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
             sched.step()
-            result.steps += 1
-            result.train_loss.append(batch_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{batch_loss:.4g}")
-            if eval_dataset is not None and eval_every and result.steps % eval_every == 0:
-                result.eval_loss.append((result.steps, evaluate(
+            # evaluate before the step is recorded, so a checkpoint taken then includes it
+            if eval_dataset is not None and eval_every and (step + 1) % eval_every == 0:
+                loop.history["eval"].append((step + 1, evaluate(
                     model, eval_dataset, objective, teacher, batch_size=batch_size,
                     max_len=max_len)))
                 model.train()
-            if checkpoint_every and result.steps % checkpoint_every == 0:
-                save_checkpoint()
-        bar.close()
-        if eval_dataset is not None and result.steps == total and (
-                not result.eval_loss or result.eval_loss[-1][0] != total):
-            result.eval_loss.append((total, evaluate(model, eval_dataset, objective, teacher,
-                                                     batch_size=batch_size, max_len=max_len)))
-        save_checkpoint()
+            loop.done(batch_loss)
+        evals = loop.history["eval"]
+        if eval_dataset is not None and loop.step == total and (not evals or evals[-1][0] != total):
+            evals.append((total, evaluate(model, eval_dataset, objective, teacher,
+                                          batch_size=batch_size, max_len=max_len)))
+        loop.save()
+    result = TrainResult(steps=loop.step, total_steps=total, resumed_from=loop.resumed_from,
+                         train_loss=loop.history["loss"],
+                         eval_loss=[tuple(x) for x in loop.history["eval"]],
+                         checkpoint=None if ckpt_path is None else str(ckpt_path))
     model.eval()
     result.wall_time_s = time.perf_counter() - t0
     return result
@@ -388,7 +391,7 @@ class FitResult:
 
 def _entry_batch(prefixes: TokenSequences, cols: np.ndarray, device):
     seqs = TokenSequences.from_lists([np.append(p, c) for p, c in zip(prefixes, cols, strict=True)])
-    tokens, mask, _ = _batch(seqs, np.zeros((len(seqs), 1), np.float32), np.arange(len(seqs)), device)
+    tokens, mask = padded(seqs, device=device)
     last = torch.as_tensor(seqs.lengths - 1, device=device)
     return tokens, mask, last
 

@@ -23,6 +23,13 @@ def test_every_public_ext_name_resolves():
 
     missing = [n for n in rankkit_ext.__all__ if getattr(rankkit_ext, n, None) is None]
     assert missing == []
-    # the metrics module is not shadowed by the training-set evaluation function
-    assert rankkit_ext.evaluate.__name__ == "rankkit_ext.evaluate"
+    # issue 13: scorers, metrics and reports have their own modules; none is called
+    # "evaluate", so nothing collides with the training-set evaluation function
+    for mod in ("scorers", "metrics", "report"):
+        assert getattr(rankkit_ext, mod).__name__ == f"rankkit_ext.{mod}"
     assert rankkit_ext.evaluate_objective.__module__ == "rankkit_ext.training"
+    with pytest.raises(AttributeError, match="evaluate"):
+        rankkit_ext.evaluate  # noqa: B018
+    from rankkit_ext import tsmc
+
+    assert tsmc.similarity is rankkit_ext.metrics.similarity  # re-exported where it was

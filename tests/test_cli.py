@@ -169,26 +169,25 @@ def test_datasets_lists_presets():
 
 
 def test_figures_forwards_options(monkeypatch, tmp_path):
+    from rankkit import figures
+
     calls = {}
 
-    class Stub:
-        @staticmethod
-        def run(only, quick, out_dir):
-            calls.update(only=only, quick=quick, out_dir=out_dir)
-            print("table2_min_rank: vader:movie … done")  # analyses talk on stdout
-            return {"table2_min_rank": [f"{out_dir}/table2_min_rank.png"]}
+    def stub(only, quick, out_dir, stdout):
+        calls.update(only=only, quick=quick, out_dir=out_dir)
+        print("table2_min_rank: vader:movie … done", file=stdout)  # analyses talk on stdout
+        return {"table2_min_rank": [f"{out_dir}/table2_min_rank.png"]}
 
-    monkeypatch.setattr(cli, "_import_run_all", lambda: Stub)
+    monkeypatch.setattr(figures, "run", stub)
     res = invoke("figures", "--quick", "--only", "table2_min_rank", "--out-dir", tmp_path, "--json")
     assert res.exit_code == 0, res.output
     assert calls == {"only": ["table2_min_rank"], "quick": True, "out_dir": str(tmp_path)}
     # issue 12: with --json, stdout is parseable JSON only (the analysis output went to stderr)
     assert json.loads(res.stdout) == {"table2_min_rank": [f"{tmp_path}/table2_min_rank.png"]}
+    assert "vader:movie … done" in res.stderr
 
 
-def test_run_all_lists_core_analyses():
-    run_all = cli._import_run_all()
-    for name in ("table2_min_rank", "stress_upper_triangular", "data_rank_structure"):
-        assert f"analyses.{name}" in run_all.MODULES
-    with pytest.raises(ValueError, match="unknown analysis"):
-        run_all.run(only=["nope"])
+def test_figures_unknown_analysis_lists_the_known_ones():
+    res = invoke("figures", "--only", "nope")
+    assert res.exit_code == 2
+    assert "unknown analysis ['nope']" in res.output and "table2_min_rank" in res.output

@@ -247,12 +247,19 @@ def test_every_case_builds_and_reports_lemma3_counts():
         synthetic.report(["nope"])
 
 
-def test_cli_table_is_aligned_and_json_parses(capsys):
-    assert synthetic.main(["--case", "arithmetic", "--case", "single_missing"]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+def test_cli_table_is_aligned_and_json_parses():
+    """The stress report from ``rankkit stress`` (which replaced ``python -m rankkit.synthetic``)."""
+    from click.testing import CliRunner
+
+    from rankkit import cli
+
+    res = CliRunner().invoke(cli.main, ["stress", "--case", "arithmetic", "--case", "single_missing"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
     table = lines[:4]
     assert len({len(ln) for ln in table}) == 1  # header, rule and rows share one width
     assert "arithmetic" in table[2] and "single_missing" in table[3]
-    synthetic.main(["--json", "--case", "single_missing"])
-    (row,) = json.loads(capsys.readouterr().out)
+    res = CliRunner().invoke(cli.main, ["stress", "--json", "--case", "single_missing"])
+    (row,) = json.loads(res.stdout)
     assert row["known_min_rank"] == row["rows"] - 1 and row["observed"] == row["rows"] ** 2 - 1
+    assert not hasattr(synthetic, "main")

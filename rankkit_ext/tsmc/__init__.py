@@ -11,18 +11,12 @@ twisted sequential Monte Carlo* (ICML).
 ...          n_particles=50, max_new_tokens=20, generator=torch.Generator().manual_seed(0))
 """
 
+from ..metrics import mean_pairwise_cosine, similarity  # the diversity metric, re-exported
 from .adapters import EnumerableLM, HFCausalLM, TableLM, as_adapter, prefix_count
-from .bounds import (
-    Estimate,
-    kl_q_sigma,
-    kl_sigma_q,
-    log_z_lower_bound,
-    log_z_upper_bound,
-    mean_pairwise_cosine,
-    similarity,
-)
 from .distill import EffectivePotential, SelfDistillResult, finetune_lm, self_distill, tsmc_samples
+from .efficiency import particle_efficiency, run_seed
 from .engine import SMCRun, smc
+from .estimates import Estimate, kl_q_sigma, kl_sigma_q, log_z_lower_bound, log_z_upper_bound
 from .exact import ExactTarget, enumerate_target, exact_ctl_loss
 from .learning import NEGATIVE_PHASES, POSITIVE_PHASES, TwistTrainResult, ctl_loss, train_twist
 from .potentials import (
@@ -62,6 +56,7 @@ __all__ = [
     "SMCRun", "smc", "Proposal", "ProposalStep", "RewardGuidedProposal", "StepContext",
     "TwistProposal",
     "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
+    "particle_efficiency", "run_seed",
     "ExactTarget", "enumerate_target", "exact_ctl_loss",
     "NEGATIVE_PHASES", "POSITIVE_PHASES", "TwistTrainResult", "ctl_loss", "train_twist",
     "ClassifierPotential", "FunctionPotential", "HardConstraint", "Potential",

@@ -31,8 +31,8 @@ def prefix_count(vocab_size: int, horizon: int) -> int:
 
 
 class HFCausalLM:
-    r"""Adapter for a Hugging Face causal LM (any ``transformers`` Auto causal LM: GPT-2,
-    Llama, Qwen2, ...).
+    r"""Adapter for any Hugging Face causal LM (GPT-2, Llama, Qwen2 …; a hub id or local
+    folder loads with :func:`rankkit_ext.lm.load_base_lm`).
 
     ``start`` takes one prompt (shared by all ``n`` particles, run once) or a batch of G
     prompts of different lengths: they are left padded, run once with explicit position ids
@@ -65,15 +65,16 @@ class HFCausalLM:
                  output: str = "log_probs", pad_token_id: int | None = None):
         if output not in ("log_probs", "logits"):
             raise ValueError(f"output must be 'log_probs' or 'logits'; got {output!r}")
-        cfg = model.config
         self.model = model
-        self.eos_token_id = cfg.eos_token_id if eos_token_id == -1 else eos_token_id
-        if isinstance(self.eos_token_id, list | tuple):  # e.g. Llama 3 lists several
-            self.eos_token_id = self.eos_token_id[0] if self.eos_token_id else None
+        from .._hf import text_config
+
+        cfg = text_config(model.config)  # the decoder's config, also for nested configs
+        eos = cfg.eos_token_id if eos_token_id == -1 else eos_token_id
+        self.eos_token_id = eos[0] if isinstance(eos, list | tuple) else eos  # Llama 3 lists
         self.use_cache = use_cache
         self.output = output
         self.vocab_size = int(cfg.vocab_size)
-        self.hidden_size = int(cfg.hidden_size)
+        self.hidden_size = int(cfg.hidden_size)  # width of hidden_states[-1], any architecture
         pad = pad_token_id if pad_token_id is not None else getattr(cfg, "pad_token_id", None)
         if pad is None:
             pad = self.eos_token_id
@@ -88,13 +89,17 @@ class HFCausalLM:
 
     @torch.no_grad()
     def _forward(self, ids, cache=None, mask=None, pos=None):
+        from .._hf import cache_kwargs, output_cache
+
         kw = {} if mask is None else {"attention_mask": mask, "position_ids": pos}
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=self.use_cache,
-                         output_hidden_states=True, **kw, **self._keep)
+        if cache is not None:
+            kw.update(cache_kwargs(self.model, cache))
+        out = self.model(input_ids=ids, use_cache=self.use_cache, output_hidden_states=True,
+                         **kw, **self._keep)
         logits = out.logits[:, -1]
         first = (torch.log_softmax(logits.to(torch.float64), -1) if self.output == "log_probs"
                  else logits)
-        return first, out.hidden_states[-1][:, -1], out.past_key_values
+        return first, out.hidden_states[-1][:, -1], output_cache(out)
 
     def _prompts(self, prompt) -> list[list[int]]:
         """One prompt (1-D) or a batch of prompts (2-D tensor, list of lists, TokenSequences)."""

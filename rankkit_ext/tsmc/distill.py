@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import load_checkpoint
-from .learning import TwistTrainResult, _atomic_save, train_twist
+from rankkit._io import atomic_json
+
+from .._io import load_checkpoint, save_checkpoint
+from .._loop import OptimLoop
+from .learning import TwistTrainResult, train_twist
 from .potentials import Potential
 from .resampling import resample
 from .sampler import _right_padded, score_sequences, tsmc
@@ -72,12 +74,11 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
                 weight_decay: float = 0.0, seed: int = 0, progress: bool = True):
     r"""Return a fine-tuned **copy** of ``model`` maximising :math:`\sum_s\log p(s\mid s_0)`
     over ``sequences`` (eq. 7). ``lora=True`` trains rank-``lora_rank`` adapters on the
-    attention projections (``lora_targets``; default the query/value projections, fused
-    ``c_attn`` in GPT-2) with ``peft`` and merges them back; ``lora=False`` trains all
+    attention projections (``lora_targets``; default GPT-2's fused ``c_attn``, else peft's
+    per-architecture default, e.g. the query/value projections of Llama and Qwen2) with
+    ``peft`` and merges them back; ``lora=False`` trains all
     weights (no weight decay on biases and LayerNorms, as in App. C).
     """
-    from tqdm.auto import tqdm
-
     if not sequences:
         raise ValueError("finetune_lm got no sequences; draw TSMC samples first.")
     dev = next(model.parameters()).device
@@ -89,11 +90,20 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            targets = lora_targets or (["c_attn"] if student.config.model_type == "gpt2"
-                                       else ["q_proj", "v_proj"])
+            gpt2 = student.config.model_type == "gpt2"
+            # default targets: GPT-2's fused c_attn (a Conv1D, hence fan_in_fan_out), else
+            # peft's own per-architecture table (q_proj/v_proj for Llama and Qwen2,
+            # query_key_value for GPT-NeoX …), so any causal LM peft knows works
+            targets = list(lora_targets) if lora_targets else (["c_attn"] if gpt2 else None)
             cfg = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                             target_modules=targets, fan_in_fan_out=student.config.model_type == "gpt2")
-            student = get_peft_model(student, cfg)
+                             target_modules=targets, fan_in_fan_out=gpt2)
+            try:
+                student = get_peft_model(student, cfg)
+            except ValueError as e:  # peft has no default for this architecture / no match
+                raise ValueError(
+                    f"LoRA for a {student.config.model_type!r} model: {e}. Pass lora_targets= "
+                    f"with the names of its attention projections (e.g. ['q_proj', 'v_proj']), "
+                    f"or lora=False") from e
     student.train()
     decay, no_decay = [], []
     for n, p in student.named_parameters():
@@ -106,16 +116,19 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
     toks, lens = toks.to(dev), lens.to(dev)
     prompt = torch.as_tensor(prompt, dtype=torch.long, device=dev).reshape(1, -1)
     g = torch.Generator().manual_seed(seed)
-    # Dropout in train mode draws from the global RNG: seed it inside a fork so the same
-    # seed gives the same student and the caller's RNG state is left untouched.
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for _ in tqdm(range(steps), disable=not progress, desc="distill"):
+    # the shared loop seeds a fork of the global RNG (dropout in train mode draws from it), so
+    # the same seed gives the same student and the caller's RNG state is left untouched;
+    # a generation is short, so it is checkpointed by self_distill as a whole, not per step
+    loop = OptimLoop("distill", None, total=steps, seed=seed, state={}, generator=g,
+                     device=dev, progress=progress)
+    with loop:
+        for _ in loop:
             idx = torch.randint(len(sequences), (min(batch_size, len(sequences)),), generator=g)
             opt.zero_grad()
             loss = _sequence_nll(student, prompt, toks[idx.to(dev)], lens[idx.to(dev)]).mean()
             loss.backward()
             opt.step()
+            loop.done(float(loss.detach()))
     student.eval()
     if lora:
         student = student.merge_and_unload()
@@ -225,12 +238,11 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
                 gdir.mkdir(parents=True, exist_ok=True)
                 if m > 0:
                     model.save_pretrained(gdir / "model")
-                _atomic_save({"twist": twist.state_dict(), "losses": trace.losses},
-                             gdir / "twist.pt")
-                tmp = gdir / "done.json.tmp"
-                tmp.write_text(json.dumps({"generation": m,
-                                           "final_loss": float(np.mean(trace.losses[-10:]))}))
-                os.replace(tmp, gdir / "done.json")
+                save_checkpoint({"twist": twist.state_dict(), "losses": trace.losses},
+                                gdir / "twist.pt")
+                # written last: a generation counts as done only once everything above is
+                atomic_json(gdir / "done.json", {"generation": m, "final_loss":
+                                                 float(np.mean(trace.losses[-10:]))})
         res.models.append(model)
         res.twists.append(twist)
         res.potentials.append(phi_m)

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import load_checkpoint
+from .._loop import OptimLoop
 from .adapters import as_adapter
 from .potentials import Potential
 from .resampling import RESAMPLING_METHODS, normalize_log_weights
@@ -192,12 +192,6 @@ class TwistTrainResult:
     steps_done: int = 0
 
 
-def _atomic_save(obj, path: Path):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint
-
-
 def train_twist(lm, twist, potential: Potential, prompt, *, steps: int, n_particles: int,
                 max_new_tokens: int, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                 positive_sampler: Callable[[torch.Generator], Sequence[Sequence[int]]] | None = None,
@@ -215,37 +209,28 @@ def train_twist(lm, twist, potential: Potential, prompt, *, steps: int, n_partic
     holds the twist, the optimiser, the generator state and the loss trace; rerunning with
     the same directory continues where it stopped.
     """
-    from tqdm.auto import tqdm
-
     params = [p for p in twist.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the twist has no trainable parameters; build it with trainable=True.")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     g = torch.Generator(device=str(params[0].device)).manual_seed(seed)
-    res = TwistTrainResult()
     ckpt = Path(checkpoint_dir) / "twist_ctl.pt" if checkpoint_dir is not None else None
-    if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt.exists():
-            state = load_checkpoint(ckpt, "CTL checkpoint")
-            twist.load_state_dict(state["twist"])
-            opt.load_state_dict(state["opt"])
-            g.set_state(state["generator"])
-            res = TwistTrainResult(state["losses"], state["step"])
-    bar = tqdm(range(res.steps_done, steps), disable=not progress, desc="CTL")
-    for step in bar:
-        pos = positive_sampler(g) if positive_sampler is not None else None
-        opt.zero_grad()
-        loss = ctl_loss(lm, twist, potential, prompt, n_particles, max_new_tokens, g, pos,
-                        negative=negative, positive=positive, resample=resample,
-                        ess_threshold=ess_threshold)
-        loss.backward()
-        opt.step()
-        res.losses.append(float(loss.detach()))
-        res.steps_done = step + 1
-        bar.set_postfix(loss=f"{res.losses[-1]:.4g}")
-        if ckpt is not None and (res.steps_done % checkpoint_every == 0 or res.steps_done == steps):
-            _atomic_save({"twist": twist.state_dict(), "opt": opt.state_dict(),
-                          "generator": g.get_state(), "losses": res.losses,
-                          "step": res.steps_done}, ckpt)
+    # steps is not a setting: a finished run may be continued with a larger ``steps``
+    loop = OptimLoop("CTL checkpoint", ckpt, total=steps, seed=seed, extendable=True,
+                     state={"twist": twist, "opt": opt}, generator=g,
+                     settings={"n_particles": n_particles, "max_new_tokens": max_new_tokens,
+                               "negative": negative, "positive": positive, "seed": seed},
+                     every=checkpoint_every, device=params[0].device, progress=progress)
+    with loop:
+        for _ in loop:
+            pos = positive_sampler(g) if positive_sampler is not None else None
+            opt.zero_grad()
+            loss = ctl_loss(lm, twist, potential, prompt, n_particles, max_new_tokens, g, pos,
+                            negative=negative, positive=positive, resample=resample,
+                            ess_threshold=ess_threshold)
+            loss.backward()
+            opt.step()
+            loop.done(float(loss.detach()))
+        loop.save()
+    res = TwistTrainResult(loop.history["loss"], loop.step)
     return res

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._checks import check_real
+from ..scorers import PipelineScorer, profanity_scorer
 
 __all__ = ["Potential", "PotentialValueError", "ClassifierPotential", "HardConstraint", "ProductPotential",
            "TablePotential", "toxicity_potential", "pipeline_scorer"]
@@ -76,7 +77,8 @@ class ClassifierPotential(Potential):
     Parameters
     ----------
     scorer : callable, list[str] -> array (K,) of probabilities in [0, 1]
-        E.g. ``profanity_check.predict_prob`` or :func:`pipeline_scorer`.
+        Any scorer of :mod:`rankkit_ext.scorers`, e.g. ``profanity_scorer()`` or
+        ``PipelineScorer(pipe, "toxic")``.
     beta : float >= 0
         Temperature of the attribute; β = 0 gives φ ≡ 1 even where p = 0.
     decode : callable, optional
@@ -108,27 +110,15 @@ class ClassifierPotential(Potential):
 
 
 def toxicity_potential(beta: float = 1.0, decode=None, prefix_text: str = "") -> ClassifierPotential:
-    """φ = p(toxic | s)^β with the offline ``alt-profanity-check`` linear SVM (``predict_prob``)."""
-    from profanity_check import predict_prob
+    """φ = p(toxic | s)^β with the offline ``alt-profanity-check`` linear SVM
+    (:func:`rankkit_ext.scorers.profanity_scorer`)."""
+    return ClassifierPotential(profanity_scorer(), beta, decode, prefix_text)
 
-    return ClassifierPotential(predict_prob, beta, decode, prefix_text)
 
-
-def pipeline_scorer(pipe, label: str) -> Callable[[list[str]], np.ndarray]:
-    """Wrap a Hugging Face ``text-classification`` pipeline as a scorer returning p(label | s)."""
-
-    def score(texts: list[str]) -> np.ndarray:
-        out = pipe(texts, top_k=None)
-        probs = []
-        for i, row in enumerate(out):
-            d = {r["label"]: r["score"] for r in row}
-            if label not in d:
-                raise KeyError(f"label {label!r} not among the pipeline labels {sorted(d)} "
-                               f"(text {i}); pass one of those.")
-            probs.append(d[label])
-        return np.asarray(probs)
-
-    return score
+def pipeline_scorer(pipe, label: str) -> PipelineScorer:
+    """p(label | s) from a Hugging Face ``text-classification`` pipeline: the same as
+    :class:`rankkit_ext.scorers.PipelineScorer` ``(pipe, label)``, kept under its old name."""
+    return PipelineScorer(pipe, label)
 
 
 class HardConstraint(Potential):

@@ -205,7 +205,10 @@ class CopyTwist(Twist):
                 body = get_peft_model(body, lora)
         self.body = body.eval()
         p = next(self.body.parameters())
-        H, V = int(cfg.hidden_size), int(cfg.vocab_size)
+        from .._hf import text_config
+
+        tcfg = text_config(cfg)  # the decoder's config, also for nested configs
+        H, V = int(tcfg.hidden_size), int(tcfg.vocab_size)
         self.head = (LinearTwist(H, V, dtype=p.dtype) if head == "linear"
                      else MLPTwist(H, V, width=width, dtype=p.dtype, seed=seed)).to(p.device)
         self.hidden_size, self.vocab_size = H, V
@@ -231,8 +234,11 @@ class CopyTwist(Twist):
         return prompt
 
     def _body(self, ids, cache=None, use_cache=False):
-        out = self.body(input_ids=ids, past_key_values=cache, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        from .._hf import cache_kwargs, output_cache
+
+        past = cache_kwargs(self.body, cache) if cache is not None else {}
+        out = self.body(input_ids=ids, use_cache=use_cache, **past)
+        return out.last_hidden_state, (output_cache(out) if use_cache else None)
 
     def init_state(self, prompt, n, base_hidden=None):
         h, cache = self._body(self._prompt(prompt), use_cache=True)

@@ -49,17 +49,19 @@ def test_train_lm_resume_equals_uninterrupted(tmp_path, monkeypatch):
     ref = lm.tiny_gpt2(**SMALL, seed=0)
     r_ref = lm.train_lm(ref, _data(), **kw)
 
-    real = lm._atomic_save
+    import rankkit_ext._loop as loop_mod
+
+    real = loop_mod.save_checkpoint
 
     def crash_after_first_save(obj, path):
         real(obj, path)
         raise KeyboardInterrupt  # simulate a kill right after the step-2 checkpoint
 
-    monkeypatch.setattr(lm, "_atomic_save", crash_after_first_save)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", crash_after_first_save)
     m = lm.tiny_gpt2(**SMALL, seed=0)
     with pytest.raises(KeyboardInterrupt):
         lm.train_lm(m, _data(), checkpoint_dir=tmp_path, checkpoint_every=2, **kw)
-    monkeypatch.setattr(lm, "_atomic_save", real)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", real)
     m2 = lm.tiny_gpt2(**SMALL, seed=0)
     r = lm.train_lm(m2, _data(), checkpoint_dir=tmp_path, checkpoint_every=2, **kw)
     assert r.resumed_from_step == 2 and r.steps == r_ref.steps
@@ -72,7 +74,7 @@ def test_train_lm_resume_equals_uninterrupted(tmp_path, monkeypatch):
     ids = torch.tensor([[23, 1, 2, 3]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, m2(ids).logits)
-    with pytest.raises(ValueError, match="same epochs/batch_size"):
+    with pytest.raises(ValueError, match=r"other settings \(checkpoint, now\): \{'total': \(6, 9\)"):
         lm.train_lm(lm.tiny_gpt2(**SMALL), _data(), checkpoint_dir=tmp_path, epochs=3,
                     batch_size=8, progress=False)
 

@@ -3,10 +3,12 @@
 The claim of Fig. 7 at test scale: at a fixed seed, with the same steps and data order, a
 large L_reg coefficient shrinks Δr̂'s spread across tokens (the row-wise std of R̂, whose
 row mean is the baseline) and with it the non-baseline singular values σ_k/σ_1, k ≥ 2; in
-the limit (Δr̂ ≡ 0, "abstain") R̂ = H w 1ᵀ has numerical rank 1. Uses the helpers of
-``analyses/learned_rank_regularizer.py`` so the figure and the test share one pipeline.
+the limit (Δr̂ ≡ 0, "abstain") R̂ = H w 1ᵀ has numerical rank 1. Uses the pieces
+``analyses/learned_rank_regularizer.py`` is built from (``rankkit_ext.learned``, ``tiny_gpt2``,
+``train``), so the figure and the test share one pipeline.
 """
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,15 +18,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import rankkit as rk  # noqa: E402
-from analyses import learned_rank_regularizer as lrr  # noqa: E402
 from rankkit.sequences import RewardDataset  # noqa: E402
-from rankkit_ext.learned import learned_matrix  # noqa: E402
+from rankkit_ext.learned import delta_spread, learned_matrix, sample_prefixes  # noqa: E402
+from rankkit_ext.lm import tiny_gpt2  # noqa: E402
+from rankkit_ext.models import RADQ  # noqa: E402
+from rankkit_ext.training import train  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 V = 200  # the last id is BOS, never in the data
 CFG = dict(max_len=10, d=16, n_layer=1, n_head=2, epochs=6, batch_size=16, lr=3e-3,
            reg_coef=30.0)
@@ -39,6 +40,11 @@ def sentiment_dataset(n=120, seed=0):
     return RewardDataset([s.tolist() for s in seqs], y.astype(np.float32), vocab_size=V)
 
 
+def tiny_radq(seed=0):
+    return RADQ(tiny_gpt2(V, CFG["d"], CFG["n_layer"], CFG["n_head"], CFG["max_len"] + 1,
+                          seed=seed))
+
+
 @pytest.fixture(scope="module")
 def trained():
     # one torch thread: on these tiny tensors the hand-off between 2 shared cores costs more
@@ -47,8 +53,16 @@ def trained():
     torch.set_num_threads(1)
     try:
         ds = sentiment_dataset()
-        models, results, init = lrr.train_pair(ds, CFG, reg_coefs=(0.0, None), seed=0)
-        prefixes = lrr.sample_prefixes(ds, 64, seed=1)
+        # the protocol of the figure (its train_pair): one RAD-Q per coefficient, each from
+        # the same initial weights, seed and data order
+        models, results = {}, {}
+        for c in (0.0, CFG["reg_coef"]):
+            models[c] = tiny_radq(seed=0)
+            results[c] = train(models[c], ds, reg_coef=c, epochs=CFG["epochs"],
+                               batch_size=CFG["batch_size"], lr=CFG["lr"], seed=0,
+                               max_len=CFG["max_len"])
+        init = tiny_radq(seed=0).eval()
+        prefixes = sample_prefixes(ds, 64, seed=1)
         mats = {c: learned_matrix(m, prefixes) for c, m in models.items()}
     finally:
         torch.set_num_threads(n_threads)
@@ -67,7 +81,7 @@ def test_same_seed_same_init_and_same_steps(trained):
 def test_l_reg_shrinks_delta_spread_and_non_baseline_spectrum(trained):
     _, _, _, _, _, mats = trained
     R0, R1 = mats[0.0], mats[CFG["reg_coef"]]
-    s0, s1 = lrr.delta_spread(R0), lrr.delta_spread(R1)
+    s0, s1 = delta_spread(R0), delta_spread(R1)
     assert s0 > 0.0
     assert s1 < 0.5 * s0, (s0, s1)
     sv0, sv1 = rk.singular_values(R0), rk.singular_values(R1)
@@ -93,23 +107,29 @@ def test_abstaining_model_has_rank_one_and_zero_spread(trained):
     with torch.no_grad():
         init.W.weight.zero_()
     R = learned_matrix(init, prefixes)
-    assert lrr.delta_spread(R) < 1e-7
+    assert delta_spread(R) < 1e-7
     assert rk.numerical_rank(R) == 1
     assert np.abs(R).max() > 0  # the baseline is still there
 
 
 def test_delta_spread_and_prefix_sampling():
     H, w = np.arange(1.0, 4.0)[:, None], np.ones((1, 5))
-    assert lrr.delta_spread(H @ w) == 0.0
-    np.testing.assert_allclose(lrr.delta_spread(np.array([[0.0, 2.0], [1.0, 1.0]])), 0.5)
+    assert delta_spread(H @ w) == 0.0
+    np.testing.assert_allclose(delta_spread(np.array([[0.0, 2.0], [1.0, 1.0]])), 0.5)
     ds = sentiment_dataset(n=10)
-    pre = lrr.sample_prefixes(ds, 40, seed=3)
-    assert pre == lrr.sample_prefixes(ds, 40, seed=3) and len(pre) == 40
+    pre = sample_prefixes(ds, 40, seed=3)
+    assert pre == sample_prefixes(ds, 40, seed=3) and len(pre) == 40
     full = [ds.sequences[i].tolist() for i in range(len(ds))]
     # every x' = u_{<t} is a proper prefix of some utterance (t ≤ |u|)
     assert all(any(len(p) < len(u) and u[:len(p)] == p for u in full) for p in pre)
 
 
-def test_run_rejects_non_positive_reg_coef(tmp_path):
-    with pytest.raises(ValueError, match="reg_coef must be > 0"):
-        lrr.run(tmp_path, quick=True, reg_coef=0.0)
+def test_script_rejects_non_positive_reg_coef(tmp_path):
+    """The script runs as ``python -m analyses.learned_rank_regularizer`` from the checkout
+    (no sys.path edits) and refuses L_reg coefficient 0 before it loads anything."""
+    p = subprocess.run([sys.executable, "-m", "analyses.learned_rank_regularizer", "--quick",
+                        "--reg-coef", "0", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "reg_coef must be > 0" in p.stderr, p.stderr[-2000:]
+    assert not list(tmp_path.iterdir())

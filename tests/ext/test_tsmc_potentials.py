@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from rankkit_ext.scorers import PipelineScorer  # noqa: E402
 from rankkit_ext.tsmc.adapters import HFCausalLM, TableLM, prefix_count  # noqa: E402
 from rankkit_ext.tsmc.potentials import (  # noqa: E402
     ClassifierPotential,
@@ -79,12 +80,14 @@ def test_toxicity_potential_scores_texts():
 
 
 def test_pipeline_scorer_picks_label():
-    def fake_pipe(texts, top_k=None):
+    # the old name of rankkit_ext.scorers.PipelineScorer: the one HF pipeline scorer
+    def fake_pipe(texts, top_k=None, **kw):
         return [[{"label": "toxic", "score": 0.25}, {"label": "ok", "score": 0.75}]
                 for _ in texts]
 
+    assert isinstance(pipeline_scorer(fake_pipe, "toxic"), PipelineScorer)
     assert np.allclose(pipeline_scorer(fake_pipe, "toxic")(["a", "b"]), [0.25, 0.25])
-    with pytest.raises(KeyError, match="toxic"):
+    with pytest.raises(ValueError, match="none is label='nope'"):
         pipeline_scorer(fake_pipe, "nope")(["a"])
 
 

@@ -1,9 +1,8 @@
-"""The particle-efficiency pieces of ``analyses/tsmc_toxic_story.py`` (Kim et al. 2025, §3,
+"""The particle-efficiency study behind ``analyses/tsmc_toxic_story.py`` (Kim et al. 2025, §3,
 Fig. 2): per-(m, K) aggregation against numpy, the per-run statistic, the pooled estimate of
-E_σ[f] against exact enumeration, and the resumable per-run cache."""
+E_σ[f] against exact enumeration (``rankkit_ext.metrics``), and the resumable per-run cache
+(``rankkit_ext.tsmc.efficiency``)."""
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,19 +12,10 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # analyses/ is a folder of scripts at the repo root
-    sys.path.insert(0, str(ROOT))
-
-from analyses.tsmc_toxic_story import (  # noqa: E402
-    _fingerprint,
-    particle_efficiency,
-    pooled_estimate,
-    run_seed,
-    summarize_runs,
-    weighted_toxicity,
-)
+from rankkit_ext._io import state_fingerprint  # noqa: E402
+from rankkit_ext.metrics import pooled_estimate, summarize_runs, weighted_toxicity  # noqa: E402
 from rankkit_ext.tsmc import enumerate_target, tsmc  # noqa: E402
+from rankkit_ext.tsmc.efficiency import particle_efficiency, run_seed  # noqa: E402
 
 from ._helpers import make_case, random_twist  # noqa: E402
 
@@ -173,12 +163,12 @@ def test_particle_efficiency_cache_resume_and_fingerprint(tmp_path):
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in first]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == strip
     # a changed twist has another fingerprint: nothing stale is reused
-    fp = _fingerprint(res.models[0], res.twists[0])
+    fp = state_fingerprint(res.models[0], res.twists[0])
     with torch.no_grad():
         # not a constant shift: log Z_hat and q are invariant to log psi + c
         w = next(res.twists[0].parameters())
         w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(5), dtype=w.dtype))
-    assert _fingerprint(res.models[0], res.twists[0]) != fp
+    assert state_fingerprint(res.models[0], res.twists[0]) != fp
     changed = particle_efficiency(res, [0], 3, **kw)
     # both generations share the changed twist: every run is recomputed under a new name
     assert len(list(tmp_path.glob("*.json"))) == 2 * len(first)
@@ -187,4 +177,38 @@ def test_particle_efficiency_cache_resume_and_fingerprint(tmp_path):
 
 def test_fingerprint_needs_parameters():
     with pytest.raises(ValueError, match="fingerprint"):
-        _fingerprint(SimpleNamespace(x=1))
+        state_fingerprint(SimpleNamespace(x=1))
+
+
+def test_rejection_with_one_seed_shares_proposals_across_beta():
+    """Table 1 of the script draws rejection samples for β ∈ {0, 1, 10} from one generator
+    state: every β must see the same proposals and uniforms (common random numbers), so β = 0
+    accepts every proposal and the accepted sets nest as β grows."""
+    from rankkit_ext.tsmc import FunctionPotential, rejection_sample
+
+    lm, _ = make_case(3, 6, 4, True)
+
+    def p_attr(s):  # a fixed "attribute probability" in (0, 1] of a continuation
+        return 0.05 + 0.95 * _f(s)
+
+    acc, seen = {}, {}
+    for beta in (0.0, 1.0, 10.0):
+        seen[beta] = []
+
+        def log_phi(s, b=beta):
+            seen[b].append(s)
+            return b * np.log(p_attr(s))
+
+        r = rejection_sample(lm, FunctionPotential(log_phi), [0], 300, 4, batch_size=128,
+                             generator=torch.Generator().manual_seed(11))
+        assert r.n_proposed == 300 and r.acceptance_ratio == len(r.sequences) / 300
+        acc[beta] = [tuple(s) for s in r.sequences]
+    # the same 300 proposals for every beta (the sampler scores finished particles as they
+    # finish, so compare in the order it scored them), and beta = 0 (phi = 1) accepts all
+    assert seen[0.0] == seen[1.0] == seen[10.0] and len(seen[0.0]) == 300
+    assert sorted(acc[0.0]) == sorted(seen[0.0])
+    # accepted at a larger beta: a subsequence of those accepted at a smaller one
+    for lo, hi in ((0.0, 1.0), (1.0, 10.0)):
+        it = iter(acc[lo])
+        assert all(any(t == s for t in it) for s in acc[hi])
+    assert 0 < len(acc[10.0]) < len(acc[1.0]) < 300

