@@ -89,9 +89,11 @@ class HFCausalLM:
 
     @torch.no_grad()
     def _forward(self, ids, cache=None, mask=None, pos=None):
-        from .._hf import cache_kwargs, output_cache
+        from .._hf import cache_kwargs, forward_kwargs, output_cache
 
-        kw = {} if mask is None else {"attention_mask": mask, "position_ids": pos}
+        # position ids only for a model that takes them (ALiBi models have none)
+        kw = {} if mask is None else forward_kwargs(self.model, attention_mask=mask,
+                                                    position_ids=pos)
         if cache is not None:
             kw.update(cache_kwargs(self.model, cache))
         out = self.model(input_ids=ids, use_cache=self.use_cache, output_hidden_states=True,
