@@ -45,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .._checks import check_step_values
+from .._checks import check_real, check_step_values
 from .resampling import categorical
 from .twists import as_twist
 
@@ -254,9 +254,12 @@ class RewardGuidedProposal:
         from ..guided import _check_direction, select_candidates
 
         self.reward_model = reward_model
-        self.beta, self.top_k, self.top_p = float(beta), top_k, top_p
+        self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
+        self.top_k, self.top_p = top_k, top_p
         self.direction = _check_direction(direction)
-        self.label, self.clamp, self.mix = label, clamp, float(mix)
+        self.label, self.clamp = label, clamp
+        self.mix = check_real("mix", mix, low=0.0, high=1.0, high_open=True,
+                              meaning="share of the base distribution in the proposal")
         self.do_sample, self.use_reward_cache = do_sample, use_reward_cache
         self.pad_token_id = int(pad_token_id)
         self.seconds_reward = 0.0
