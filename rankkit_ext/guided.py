@@ -14,9 +14,12 @@ with :math:`\tilde r = \hat r` (``direction=+1``, steer toward the attribute) or
 Two entry points share one step function (:func:`guided_logits`):
 
 * :class:`RewardGuidedLogitsProcessor` for any causal LM's ``generate(do_sample=True)``;
-* :func:`guided_generate`, rankkit's own batched loop (left-padded prompts, base KV cache,
-  reward-model state), which can also run guided decoding as a *proposal* of sequential
-  Monte Carlo with importance weights toward :math:`p_{LM}(y)\exp(\beta\,\tilde r(y))`.
+* :func:`guided_generate`, a thin batching wrapper over the package's one SMC engine
+  (:func:`rankkit_ext.tsmc.engine.smc`) with eq. 1–2 as its proposal
+  (:class:`rankkit_ext.tsmc.proposals.RewardGuidedProposal`): plain RAD, importance
+  weights, or sequential Monte Carlo toward :math:`p_{LM}(y)\exp(\beta\,\tilde r(y))`,
+  with left-padded prompts, the base KV cache (:class:`rankkit_ext.tsmc.adapters.HFCausalLM`)
+  and the reward model's incremental state.
 
 Reward models follow the ``rankkit_ext.models`` contract: ``score_candidates(input_ids,
 attention_mask, candidates, *, label, state) -> (scores (B, k), state)`` with left-padded
@@ -28,7 +31,6 @@ expanded copy of the prefix cache).
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -40,7 +42,6 @@ from transformers import LogitsProcessor
 from rankkit.sequences import TokenSequences
 
 from ._checks import check_prompt_ids, check_real, check_step_values
-from ._tensors import padded
 
 __all__ = [
     "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
@@ -337,16 +338,6 @@ def _as_prompt_ids(prompts, tokenizer) -> list[list[int]]:
     return out
 
 
-def _reorder_cache(past, idx: torch.Tensor):
-    if hasattr(past, "reorder_cache"):
-        past.reorder_cache(idx)
-        return past
-    if hasattr(past, "batch_select_indices"):
-        past.batch_select_indices(idx)
-        return past
-    return None
-
-
 @torch.no_grad()
 def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None = 20,
                     n_samples: int = 1, max_new_tokens: int = 20,
@@ -359,8 +350,13 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
                     progress: bool = False) -> GuidedOutput:
     r"""Sample continuations with reward-guided decoding (paper 002 eq. 1–2).
 
-    Prompts are left padded; the base model runs with its KV cache and explicit position
-    ids, the reward model with its own state (incremental per step). Sampling uses
+    Prompts are left padded and batched whole groups at a time (``batch_size // n_samples``
+    prompts × ``n_samples`` rows); each prompt runs once through the base model, its KV
+    cache is shared by its samples and extended with explicit position ids, the reward
+    model keeps its own state (incremental per step). The loop is the SMC engine
+    (:func:`rankkit_ext.tsmc.engine.smc`) with the proposal
+    :class:`~rankkit_ext.tsmc.proposals.RewardGuidedProposal`; the target's terminal
+    potential is the last twist, :math:`\phi = \exp(\beta\tilde r_T)`. Sampling uses
     ``generator`` only (inverse CDF in float64), so a seed reproduces the samples.
 
     Parameters
@@ -398,14 +394,19 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
         sampled token outside V' (possible only when ``mix > 0``) is scored with one extra
         reward-model call for the rows that need it.
     resample_threshold : float, optional
-        SMC: resample a prompt's particles when ESS < threshold × n_samples (uses
-        ``rankkit_ext.tsmc.resampling``). None = importance sampling only.
+        SMC: resample a prompt's particles (within its group) when ESS < threshold ×
+        n_samples, after every step but the last. None = importance sampling only.
+    resample_method : {"systematic", "multinomial", "stratified", "residual"}
 
     Returns
     -------
     GuidedOutput
     """
-    from rankkit_ext.tsmc.resampling import categorical, ess, normalize_log_weights, resample
+    # the SMC engine and its proposals import this module's eq. 1–2: import them here
+    from rankkit_ext.tsmc.adapters import HFCausalLM
+    from rankkit_ext.tsmc.engine import default_resampler, smc
+    from rankkit_ext.tsmc.proposals import RewardGuidedProposal
+    from rankkit_ext.tsmc.resampling import RESAMPLING_METHODS, normalize_log_weights
 
     direction = _check_direction(direction)
     beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
@@ -423,9 +424,11 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     if reward_model is not None:
         check_compatible(reward_model, vocab_size=base.config.vocab_size, tokenizer=tokenizer)
     device = next(base.parameters()).device
+    if resample_method not in RESAMPLING_METHODS:
+        raise ValueError(f"resample_method must be one of {RESAMPLING_METHODS}; got "
+                         f"{resample_method!r}")
     if isinstance(generator, int) or generator is None:
         generator = torch.Generator(device=device).manual_seed(0 if generator is None else generator)
-    gdev = generator.device  # draws happen where the generator lives, results move back
     cfg = base.config
     eos = eos_token_id if eos_token_id is not None else getattr(cfg, "eos_token_id", None)
     if isinstance(eos, list):
@@ -433,9 +436,6 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     pad = pad_token_id if pad_token_id is not None else (
         getattr(cfg, "pad_token_id", None) if getattr(cfg, "pad_token_id", None) is not None else eos)
     pad = 0 if pad is None else int(pad)
-    # only the last position's logits are needed: skip the (B, T, |V|) prompt logits
-    keep = ({"logits_to_keep": 1}
-            if "logits_to_keep" in inspect.signature(base.forward).parameters else {})
     base.eval()
     if reward_model is not None and hasattr(reward_model, "eval"):
         reward_model.eval()
@@ -448,6 +448,11 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
         if not p:
             raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS)")
         check_prompt_ids(p, base_vocab, f"prompt {i}")
+    # raw logits (model dtype) from the one HF adapter: the proposal needs only the top-k
+    # and one logsumexp per row, never a float64 (rows, |V|) copy
+    lm = HFCausalLM(base, eos_token_id=None, output="logits", pad_token_id=pad)
+    proposal = RewardGuidedProposal(reward_model, beta, top_k, top_p, direction, label, clamp,
+                                    mix, do_sample, use_reward_cache, pad)
     P = len(prompt_ids)
     per_batch = max(1, batch_size // n_samples)
     out_tokens: list[list[np.ndarray]] = []
@@ -455,8 +460,10 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     log_q, log_p, fin_r = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     logw_all = np.zeros(shape) if weights else None
     ancestors: list[np.ndarray] = []
-    t_all = t_base = t_rew = 0.0
+    t_base = 0.0
     n_tok = 0
+    # one particle per prompt cannot be resampled (the old loop never tried)
+    threshold = resample_threshold if n_samples > 1 else None
     chunks = range(0, P, per_batch)
     if progress:
         from tqdm.auto import tqdm
@@ -465,159 +472,33 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     for c0 in chunks:
         group = prompt_ids[c0:c0 + per_batch]
         G = len(group)
-        rows = [p for p in group for _ in range(n_samples)]
-        B = len(rows)
-        ids, mask = padded(rows, "left", pad, device=device)
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        gen = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        lq = torch.zeros(B, dtype=torch.float64, device=device)
-        lp = torch.zeros(B, dtype=torch.float64, device=device)
-        lw = torch.zeros(B, dtype=torch.float64, device=device)
-        r_prev = torch.zeros(B, dtype=torch.float64, device=device)
-        n_gen = torch.zeros(B, dtype=torch.long, device=device)
 
-        t0 = time.perf_counter()
-        o = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)
-        past, logits = o.past_key_values, o.logits[:, -1, :]
-        t_base += time.perf_counter() - t0
-        rm_ids, rm_mask, rm_state = ids, mask, None
-        for step in range(max_new_tokens):
-            cand, valid = select_candidates(logits, top_k, top_p)
-            t0 = time.perf_counter()
-            if reward_model is None:  # unguided top-k / nucleus sampling, same loop
-                r, rm_state_new = torch.zeros(cand.shape, device=device), None
-            else:
-                r, rm_state_new = reward_model.score_candidates(
-                    rm_ids, rm_mask, cand, label=label,
-                    state=rm_state if use_reward_cache else None)
-            t_rew += time.perf_counter() - t0
-            active = ~done
+        def row(b, c0=c0):
+            return f"prompt {c0 + b // n_samples}, sample {b % n_samples} (row {b})"
 
-            def row(b, c0=c0):
-                return f"prompt {c0 + b // n_samples}, sample {b % n_samples} (row {b})"
-
-            # log p_LM(v) = z_LM(v) - logsumexp z_LM: one pass over the vocabulary, which
-            # also flags a NaN or +inf logit anywhere in the row (located only then)
-            lse_lm = torch.logsumexp(logits.float(), -1).double()
-            if not bool(((lse_lm < math.inf) | ~active).all()):
-                check_step_values(logits, active, "base model logit", step, row=row,
-                                  fix="check the base model")
-            _check_rewards(r, valid, cand, active, step, row)
-            zc, r_t = _candidate_logits(logits, cand, valid, r, beta, direction, clamp)
-            if mix == 0.0:
-                # plain RAD lives on the candidates: sample in (B, k), not (B, |V|)
-                logq_c = torch.log_softmax(zc.double(), -1)
-                j = (categorical(logq_c.to(gdev), generator=generator).to(device) if do_sample
-                     else logq_c.argmax(-1))
-                tok = cand.gather(-1, j[:, None]).squeeze(-1)
-                lq_tok = logq_c.gather(-1, j[:, None]).squeeze(-1)
-                r_tok = r_t.double().gather(-1, j[:, None]).squeeze(-1)
-            else:
-                logq_c = torch.log_softmax(zc.double(), -1)
-                if do_sample:
-                    # two-stage draw from q = (1 - mix) p_RAD + mix p_LM: a coin per row,
-                    # then the candidates (B, k) or, for the few base rows, the vocabulary
-                    coin = torch.rand(B, generator=generator, device=gdev, dtype=torch.float64)
-                    j = categorical(logq_c.to(gdev), generator=generator).to(device)
-                    tok = cand.gather(-1, j[:, None]).squeeze(-1)
-                    from_base = torch.nonzero(coin.to(device) < mix).squeeze(-1)
-                    if from_base.numel():
-                        tok[from_base] = categorical(logits[from_base].double().to(gdev),
-                                                     generator=generator).to(device)
-                else:  # argmax of q over the vocabulary (tests, debugging)
-                    z = torch.full(logits.shape, -math.inf, dtype=torch.float64, device=device)
-                    z.scatter_(-1, cand, logq_c + math.log1p(-mix))
-                    tok = torch.logaddexp(z, logits.double() - lse_lm[:, None]
-                                          + math.log(mix)).argmax(-1)
-                # log q(tok) from the chosen token's two terms only: O(k) per row
-                hit = (cand == tok[:, None]) & valid
-                l_rad = logq_c.masked_fill(~hit, -math.inf).logsumexp(-1)
-                l_lm = logits.gather(-1, tok[:, None]).squeeze(-1).double() - lse_lm
-                lq_tok = torch.logaddexp(l_rad + math.log1p(-mix), l_lm + math.log(mix))
-                # reward of the chosen token: from the candidates, or one extra call for
-                # rows whose token came from the base part of the mixture
-                r_tok = (r_t.double() * hit).sum(-1)
-                miss = active & ~hit.any(-1)
-                if reward_model is not None and bool(miss.any()):
-                    rows_m = torch.nonzero(miss).squeeze(-1)
-                    t0 = time.perf_counter()
-                    sel = getattr(rm_state_new, "select", None)  # reuse the prefix pass
-                    rm_extra, _ = reward_model.score_candidates(
-                        rm_ids[rows_m], rm_mask[rows_m], tok[rows_m, None], label=label,
-                        state=sel(rows_m) if callable(sel) and use_reward_cache else None)
-                    t_rew += time.perf_counter() - t0
-                    _check_rewards(rm_extra[:, :1], torch.ones_like(rm_extra[:, :1], dtype=bool),
-                                   tok[rows_m, None], torch.ones_like(rows_m, dtype=bool), step,
-                                   lambda b, rows_m=rows_m: row(int(rows_m[b])))
-                    re = rm_extra[:, 0].double()
-                    re = re.clamp(0, 1) if clamp else re
-                    r_tok[rows_m] = (1 - re) if direction == -1 else re
-            tok = torch.where(done, torch.full_like(tok, pad), tok)
-            lp_tok = logits.gather(-1, tok[:, None]).squeeze(-1).double() - lse_lm
-            lq = lq + torch.where(active, lq_tok, torch.zeros_like(lq_tok))
-            lp = lp + torch.where(active, lp_tok, torch.zeros_like(lp_tok))
-            if weights:
-                inc = lp_tok + beta * r_tok - lq_tok - beta * r_prev
-                lw = lw + torch.where(active, inc, torch.zeros_like(inc))
-            r_prev = torch.where(active, r_tok, r_prev)
-            gen[:, step] = tok
-            n_gen = n_gen + active.long()
-            n_tok += int(active.sum())
-            if eos is not None:
-                done = done | (active & (tok == eos))
-            if step == max_new_tokens - 1 or bool(done.all()):
-                break
-            rm_state = rm_state_new
-            new_col = torch.ones(B, 1, dtype=mask.dtype, device=device)
-            mask = torch.cat([mask, new_col], -1)
-            pos = pos[:, -1:] + 1
-            rm_ids = torch.cat([rm_ids, tok[:, None]], -1)
-            rm_mask = mask
-            # SMC resampling within each prompt's particle group
-            if resample_threshold is not None and n_samples > 1:
-                lw_g = lw.view(G, n_samples)
-                need = ess(lw_g) < resample_threshold * n_samples
-                if bool(need.any()):
-                    anc = resample(lw_g.to(gdev), resample_method, generator=generator).to(device)
-                    anc = torch.where(need[:, None], anc,
-                                      torch.arange(n_samples, device=device).expand(G, -1))
-                    idx = (anc + torch.arange(G, device=device)[:, None] * n_samples).reshape(-1)
-                    ancestors.append(anc.cpu().numpy())
-                    lw = torch.where(need[:, None], torch.zeros_like(lw_g), lw_g).reshape(-1)
-                    gen, done, lq, lp = gen[idx], done[idx], lq[idx], lp[idx]
-                    r_prev, n_gen, tok = r_prev[idx], n_gen[idx], tok[idx]
-                    rm_ids = rm_ids[idx]
-                    past = _reorder_cache(past, idx)
-                    if past is None:  # no reorder support: recompute the prefix
-                        full = torch.cat([ids[idx], gen[:, :step]], -1)
-                        o = base(input_ids=full, attention_mask=mask[:, :-1],
-                                 position_ids=(mask[:, :-1].cumsum(-1) - 1).clamp_min(0),
-                                 use_cache=True, **keep)
-                        past = o.past_key_values
-                    ids = ids[idx]
-                    sel = getattr(rm_state, "select", None)  # ScoringState.select
-                    rm_state = sel(idx) if callable(sel) else None
-            t0 = time.perf_counter()
-            o = base(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
-                     past_key_values=past, use_cache=True, **keep)
-            past, logits = o.past_key_values, o.logits[:, -1, :]
-            t_base += time.perf_counter() - t0
-        gen_np, n_np = gen.cpu().numpy(), n_gen.cpu().numpy()
+        run = smc(lm, proposal, group, n_samples, max_new_tokens, potential=None,
+                  ess_threshold=threshold, resampler=default_resampler(resample_method),
+                  generator=generator, eos_token_id=eos, pad_token_id=pad, track_ess=False,
+                  row_name=row)
+        t_base += run.seconds_lm
+        n_tok += run.n_live
+        ancestors += [a.cpu().numpy() for a in run.ancestors]
+        gen_np, n_np = run.tokens.cpu().numpy(), run.lengths.cpu().numpy()
+        lq, lp = run.step_log_q.sum(1), run.step_log_p.sum(1)
         for g in range(G):
             sl = slice(g * n_samples, (g + 1) * n_samples)
             out_tokens.append([gen_np[i, :n_np[i]].copy() for i in range(sl.start, sl.stop)])
             log_q[c0 + g] = lq[sl].cpu().numpy()
             log_p[c0 + g] = lp[sl].cpu().numpy()
-            fin_r[c0 + g] = r_prev[sl].cpu().numpy()
+            fin_r[c0 + g] = run.aux["reward"][sl].cpu().numpy()
             if weights:
-                logw_all[c0 + g] = lw[sl].cpu().numpy()
+                logw_all[c0 + g] = run.log_weights[sl].cpu().numpy()
         if weights:  # refuse log-weights too large to normalise (same rule as the SMC)
-            normalize_log_weights(lw.view(G, n_samples))
+            normalize_log_weights(run.log_weights.view(G, n_samples))
     t_all = time.perf_counter() - t_start
     texts = None
     if tokenizer is not None:
         texts = [[tokenizer.decode(t.tolist(), skip_special_tokens=True) for t in row]
                  for row in out_tokens]
     return GuidedOutput(out_tokens, texts, logw_all, log_q, log_p, fin_r, ancestors, n_tok,
-                        t_all, t_base, t_rew)
+                        t_all, t_base, proposal.seconds_reward)

@@ -1,4 +1,6 @@
-"""Twisted SMC for constrained generation: sampler, twists, CTL, self-distillation, exact harness.
+"""Twisted SMC for constrained generation: one SMC engine (:mod:`.engine`) with pluggable
+proposals (:mod:`.proposals`: twist-induced, reward-guided), sampler, twists, CTL,
+self-distillation, exact harness.
 
 Kim et al. (2025), *Improving Constrained Language Generation via Self-Distilled Twisted
 Sequential Monte Carlo*; Zhao et al. (2024), *Probabilistic inference in language models via
@@ -13,6 +15,7 @@ from ..metrics import mean_pairwise_cosine, similarity  # the diversity metric, 
 from .adapters import EnumerableLM, HFCausalLM, TableLM, as_adapter, prefix_count
 from .distill import EffectivePotential, SelfDistillResult, finetune_lm, self_distill, tsmc_samples
 from .efficiency import particle_efficiency, run_seed
+from .engine import SMCRun, smc
 from .estimates import Estimate, kl_q_sigma, kl_sigma_q, log_z_lower_bound, log_z_upper_bound
 from .exact import ExactTarget, enumerate_target, exact_ctl_loss
 from .learning import NEGATIVE_PHASES, POSITIVE_PHASES, TwistTrainResult, ctl_loss, train_twist
@@ -25,6 +28,13 @@ from .potentials import (
     TablePotential,
     pipeline_scorer,
     toxicity_potential,
+)
+from .proposals import (
+    Proposal,
+    ProposalStep,
+    RewardGuidedProposal,
+    StepContext,
+    TwistProposal,
 )
 from .resampling import RESAMPLING_METHODS, categorical, ess, normalize_log_weights, resample
 from .sampler import (
@@ -43,6 +53,8 @@ __all__ = [
     "EnumerableLM", "HFCausalLM", "TableLM", "as_adapter", "prefix_count",
     "Estimate", "kl_q_sigma", "kl_sigma_q", "log_z_lower_bound", "log_z_upper_bound",
     "mean_pairwise_cosine", "similarity",
+    "SMCRun", "smc", "Proposal", "ProposalStep", "RewardGuidedProposal", "StepContext",
+    "TwistProposal",
     "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
     "particle_efficiency", "run_seed",
     "ExactTarget", "enumerate_target", "exact_ctl_loss",

@@ -31,8 +31,14 @@ def prefix_count(vocab_size: int, horizon: int) -> int:
 
 
 class HFCausalLM:
-    """Adapter for any Hugging Face causal LM (GPT-2, Llama, Qwen2 …; a hub id or local
+    r"""Adapter for any Hugging Face causal LM (GPT-2, Llama, Qwen2 …; a hub id or local
     folder loads with :func:`rankkit_ext.lm.load_base_lm`).
+
+    ``start`` takes one prompt (shared by all ``n`` particles, run once) or a batch of G
+    prompts of different lengths: they are left padded, run once with explicit position ids
+    (real tokens count from 0) and each repeated ``n`` times, group-major (rows
+    ``g * n .. g * n + n - 1`` continue prompt g). Guided decoding batches several prompts
+    × n samples this way and resamples within each prompt's group.
 
     Parameters
     ----------
@@ -44,9 +50,21 @@ class HFCausalLM:
         True: the prompt is run once and its KV cache is repeated over the particles, each
         step feeds one token and resampling reorders the cache rows. False: every step
         recomputes the whole prefix (the peer measured by ``benchmarks/bench_tsmc.py``).
+    output : {"log_probs", "logits"}
+        What a step returns first: float64 :math:`\log p_{LM}(\cdot\mid s_{<t})` (the
+        twist-induced proposal, exact enumeration) or the model's raw last-position logits
+        in its own dtype (the reward-guided proposal needs only the top-k and one
+        logsumexp, and a float64 copy of (n, |V|) per step would cost as much as the LM
+        head on CPU).
+    pad_token_id : int, optional
+        Id written into the left padding of a prompt batch (masked, never attended);
+        default the config's pad, else EOS, else 0.
     """
 
-    def __init__(self, model, eos_token_id: int | None = -1, use_cache: bool = True):
+    def __init__(self, model, eos_token_id: int | None = -1, use_cache: bool = True,
+                 output: str = "log_probs", pad_token_id: int | None = None):
+        if output not in ("log_probs", "logits"):
+            raise ValueError(f"output must be 'log_probs' or 'logits'; got {output!r}")
         self.model = model
         from .._hf import text_config
 
@@ -54,8 +72,13 @@ class HFCausalLM:
         eos = cfg.eos_token_id if eos_token_id == -1 else eos_token_id
         self.eos_token_id = eos[0] if isinstance(eos, list | tuple) else eos  # Llama 3 lists
         self.use_cache = use_cache
+        self.output = output
         self.vocab_size = int(cfg.vocab_size)
         self.hidden_size = int(cfg.hidden_size)  # width of hidden_states[-1], any architecture
+        pad = pad_token_id if pad_token_id is not None else getattr(cfg, "pad_token_id", None)
+        if pad is None:
+            pad = self.eos_token_id
+        self.pad_token_id = 0 if pad is None or int(pad) < 0 else int(pad)
         # only the last position's logits are needed: (K, L, V) logits would dominate memory
         params = inspect.signature(model.forward).parameters
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -65,43 +88,104 @@ class HFCausalLM:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def _forward(self, ids, cache=None):
-        from .._hf import cache_kwargs, output_cache
+    def _forward(self, ids, cache=None, mask=None, pos=None):
+        from .._hf import cache_kwargs, forward_kwargs, output_cache
 
-        past = cache_kwargs(self.model, cache) if cache is not None else {}
+        # position ids only for a model that takes them (ALiBi models have none)
+        kw = {} if mask is None else forward_kwargs(self.model, attention_mask=mask,
+                                                    position_ids=pos)
+        if cache is not None:
+            kw.update(cache_kwargs(self.model, cache))
         out = self.model(input_ids=ids, use_cache=self.use_cache, output_hidden_states=True,
-                         **past, **self._keep)
-        logp = torch.log_softmax(out.logits[:, -1].to(torch.float64), -1)
-        return logp, out.hidden_states[-1][:, -1], output_cache(out)
+                         **kw, **self._keep)
+        logits = out.logits[:, -1]
+        first = (torch.log_softmax(logits.to(torch.float64), -1) if self.output == "log_probs"
+                 else logits)
+        return first, out.hidden_states[-1][:, -1], output_cache(out)
 
-    def start(self, prompt: torch.Tensor, n: int):
-        prompt = torch.as_tensor(prompt, dtype=torch.long, device=self.device).reshape(1, -1)
-        if prompt.shape[1] == 0:
+    def _prompts(self, prompt) -> list[list[int]]:
+        """One prompt (1-D) or a batch of prompts (2-D tensor, list of lists, TokenSequences)."""
+        if isinstance(prompt, torch.Tensor):
+            rows = [prompt.reshape(-1).tolist()] if prompt.ndim <= 1 else prompt.tolist()
+        else:
+            seq = list(prompt)
+            nested = bool(seq) and all(isinstance(x, list | tuple) or getattr(x, "ndim", 0) == 1
+                                       for x in seq)
+            rows = [list(x) for x in seq] if nested else [seq]
+        rows = [[int(t) for t in r] for r in rows]
+        if not rows or not all(rows):
             raise ValueError("prompt is empty; pass at least one token (e.g. the BOS id "
                              f"{self.model.config.bos_token_id}).")
+        return rows
+
+    def start(self, prompt, n: int):
+        from .._tensors import padded
+
+        rows = self._prompts(prompt)
         self.model.eval()
-        logp, h, cache = self._forward(prompt)
-        if self.use_cache:
-            cache.batch_repeat_interleave(n)  # the prompt is computed once for all particles
-            state = cache
+        ids, mask = padded(rows, "left", self.pad_token_id, device=self.device)
+        # without padding the model's own defaults (no mask, positions from the cache
+        # length) are used, exactly as for a single prompt
+        if not bool((mask == 1).all()):
+            pos = (mask.cumsum(-1) - 1).clamp_min(0)
         else:
-            state = prompt.expand(n, -1).clone()
-        return logp.expand(n, -1), h.expand(n, -1), state
+            mask = pos = None
+        first, h, cache = self._forward(ids, mask=mask, pos=pos)
+        n = int(n)
+        many = len(rows) > 1
+
+        def rep(x):  # one prompt: a view; several: each row n times, group-major
+            return x.repeat_interleave(n, 0) if many else x.expand(n, *x.shape[1:])
+
+        ids_n = ids.repeat_interleave(n, 0)
+        mask_n = None if mask is None else mask.repeat_interleave(n, 0)
+        if self.use_cache:
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(n)  # the prompts are computed once
+            else:  # a cache class without it: run the n copies
+                first, h, cache = self._forward(ids_n, mask=mask_n, pos=_positions(mask_n))
+                many, n = True, 1
+        state = _HFState(cache if self.use_cache else None, ids_n, mask_n)
+        return rep(first), rep(h), state
 
     def advance(self, state, tokens: torch.Tensor):
         tokens = tokens.to(self.device).reshape(-1, 1)
+        ids = torch.cat([state.ids, tokens], 1)
+        mask = None if state.mask is None else torch.cat([state.mask, torch.ones_like(tokens)], 1)
         if self.use_cache:
-            return self._forward(tokens, state)
-        ids = torch.cat([state, tokens], 1)
-        logp, h, _ = self._forward(ids)
-        return logp, h, ids
+            pos = None if mask is None else mask.sum(1, keepdim=True) - 1
+            first, h, cache = self._forward(tokens, state.cache, mask=mask, pos=pos)
+            return first, h, _HFState(cache, ids, mask)
+        first, h, _ = self._forward(ids, mask=mask, pos=_positions(mask))
+        return first, h, _HFState(None, ids, mask)
 
     def reorder(self, state, ancestors: torch.Tensor):
         ancestors = ancestors.to(self.device)
-        if self.use_cache:
-            state.reorder_cache(ancestors)
-            return state
-        return state[ancestors]
+        ids = state.ids[ancestors]
+        mask = None if state.mask is None else state.mask[ancestors]
+        cache = state.cache
+        if cache is not None:
+            if hasattr(cache, "reorder_cache"):
+                cache.reorder_cache(ancestors)
+            elif hasattr(cache, "batch_select_indices"):
+                cache.batch_select_indices(ancestors)
+            else:  # no reorder support: recompute the prefix of the chosen rows
+                _, _, cache = self._forward(ids, mask=mask, pos=_positions(mask))
+        return _HFState(cache, ids, mask)
+
+
+def _positions(mask):
+    return None if mask is None else (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+@dataclass
+class _HFState:
+    """Particles' KV cache (None when recomputing) and their full token ids and attention
+    mask (None: no padding anywhere, the model's defaults apply)."""
+
+    cache: Any
+    ids: torch.Tensor  # (n, L) prompt (left padded) + generated tokens
+    mask: torch.Tensor | None
 
 
 @dataclass

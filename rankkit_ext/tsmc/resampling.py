@@ -102,19 +102,52 @@ def ess(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(val, nan=0.0)  # -inf - -inf: no particle carries mass
 
 
-def categorical(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row from Categorical(softmax(logits)) by inverse CDF in float64.
+def categorical(logits: torch.Tensor, generator: torch.Generator | None = None, *,
+                return_log_norm: bool = False, check: bool = True):
+    r"""One draw per row from :math:`\mathrm{Cat}(\mathrm{softmax}(\text{logits}))` by inverse
+    CDF in float64: the one categorical sampler of the package (token proposals of every SMC
+    proposal and the ancestor draws of :func:`resample` share :func:`_inverse_cdf`).
 
-    Uses ``torch.rand`` with ``generator`` only, so the same seed gives the same draws on
-    any device. Rows of all ``-inf`` draw uniformly.
+    Parameters
+    ----------
+    logits : Tensor, shape (V,) or (B, V)
+        Unnormalised log-probabilities (``-inf`` allowed). A row of all ``-inf`` (a
+        zero-mass particle) draws uniformly.
+    generator : torch.Generator, optional
+        The only source of randomness (one ``torch.rand`` per row, on the generator's
+        device), so the same seed gives the same draws on any device.
+    return_log_norm : bool
+        Also return :math:`\log\sum_v \exp(\text{logits}_v)` of each row (``-inf`` for a
+        dead row): the twist-induced proposal needs it as :math:`\log Z_t`, and it costs
+        nothing extra here.
+    check : bool
+        Refuse NaN / ``+inf`` logits and magnitudes too large to normalise (see
+        :func:`normalize_log_weights`). The samplers pass ``False``: they have checked their
+        inputs per step already, and each vocabulary-wide pass costs on CPU.
+
+    Returns
+    -------
+    idx : LongTensor, shape () or (B,)
+    log_norm : float64 Tensor, shape () or (B,), only with ``return_log_norm``.
     """
-    logp, _ = normalize_log_weights(logits.to(torch.float64))
-    squeeze = logp.ndim == 1
-    logp = logp.reshape(-1, logp.shape[-1])
-    u = torch.rand(logp.shape[0], 1, generator=generator, dtype=torch.float64,
-                   device=logp.device)
-    idx = _inverse_cdf(logp.exp(), u).squeeze(-1)
-    return idx[0] if squeeze else idx
+    x = logits.to(torch.float64)
+    if check:
+        _check(x)
+    squeeze = x.ndim == 1
+    x = x.reshape(-1, x.shape[-1])
+    # the fewest vocabulary-wide passes: one logsumexp, one exp, one cumsum
+    log_norm = torch.logsumexp(x, -1)
+    dead = torch.isneginf(log_norm)
+    if bool(dead.any()):
+        x = torch.where(dead[:, None], torch.zeros_like(x), x)
+        shift = torch.where(dead, torch.full_like(log_norm, math.log(x.shape[-1])), log_norm)
+    else:
+        shift = log_norm
+    u = torch.rand(x.shape[0], 1, generator=generator, dtype=torch.float64, device=x.device)
+    idx = _inverse_cdf(torch.exp(x - shift[:, None]), u).squeeze(-1)
+    if squeeze:
+        idx, log_norm = idx[0], log_norm[0]
+    return (idx, log_norm) if return_log_norm else idx
 
 
 def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

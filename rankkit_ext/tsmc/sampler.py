@@ -17,6 +17,11 @@ there and keeps its weight afterwards), and resamples when the ESS falls below
 float64 and is unbiased in :math:`\hat Z` for any twist; with the optimal twist ψ* it is
 exact (zero variance).
 
+:func:`tsmc` validates its arguments and runs the package's one SMC engine
+(:func:`~rankkit_ext.tsmc.engine.smc`) with the twist-induced proposal
+(:class:`~rankkit_ext.tsmc.proposals.TwistProposal`), the same engine guided decoding runs
+with its own proposal.
+
 Every twist goes through the protocol of :mod:`~rankkit_ext.tsmc.twists`
 (``init_state`` / ``step`` / ``reorder``): a head on the base's hidden states and a
 :class:`~rankkit_ext.tsmc.twists.CopyTwist` (a trainable copy of the base with its own KV
@@ -39,17 +44,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_prompt_ids, check_step_values
+from .._checks import check_prompt_ids
 from .._tensors import padded
 from .adapters import as_adapter
-from .potentials import Potential, PotentialValueError
-from .resampling import (
-    RESAMPLING_METHODS,
-    conditional_resample,
-    ess,
-    normalize_log_weights,
-    resample,
-)
+from .engine import final_weights, smc
+from .potentials import Potential
+from .proposals import TwistProposal
+from .resampling import RESAMPLING_METHODS, conditional_resample, resample
 from .twists import as_twist, check_twist_fits
 
 __all__ = ["TSMCResult", "tsmc", "sis", "bootstrap_smc", "RejectionResult", "rejection_sample",
@@ -122,31 +123,6 @@ class TSMCResult:
         return out
 
 
-def _nan_to_neg_inf(x: torch.Tensor) -> torch.Tensor:
-    # NaN arises only as (-inf) - (-inf) in particles that already have zero weight
-    return torch.where(torch.isnan(x), torch.full_like(x, -math.inf), x)
-
-
-def _sample_rows(joint: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One draw per row from softmax(joint) by inverse CDF, and logsumexp(joint).
-
-    The vocabulary-wide passes dominate a step on CPU, so this does the fewest: one
-    logsumexp, one exp, one cumsum. A row of all -inf (zero-mass particle) draws uniformly.
-    """
-    logZ = torch.logsumexp(joint, -1)
-    dead = torch.isneginf(logZ)
-    if dead.any():
-        joint = torch.where(dead[:, None], torch.zeros_like(joint), joint)
-        shift = torch.where(dead, torch.full_like(logZ, math.log(joint.shape[-1])), logZ)
-    else:
-        shift = logZ
-    cdf = torch.cumsum(torch.exp(joint - shift[:, None]), -1)
-    cdf[:, -1] = 1.0  # round-off must never push a draw past the last token
-    u = torch.rand(joint.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    v = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=joint.shape[-1] - 1)
-    return v, logZ
-
-
 def _check_args(n_particles, max_new_tokens, resample_method, ess_threshold):
     if int(n_particles) < 1:
         raise ValueError(f"n_particles must be >= 1; got {n_particles}.")
@@ -217,121 +193,31 @@ def tsmc(lm, twist, potential: Potential, prompt, n_particles: int = 50,
         check_prompt_ids(reference, lm.vocab_size, "reference")
     eos = lm.eos_token_id if eos_token_id == -1 else eos_token_id
     K, T = int(n_particles), int(max_new_tokens)
-    pad = 0 if eos is None else int(eos)
     tw = None if twist is None else as_twist(twist)
     if tw is not None:
         check_twist_fits(tw, lm)
-    logp, h, state = lm.start(prompt, K)
-    lpsi_next, tstate = (None, None) if tw is None else tw.init_state(prompt, K, h)
-    dev = logp.device
-    f64 = dict(dtype=torch.float64, device=dev)
-    tokens = torch.full((K, T), pad, dtype=torch.long, device=dev)
-    lengths = torch.zeros(K, dtype=torch.long, device=dev)
-    done = torch.zeros(K, dtype=torch.bool, device=dev)
-    finished = torch.zeros(K, dtype=torch.bool, device=dev)
-    logW = torch.zeros(K, **f64)
-    log_Z = torch.zeros((), **f64)
-    lpsi_prev = torch.zeros(K, **f64)
-    log_phi = torch.zeros(K, **f64)
-    step_w = torch.zeros(K, T, **f64)
-    step_pi = torch.zeros(K, T, **f64)
-    step_psi = torch.zeros(K, T, **f64)
-    rec: dict | None = None
-    if record:
-        rec = dict(log_probs=[], hidden=[], neg_log_w=[], alive=[], epochs=[],
-                   row_at=torch.zeros(K, T, dtype=torch.long, device=dev))
-        epoch_start = 0
-    ess_trace: list[float] = []
-    resampled_at: list[int] = []
-    ref = None if reference is None else [int(x) for x in reference]
-    for t in range(T):
-        logp = logp.to(dev, torch.float64)
-        lpsi = (torch.zeros_like(logp) if tw is None else lpsi_next.to(dev, torch.float64))
-        check_step_values(logp, ~done, "base model log-probabilities", t,
-                          fix="check the base model (its dtype, weights and inputs)")
-        check_step_values(lpsi, ~done, "twist log ψ", t,
-                          fix="check the twist (a NaN usually means diverged training)")
-        joint = logp + lpsi
-        v, logZt = _sample_rows(joint, generator)
-        if ref is not None and t < len(ref):
-            v[0] = ref[t]
-        v = torch.where(done, torch.full_like(v, pad), v)
-        final = torch.full_like(done, t == T - 1)
-        if eos is not None:
-            final |= v == eos
-        newly = final & ~done
-        inc_pi = _nan_to_neg_inf(logZt - lpsi_prev)
-        inc = inc_pi.clone()
-        if rec is not None:  # the population at step t and its pi_t(s_<t) weights
-            rec["log_probs"].append(logp)
-            rec["hidden"].append(h.detach())
-            rec["alive"].append(~done)
-            rec["neg_log_w"].append(logW + torch.where(done, torch.zeros_like(inc_pi), inc_pi))
-            rec["row_at"][:, t] = torch.arange(K, device=dev)
-        tokens[:, t] = v
-        lengths += (~done).long()
-        if newly.any():
-            idx = torch.nonzero(newly).squeeze(1)
-            seqs = [tokens[k, : int(lengths[k])].tolist() for k in idx.tolist()]
-            seqs = [s[:-1] if eos is not None and s[-1] == eos else s for s in seqs]
-            try:
-                lphi = potential.log_phi(seqs).to(dev)
-            except PotentialValueError as e:
-                raise ValueError(f"potential log phi is {e.value} at step {t}, particle "
-                                 f"{int(idx[e.index])} (sequence {seqs[e.index]!r}): log phi must "
-                                 f"be real or -inf; check the potential. ({e})") from None
-            log_phi[idx] = lphi
-            finished[idx] = v[idx] == eos if eos is not None else False
-            g = v[idx].unsqueeze(1)
-            lp_v = logp[idx].gather(1, g).squeeze(1)
-            lq_v = joint[idx].gather(1, g).squeeze(1) - logZt[idx]
-            inc[idx] = _nan_to_neg_inf(lp_v + lphi - lpsi_prev[idx] - lq_v)
-        inc = torch.where(done, torch.zeros_like(inc), inc)
-        step_w[:, t] = inc
-        step_pi[:, t] = torch.where(done, torch.zeros_like(inc_pi), inc_pi)
-        logW = logW + inc
-        lpsi_prev = lpsi.gather(1, v.unsqueeze(1)).squeeze(1)
-        step_psi[:, t] = torch.where(done, torch.zeros_like(lpsi_prev), lpsi_prev)
-        done = done | final
-        e = float(ess(logW))
-        ess_trace.append(e)
-        if t == T - 1 or bool(done.all()):
-            break
-        if ess_threshold > 0 and (ess_threshold >= 1 or e < ess_threshold * K):
-            if rec is not None:  # the epoch's particles keep their rows until here
-                rec["epochs"].append((epoch_start, t, tokens[:, : t + 1].clone()))
-                epoch_start = t + 1
-            log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
-            if ref is None:
-                anc = _resample(logW, resample, generator)
-            else:  # the clamped particle keeps its line, K − 1 i.i.d. draws for the others
-                anc = conditional_resample(logW, resample, generator)
-            tokens, lengths, done, finished = tokens[anc], lengths[anc], done[anc], finished[anc]
-            lpsi_prev, log_phi, step_w, step_pi = (lpsi_prev[anc], log_phi[anc], step_w[anc],
-                                                    step_pi[anc])
-            step_psi = step_psi[anc]
-            if rec is not None:
-                rec["row_at"] = rec["row_at"][anc]
-            state = lm.reorder(state, anc)
-            if tw is not None:
-                tstate = tw.reorder(tstate, anc)
-            logW = torch.zeros(K, **f64)
-            resampled_at.append(t)
-        logp, h, state = lm.advance(state, tokens[:, t])
-        if tw is not None:
-            lpsi_next, tstate = tw.step(tstate, tokens[:, t], h)
-    log_Z = log_Z + torch.logsumexp(logW, 0) - math.log(K)
-    n = int(lengths.max())
-    if rec is not None:
-        rec["epochs"].append((epoch_start, t, tokens[:, : t + 1].clone()))
-        rec["row_at"] = rec["row_at"][:, : t + 1]
-    weights = normalize_log_weights(logW)[0].exp()
-    return TSMCResult(tokens=tokens[:, :n], lengths=lengths, finished=finished,
-                      log_weights=logW, weights=weights, log_Z=float(log_Z),
-                      ess_trace=ess_trace, resampled_at=resampled_at, log_phi=log_phi,
-                      step_log_w=step_w[:, :n],
-                      step_log_pi=step_pi[:, :n], step_log_psi=step_psi[:, :n], eos_token_id=eos,
-                      extra={} if rec is None else {"record": rec})
+
+    # the module-level names are looked up per call, so a test can substitute ancestors
+    def resampler(log_w, generator):
+        if reference is None:
+            return _resample(log_w[0], resample, generator)[None]
+        # the clamped particle keeps its line, K − 1 i.i.d. draws for the others
+        return conditional_resample(log_w[0], resample, generator)[None]
+
+    run = smc(lm, TwistProposal(tw), [prompt], K, T, potential=potential,
+              ess_threshold=None if ess_threshold <= 0 else (
+                  math.inf if ess_threshold >= 1 else float(ess_threshold)),
+              resampler=resampler, generator=generator,
+              forced=None if reference is None else [[int(x) for x in reference]],
+              eos_token_id=eos, pad_token_id=0 if eos is None else int(eos), record=record)
+    n = int(run.lengths.max())
+    return TSMCResult(tokens=run.tokens[:, :n], lengths=run.lengths, finished=run.finished,
+                      log_weights=run.log_weights, weights=final_weights(run, K)[0],
+                      log_Z=float(run.log_Z[0]), ess_trace=[float(e[0]) for e in run.ess_trace],
+                      resampled_at=run.resampled_at, log_phi=run.log_phi,
+                      step_log_w=run.step_log_w[:, :n], step_log_pi=run.step_log_pi[:, :n],
+                      step_log_psi=run.step_log_psi[:, :n], eos_token_id=eos,
+                      extra={} if run.record is None else {"record": run.record})
 
 
 _resample = resample  # the module function, shadowed by tsmc's ``resample`` argument
