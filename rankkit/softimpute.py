@@ -74,6 +74,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
@@ -616,14 +618,27 @@ def soft_impute_path(R, ranks: int | Sequence[int] | None = None, lams: float | 
 
 # ---- scikit-learn style estimator ------------------------------------------------------------
 
-class SoftImpute:
-    """scikit-learn style wrapper of :func:`soft_impute`.
+class SoftImpute(TransformerMixin, BaseEstimator):
+    r"""Soft-impute (:func:`soft_impute`) as a scikit-learn estimator.
+
+    ``fit(X)`` completes X: a dense array with NaN for the missing cells, a ``scipy.sparse``
+    matrix (stored entries are the observed cells) or a :class:`~rankkit.RewardMatrix`.
+    ``transform(X)`` returns X completed: observed cells keep their values, missing ones get
+    the model's prediction. Rows are folded in (as a recommender folds in a new user): with
+    :math:`B = V\operatorname{diag}(d)` fixed, row i gets
+    :math:`u_i = (B_{S_i}^\top B_{S_i} + \lambda I)^{-1} B_{S_i}^\top x_{S_i}` over its observed
+    columns :math:`S_i`, the row step of softImpute-ALS (Hastie et al. 2015, Alg. 3.1), and
+    the completed row is :math:`u_i B^\top`. So ``transform`` also works on rows never seen
+    in ``fit`` (same columns), which is what ``Pipeline`` and ``GridSearchCV`` need.
+    ``score(X)`` is minus the MSE of that reconstruction over X's observed cells.
 
     Parameters
     ----------
     rank : int
     lam : float
-    **kwargs : any keyword of :func:`soft_impute` (``max_iter``, ``thresh``, ``backend``, ...).
+        Nuclear-norm weight λ of soft-impute.
+    max_iter, thresh, backend, device, dtype, seed, progress, final_svd
+        As in :func:`soft_impute`.
 
     Attributes (after ``fit``)
     --------------------------
@@ -631,38 +646,71 @@ class SoftImpute:
     components_ : ndarray (k, m)
         Vᵀ, as in :class:`sklearn.decomposition.TruncatedSVD`.
     singular_values_ : ndarray (k,)
-        d.
     result_ : SoftImputeResult
     n_iter_ : int
     mse_ : float
+    n_features_in_ : int
+    rank_ : int
+        The rank fitted: ``min(rank, n, m)``.
 
     Examples
     --------
-    >>> import scipy.sparse as sp
-    >>> X = sp.random(30, 20, density=0.6, random_state=1, format="csr")
-    >>> est = SoftImpute(rank=3, lam=1e-4, progress=False).fit(X)
-    >>> est.predict([0, 1], [2, 3]).shape
-    (2,)
+    >>> import numpy as np
+    >>> X = np.outer([1.0, 2, 3, 4], [1.0, -1, 2])
+    >>> X[0, 1] = X[3, 2] = np.nan
+    >>> done = SoftImpute(rank=1, lam=0.0, progress=False).fit_transform(X)
+    >>> bool(np.isfinite(done).all())
+    True
     """
 
-    def __init__(self, rank: int, lam: float = 1e-4, **kwargs):
+    def __init__(self, rank: int = 10, lam: float = 1e-4, *, max_iter: int = 1000,
+                 thresh: float = 1e-5, backend: str = "auto", device=None, dtype=None,
+                 seed: int = 0, progress: bool = False, final_svd: bool = True):
         self.rank = rank
         self.lam = lam
-        self.kwargs = kwargs
+        self.max_iter = max_iter
+        self.thresh = thresh
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
+        self.seed = seed
+        self.progress = progress
+        self.final_svd = final_svd
 
-    def get_params(self, deep: bool = True) -> dict:
-        return {"rank": self.rank, "lam": self.lam, **self.kwargs}
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a missing cell
+        tags.input_tags.sparse = True
+        return tags
 
-    def set_params(self, **params) -> SoftImpute:
-        for key, value in params.items():
-            if key in ("rank", "lam"):
-                setattr(self, key, value)
-            else:
-                self.kwargs[key] = value
-        return self
+    # ---- input: dense with NaN, scipy.sparse, RewardMatrix -> (csr of observed, shape) ----
+    def _observed(self, X, *, reset: bool):
+        from .matrix import RewardMatrix
 
-    def fit(self, R, y=None) -> SoftImpute:
-        res = soft_impute(R, self.rank, self.lam, **self.kwargs)
+        if isinstance(X, RewardMatrix):
+            X = X.to_scipy()
+        if sp.issparse(X):
+            X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=reset,
+                              ensure_all_finite=True)
+            return sp.csr_matrix(X)
+        X = validate_data(self, X, dtype=np.float64, reset=reset, ensure_all_finite="allow-nan")
+        if np.isinf(X).any():
+            r, c = np.argwhere(np.isinf(X))[0]
+            raise ValueError(f"X[{r}, {c}] is {X[r, c]}; use NaN for a missing cell")
+        obs = ~np.isnan(X)
+        rows, cols = np.nonzero(obs)
+        return sp.csr_matrix((X[obs], (rows, cols)), shape=X.shape)
+
+    def fit(self, X, y=None) -> SoftImpute:
+        R = self._observed(X, reset=True)
+        if R.nnz == 0:
+            raise ValueError("X has no observed cell (all NaN); nothing to complete")
+        # a rank above min(n, m) adds nothing: fit at most that (e.g. a small CV fold)
+        self.rank_ = min(int(self.rank), *R.shape)
+        res = soft_impute(R, self.rank_, float(self.lam), max_iter=self.max_iter,
+                          thresh=self.thresh, backend=self.backend, device=self.device,
+                          dtype=self.dtype, seed=self.seed, progress=self.progress,
+                          final_svd=self.final_svd)
         self.result_ = res
         self.U_, self.d_, self.V_ = res.U, res.d, res.V
         self.components_ = res.V.T
@@ -671,9 +719,42 @@ class SoftImpute:
         self.mse_ = res.mse
         return self
 
-    def predict(self, rows, cols) -> np.ndarray:
-        if not hasattr(self, "result_"):
-            raise RuntimeError("this SoftImpute is not fitted yet; call fit(R) first")
+    def _fold_in(self, R: sp.csr_matrix) -> np.ndarray:
+        """Row factors of ``R``'s rows against the fitted column factors (see the class)."""
+        B = self.V_ * self.d_  # (m, k)
+        k = B.shape[1]
+        U = np.zeros((R.shape[0], k))
+        reg = max(float(self.lam), 0.0) * np.eye(k)
+        for i in range(R.shape[0]):  # one k × k solve per row: rows differ in S_i
+            lo, hi = R.indptr[i], R.indptr[i + 1]
+            if lo == hi:
+                continue  # no observed cell: the row's prediction is 0, soft-impute's prior
+            Bs = B[R.indices[lo:hi]]
+            U[i] = np.linalg.lstsq(Bs.T @ Bs + reg, Bs.T @ R.data[lo:hi], rcond=None)[0]
+        return U
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "result_")
+        R = self._observed(X, reset=False)
+        out = self._fold_in(R) @ (self.V_ * self.d_).T
+        rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
+        out[rows, R.indices] = R.data  # observed cells keep their values
+        return out
+
+    def score(self, X, y=None) -> float:
+        """Minus the MSE over X's observed cells of the folded-in reconstruction."""
+        check_is_fitted(self, "result_")
+        R = self._observed(X, reset=False)
+        if R.nnz == 0:
+            raise ValueError("X has no observed cell to score")
+        pred = self._fold_in(R) @ (self.V_ * self.d_).T
+        rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
+        return -float(np.mean((pred[rows, R.indices] - R.data) ** 2))
+
+    def predict_cells(self, rows, cols) -> np.ndarray:
+        """Entries (rows[i], cols[i]) of the matrix completed by ``fit`` (named so, not
+        ``predict``, because scikit-learn's ``predict(X)`` means one output per row)."""
+        check_is_fitted(self, "result_")
         return self.result_.predict(rows, cols)
 
 

@@ -270,11 +270,63 @@ def test_estimator_and_predict(rng):
     est = SoftImpute(2, 0.01, max_iter=50, progress=False).fit(_sparse(X, mask))
     assert est.components_.shape == (2, 15) and est.U_.shape == (25, 2)
     rows, cols = np.nonzero(mask)
-    np.testing.assert_allclose(est.predict(rows, cols), est.result_.to_dense()[rows, cols], rtol=1e3 * EPS,
+    np.testing.assert_allclose(est.predict_cells(rows, cols), est.result_.to_dense()[rows, cols], rtol=1e3 * EPS,
                                atol=1e3 * EPS)
-    assert est.mse_ == pytest.approx(np.mean((est.predict(rows, cols) - X[rows, cols]) ** 2), rel=1e-9)
-    with pytest.raises(RuntimeError, match="not fitted"):
-        SoftImpute(2).predict([0], [0])
+    assert est.mse_ == pytest.approx(np.mean((est.predict_cells(rows, cols) - X[rows, cols]) ** 2), rel=1e-9)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
+        SoftImpute(2).predict_cells([0], [0])
+
+
+def test_scikit_learn_estimator_checks_pass():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    res = check_estimator(SoftImpute(rank=2, max_iter=50), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:120]) for r in res if r["status"] == "failed"]
+    assert not failed
+    # the one check sklearn skips for this estimator, with its own reason
+    assert [r["check_name"] for r in res if r["status"] == "skipped"] == [
+        "check_sample_weight_equivalence_on_dense_data"] or len(res) > 40
+
+
+def _exact(rng, n, m, r, density):
+    return rng.standard_normal((n, r)) @ rng.standard_normal((r, m)), rng.random((n, m)) < density
+
+
+def test_fit_transform_fills_nan_cells_and_keeps_observed_ones(rng):
+    X, mask = _exact(rng, 40, 12, 2, 0.7)
+    Xn = np.where(mask, X, np.nan)
+    est = SoftImpute(rank=2, lam=0.0, max_iter=500, thresh=1e-12)
+    done = est.fit_transform(Xn)
+    np.testing.assert_array_equal(done[mask], X[mask])  # observed cells untouched
+    # exactly rank-2 data: the missing cells are recovered (to soft-impute's convergence)
+    np.testing.assert_allclose(done[~mask], X[~mask], atol=1e-4)
+    # the same from a sparse matrix of the observed cells, and on rows never seen in fit
+    sparse = SoftImpute(rank=2, lam=0.0, max_iter=500, thresh=1e-12).fit(_sparse(X, mask))
+    np.testing.assert_allclose(sparse.transform(Xn), done, atol=1e-6)
+    # rows never seen in fit, from the same column space: folded in and completed
+    new = rng.standard_normal((5, 40)) @ X / 40
+    new_mask = rng.random(new.shape) < 0.7
+    got = est.transform(np.where(new_mask, new, np.nan))
+    np.testing.assert_allclose(got, new, atol=1e-4)
+    assert -1e-8 < est.score(Xn) <= 0.0
+
+
+def test_pipeline_and_grid_search_choose_a_sufficient_rank(rng):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, mask = _exact(rng, 60, 15, 2, 0.8)
+    Xn = np.where(mask, X, np.nan)
+    pipe = make_pipeline(FunctionTransformer(lambda a: a * 1.0), SoftImpute(lam=1e-6, max_iter=300))
+    gs = GridSearchCV(pipe, {"softimpute__rank": [1, 2, 3]}, cv=3).fit(Xn)
+    scores = dict(zip(gs.cv_results_["param_softimpute__rank"], gs.cv_results_["mean_test_score"],
+                      strict=True))
+    assert gs.best_params_["softimpute__rank"] >= 2 and -scores[1] > 100 * -scores[2]
+    with pytest.raises(ValueError, match="bogus"):
+        SoftImpute().set_params(bogus=1)
 
 
 @pytest.mark.parametrize("kw, match", [
