@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rankkit._io import atomic_json, atomic_write
+
 __all__ = ["RewardModel", "RADV", "RADQ", "ScoringState", "tokenizer_fingerprint",
            "load_reward_model", "SigmoidScores"]
 
@@ -381,16 +383,14 @@ class RewardModel(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``folder/backbone`` (HF ``save_pretrained``), ``head.safetensors`` and
         ``reward_model.json``; files are written to temporaries and renamed."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(folder / _BACKBONE_DIR)
         head = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
                 if not k.startswith("backbone.")}
-        tmp = folder / (_HEAD_NAME + ".tmp")
-        save_file(head, str(tmp))
-        os.replace(tmp, folder / _HEAD_NAME)
+        atomic_write(folder / _HEAD_NAME, "wb", lambda f: f.write(save(head)))
         config = {
             "class": type(self).__name__, "n_labels": self.n_labels,
             "label_names": list(self.label_names), "bos_token_id": self.bos_token_id,
@@ -398,9 +398,8 @@ class RewardModel(nn.Module):
             "freeze_embeddings": self.freeze_embeddings, "options": self._options(),
             "backbone_auto": ("causal_lm" if self._has_lm_head() else "base"),
         }
-        tmp = folder / (_CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, folder / _CONFIG_NAME)
+        # written last: a folder with reward_model.json has its head and backbone too
+        atomic_json(folder / _CONFIG_NAME, config, indent=2)
         return folder
 
     @classmethod
