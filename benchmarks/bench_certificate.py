@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import subprocess
@@ -54,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from rankkit._io import atomic_json, atomic_write, json_default  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -147,9 +148,7 @@ def make_exact(n: int, m: int, nnz: int, k: int, seed: int = 0, cache_dir: str |
     vals /= np.sqrt(k)
     X = sp.csr_matrix((vals, (rows, cols)), shape=(n, m))
     if path:
-        tmp = path + ".tmp.npz"
-        sp.save_npz(tmp, X, compressed=False)
-        os.replace(tmp, path)
+        atomic_write(path, "wb", lambda f: sp.save_npz(f, X, compressed=False))
     return X
 
 
@@ -408,11 +407,7 @@ def main(argv=None) -> dict:
     out = Path(args.json) if args.json else HERE / "results" / (
         f"certificate_{time.strftime('%Y-%m-%d')}{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    from rankkit.cli import json_default
-
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=json_default) + "\n")
-    os.replace(tmp, out)
+    atomic_json(out, result, indent=1, default=json_default)
     txt = out.with_suffix(".txt")
     txt.write_text(log.getvalue())
     print(f"wrote {out} and {txt}")

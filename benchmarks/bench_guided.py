@@ -17,7 +17,6 @@ Writes ``benchmarks/results/bench_guided.json`` (+ ``.png``) unless ``--no-save`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from rankkit._io import atomic_json  # noqa: E402
 from rankkit_ext.guided import guided_generate
 from rankkit_ext.lm import tiny_gpt2
 from rankkit_ext.models import RADQ, RADV
@@ -116,9 +116,7 @@ def main(argv=None) -> list[dict]:
         meta = {"machine": _machine(dev), "preset": args.preset, "batch": args.batch,
                 "vocab": args.vocab, "new_tokens": T, "prompt_len": args.prompt_len, "rows": rows}
         name = f"bench_guided_{args.preset}_{dev.type}"
-        tmp = out / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, out / f"{name}.json")
+        atomic_json(out / f"{name}.json", meta, indent=2)
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

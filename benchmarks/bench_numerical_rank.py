@@ -12,7 +12,6 @@ ranks must agree. Prints the machine, sizes, seconds and the ratio peer / rankki
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -20,6 +19,7 @@ import time
 import numpy as np
 
 from rankkit._backend import HAS_TORCH
+from rankkit._io import atomic_json  # noqa: E402
 from rankkit.rank import numerical_rank
 
 
@@ -104,9 +104,7 @@ def main() -> None:
         print("  ranks agree" if len(ranks) == 1 else f"  RANKS DIFFER: {results}")
         del A
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=2)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_json(args.json, {"machine": machine(), "rows": rows}, indent=2)
 
 
 if __name__ == "__main__":

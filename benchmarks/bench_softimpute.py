@@ -34,6 +34,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from rankkit._io import atomic_write  # noqa: E402
+
 SIZES = {
     "S": (2_000, 1_000, 200_000, (20,)),
     "M": (20_000, 5_000, 1_000_000, (10, 20, 50)),
@@ -53,9 +55,7 @@ def make_data(size: str, sampling: str, seed: int = 0, cache_dir: str | None = N
         if os.path.exists(path):
             return sp.load_npz(path).tocsr()
         X = make_data(size, sampling, seed)
-        tmp = path + ".tmp.npz"
-        sp.save_npz(tmp, X, compressed=False)
-        os.replace(tmp, path)
+        atomic_write(path, "wb", lambda f: sp.save_npz(f, X, compressed=False))
         return X
     n, m, nnz, _ = SIZES[size]
     rng = np.random.default_rng(seed)

@@ -17,7 +17,6 @@ Writes ``benchmarks/results/bench_tsmc.json`` unless ``--no-save``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from rankkit._io import atomic_json  # noqa: E402
 from rankkit_ext.lm import tiny_gpt2
 from rankkit_ext.tsmc import HFCausalLM, LinearTwist, TablePotential, tsmc
 
@@ -86,11 +86,7 @@ def main(argv=None) -> list[dict]:
         print(f"{K:>6} {a:>15.0f} {b:>16.0f} {a / b:>7.2f}")
     if not args.no_save:
         out = Path(__file__).resolve().parent / "results" / "bench_tsmc.json"
-        out.parent.mkdir(exist_ok=True)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"machine": _machine(dev), "args": vars(args), "rows": rows},
-                                  indent=2))
-        os.replace(tmp, out)
+        atomic_json(out, {"machine": _machine(dev), "args": vars(args), "rows": rows}, indent=2)
     return rows
 
 

@@ -20,6 +20,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from rankkit._io import atomic_write  # noqa: E402
+
 
 def numpy_als(X: sp.csr_matrix, rank: int, lam: float, n_iter: int,
               seed: int = 0) -> tuple[list[float], list[float]]:
@@ -254,8 +256,7 @@ def spark_als(X: sp.csr_matrix, rank: int, lam: float, iters: tuple[int, int] = 
     if not os.path.exists(parquet):
         table = pa.table({"user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
                           "rating": coo.data.astype(np.float32)})
-        pq.write_table(table, parquet + ".tmp")
-        os.replace(parquet + ".tmp", parquet)
+        atomic_write(parquet, "wb", lambda f: pq.write_table(table, f))
     spark = (SparkSession.builder.master(master).appName("rankkit-bench-als")
              .config("spark.driver.memory", driver_memory).config("spark.ui.enabled", "false")
              .config("spark.ui.showConsoleProgress", "false")
