@@ -411,7 +411,6 @@ def fit_entries(model: RewardModel, prefixes, cols, values, *, steps: int = 1000
     cols : array_like of int, shape (m,)
     values : array_like of float, shape (m,)
     """
-    from tqdm.auto import tqdm
 
     prefixes = TokenSequences.from_encoding(prefixes) if not isinstance(
         prefixes, TokenSequences) else prefixes
@@ -426,21 +425,26 @@ def fit_entries(model: RewardModel, prefixes, cols, values, *, steps: int = 1000
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(1, steps)))
     curve_s, curve_m = [], []
     t0 = time.perf_counter()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    # no checkpoint (a full-batch fit of minutes); the loop gives it the same seeding
+    loop = OptimLoop("fit", None, total=steps, seed=seed, state={}, device=device,
+                     progress=progress)
+    with loop:
         model.train()
-        for step in tqdm(range(steps + 1), disable=not progress, desc="fit"):
+        for step in loop:
             pred = model(tokens, mask)[rows, last, label]
             loss = (pred.float() - target).pow(2).mean()
-            if step % eval_every == 0 or step == steps:
+            if step % eval_every == 0:
                 curve_s.append(step)
                 curve_m.append(float(loss.detach()))
-            if step == steps:
-                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            loop.done(float(loss.detach()))
+        with torch.no_grad():  # the curve's last point: the loss after the last update
+            curve_s.append(steps)
+            curve_m.append(float((model(tokens, mask)[rows, last, label].float()
+                                  - target).pow(2).mean()))
     model.eval()
     with torch.no_grad():
         final = float((model(tokens, mask)[rows, last, label].float() - target).pow(2).mean())
