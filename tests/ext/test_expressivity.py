@@ -2,9 +2,9 @@
 upper-triangular pattern with n > d, RAD-V fits P_Ω(R) while RAD-Q, whose R̂ has rank ≤ d
 (eq. 11), stays an order of magnitude worse.
 
-Sizes: d = 8, n = 48. At d = 16, n = 48 a rank-16 factorisation can reach MSE ≈ 5e-5 on
-this pattern (only the lower triangle is observed), so the bound would not force RAD-Q
-above 1e-4; at d = 8 the best rank-8 fit found by direct factorisation is ≈ 1.3e-3.
+Sizes: d = 8, n = 48. Rank-d matrices approach this pattern's observed cells only with
+large entries (at d = 8: MSE 9e-3 with max |X| 14, 2.5e-3 with 600, 7e-5 with 3e9), so the
+rank bound forces RAD-Q above 1e-4 at any scale a network produces in 800 steps.
 Same sizes, seed and settings as ``analyses/expressivity_upper_triangular.py --scale cpu``
 (RAD-V ≈ 3.9e-4, RAD-Q ≈ 1.4e-2 there). At this tiny scale RAD-V's final MSE depends on
 the initialisation (another init reached 1.8e-3 in 800 steps), so the settings are fixed.
