@@ -35,8 +35,9 @@ class RankComparison:
     hidden_size : int
         d, the width of the model's hidden state h(x).
     rank_bound : int or None
-        What the architecture allows: d for RAD-Q (eq. 10–11), None for RAD-V (its rank is
-        not limited by d, App. D.1).
+        What the architecture allows: ``model.rank_bound`` for RAD-Q (d, eq. 10–11; d + 1
+        with the MLP head and the baseline), None for RAD-V (its rank is not limited by d,
+        App. D.1).
     learned_rank : int
         Numerical rank of :math:`\\hat R` (``rankkit.numerical_rank``, App. D.4 cutoff).
     n_prefixes, n_columns : int
@@ -90,18 +91,22 @@ class RankComparison:
                     else "no ε-rank certified for the data")
             return (f"RAD-V: the rank of R̂ is not limited by d = {d} (App. D.1); the learned "
                     f"matrix uses rank {self.learned_rank}, {need}")
-        if d < lo:
-            return (f"d = {d} < {lo} ≤ minrank_Ω(R): RAD-Q (rank R̂ ≤ d) cannot fit the "
-                    f"observed entries exactly")
-        if up is not None and d >= up:
-            return (f"d = {d} ≥ {up} ≥ minrank_Ω,ε(R): a rank-d matrix fits the observed "
+        b = self.rank_bound  # d, or d + 1 for the MLP head with the baseline
+        what = "d" if b == d else "d + 1"
+        if b < lo:
+            return (f"{what} = {b} < {lo} ≤ minrank_Ω(R): RAD-Q (rank R̂ ≤ {what}) cannot fit "
+                    f"the observed entries exactly")
+        if up is not None and b >= up:
+            return (f"{what} = {b} ≥ {up} ≥ minrank_Ω,ε(R): a rank-{b} matrix fits the observed "
                     f"entries to MSE ≤ ε = {self.eps:g}, so rank does not limit RAD-Q here")
-        return (f"d = {d} lies between the certified bounds ({lo} ≤ minrank_Ω(R), "
+        return (f"{what} = {b} lies between the certified bounds ({lo} ≤ minrank_Ω(R), "
                 f"minrank_Ω,ε(R) ≤ {up}): the certificates do not decide")
 
     def summary(self) -> str:
-        bound = (f"rank(R̂) ≤ d = {self.hidden_size} (eq. 10–11)" if self.rank_bound is not None
-                 else f"rank(R̂) not limited by d = {self.hidden_size} (App. D.1)")
+        bound = ("rank(R̂) not limited by d (App. D.1)" if self.rank_bound is None
+                 else f"rank(R̂) ≤ d = {self.hidden_size} (eq. 10–11)"
+                 if self.rank_bound == self.hidden_size
+                 else f"rank(R̂) ≤ d + 1 = {self.rank_bound} (MLP head + baseline)")
         up = "none certified" if self.data_upper is None else f"≤ {self.data_upper}"
         lines = [
             f"rank comparison ({self.model_kind}, label {self.label!r})",
@@ -250,7 +255,7 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
     kind = "RADQ" if isinstance(model, RADQ) else "RADV"
     d = int(model.hidden_size)
     return RankComparison(
-        model_kind=kind, hidden_size=d, rank_bound=d if kind == "RADQ" else None,
+        model_kind=kind, hidden_size=d, rank_bound=model.rank_bound if kind == "RADQ" else None,
         learned_rank=int(learned_rank), n_prefixes=int(R_hat.shape[0]),
         n_columns=int(R_hat.shape[1]), dtype=str(R_hat.dtype), singular_values=np.asarray(s),
         cutoff=cutoff, data_lower=int(estimate.lower),

@@ -544,7 +544,9 @@ class RADQ(RewardModel):
     with e(v) the backbone's frozen output embedding and g = identity (``head="linear"``)
     or a two-layer GELU MLP (``head="mlp"``, the ablation of App. G.2.2 read as an MLP on
     h before the bilinear form; eq. 19 as printed has mismatched shapes). Stacking the
-    prefixes gives R̂ = H(w1ᵀ + WE), so rank(R̂) ≤ d (eq. 10–11).
+    prefixes gives R̂ = H(w1ᵀ + WE), so rank(R̂) ≤ d (eq. 10–11), for the linear head or
+    without the baseline. With the MLP head *and* the baseline the two left factors differ,
+    R̂ = Hw1ᵀ + g(H)WE, and the bound is d + 1 (:attr:`rank_bound`).
 
     Parameters
     ----------
@@ -580,6 +582,11 @@ class RADQ(RewardModel):
 
     def _options(self):
         return {"baseline": self.baseline, "head": self.head_type}
+
+    @property
+    def rank_bound(self) -> int:
+        """The most rank R̂ can have: d, or d + 1 with the MLP head and the baseline."""
+        return self.hidden_size + int(self.head_type == "mlp" and self.baseline)
 
     def _u(self, h):
         """W g(h): (..., n_labels, d), the prefix side of Δr̂."""

@@ -71,12 +71,12 @@ def _left(prefixes, pad, device, width=None):
 def assert_rank_at_most_hidden(model, prefixes, *, label=0, bound: int | None = None) -> int:
     r"""RAD-Q's learned matrix :math:`\hat R = H(w\mathbf 1^\top + WE)` has rank ≤ d
     (paper 002, eq. 10–11): ``numerical_rank(learned_matrix(model, prefixes)) <= bound``,
-    ``bound`` = ``model.hidden_size`` by default. Needs more prefixes and vocabulary tokens
+    ``bound`` = ``model.rank_bound`` by default. Needs more prefixes and vocabulary tokens
     than the bound to have power.
 
     With the MLP head (``RADQ(head="mlp")``) and the baseline, :math:`\hat R = g(H)WE +
-    Hw\mathbf 1^\top`: the two left factors differ, so the bound is d + 1 (pass
-    ``bound=d + 1``); without the baseline it is d again.
+    Hw\mathbf 1^\top`: the two left factors differ, so ``model.rank_bound`` is d + 1;
+    without the baseline it is d again.
 
     Returns the rank.
     """
@@ -85,7 +85,7 @@ def assert_rank_at_most_hidden(model, prefixes, *, label=0, bound: int | None = 
     from .learned import learned_matrix
 
     R = learned_matrix(model, prefixes, label=label)
-    d = int(model.hidden_size) if bound is None else int(bound)
+    d = int(getattr(model, "rank_bound", model.hidden_size)) if bound is None else int(bound)
     if min(R.shape) <= d:
         raise ValueError(f"the learned matrix is {R.shape}: the contract needs more than {d} "
                          "prefixes and vocabulary tokens to be able to fail")
@@ -93,7 +93,7 @@ def assert_rank_at_most_hidden(model, prefixes, *, label=0, bound: int | None = 
     if r > d:
         raise AssertionError(f"{type(model).__name__}: learned matrix {R.shape} has numerical "
                              f"rank {r} > {d} (hidden size d = {model.hidden_size}; eq. 11 "
-                             "bounds it by d)")
+                             f"bounds it by {d})")
     return r
 
 

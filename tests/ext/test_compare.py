@@ -107,3 +107,15 @@ def test_any_dataset_form_through_as_dataset(data):
     model = _model(RADQ, 8)
     rep = compare_rank(model, (ds.sequences.to_lists(), ds.responses.tolist()))
     assert (rep.data_lower, rep.data_upper) == (N, N) and rep.n_prefixes == N + 1
+
+
+def test_mlp_head_with_baseline_is_bounded_by_d_plus_one(data):
+    # R-hat = H w 1^T + g(H) W E: two left factors, so the architecture allows rank d + 1
+    ds, est = data
+    lm = tiny_causal_lm("llama", vocab_size=2 * N + 1, hidden_size=4, n_layer=1, n_head=2,
+                        bos_token_id=2 * N, seed=0)
+    rep = compare_rank(RADQ(lm, head="mlp", seed=0).eval(), ds, estimate=est)
+    assert rep.rank_bound == 5 and rep.learned_rank <= 5
+    assert "d + 1 = 5" in rep.summary() and "d + 1 = 5" in rep.verdict
+    lin = compare_rank(_model(RADQ, 4), ds, estimate=est)
+    assert lin.rank_bound == 4 and "d + 1" not in lin.summary()

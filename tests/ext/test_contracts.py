@@ -84,10 +84,11 @@ def test_radq_rank_bound_holds_and_radv_can_exceed_it(arch):
     # the MLP head with the baseline, g(H) W E + H w 1^T, has two left factors: rank d + 1
     # (reached by the Llama backbone here), so eq. 11's d holds for the linear head only
     mlp = _reward_model("radq-mlp", arch)
-    assert T.assert_rank_at_most_hidden(mlp, prefixes, bound=D + 1) <= D + 1
+    assert mlp.rank_bound == D + 1 and _reward_model("radq", arch).rank_bound == D
+    assert T.assert_rank_at_most_hidden(mlp, prefixes) <= D + 1  # default: model.rank_bound
     if arch == "llama":
         with pytest.raises(AssertionError, match=rf"rank {D + 1} > {D}"):
-            T.assert_rank_at_most_hidden(mlp, prefixes)
+            T.assert_rank_at_most_hidden(mlp, prefixes, bound=D)
     if arch == "llama":
         # power: RAD-V's candidate passes through every layer, so its matrix can exceed
         # rank d (App. D.1); it does for this one (a freshly initialised GPT-2 is too
