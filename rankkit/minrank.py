@@ -737,11 +737,11 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
 class _SearchBase:
     """Ranks evaluated once each, the best certificate, checkpoint bookkeeping."""
 
-    def __init__(self, R2, label, *, eps, progress, checkpoint_dir, settings):
+    def __init__(self, R2, label, *, eps, progress, checkpoint_dir, settings, cap=None):
         from tqdm.auto import tqdm
 
         self.R2, self.label, self.eps = R2, label, eps
-        self.cap = rank_cap(R2)
+        self.cap = rank_cap(R2) if cap is None else int(cap)
         self.full = min(R2.shape)
         self.mse: dict[int, float] = {}
         self.converged: dict[int, bool] = {}
@@ -771,9 +771,16 @@ class _SearchBase:
     def passes(self, r: int) -> bool:
         return self.ok[r]
 
+    def _zero_mse(self) -> float:
+        """MSE of the zero matrix over Ω₂ (the sharded search sums over its ranks)."""
+        return float(np.mean(self.R2.label_values(self.label) ** 2)) if self.R2.nnz else 0.0
+
+    def _observed_mse(self, fit) -> float:
+        """The verified MSE of a fit over Ω₂ (the sharded search reduces over its ranks)."""
+        return observed_mse(self.R2, fit, self.label)
+
     def _zero(self, r: int) -> bool:
-        vals = self.R2.label_values(self.label)
-        self.mse[r] = float(np.mean(vals ** 2)) if self.R2.nnz else 0.0
+        self.mse[r] = self._zero_mse()
         self.converged[r] = True
         self.ok[r] = self.mse[r] <= self.eps
         self.trials.append(dict(rank=r, method="zero matrix", n_iter=0, seconds=0.0,
@@ -827,9 +834,10 @@ class _Search(_SearchBase):
     """soft-impute at each rank (the paper's methodology), warm-started from the previous fit."""
 
     def __init__(self, R2, label, *, eps, lam, max_iter, thresh, backend, device, seed, progress,
-                 checkpoint_dir):
+                 checkpoint_dir, cap=None):
         super().__init__(R2, label, eps=eps, progress=progress, checkpoint_dir=checkpoint_dir,
-                         settings=dict(lam=lam, max_iter=max_iter, thresh=thresh, seed=seed))
+                         settings=dict(lam=lam, max_iter=max_iter, thresh=thresh, seed=seed),
+                         cap=cap)
         self.lam = lam
         self.kw = dict(label=label, max_iter=max_iter, thresh=thresh, backend=backend,
                        device=device, seed=seed, progress=progress)
@@ -845,7 +853,7 @@ class _Search(_SearchBase):
         t = time.perf_counter()
         res = self._fit(k)
         self.fits[r] = res
-        self.mse[r] = observed_mse(self.R2, res, self.label)
+        self.mse[r] = self._observed_mse(res)
         self.converged[r] = bool(res.converged)
         self.ok[r] = self.mse[r] <= self.eps
         self.trials.append(dict(rank=r, method="soft-impute", n_iter=int(res.n_iter),

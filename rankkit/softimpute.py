@@ -231,11 +231,10 @@ def _check_scale(x: np.ndarray) -> None:
                              f"over {x.size:,} cells; rescale the labels (e.g. divide by {top:.1g})")
 
 
-def _warm_factors(warm_start, n: int, m: int, k: int, rng: np.random.Generator):
-    """(U, Dsq, V, from_warm) in float64 following R's warm.start rules."""
-    if warm_start is None:
-        U = np.linalg.svd(rng.standard_normal((n, k)), full_matrices=False)[0]
-        return U, np.ones(k), np.zeros((m, k)), False
+def warm_parts(warm_start, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, d, v) float64 of a warm start: a SoftImputeResult, or a dict with 'u' (n×j) and
+    optionally 'd' (j, default ones) and 'v' (m×j, default zeros), keys in any case. Shapes
+    are checked by the caller, which knows which rows it holds."""
     if isinstance(warm_start, SoftImputeResult):
         u, d, v = warm_start.U, warm_start.d, warm_start.V
     elif isinstance(warm_start, dict):
@@ -253,7 +252,15 @@ def _warm_factors(warm_start, n: int, m: int, k: int, rng: np.random.Generator):
     else:
         raise TypeError("warm_start must be None, a SoftImputeResult or a dict with 'u' (and optionally "
                         f"'d', 'v'), got {type(warm_start).__name__}")
-    u, d, v = (np.asarray(a, dtype=np.float64) for a in (u, d, v))
+    return tuple(np.asarray(a, dtype=np.float64) for a in (u, d, v))
+
+
+def _warm_factors(warm_start, n: int, m: int, k: int, rng: np.random.Generator):
+    """(U, Dsq, V, from_warm) in float64 following R's warm.start rules."""
+    if warm_start is None:
+        U = np.linalg.svd(rng.standard_normal((n, k)), full_matrices=False)[0]
+        return U, np.ones(k), np.zeros((m, k)), False
+    u, d, v = warm_parts(warm_start, m)
     if u.shape[0] != n or v.shape[0] != m or u.shape[1] != d.size or v.shape[1] != d.size:
         raise ValueError(f"warm_start shapes u {u.shape}, d {d.shape}, v {v.shape} do not fit a {n}×{m} "
                          f"matrix: need u (n, j), d (j,), v (m, j) with n={n}, m={m}")

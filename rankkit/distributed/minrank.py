@@ -49,52 +49,32 @@ def _global_rank_cap(S2: ShardedRewardMatrix, comm: Comm) -> int:
     return int(min(S2.shape[0], S2.shape[1], row_max, int(col.max())))
 
 
-class _ShardedSearch(_mr._SearchBase):
-    """The soft-impute rank search of :class:`rankkit.minrank._Search` on sharded fits."""
+class _ShardedSearch(_mr._Search):
+    """The soft-impute rank search of :class:`rankkit.minrank._Search` on sharded fits: the
+    same search and bookkeeping; the rank cap, the fits and their MSE reduce over the ranks."""
 
-    def __init__(self, S2, label, comm, *, eps, lam, max_iter, thresh, backend, device, seed, progress):
-        from tqdm.auto import tqdm
+    def __init__(self, S2, label, comm, *, eps, lam, max_iter, thresh, backend, device, seed,
+                 progress):
+        self.comm = comm
+        super().__init__(S2, label, eps=eps, lam=lam, max_iter=max_iter, thresh=thresh,
+                         backend=backend, device=device, seed=seed, progress=progress,
+                         checkpoint_dir=None, cap=_global_rank_cap(S2, comm))
 
-        self.R2, self.label, self.eps, self.comm = S2, label, eps, comm
-        self.cap = _global_rank_cap(S2, comm)
-        self.full = min(S2.shape)
-        self.mse, self.converged, self.ok, self.fits = {}, {}, {}, {}
-        self.trials: list[dict] = []
-        self.bar = tqdm(desc="min rank", unit="rank", disable=not progress, leave=False)
-        self.ckpt = None
-        self.lam = lam
-        self.kw = dict(label=label, max_iter=max_iter, thresh=thresh, backend=backend, device=device, seed=seed,
-                       progress=progress)
-
-    def _zero(self, r):
+    def _zero_mse(self) -> float:
         x = self.R2.local.label_values(self.label)
         ss = self.comm.allreduce_scalar(float(np.dot(x, x)), "zero-matrix MSE")
-        self.mse[r] = ss / self.R2.nnz if self.R2.nnz else 0.0
-        self.converged[r] = True
-        self.ok[r] = self.mse[r] <= self.eps
-        self.trials.append(dict(rank=r, method="zero matrix", n_iter=0, seconds=0.0, mse=self.mse[r],
-                                passed=self.ok[r], stop="target"))
-        return self._done(r)
+        return ss / self.R2.nnz if self.R2.nnz else 0.0
 
-    def evaluate(self, r: int, phase: str = "list") -> bool:
-        if r in self.mse:
-            return self.passes(r)
-        if r == 0 or self.R2.nnz == 0:
-            return self._zero(r)
-        k = min(r, self.full)
-        t = time.perf_counter()
+    def _observed_mse(self, fit) -> float:
+        return observed_mse(self.R2, fit, self.label, self.comm)
+
+    def _fit(self, k: int) -> SoftImputeResult:
         smaller = [q for q in self.fits if q < k]
         warm = self.fits[max(smaller)] if smaller else None
-        res = soft_impute(self.R2, k, self.lam, comm=self.comm, warm_start=warm, gather=False, **self.kw)
+        res = soft_impute(self.R2, k, self.lam, comm=self.comm, warm_start=warm, gather=False,
+                          **self.kw)
         res.meta["sharded"] = True
-        self.fits[r] = res
-        self.mse[r] = observed_mse(self.R2, res, self.label, self.comm)
-        self.converged[r] = bool(res.converged)
-        self.ok[r] = self.mse[r] <= self.eps
-        self.trials.append(dict(rank=r, method="soft-impute", n_iter=int(res.n_iter),
-                                seconds=time.perf_counter() - t, mse=self.mse[r], passed=self.ok[r],
-                                stop="thresh" if res.converged else "max_iter"))
-        return self._done(r)
+        return res
 
 
 def _gather_fit(res: SoftImputeResult, S2: ShardedRewardMatrix, comm: Comm) -> SoftImputeResult | None:

@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 
 from .._backend import resolve_backend
 from .._kernels import _Kernels, make_kernels
-from ..softimpute import SoftImputeResult, _FileCheckpoint, _run, final_step
+from ..softimpute import SoftImputeResult, _FileCheckpoint, _run, final_step, warm_parts
 from ._comm import Comm, get_comm
 from .build import ShardedRewardMatrix, shard_rows
 
@@ -213,22 +213,7 @@ def _start(K: ShardedKernels, warm_start, n: int, m: int, k: int, rows: np.ndarr
 
     if warm_start is None:
         return orth(_global_normal_rows(n, k, rows, rng)), np.ones(k), np.zeros((m, k))
-    if isinstance(warm_start, SoftImputeResult):
-        u, d, v = warm_start.U, warm_start.d, warm_start.V
-    elif isinstance(warm_start, dict):
-        keys = {key.lower(): val for key, val in warm_start.items()}
-        if "u" not in keys:
-            raise ValueError("warm_start dict needs 'u' (n×j); 'd' (j,) and 'v' (m×j) are optional "
-                             f"(default ones and zeros); got keys {sorted(warm_start)}")
-        u = np.asarray(keys["u"], dtype=np.float64)
-        u = u[:, None] if u.ndim == 1 else u
-        d = np.asarray(keys.get("d", np.ones(u.shape[1])), dtype=np.float64).reshape(-1)
-        v = np.asarray(keys["v"], dtype=np.float64) if "v" in keys else np.zeros((m, u.shape[1]))
-        v = v[:, None] if v.ndim == 1 else v
-    else:
-        raise TypeError("warm_start must be None, a SoftImputeResult or a dict with 'u' (and optionally "
-                        f"'d', 'v'), got {type(warm_start).__name__}")
-    u, d, v = (np.asarray(a, dtype=np.float64) for a in (u, d, v))
+    u, d, v = warm_parts(warm_start, m)
     local = isinstance(warm_start, SoftImputeResult) and warm_start.meta.get("sharded", False)
     if not local:
         if u.shape[0] != n:

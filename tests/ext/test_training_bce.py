@@ -23,34 +23,9 @@ from rankkit_ext.training import (  # noqa: E402
     train,
 )
 
+from .test_training import TOL, V, backbone, dataset, padded  # noqa: E402  (shared set-up)
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-V = 30
-TOL = 100 * torch.finfo(torch.float32).eps
-
-
-def backbone(seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2, n_positions=16,
-                                  bos_token_id=V - 1, eos_token_id=V - 1, resid_pdrop=0.0,
-                                  embd_pdrop=0.0, attn_pdrop=0.0)
-    return transformers.GPT2LMHeadModel(cfg)
-
-
-def dataset(n=12, n_labels=2, seed=0, max_len=6):
-    rng = np.random.default_rng(seed)
-    seqs = [rng.integers(0, V - 1, rng.integers(1, max_len + 1)).tolist() for _ in range(n)]
-    return RewardDataset(seqs, rng.random((n, n_labels)), vocab_size=V)
-
-
-def padded(seqs):
-    L = max(len(s) for s in seqs)
-    tokens = torch.zeros(len(seqs), L, dtype=torch.long)
-    mask = torch.zeros_like(tokens)
-    for i, s in enumerate(seqs):
-        tokens[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return tokens, mask
 
 
 def slow_bce(r: float, y: float) -> float:
