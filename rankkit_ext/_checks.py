@@ -64,6 +64,15 @@ def check_step_values(x: torch.Tensor, live: torch.Tensor, source: str, step: in
     without this check a NaN is read as −∞ downstream (every particle killed, log Ẑ = −∞ with
     no error) or reaches ``torch.multinomial`` inside ``generate`` as a crash.
     """
+    # one pass screens every row: a row sum is NaN or ±inf whenever the row holds a NaN or an
+    # infinity (a finite sum cannot hide one), so the element-wise masks below run only for
+    # rows that may be bad, i.e. almost never on a hot path
+    tot = x.sum(-1)
+    suspect = torch.isnan(tot) | (tot == math.inf)
+    if not allow_neg_inf:
+        suspect |= tot == -math.inf
+    if not bool((suspect & live.reshape(tot.shape)).any()):
+        return
     bad = torch.isnan(x) | (x == math.inf)
     if not allow_neg_inf:
         bad |= x == -math.inf
