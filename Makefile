@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install stress lint figures clean
+.PHONY: demo test install stress lint figures docs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,15 @@ stress: $(STAMP)
 	$(VENV)/bin/rankkit stress
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check rankkit rankkit_ext tests analyses benchmarks
+	$(VENV)/bin/ruff check rankkit rankkit_ext tests analyses benchmarks docs
 
 figures: $(STAMP)
 	$(VENV)/bin/rankkit figures
 
+# The API reference (from the numpydoc docstrings) and the two example notebooks, rendered
+# as stored: offline, every warning an error. Open docs/_build/html/index.html.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -j 1 -b html -d docs/_build/doctrees docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache docs/_build docs/_generated

@@ -20,7 +20,7 @@ independently:
   tolerance is involved.
 * **fully observed block**. If every cell of rows I × columns J is observed, every
   completion contains that block, so its rank is ≥ rank(R[I, J]). The block's rank is
-  NumPy's numerical rank (cutoff σ_max · max(|I|, |J|) · eps, App. D.4). A backward-stable
+  NumPy's numerical rank (cutoff σ_max · max(:math:`|I|`, :math:`|J|`) · eps, App. D.4). A backward-stable
   SVD perturbs singular values by a small multiple of eps·σ_max, below that cutoff, so the
   numerical rank does not exceed the exact rank of the stored block.
 
@@ -199,7 +199,7 @@ def triangular_bound(R, *, label: int | str = 0, transpose: bool = True) -> Tria
     -----
     The greedy builds pairs (i_t, j_t) while keeping the set S of rows that may still
     follow. Start with S = rows holding an observed nonzero. At each step choose a column j
-    with an observed nonzero in some row of S, maximising |S ∩ Z(j)| where Z(j) are the
+    with an observed nonzero in some row of S, maximising :math:`|S ∩ Z(j)|` where Z(j) are the
     rows with an observed zero in column j; take any i ∈ S with R[i, j] ≠ 0 and set
     S ← S ∩ Z(j). Stop when no column has a nonzero in S.
 
@@ -209,7 +209,7 @@ def triangular_bound(R, *, label: int | str = 0, transpose: bool = True) -> Tria
     out of S; columns are distinct because i_s is nonzero at j_s and zero at every earlier
     j_t. Hence det ≠ 0 and every completion has rank ≥ k.
 
-    Counts |S ∩ Z(j)| are updated as rows leave S, so one pass costs O(nnz + k·m).
+    Counts :math:`|S ∩ Z(j)|` are updated as rows leave S, so one pass costs O(nnz + k·m).
     On ``rankkit.synthetic.upper_triangular(n)`` (under any row/column permutation) the
     greedy returns k = n, which is the exact minimal rank.
     """
@@ -278,11 +278,11 @@ def full_block_bound(R, *, label: int | str = 0, max_seeds: int = 16) -> BlockCe
     Notes
     -----
     From a seed row s, J = columns of s and I = {s}; repeatedly add the row observed on
-    the most columns of J and shrink J to that overlap. Since rank(R[I, J]) ≤ min(|I|, |J|),
-    the step maximising min(|I|, |J|) is kept and its numerical rank computed (at most one
+    the most columns of J and shrink J to that overlap. Since rank(R[I, J]) ≤ min(:math:`|I|`, :math:`|J|`),
+    the step maximising min(:math:`|I|`, :math:`|J|`) is kept and its numerical rank computed (at most one
     SVD per seed, skipped when the block's nonzero rows or columns are too few to beat
-    the best rank so far); growth stops once |I| ≥ |J| (after adding, in one step, every
-    row observed on all of J: they leave J unchanged and can only raise the rank) or once |J|
+    the best rank so far); growth stops once :math:`|I|` ≥ :math:`|J|` (after adding, in one step, every
+    row observed on all of J: they leave J unchanged and can only raise the rank) or once :math:`|J|`
     cannot beat the best rank.
     Cost per seed: O(nnz) for the overlaps plus O(n + m) per added row.
     """

@@ -7,7 +7,7 @@ Any partially observed matrix has an *exact* completion of rank
     c = \min\bigl(n, m, \max_i |S_i|, \max_j |T_j|\bigr),
     \qquad S_i = \{j : (i, j) \in \Omega\},\ T_j = \{i : (i, j) \in \Omega\}:
 
-pick a generic V ∈ ℝ^{m×c}; each row's system u_i V_{S_i}ᵀ = x_{S_i} has |S_i| ≤ c equations
+pick a generic V ∈ ℝ^{m×c}; each row's system u_i V_{S_i}ᵀ = x_{S_i} has :math:`|S_i|` ≤ c equations
 and, almost surely, full row rank, so it is solvable (and the same on the columns).
 :func:`rankkit.estimate_min_rank` falls back on it when no fitted certificate reaches ε.
 """
@@ -63,11 +63,11 @@ def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *
                      label: int | str = 0, chunk_elems: int = 1 << 22):
     r"""An exact completion of P_Ω(R) of rank ≤ ``rank``: a constructive, λ-free certificate.
 
-    Construction (row side, used when max_i |S_i| ≤ k): draw a Gaussian V ∈ ℝ^{m×k}
-    (seeded). Almost surely every submatrix V_{S_i} (|S_i| × k, |S_i| ≤ k) has full row
+    Construction (row side, used when max_i :math:`|S_i|` ≤ k): draw a Gaussian V ∈ ℝ^{m×k}
+    (seeded). Almost surely every submatrix V_{S_i} (:math:`|S_i|` × k, :math:`|S_i|` ≤ k) has full row
     rank, so u_i = V_{S_i}ᵀ (V_{S_i} V_{S_i}ᵀ)⁻¹ x_{S_i} (minimum-norm least squares,
     computed by QR) solves u_i V_{S_i}ᵀ = x_{S_i} exactly and U Vᵀ agrees with R on Ω.
-    When only the columns are short (max_j |T_j| ≤ k) the same is done on Rᵀ
+    When only the columns are short (max_j :math:`|T_j|` ≤ k) the same is done on Rᵀ
     (:meth:`RewardMatrix.transpose`) with a Gaussian U. The factors are returned in SVD
     form (QR of both factors and an SVD of the k × k core) as a
     :class:`rankkit.softimpute.SoftImputeResult` with ``lam = 0``, ``backend =

@@ -20,7 +20,7 @@ of a point, the thin SVD form (U, s, V):
 
 ``"als"`` — alternating least squares on Ω only (Hastie et al. 2015, §3; Koren et al.):
     with M = A Bᵀ, each half-step solves for every row exactly
-    a_i = argmin_a ‖x_{S_i} − B_{S_i} a‖² + ρ‖a‖² (minimum-norm when ρ = 0 and |S_i| < k),
+    a_i = argmin_a ‖x_{S_i} − B_{S_i} a‖² + ρ‖a‖² (minimum-norm when ρ = 0 and :math:`|S_i|` < k),
     then the same for the columns. With ρ > 0 it minimises
     ½‖P_Ω(ABᵀ − X)‖² + ρ/2 (‖A‖² + ‖B‖²), whose minimum over balanced factors is f.
 ``"rcg"`` — Riemannian conjugate gradient on the manifold of rank-k matrices
@@ -60,7 +60,7 @@ two) ALS' minimum-norm half-steps inflate the unobserved entries and crawl throu
 that RLM crosses in a few dozen steps (vader:tweets Ω₂, rank 5: RLM reaches MSE 1.8e-7 in
 35 steps; ALS stalls at 3e-5 with entries up to 151).
 
-Start: the top-k SVD of the rescaled observed matrix P_Ω(X)/p, p = |Ω|/(n m) (Keshavan,
+Start: the top-k SVD of the rescaled observed matrix P_Ω(X)/p, p = :math:`|Ω|`/(n m) (Keshavan,
 Montanari & Oh 2010), with its singular values refitted by least squares on Ω; random
 restarts are an option. A warm start (a previous result or ``{"u", "d", "v"}``) is
 truncated to its top k triplets or padded with the top singular triplets of the rescaled
@@ -696,8 +696,8 @@ class FixedRank:
     rho : float, default 1e-4
     **kwargs : any keyword of :func:`fixed_rank_fit`.
 
-    Attributes (after ``fit``)
-    --------------------------
+    Attributes
+    ----------
     U_, d_, V_ : ndarrays (n, k), (k,), (m, k)
     result_ : SoftImputeResult
     mse_ : float

@@ -36,7 +36,7 @@ class RewardMatrix:
     Attributes
     ----------
     shape : (int, int)
-        (number of prefixes N, vocabulary size |V|).
+        (number of prefixes N, vocabulary size :math:`|V|`).
     indptr : ndarray of int64, shape (N + 1,)
     indices : ndarray of int32, shape (nnz,)
         Column (token id) of each observed cell; sorted within each row.
@@ -206,7 +206,7 @@ class RewardMatrix:
         Notes
         -----
         One counting sort by column (scipy's CSR → CSC conversion) on the cell positions,
-        O(nnz + N + |V|). Within each column the conversion visits rows in ascending
+        O(nnz + N + :math:`|V|`). Within each column the conversion visits rows in ascending
         order, so the columns of every row of Rᵀ come out sorted. The positions are stored
         shifted by one so that no entry is zero and nothing can be dropped on the way.
 

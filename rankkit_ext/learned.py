@@ -22,7 +22,7 @@ __all__ = ["learned_matrix", "sample_prefixes", "delta_spread"]
 def sample_prefixes(dataset, n: int, seed: int = 0) -> list[list[int]]:
     """``n`` i.i.d. training prefixes x' = u_{<t} of D_f (paper 002, eq. 3): a uniformly drawn
     utterance u of ``dataset`` (a :class:`~rankkit.RewardDataset`) and a uniformly drawn
-    t ∈ {1, …, |u|} (the empty prefix, t = 1, included) — the rows of R̂ in Fig. 2, 7 and 9.
+    t ∈ {1, …, :math:`|u|`} (the empty prefix, t = 1, included) — the rows of R̂ in Fig. 2, 7 and 9.
     The same ``seed`` gives the same prefixes."""
     rng = np.random.default_rng(seed)
     seqs = dataset.sequences
@@ -71,9 +71,9 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
 
     Notes
     -----
-    RAD-Q costs one backbone pass per prefix batch and one (B, d) × (d, |V|) product.
-    RAD-V costs one pass per prefix batch plus N·|V| single-token passes on cached
-    prefixes; this is the N·|V| reward-model calls of §3.1.2.
+    RAD-Q costs one backbone pass per prefix batch and one (B, d) × (d, :math:`|V|`) product.
+    RAD-V costs one pass per prefix batch plus N·:math:`|V|` single-token passes on cached
+    prefixes; this is the N·:math:`|V|` reward-model calls of §3.1.2.
     """
     from tqdm.auto import tqdm
 

@@ -20,7 +20,7 @@ before each row's first real token, never relying on BOS == pad) returns
 extended by exactly one column runs the backbone on that column only (KV cache). A state
 is immutable: scoring candidates and extending never modify it, so one state can be
 extended along several branches, and :meth:`ScoringState.select` re-indexes its rows
-(resampling, beams). :meth:`RADQ.score_vocab` scores all |V| tokens.
+(resampling, beams). :meth:`RADQ.score_vocab` scores all :math:`|V|` tokens.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class RewardModel(nn.Module):
                 and self.backbone.get_output_embeddings() is not None)
 
     def output_embedding_weight(self) -> torch.Tensor:
-        """e(·) as a (|V|, d) tensor: the LM head weight, or the (tied) input embedding
+        """e(·) as a (:math:`|V|`, d) tensor: the LM head weight, or the (tied) input embedding
         when the backbone is a base model without an LM head."""
         out = self.backbone.get_output_embeddings() if hasattr(
             self.backbone, "get_output_embeddings") else None
@@ -600,7 +600,7 @@ class RADQ(RewardModel):
 
     def delta(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Δr̂(e(v) | h) for one token per hidden vector: h (..., d), tokens (...) →
-        (..., n_labels). Gathers e(v) first, never a (…, |V|) tensor."""
+        (..., n_labels). Gathers e(v) first, never a (…, :math:`|V|`) tensor."""
         e = self.output_embedding_weight()[tokens]
         return torch.einsum("...nd,...d->...n", self._u(h), e.to(h.dtype))
 
@@ -629,7 +629,7 @@ class RADQ(RewardModel):
 
     def score_vocab(self, input_ids, attention_mask, *, label: int | str = 0,
                     state: ScoringState | None = None):
-        """Scores of all |V| tokens, (B, |V|): one matrix product u Eᵀ plus the baseline."""
+        """Scores of all :math:`|V|` tokens, (B, :math:`|V|`): one matrix product u Eᵀ plus the baseline."""
         li = self.label_index(label)
         state = self.prefix_state(input_ids, attention_mask, state)
         h = state.hidden

@@ -50,7 +50,7 @@ def vader_scorer() -> Scorer:
 
     Returns :math:`(c + 1) / 2` with VADER's compound score :math:`c \\in [-1, 1]`; VADER's
     own convention calls a text positive when :math:`c \\ge 0.05`, i.e. score ``>= 0.525``
-    (pass ``threshold=0.525`` to :func:`positive_rate` to use it). Requires the
+    (pass ``threshold=0.525`` to :func:`~rankkit_ext.metrics.positive_rate` to use it). Requires the
     ``vaderSentiment`` package.
     """
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer

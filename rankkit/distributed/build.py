@@ -52,7 +52,7 @@ _MAX_ROUTE_LEN = 4
 
 @dataclass(frozen=True, eq=False)
 class ShardedRewardMatrix:
-    """One rank's rows of a row-partitioned :class:`RewardMatrix`.
+    """One rank's rows of a row-partitioned :class:`~rankkit.RewardMatrix`.
 
     Attributes
     ----------

@@ -54,7 +54,7 @@ class HFCausalLM:
         What a step returns first: float64 :math:`\log p_{LM}(\cdot\mid s_{<t})` (the
         twist-induced proposal, exact enumeration) or the model's raw last-position logits
         in its own dtype (the reward-guided proposal needs only the top-k and one
-        logsumexp, and a float64 copy of (n, |V|) per step would cost as much as the LM
+        logsumexp, and a float64 copy of (n, :math:`|V|`) per step would cost as much as the LM
         head on CPU).
     pad_token_id : int, optional
         Id written into the left padding of a prompt batch (masked, never attended);

@@ -160,7 +160,7 @@ class CopyTwist(Twist):
     In the samplers the copy keeps its own KV cache: the prompt is run once and its cache
     shared by the K particles, every step feeds one token per particle, resampling reorders
     the rows by the same ancestor indices as the base cache. Teacher forcing
-    (:meth:`sequence_log_psi`, used by CTL and :func:`~rankkit_ext.tsmc.sampler.score_sequences`)
+    (``sequence_log_psi``, used by CTL and :func:`~rankkit_ext.tsmc.sampler.score_sequences`)
     runs one forward of the copy over prompt + continuation, with gradients.
 
     Parameters

@@ -1,0 +1,72 @@
+"""The documentation site builds offline with every warning an error (``make docs``).
+
+Docstrings are reST: a stray ``|V|`` (a substitution), a misplaced numpydoc section or a
+cross-reference to nothing breaks the build, so this test is where such slips surface.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+for _module in ("sphinx", "numpydoc", "myst_nb", "furo"):
+    pytest.importorskip(_module, reason=f"{_module} is not installed: pip install -e '.[docs]'")
+# the rankkit_ext pages import the extension
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import rankkit  # noqa: E402
+import rankkit_ext  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _title(notebook: Path) -> str:
+    """The notebook's first heading, as the page shows it."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    first = next(c for c in cells if c["cell_type"] == "markdown")
+    return "".join(first["source"]).splitlines()[0].lstrip("# ").strip()
+
+
+def _public_objects(package) -> list[str]:
+    return [name for name in package.__all__
+            if not isinstance(getattr(package, name), type(package))]
+
+
+# One test, one build: the build is the expensive part (~25 s of CPU), so every check reads the
+# same output instead of each test building its own (xdist would run them on both workers).
+@pytest.mark.slow
+def test_docs_build_with_warnings_as_errors(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-j", "1", "-q", "-b", "html",
+         "-d", str(tmp_path / "doctrees"), str(ROOT / "docs"), str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, f"sphinx failed after {seconds:.0f} s:\n{proc.stderr[-6000:]}"
+
+    html = tmp_path / "html"
+    # every public function, class and constant of both packages has its entry, so a build
+    # that silently documented nothing (an import failure autodoc only warns about) fails here
+    for package in (rankkit, rankkit_ext):
+        page = (html / "_generated" / "api" / f"{package.__name__}.html").read_text("utf-8")
+        missing = [name for name in _public_objects(package)
+                   if f'id="{package.__name__}.{name}"' not in page]
+        assert not missing, f"{package.__name__} page lacks {missing}"
+    core = (html / "_generated" / "api" / "rankkit.html").read_text("utf-8")
+    assert 'id="rankkit.estimate_min_rank"' in core and ">Parameters<" in core
+    assert 'id="rankkit_ext.compare_rank"' in (
+        html / "_generated" / "api" / "rankkit_ext.html").read_text("utf-8")
+    for sub in ("rankkit.datasets", "rankkit.distributed", "rankkit_ext.tsmc"):
+        assert f'id="module-{sub}"' in (html / "_generated" / "api" / f"{sub}.html").read_text(
+            "utf-8")
+
+    notebooks = sorted((ROOT / "examples").glob("*.ipynb"))
+    assert len(notebooks) == 2
+    for notebook in notebooks:
+        page = html / "_generated" / "examples" / f"{notebook.stem}.html"
+        assert page.is_file(), f"{notebook.name} was not rendered"
+        assert _title(notebook) in page.read_text("utf-8")
