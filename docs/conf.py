@@ -12,6 +12,7 @@ import importlib
 import inspect
 import re
 import sys
+import warnings
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -22,6 +23,9 @@ sys.path.insert(0, str(ROOT))
 from rankkit._io import atomic_write  # noqa: E402  (needs the sys.path entry above)
 
 GENERATED = DOCS / "_generated"
+# numpydoc reports a section heading it does not know (whose text it then drops) as a Python
+# warning, which -W does not see; it fails the build like every other docstring problem.
+warnings.filterwarnings("error", category=UserWarning, module=r"numpydoc(\..*)?")
 
 project = "rankkit"
 author = "rankkit developers"

@@ -67,6 +67,8 @@ class RewardMatrix:
     meta : dict
         Free-form provenance (dataset name, tokenizer, max_len, ...).
 
+    Notes
+    -----
     Matrices that do not come from text (the synthetic cases) carry no prefixes; their
     ``prefix`` method raises.
     """

@@ -284,6 +284,8 @@ class RewardDataset:
     texts : sequence of str, optional
         The source texts, kept for inspection only.
 
+    Notes
+    -----
     Empty sequences are dropped (they contribute no prefix, eq. 3) and counted in
     ``n_dropped_empty``; ``kept_index`` maps the kept rows back to the input rows.
     Invalid input (non-finite responses, token ids out of range, length mismatch) raises
