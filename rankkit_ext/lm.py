@@ -19,7 +19,7 @@ from ._loop import OptimLoop
 
 __all__ = ["tiny_gpt2", "tiny_causal_lm", "train_lm", "TrainLMResult", "load_base_lm",
            "bos_token_id", "with_bos", "strip_bos", "vader_base_lm", "vader_lm_folder",
-           "VADER_LM_SIZES"]
+           "vader_lm_held_out", "VADER_LM_SIZES"]
 
 _STATE = "train_state.pt"
 
@@ -437,6 +437,33 @@ def _vader_lm_settings(sets, size, seed, overrides) -> dict:
             "seed": int(seed), **recipe}
 
 
+def _held_out_index(n: int, seed: int) -> np.ndarray:
+    """Sorted indices of the held-out texts among ``n`` (5 %, a fixed permutation)."""
+    perm = np.random.default_rng([seed, 5]).permutation(n)
+    return np.sort(perm[:max(1, int(round(_HELD_OUT * n)))])
+
+
+def vader_lm_held_out(sets="all", size: str = "small", *, seed: int = 0,
+                      **overrides) -> dict[str, np.ndarray]:
+    """Which texts :func:`vader_base_lm` held out: per VADER set (``"vader:movie"`` …), the
+    sorted indices into that set's texts (as :func:`rankkit.datasets.load` orders them).
+
+    For evaluations the base LM must not have seen, e.g. the prompts of guided decoding.
+    """
+    from rankkit.datasets import VADER_SETS
+
+    settings = _vader_lm_settings(sets, size, seed, overrides)
+    sizes = [VADER_SETS[name][1] for name in settings["sets"]]
+    if settings["max_texts"] is not None:
+        sizes = [min(n, settings["max_texts"]) for n in sizes]
+    held = _held_out_index(sum(sizes), seed)
+    out, start = {}, 0
+    for name, n in zip(settings["sets"], sizes, strict=True):
+        out[f"vader:{name}"] = held[(held >= start) & (held < start + n)] - start
+        start += n
+    return out
+
+
 def vader_lm_folder(sets="all", size: str = "small", *, cache_dir: str | Path | None = None,
                     seed: int = 0, **overrides) -> Path:
     """Cache folder of :func:`vader_base_lm` for these settings (it may not exist yet):
@@ -539,11 +566,12 @@ def vader_base_lm(sets="all", size: str = "small", *, cache_dir: str | Path | No
         t = _read_vader(name)[0]  # the texts only: no dataset or matrix is built
         texts += t if settings["max_texts"] is None else t[:settings["max_texts"]]
     enc = tok(texts, add_special_tokens=False)["input_ids"]
-    perm = np.random.default_rng([seed, 5]).permutation(len(enc))
-    n_held = max(1, int(round(_HELD_OUT * len(enc))))
+    held_idx = _held_out_index(len(enc), seed)
+    is_held = np.zeros(len(enc), bool)
+    is_held[held_idx] = True
     cut = settings["max_len"]
-    held = TokenSequences.from_lists([enc[i][:cut] for i in np.sort(perm[:n_held])])
-    train = TokenSequences.from_lists([enc[i][:cut] for i in np.sort(perm[n_held:])])
+    held = TokenSequences.from_lists([enc[i][:cut] for i in held_idx])
+    train = TokenSequences.from_lists([enc[i][:cut] for i in np.flatnonzero(~is_held)])
     model = tiny_gpt2(len(tok), settings["n_embd"], settings["n_layer"], settings["n_head"],
                       n_positions=cut + 1, seed=seed, bos_token_id=tok.bos_token_id)
     t0 = time.perf_counter()

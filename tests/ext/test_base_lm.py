@@ -135,6 +135,16 @@ def test_vader_lm_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
     ho = report["held_out"]
     assert ho["n_tokens"] > 0 and math.isclose(ho["perplexity"], math.exp(ho["nll"]))
     assert report["baselines"]["unigram_add_one"] > 1 and report["n_texts"]["held_out"] >= 1
+    # vader_lm_held_out names exactly the texts the report's perplexity was computed on
+    from rankkit import tokenizers
+    from rankkit.datasets import _read_vader
+
+    tok = tokenizers.load("gpt2")
+    held = lm.vader_lm_held_out(size="tiny")
+    texts = [_read_vader(k.split(":")[1])[0][i] for k in sorted(held) for i in held[k]]
+    assert len(texts) == report["n_texts"]["held_out"]
+    enc = [e[:16] for e in tok(texts, add_special_tokens=False)["input_ids"]]
+    assert metrics.perplexity(model, enc).nll == pytest.approx(ho["nll"], rel=1e-6)
 
     def no_training(*a, **k):
         raise AssertionError("a cached model was trained again")
@@ -216,6 +226,11 @@ def test_guided_base_sees_bos_once_and_reward_model_never(kind):
     first, has = _first_real(ids, mask)
     assert has.tolist() == [True, True, False]  # the empty prompt is an empty prefix
     assert first[:2].tolist() == [3, 5]
+    # a batch of empty prompts alone (every prefix starts with width 0) samples too
+    empty = gd.guided_generate(base, rm, [[], [BOS]], beta=4.0, top_k=V, max_new_tokens=3,
+                               do_sample=False, eos_token_id=-1)
+    np.testing.assert_array_equal(empty.tokens[0][0], empty.tokens[1][0])
+    np.testing.assert_array_equal(empty.tokens[0][0], out.tokens[2][0])
 
 
 def test_logits_processor_hides_the_base_bos_from_the_reward_model():
