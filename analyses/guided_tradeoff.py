@@ -64,8 +64,9 @@ def _vader(spec: str, tok) -> RewardDataset:
     return load(spec, tokenizer=tok, labels="sentiment")
 
 
-def _sizes(model) -> dict:
-    cfg = model.config
+def _sizes(model, backbone=None) -> dict:
+    """Parameters of ``model`` (heads included), d and layers of its (back)bone."""
+    cfg = (backbone if backbone is not None else model).config
     return {"parameters": int(sum(p.numel() for p in model.parameters())),
             "d": int(cfg.n_embd), "layers": int(cfg.n_layer), "vocab": int(cfg.vocab_size)}
 
@@ -326,7 +327,7 @@ def main(argv=None):
                                     b, a.ks[0], a, seed=2))
         atomic_json(bias_key, bias, default=float)
 
-    sizes = {"base": _sizes(base), **{m: _sizes(r.backbone) for m, r in rms.items()}}
+    sizes = {"base": _sizes(base), **{m: _sizes(r, r.backbone) for m, r in rms.items()}}
     sb = sizes["base"]
     title = (f"base LM: GPT-2 {sb['parameters'] / 1e6:.1f} M parameters, d = {sb['d']}, "
              f"{sb['layers']} layers, |V| = {sb['vocab']:,}, held-out ppl "
@@ -382,7 +383,8 @@ def main(argv=None):
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
         "results": rows,
         "bias_plain_rad": bias,
-        "wall_seconds": time.time() - t_start,
+        # cached models and sweep cells are not re-run: this call's time only
+        "wall_seconds_this_call": time.time() - t_start,
     }
     atomic_json(a.out / "guided_tradeoff.json", meta, default=float)
     for r in rows:
