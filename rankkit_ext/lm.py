@@ -491,11 +491,17 @@ def vader_base_lm(sets="all", size: str = "small", *, cache_dir: str | Path | No
     and bigram baselines' (:func:`rankkit_ext.metrics.ngram_perplexity`) are written to
     ``report.json`` beside the weights.
 
-    The first call trains (minutes on a CPU, a tqdm bar; interrupted runs resume from
-    the last checkpoint bit for bit); later calls load ``<cache>/base_lm/<fingerprint>``
+    The first call trains (a tqdm bar; interrupted runs resume from the last checkpoint
+    bit for bit); later calls load ``<cache>/base_lm/<fingerprint>``
     (:func:`vader_lm_folder`) in well under a second. The fingerprint covers every
     setting, the VADER archive's hash and a recipe version, so changing any of them trains
     a new model instead of reusing a stale one.
+
+    Measured for ``size="small"`` (1,056 steps, one torch thread, 2 shared cores at load
+    average 7-8): 16.5 min of training, held-out perplexity 503 on 26,536 tokens, against
+    1,871 for the add-one unigram and 485 for the interpolated bigram (λ tuned on the
+    held-out texts): the LM is at bigram level, which is enough for guidance to show
+    (``analyses/guided_tradeoff.py``: +0.20 ± 0.03 positive rate with RAD-V at β = 50).
 
     Parameters
     ----------
