@@ -78,20 +78,12 @@ def _texts(n: int) -> list[str]:
 
 
 def _base_lm(tok, args):
-    from rankkit_ext.lm import load_base_lm, tiny_gpt2, train_lm
+    from rankkit_ext.lm import load_base_lm, vader_base_lm
 
     if args.base != "tiny":
         return load_base_lm(args.base)
-    ckpt = CACHE / "tsmc_toxic_story" / f"base_lm_{args.lm_texts}"
-    if (ckpt / "final" / "config.json").exists():
-        return load_base_lm(ckpt).eval()
-    from rankkit.sequences import TokenSequences
-
-    ids = [tok.encode(t)[: args.lm_len] for t in _texts(args.lm_texts)]
-    model = tiny_gpt2(n_embd=64, n_layer=2, n_head=2, n_positions=64, seed=0)
-    train_lm(model, TokenSequences.from_lists(ids), epochs=args.lm_epochs, batch_size=32, lr=3e-3,
-             seed=0, checkpoint_dir=ckpt, progress=True)
-    return model.eval()
+    # the package's one offline base LM (trained once, cached; d = 64 as LinearTwist(64) needs)
+    return vader_base_lm(size="small").eval()
 
 
 def _equal_weight(r, g) -> list[list[int]]:

@@ -43,6 +43,7 @@ _LAZY = {
     "train_lm": ("lm", "train_lm"),
     "TrainLMResult": ("lm", "TrainLMResult"),
     "load_base_lm": ("lm", "load_base_lm"),
+    "vader_base_lm": ("lm", "vader_base_lm"),
     # guided decoding
     "RewardGuidedLogitsProcessor": ("guided", "RewardGuidedLogitsProcessor"),
     "guided_generate": ("guided", "guided_generate"),

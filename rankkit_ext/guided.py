@@ -21,6 +21,14 @@ Two entry points share one step function (:func:`guided_logits`):
   with left-padded prompts, the base KV cache (:class:`rankkit_ext.tsmc.adapters.HFCausalLM`)
   and the reward model's incremental state.
 
+BOS convention (the same as :func:`rankkit_ext.lm.train_lm` and
+:func:`rankkit_ext.metrics.perplexity`): prompts are token ids (or text) *without* BOS;
+the base LM is conditioned on ``[BOS] + prompt`` and the reward model gets the prompt
+without BOS and prepends its own, so neither ever sees BOS twice. A prompt that already
+starts with BOS is accepted and that BOS is dropped first (:func:`rankkit_ext.lm.strip_bos`),
+so prompts written the old way give the same samples. An empty prompt is unconditional
+generation.
+
 Reward models follow the ``rankkit_ext.models`` contract: ``score_candidates(input_ids,
 attention_mask, candidates, *, label, state) -> (scores (B, k), state)`` with left-padded
 prefixes without BOS; a returned ``state`` makes the next call, whose ``input_ids`` extend
@@ -207,6 +215,10 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         (``generate`` gives the processor no attention mask). ``None`` means no padding.
     tokenizer : optional
         Base tokenizer, checked against the reward model's fingerprint.
+    bos_token_id : int, optional
+        ``generate`` runs on ``[BOS] + prompt`` (the base LM's context, see the module
+        notes); this BOS, when it is a row's first real token, is masked for the reward
+        model, which prepends its own. Default: the reward model's ``bos_token_id``.
     use_cache : bool
         Pass the reward model's state between steps (False recomputes every prefix;
         for testing that both agree).
@@ -232,13 +244,15 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     def __init__(self, reward_model, beta: float, top_k: int | None = 20,
                  top_p: float | None = None, direction: int = 1, label: int | str = 0,
                  pad_token_id: int | None = None, tokenizer=None, use_cache: bool = True,
-                 clamp: bool = True):
+                 clamp: bool = True, bos_token_id: int | None = None):
         self.reward_model = reward_model
         self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
         self.top_k, self.top_p = top_k, top_p
         self.direction = _check_direction(direction)
         self.label = label
         self.pad_token_id = pad_token_id
+        self.bos_token_id = (bos_token_id if bos_token_id is not None
+                             else getattr(reward_model, "bos_token_id", None))
         self.use_cache = use_cache
         self.clamp = clamp
         select_candidates(torch.zeros(1, 2), top_k if top_k is None else min(top_k, 2), top_p)
@@ -248,8 +262,16 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
 
     def _mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.pad_token_id is None:
-            return torch.ones_like(input_ids)
-        return (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
+            mask = torch.ones_like(input_ids)
+        else:
+            mask = (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
+        if self.bos_token_id is not None and input_ids.shape[1]:
+            # the base's BOS (first real token) is hidden: the reward model adds its own
+            first = mask.argmax(1)
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            is_bos = (mask[rows, first] == 1) & (input_ids[rows, first] == self.bos_token_id)
+            mask[rows[is_bos], first[is_bos]] = 0
+        return mask
 
     def _continues(self, input_ids: torch.Tensor) -> bool:
         last = self._last
@@ -365,6 +387,8 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     reward_model : RAD-V / RAD-Q reward model (``score_candidates`` contract), or None
         for unguided top-k / nucleus sampling in the same loop (the baseline of Fig. 8).
     prompts : list of str (with ``tokenizer``), list of token-id lists, or TokenSequences.
+        Without BOS (a leading BOS is dropped; see the module notes); an empty prompt
+        samples unconditionally from ``[BOS]``.
     beta, top_k, top_p, direction, label, clamp : see :func:`guided_logits`.
     n_samples : int
         Continuations per prompt (25 in paper 002 §4.2). For SMC these are the particles.
@@ -440,17 +464,22 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     if reward_model is not None and hasattr(reward_model, "eval"):
         reward_model.eval()
 
-    prompt_ids = _as_prompt_ids(prompts, tokenizer)
+    from rankkit_ext.lm import bos_token_id, strip_bos
+
+    bos = bos_token_id(base)
+    # one convention: prompts without BOS; the adapter conditions the base on [BOS] + prompt,
+    # the reward model gets the prompt and prepends its own BOS
+    prompt_ids = [strip_bos(p, bos) for p in _as_prompt_ids(prompts, tokenizer)]
     if not prompt_ids:
         raise ValueError("prompts is empty")
     base_vocab = int(base.config.vocab_size)
     for i, p in enumerate(prompt_ids):
-        if not p:
-            raise ValueError(f"prompt {i} is empty; give at least one token (e.g. BOS)")
-        check_prompt_ids(p, base_vocab, f"prompt {i}")
+        if p:
+            check_prompt_ids(p, base_vocab, f"prompt {i}")
     # raw logits (model dtype) from the one HF adapter: the proposal needs only the top-k
     # and one logsumexp per row, never a float64 (rows, |V|) copy
-    lm = HFCausalLM(base, eos_token_id=None, output="logits", pad_token_id=pad)
+    lm = HFCausalLM(base, eos_token_id=None, output="logits", pad_token_id=pad,
+                    bos_token_id=bos)
     proposal = RewardGuidedProposal(reward_model, beta, top_k, top_p, direction, label, clamp,
                                     mix, do_sample, use_reward_cache, pad)
     P = len(prompt_ids)

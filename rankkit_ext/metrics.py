@@ -24,7 +24,7 @@ from .scorers import Scorer
 
 __all__ = [
     "ToxicityResult", "toxicity", "positive_rate", "distinct_n", "PerplexityResult",
-    "conditional_perplexity", "mauve_score", "mean_pairwise_cosine", "similarity",
+    "conditional_perplexity", "CorpusPerplexity", "perplexity", "ngram_perplexity", "mauve_score", "mean_pairwise_cosine", "similarity",
     "weighted_toxicity", "summarize_runs", "pooled_estimate",
 ]
 
@@ -213,8 +213,11 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
     Prompt and continuation are tokenized separately and concatenated, so the scored
     tokens are exactly the continuation's (the reference code tokenizes ``prompt + cont``
     jointly and subtracts the prompt's loss, which shifts at a merged BPE boundary).
-    The first prompt token has no left context and is not scored, as in the reference
-    code; an empty prompt is conditioned on the tokenizer's BOS token when it has one.
+    The context is ``[BOS] + prompt`` (the package's BOS convention, as in
+    :func:`rankkit_ext.lm.train_lm` and guided decoding; BOS =
+    :func:`rankkit_ext.lm.bos_token_id` of ``model``, a leading BOS of the prompt is not
+    repeated), so an empty prompt is conditioned on BOS alone. The reference code feeds
+    the prompt without BOS; with a GPT-2 scorer this adds one context token.
 
     Outlier rule: the reference code (r-three/RAD and serjtroshin/rad-q,
     ``utils/metrics.py::compute_perplexity``) keeps a sample only when ``ppl < 1e5`` and
@@ -225,7 +228,9 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
     import torch
 
     from ._tensors import padded
+    from .lm import bos_token_id, with_bos
 
+    bos = bos_token_id(model)
     rows = _check_samples(samples)
     if len(prompts) != len(rows):
         raise ValueError(f"{len(prompts)} prompts for {len(rows)} sample lists")
@@ -233,11 +238,7 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pairs = []
     for i, (p, row) in enumerate(zip(prompts, rows, strict=True)):
-        pid = list(tokenizer(p, add_special_tokens=False)["input_ids"]) if p else []
-        if not pid:
-            if tokenizer.bos_token_id is None:
-                raise ValueError(f"prompt {i} is empty and the tokenizer has no BOS token")
-            pid = [tokenizer.bos_token_id]
+        pid = with_bos(tokenizer(p, add_special_tokens=False)["input_ids"] if p else [], bos)
         for j, s in enumerate(row):
             cid = list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
             pairs.append((i, j, pid, cid))
@@ -270,6 +271,145 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
         per[i][j] = ppl[k]
     mean = float(ppl[keep].mean()) if keep.any() else math.nan
     return PerplexityResult(mean, per, int((~keep).sum()))
+
+
+@dataclass(frozen=True)
+class CorpusPerplexity:
+    r"""Perplexity of a held-out corpus (:func:`perplexity`, :func:`ngram_perplexity`).
+
+    Attributes
+    ----------
+    perplexity : float
+        :math:`\exp` of ``nll``.
+    nll : float
+        Mean token negative log-likelihood (nats) over all scored tokens.
+    n_tokens : int
+        Tokens scored (every token of every sequence, BOS excluded).
+    sequence_nll : ndarray (n_sequences,)
+        Summed NLL of each sequence.
+    """
+
+    perplexity: float
+    nll: float
+    n_tokens: int
+    sequence_nll: np.ndarray
+
+
+def _as_sequences(sequences):
+    from rankkit.sequences import TokenSequences
+
+    if isinstance(sequences, TokenSequences):
+        return sequences
+    return TokenSequences.from_lists([[int(t) for t in s] for s in sequences])
+
+
+def perplexity(model, sequences, *, batch_size: int = 16, max_len: int | None = None,
+               device=None, progress: bool = False) -> CorpusPerplexity:
+    r"""Corpus perplexity of token sequences under a causal LM, conditioned on BOS.
+
+    .. math:: \mathrm{PPL} = \exp\Big(-\frac{1}{N}\sum_{i}\sum_{t=1}^{|u_i|}
+              \log p_{LM}(u_{i,t} \mid \mathrm{BOS}, u_{i,<t})\Big),\qquad N = \sum_i |u_i|
+
+    exactly the loss :func:`rankkit_ext.lm.train_lm` minimises: each sequence (given
+    without BOS; one leading BOS is dropped, :func:`rankkit_ext.lm.strip_bos`) is scored
+    as ``[BOS] + u`` cut to ``max_len`` tokens (default: the model's positions minus
+    one, as in training), every token counted once. The held-out figure of
+    :func:`rankkit_ext.lm.vader_base_lm`.
+    """
+    import torch
+
+    from ._hf import max_positions, text_config
+    from ._tensors import padded
+    from .lm import bos_token_id, strip_bos
+
+    bos = bos_token_id(model)
+    cap = (max_positions(text_config(model.config)) or 1024) - 1
+    cut = cap if max_len is None else int(max_len)
+    seqs = [strip_bos(s.tolist() if hasattr(s, "tolist") else s, bos)[:cut]
+            for s in _as_sequences(sequences)]
+    if not any(seqs):
+        raise ValueError("sequences hold no tokens to score")
+    device = device if device is not None else next(model.parameters()).device
+    nll = np.zeros(len(seqs))
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    it = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="perplexity")
+    model.eval()
+    with torch.inference_mode():
+        for start in it:
+            idx = [i for i in order[start:start + batch_size] if seqs[i]]
+            if not idx:
+                continue
+            ids, mask = padded([seqs[i] for i in idx], pad=bos, prepend=[bos])
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            tok = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+            nll[idx] = (-(tok.double() * mask[:, 1:].double()).sum(1)).numpy()
+    n = sum(len(s) for s in seqs)
+    mean = float(nll.sum() / n)
+    return CorpusPerplexity(math.exp(mean), mean, int(n), nll)
+
+
+def ngram_perplexity(train, test, vocab_size: int, *, n: int = 2, bos: int | None = None,
+                     lambdas=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+                     ) -> tuple[CorpusPerplexity, float]:
+    r"""Held-out perplexity of an add-one unigram (``n=1``) or interpolated bigram (``n=2``).
+
+    .. math:: p_1(w) = \frac{c(w) + 1}{N + |V|},\qquad
+              p_2(w \mid v) = \lambda\,\frac{c(v, w)}{c(v)} + (1 - \lambda)\,p_1(w)
+
+    (:math:`v` = BOS before a sequence's first token, as the neural LMs see it; a context
+    never seen in ``train`` falls back to :math:`p_1`). The baseline a trained LM must
+    beat. :math:`\lambda` is the value of ``lambdas`` with the lowest *test* perplexity:
+    tuned on the held-out texts, in the baseline's favour. Returns the result and the
+    :math:`\lambda` used (``nan`` for the unigram).
+    """
+    tr, te = _as_sequences(train), _as_sequences(test)
+    V = int(vocab_size)
+    if n not in (1, 2):
+        raise ValueError(f"n must be 1 (unigram) or 2 (bigram), got {n}")
+    counts = np.bincount(tr.tokens, minlength=V).astype(np.float64)
+    p1 = (counts + 1.0) / (counts.sum() + V)
+    y = te.tokens.astype(np.int64)
+    lengths = np.asarray([len(s) for s in te])
+    seq_of = np.repeat(np.arange(len(te)), lengths)
+
+    def result(lp):
+        per = np.bincount(seq_of, weights=-lp, minlength=len(te))
+        mean = float(-lp.mean())
+        return CorpusPerplexity(math.exp(mean), mean, int(y.size), per)
+
+    if n == 1:
+        return result(np.log(p1[y])), math.nan
+    b = V - 1 if bos is None else int(bos)
+
+    def contexts(seqs):
+        toks = seqs.tokens.astype(np.int64)
+        ls = np.asarray([len(s) for s in seqs])
+        st = np.repeat(np.cumsum(np.r_[0, ls[:-1]]), ls)
+        prev = np.r_[b, toks[:-1]]
+        prev[np.arange(toks.size) == st] = b
+        return prev, toks
+
+    pv, pw = contexts(tr)
+    codes, c2 = np.unique(pv * V + pw, return_counts=True)
+    c1 = np.bincount(pv, minlength=V).astype(np.float64)
+    tv, tw = contexts(te)
+    q = tv * V + tw
+    pos = np.clip(np.searchsorted(codes, q), 0, codes.size - 1)
+    hit = codes[pos] == q
+    pair = np.where(hit, c2[pos], 0).astype(np.float64)
+    ctx = c1[tv]
+    ml = np.divide(pair, ctx, out=np.zeros_like(pair), where=ctx > 0)
+    best = None
+    for lam in lambdas:
+        p = np.where(ctx > 0, lam * ml + (1 - lam) * p1[tw], p1[tw])
+        r = result(np.log(p))
+        if best is None or r.nll < best[0].nll:
+            best = (r, float(lam))
+    return best
 
 
 def mauve_score(p_texts: Sequence[str], q_texts: Sequence[str], *,

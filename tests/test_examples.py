@@ -25,6 +25,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # run where the notebook lives (relative paths as a reader would have them), one thread
     # per kernel so two xdist workers do not oversubscribe the two cores
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the extension notebook's real-text base LM at its tiny size (seconds; cached once)
+    monkeypatch.setenv("RANKKIT_EXAMPLE_LM_SIZE", "tiny")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})

@@ -59,10 +59,18 @@ class HFCausalLM:
     pad_token_id : int, optional
         Id written into the left padding of a prompt batch (masked, never attended);
         default the config's pad, else EOS, else 0.
+    bos_token_id : int or None
+        The package's BOS convention (:func:`rankkit_ext.lm.bos_token_id`): prompts are
+        token ids without BOS and the model is conditioned on ``[BOS] + prompt``, as
+        :func:`rankkit_ext.lm.train_lm` trained it; a prompt that already starts with BOS
+        keeps that one BOS (:func:`rankkit_ext.lm.with_bos`), and an empty prompt is
+        ``[BOS]`` (unconditional). Default (-1): the model's BOS. ``None``: prompts are
+        fed as given (then they must not be empty).
     """
 
     def __init__(self, model, eos_token_id: int | None = -1, use_cache: bool = True,
-                 output: str = "log_probs", pad_token_id: int | None = None):
+                 output: str = "log_probs", pad_token_id: int | None = None,
+                 bos_token_id: int | None = -1):
         if output not in ("log_probs", "logits"):
             raise ValueError(f"output must be 'log_probs' or 'logits'; got {output!r}")
         self.model = model
@@ -79,6 +87,9 @@ class HFCausalLM:
         if pad is None:
             pad = self.eos_token_id
         self.pad_token_id = 0 if pad is None or int(pad) < 0 else int(pad)
+        from ..lm import bos_token_id as _bos
+
+        self.bos_token_id = _bos(cfg) if bos_token_id == -1 else bos_token_id
         # only the last position's logits are needed: (K, L, V) logits would dominate memory
         params = inspect.signature(model.forward).parameters
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -113,6 +124,10 @@ class HFCausalLM:
                                        for x in seq)
             rows = [list(x) for x in seq] if nested else [seq]
         rows = [[int(t) for t in r] for r in rows]
+        if rows and self.bos_token_id is not None:
+            from ..lm import with_bos
+
+            rows = [with_bos(r, self.bos_token_id) for r in rows]
         if not rows or not all(rows):
             raise ValueError("prompt is empty; pass at least one token (e.g. the BOS id "
                              f"{self.model.config.bos_token_id}).")

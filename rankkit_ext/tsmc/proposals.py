@@ -356,7 +356,9 @@ class RewardGuidedProposal:
 
     def advance(self, state, tokens, first, hidden):
         ids = torch.cat([state.ids, tokens[:, None].to(state.ids.device)], -1)
-        mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], -1)
+        # a column of ones even when every prompt was empty (mask of width 0)
+        one = torch.ones((state.mask.shape[0], 1), dtype=state.mask.dtype, device=state.mask.device)
+        mask = torch.cat([state.mask, one], -1)
         return _GuidedState(ids, mask, state.rm_state)
 
     def reorder(self, state, ancestors):

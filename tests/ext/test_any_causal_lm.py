@@ -175,8 +175,9 @@ def test_guided_generate_matches_teacher_forcing(saved, arch):
             full = torch.tensor([p + y.tolist()])
             with torch.no_grad():  # one unpadded pass: the reference for positions and cache
                 logp = torch.log_softmax(base(full).logits[0].double(), -1)
-                # the reward model reads the prompt as given (and prepends its own BOS)
-                r_last = float(rm.score_sequences(full))
+                # the base read [BOS] + prompt; the reward model reads the prompt without
+                # the BOS (it prepends its own: BOS is never seen twice)
+                r_last = float(rm.score_sequences(full[:, 1:]))
             lp = sum(float(logp[len(p) - 1 + t, y[t]]) for t in range(len(y)))
             assert math.isclose(out.log_p_lm[i, j], lp, abs_tol=1e-4), (i, j)
             assert math.isclose(out.final_reward[i, j], min(max(r_last, 0.0), 1.0), abs_tol=1e-5)

@@ -16,7 +16,7 @@ from rankkit_ext.lm import tiny_gpt2  # noqa: E402
 from rankkit_ext.models import RADQ, RADV  # noqa: E402
 
 V = 20
-PAD = V - 1  # = BOS = EOS of tiny_gpt2
+PAD = BOS = V - 1  # = EOS of tiny_gpt2
 F32 = torch.finfo(torch.float32).eps
 
 
@@ -112,7 +112,8 @@ def test_processor_cached_and_uncached_logits_identical_in_generate(base):
 
 def test_generate_path_equals_own_loop_and_processor_is_stateless(base, rm):
     prompts = [[3, 1], [5, 9, 2, 6], [8]]
-    ids, mask = padded(prompts, "left", PAD)
+    # generate runs on [BOS] + prompt, the base's context in guided_generate too
+    ids, mask = padded([[BOS] + p for p in prompts], "left", PAD)
     proc = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=5, pad_token_id=PAD)
     kw = dict(do_sample=False, max_new_tokens=5, logits_processor=[proc], pad_token_id=PAD)
     out1 = base.generate(ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
@@ -195,9 +196,11 @@ def _enumerate(base, rm, prompt, T, beta, direction=1):
     """Exact log p_LM(y) + beta * r~(y) over all V^T continuations (the SMC target)."""
     ys = torch.cartesian_prod(*[torch.arange(V)] * T) if T > 1 else torch.arange(V)[:, None]
     full = torch.cat([torch.tensor(prompt).expand(ys.shape[0], -1), ys], 1)
+    # the base sees [BOS] + prompt + y; the reward model prompt + y (it prepends its BOS)
+    ctx = torch.cat([torch.full((ys.shape[0], 1), BOS), full], 1)
     with torch.no_grad():
-        lp = torch.log_softmax(base(full).logits.double(), -1)
-        tok_lp = lp[:, len(prompt) - 1:-1].gather(-1, ys[..., None]).squeeze(-1).sum(-1)
+        lp = torch.log_softmax(base(ctx).logits.double(), -1)
+        tok_lp = lp[:, len(prompt):-1].gather(-1, ys[..., None]).squeeze(-1).sum(-1)
         r = rm.score_sequences(full, torch.ones_like(full)).double().clamp(0, 1)
     r = r if direction == 1 else 1 - r
     return ys, tok_lp, r
@@ -246,10 +249,10 @@ def test_smc_resampling_keeps_lineages_consistent(base):
     # after resampling, log p_LM / log q still belong to each particle's own token path
     for i, p in enumerate([[4, 2], [7]]):
         for j, y in enumerate(out.tokens[i]):
-            full = torch.tensor([p + y.tolist()])
+            full = torch.tensor([[BOS] + p + y.tolist()])  # the base sees [BOS] + prompt
             with torch.no_grad():
                 lp = torch.log_softmax(base(full).logits.double(), -1)[0]
-            ref = lp[len(p) - 1:-1].gather(-1, torch.tensor(y)[:, None]).sum()
+            ref = lp[len(p):-1].gather(-1, torch.tensor(y)[:, None]).sum()
             assert out.log_p_lm[i, j] == pytest.approx(float(ref), abs=1e-4)
 
 
@@ -257,7 +260,7 @@ def test_unguided_loop_equals_hf_greedy_and_beta_zero(base, rm):
     prompts = [[3, 1, 4], [5]]
     own = gd.guided_generate(base, None, prompts, beta=0.0, top_k=5, max_new_tokens=5,
                              do_sample=False, eos_token_id=-1)
-    ids, mask = padded(prompts, "left", PAD)
+    ids, mask = padded([[BOS] + p for p in prompts], "left", PAD)
     hf = base.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=5,
                        pad_token_id=PAD)[:, ids.shape[1]:]
     np.testing.assert_array_equal(np.stack([r[0] for r in own.tokens]), hf.numpy())

@@ -103,7 +103,7 @@ def test_conditional_perplexity_matches_unbatched_reference():
     samples = [["abc", "zz top"], ["xyz"], ["q"]]
     res = mt.conditional_perplexity(model, tok, prompts, samples, batch_size=2)
     for i, (p, row) in enumerate(zip(prompts, samples, strict=True)):
-        pid = tok(p)["input_ids"] or [39]
+        pid = [39] + tok(p)["input_ids"]  # the context is [BOS] + prompt (BOS = 39)
         for j, s in enumerate(row):
             ids = torch.tensor([pid + tok(s)["input_ids"]])
             with torch.no_grad():

@@ -114,7 +114,7 @@ def test_hf_adapter_reorder_matches_fresh_run():
         torch.manual_seed(0)
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=11, n_embd=16, n_layer=2, n_head=2, n_positions=16)).double().eval()
-    lm = HFCausalLM(model)
+    lm = HFCausalLM(model, bos_token_id=None)  # prompts as given (the config's BOS is 50256)
     _, _, st_ = lm.start([1, 2], 3)
     _, _, st_ = lm.advance(st_, torch.tensor([4, 5, 6]))
     st_ = lm.reorder(st_, torch.tensor([2, 2, 0]))
@@ -126,3 +126,5 @@ def test_hf_adapter_reorder_matches_fresh_run():
     assert torch.allclose(hid, ref.hidden_states[-1][:, -1], atol=1e-12)
     with pytest.raises(ValueError, match="prompt is empty"):
         lm.start([], 2)
+    with pytest.raises(ValueError, match="bos_token_id=50256 is outside"):
+        HFCausalLM(model)  # the default conditions on the config's BOS, which must exist
