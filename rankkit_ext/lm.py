@@ -507,7 +507,7 @@ def vader_base_lm(sets="all", size: str = "small", *, cache_dir: str | Path | No
     ----------
     sets : "all", a preset (``"vader:movie"``) or a list of presets
     size : {"small", "tiny"}
-        A recipe of :data:`VADER_LM_SIZES`. "small" (d = 64, 2 layers, 3 epochs, sampled
+        A recipe of :data:`~rankkit_ext.lm.VADER_LM_SIZES`. "small" (d = 64, 2 layers, 3 epochs, sampled
         softmax over 2,048 frequent + batch tokens + 1,024 negatives) is the analyses'
         model; "tiny" trains in seconds on 40 texts per set, for tests.
     cache_dir : path, optional
