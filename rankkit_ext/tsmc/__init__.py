@@ -18,7 +18,7 @@ from .efficiency import particle_efficiency, run_seed
 from .engine import SMCRun, smc
 from .estimates import Estimate, kl_q_sigma, kl_sigma_q, log_z_lower_bound, log_z_upper_bound
 from .exact import ExactTarget, enumerate_target, exact_ctl_loss
-from .importance import ISEstimate, ImportanceTarget, sample_base, score_proposal
+from .importance import ImportanceTarget, ISEstimate, sample_base, score_proposal
 from .learning import NEGATIVE_PHASES, POSITIVE_PHASES, TwistTrainResult, ctl_loss, train_twist
 from .potentials import (
     ClassifierPotential,

@@ -46,6 +46,9 @@ from .proposals import TwistProposal
 __all__ = ["ISEstimate", "ImportanceTarget", "sample_base", "score_proposal"]
 
 
+SUPPORT_RTOL = 1e-12  # weights below this fraction of the largest need no log q
+
+
 @dataclass(frozen=True)
 class ISEstimate:
     """An importance-sampling estimate, its delta-method standard error and the ESS."""
@@ -139,10 +142,27 @@ class ImportanceTarget:
         infl = np.where(keep, self.n * w * (np.where(keep, f, 0.0) - est), 0.0)
         return ISEstimate(est, self._se(infl), self.ess)
 
+    def support(self, rel_tol: float = SUPPORT_RTOL) -> np.ndarray:
+        r"""Indices of the proposals with :math:`\bar w_i\ge` ``rel_tol`` × the largest weight.
+
+        Only these need :math:`\log q` in :meth:`kl_sigma_q` / :meth:`kl_difference` (pass
+        NaN for the others): the rest hold at most N·``rel_tol`` of the mass, and with a
+        sharp potential (φ = p^β, β = 10) they are most of the pool, so scoring only the
+        support saves most of the teacher forcing.
+        """
+        w = self.weights
+        return np.nonzero(w >= rel_tol * w.max())[0]
+
     def _g(self, log_q) -> tuple[np.ndarray, np.ndarray]:
         lq = _as_f64(log_q, "log_q", self.n)
         w = self.weights
         keep = w > 0
+        in_support = w >= SUPPORT_RTOL * w.max()
+        if (in_support & np.isnan(lq)).any():
+            i = int(np.nonzero(in_support & np.isnan(lq))[0][0])
+            raise ValueError(f"log_q[{i}] is NaN but proposal {i} carries weight "
+                             f"{w[i]:.3g}; score every index of ImportanceTarget.support().")
+        keep &= ~np.isnan(lq)  # unscored proposals outside the support: their terms drop
         if (keep & ~np.isfinite(lq)).any():
             i = int(np.nonzero(keep & ~np.isfinite(lq))[0][0])
             raise ValueError(f"log_q[{i}] = {lq[i]} where σ has mass: KL(σ‖q) is infinite; "

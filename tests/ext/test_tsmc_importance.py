@@ -83,6 +83,28 @@ def test_log_z_mean_and_kl_match_enumeration(case):
         assert abs(est.mean - exact) < 4.5 * est.stderr + 1e-3, (est, exact)
 
 
+def test_unscored_proposals_outside_the_support_change_nothing(case):
+    """A sharp potential (φ scaled by e^{±40}) leaves most proposals with negligible weight:
+    their log q may be NaN, and the KL estimates equal those with every proposal scored."""
+    lm, phi, _ = case
+    t = _is_target(lm, phi, 800, 5)
+    sharp = ImportanceTarget(t.sequences, t.log_proposal + 40 * (t.log_target - t.log_proposal),
+                             t.log_proposal)
+    sup = sharp.support()
+    assert 0 < len(sup) < sharp.n
+    _, lq_a = score_proposal(lm, random_twist(lm, 3), [0], t.sequences)
+    _, lq_b = score_proposal(lm, random_twist(lm, 4), [0], t.sequences)
+    part_a, part_b = np.full(sharp.n, np.nan), np.full(sharp.n, np.nan)
+    part_a[sup], part_b[sup] = lq_a[sup], lq_b[sup]
+    for full, part in ((sharp.kl_sigma_q(lq_a), sharp.kl_sigma_q(part_a)),
+                       (sharp.kl_difference(lq_a, lq_b), sharp.kl_difference(part_a, part_b))):
+        assert part.mean == pytest.approx(full.mean, abs=1e-8)
+        assert part.stderr == pytest.approx(full.stderr, rel=1e-6, abs=1e-10)
+    part_a[sup[0]] = np.nan
+    with pytest.raises(ValueError, match="carries weight"):
+        sharp.kl_sigma_q(part_a)
+
+
 def test_delta_method_stderr_matches_spread_over_repeats(case):
     """The reported standard error is the spread of the estimate over independent repeats
     (first-order, so within a loose factor at this N)."""
