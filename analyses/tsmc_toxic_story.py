@@ -16,9 +16,10 @@ pools fresh draws of every generation's proposal and of p_LM with deterministic-
 weights (higher ESS, but built from the generations' proposals) as a cross-check. Table 1's
 rejection rows come from the same pool with one uniform per proposal for every β.
 
-Differences from the paper, forced by an offline CPU machine: the base LM is a tiny GPT-2
-(GPT-2 tokenizer, 64-d, 2 layers) trained here for one epoch on VADER movie-review snippets
-(any hub model id can be passed with ``--base``), the prompt is a movie-review opening,
+Differences from the paper, forced by an offline CPU machine: the base LM is the package's
+offline one (:func:`rankkit_ext.lm.vader_base_lm`, ``size="small"``: GPT-2 tokenizer, 64-d,
+2 layers, trained once on the four VADER sets; its held-out perplexity is in the JSON's
+setup; any hub model id or folder can be passed with ``--base``), the prompt is a movie-review opening,
 the toxicity scorer is the offline ``alt-profanity-check`` SVM, the twist is a linear head,
 self-distillation uses full fine-tuning (LoRA on a 64-d model has too little capacity), and
 all sizes are small.
@@ -26,13 +27,13 @@ all sizes are small.
 Usage::
 
     nice python -m analyses.tsmc_toxic_story            # ~8 min with everything cached
-    # (on 2 heavily shared cores, from an empty cache: ~3 min base LM, ~25 min generations
+    # (on 2 heavily shared cores, from an empty cache: the base LM once, ~25 min generations
     # 0-2, ~15 min the 4000-draw base pool, ~10 min Fig. 2; everything is cached)
     python -m analyses.tsmc_toxic_story --quick         # smoke run, K ∈ {20, 50}
 
 Writes ``paper_figures/tsmc_toxic_story.{json,png}`` and
 ``paper_figures/tsmc_particle_efficiency.{json,png}`` (``--out`` picks another folder); the
-trained base LM, the per-generation checkpoints, the base-model pool and every
+per-generation checkpoints, the base-model pool and every
 particle-efficiency run are cached in ``$RANKKIT_CACHE/tsmc_toxic_story`` (default
 ``~/.cache/rankkit``; resumable).
 """
@@ -101,9 +102,13 @@ def _base_lm(tok, args):
     from rankkit_ext.lm import load_base_lm, vader_base_lm
 
     if args.base != "tiny":
+        args.base_report = {"name_or_path": str(args.base)}
         return load_base_lm(args.base)
     # the package's one offline base LM (trained once, cached; d = 64 as LinearTwist(64) needs)
-    return vader_base_lm(size="small").eval()
+    model, report = vader_base_lm(size="small", return_report=True)
+    args.base_report = {k: report.get(k) for k in ("settings", "held_out", "baselines",
+                                                   "n_parameters") if k in report}
+    return model.eval()
 
 
 def _equal_weight(r, g) -> list[list[int]]:
@@ -178,6 +183,9 @@ def main(argv=None) -> dict:
     cache = CACHE / "tsmc_toxic_story"
     tok = _tokenizer()
     model = _base_lm(tok, args)
+    # every cached stage is keyed by the base model's weights: a different base LM (another
+    # --base, or a new vader_base_lm recipe) must never reuse generations trained from the old
+    base_fp = state_fingerprint(model)[:16]
     dec = tok.decode
     prompt = [model.config.bos_token_id] + tok.encode(PROMPT)
     eos = model.config.eos_token_id
@@ -251,7 +259,7 @@ def main(argv=None) -> dict:
                        generations=2, max_new_tokens=T, n_distill_samples=256 if q else 512,
                        finetune=dict(lora=False, steps=20 if q else 60, lr=1e-3, batch_size=32),
                        seed=args.seed, progress=True,
-                       checkpoint_dir=cache / f"sd_T{T}_{'q' if q else 'f'}",
+                       checkpoint_dir=cache / f"sd_T{T}_{'q' if q else 'f'}_{base_fp}",
                        # CTL's negative phase from one twisted SIS run per step: the committed
                        # generations were trained so, and on the enumerable test problem it
                        # reached a lower KL(σ‖q) in 60 steps than the resampled SMC default
@@ -383,7 +391,8 @@ def main(argv=None) -> dict:
            "diversity_of_200_weighted_draws": diversity(target_draws),
            "rejection_accepts_at_beta": len(accepted[beta])}
     out = {"setup": {"prompt": PROMPT, "max_new_tokens": T, "beta": beta, "n_pool": n_pool,
-                     "n_mis_per_proposal": n_mis, "base": args.base, "quick": q,
+                     "n_mis_per_proposal": n_mis, "base": args.base,
+                     "base_lm": args.base_report, "base_fingerprint": base_fp, "quick": q,
                      "K_train": ctl["n_particles"], "K_test": K_test,
                      "n_eval_runs": n_eval_runs, "seed": args.seed,
                      "argv": list(argv) if argv is not None else sys.argv[1:],
@@ -428,7 +437,7 @@ def main(argv=None) -> dict:
     runs_per_k = {k: args.pe_runs or runs_default.get(k, 3) for k in ks}
     t_pe = time.time()
     runs = particle_efficiency(res, prompt, T, ks, runs_per_k, toxicity,
-                               cache / f"pe_T{T}_{'q' if q else 'f'}",
+                               cache / f"pe_T{T}_{'q' if q else 'f'}_{base_fp}",
                                seed=args.seed, progress=True)
     pe = {"setup": {"prompt": PROMPT, "max_new_tokens": T, "beta": beta, "base": args.base,
                     "quick": q, "K": list(ks), "runs_per_K": {str(k): v for k, v in
