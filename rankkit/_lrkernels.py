@@ -6,7 +6,8 @@ operations that touch the observed cells Ω (CSR pattern ``indptr``, ``indices``
 ``sampled(A, B) -> (nnz,)``
     (A Bᵀ)_{ij} for every (i, j) ∈ Ω, in CSR order — P_Ω(A Bᵀ) without the n × m product;
 ``spmm(v, Q) -> (n, k)`` and ``spmm_t(v, P) -> (m, k)``
-    Z Q and Zᵀ P for the sparse Z with values v on Ω;
+    Z Q and Zᵀ P for the sparse Z with values v on Ω (``spmm_t`` is a sum over rows: the
+    algorithm completes it with ``rsum``, the sharded kernels leave it partial);
 ``solve_rows(Q, rho) -> (n, k)`` and ``solve_cols(P, rho) -> (m, k)``
     the exact per-row (per-column) ridge least squares of ALS,
     u_i = argmin_u ‖x_{S_i} − Q_{S_i} u‖² + ρ‖u‖², minimum-norm when ρ = 0 and |S_i| < k;
@@ -301,6 +302,11 @@ class _LRKernels:
     def rgram(self, X, Y):
         """Xᵀ Y for two row-partitioned factors (a sum over rows)."""
         return X.T @ Y
+
+    def rsum(self, *parts):
+        """Partial sums over this object's rows, completed over all rows: ``parts`` as they
+        are in one process; ``spmm_t`` results and products such as Uᵀ Z V are such sums."""
+        return parts
 
     def qr_rows(self, a):
         """Thin QR of a row-partitioned factor (a TSQR over the row shards)."""

@@ -121,8 +121,8 @@ def _scale(t, a):
 def _project(K, z, U, V):
     """P_T(Z) at M = U diag(s) Vᵀ for the sparse Z with values z on Ω, as (M, U_p, V_p)."""
     ZV = K.spmm(z, V)
-    ZtU = K.spmm_t(z, U)
-    M = K.rgram(U, ZV)
+    # both sums over rows in one reduction (one all-reduce on a process group)
+    ZtU, M = K.rsum(K.spmm_t(z, U), U.T @ ZV)
     return (M, ZV - U @ M, ZtU - V @ M.T)
 
 

@@ -8,8 +8,8 @@ U_r of U, and the replicated s, V and k × k cores. Every quantity of the solver
 
 - row-local: U_r, (Z V)_r, the residual on this rank's cells, the per-row ALS solves
   u_i = argmin ‖x_{S_i} − B_{S_i} u‖² + ρ‖u‖² (exact and local: B is replicated);
-- or a sum over rows, which becomes an **all-reduce**: Zᵀ U (m × k), Uᵀ Z V and Aᵀ U
-  (k × k, :meth:`rgram`), the squared error and every inner product of cell vectors
+- or a sum over rows, which becomes an **all-reduce**: Zᵀ U (m × k) with Uᵀ Z V (k × k)
+  in one collective (:meth:`rsum`), Aᵀ U (k × k, :meth:`rgram`), the squared error and every inner product of cell vectors
   (one scalar), the U_p part of the inner product of two tangent vectors, and the column
   pass of ALS: per column j the normal equations Σ_{i ∈ S_j} a_i a_iᵀ, Σ x_ij a_i, summed
   over the row shards (the lower triangle and the right-hand side, m · k(k + 3)/2 floats),
@@ -123,15 +123,20 @@ class ShardedLRKernels(_LRKernels):
 
     # -- row-local and replicated operations: the local kernels' --
     def __getattr__(self, name):
-        # sampled, sampled2, spmm, observed, asarray, to_numpy, qr, svd, cat, stack_rows, zeros,
-        # eye, flat, unflat, diag, abs_sum, solve_rows: row-local or on replicated arrays
+        # sampled, sampled2, spmm, spmm_t (this rank's partial sum: the algorithm completes it
+        # with rsum), observed, asarray, to_numpy, qr, svd, cat, stack_rows, zeros, eye, flat,
+        # unflat, diag, abs_sum, solve_rows: row-local or on replicated arrays
         if name == "L":
             raise AttributeError(name)
         return getattr(self.L, name)
 
     # -- sums over rows --
-    def spmm_t(self, v, P):
-        return self._sum(self.L.spmm_t(v, P), "fixed-rank Zᵀ U (all-reduce)")
+    def rsum(self, *parts):
+        """One all-reduce for several partial sums (flattened, concatenated, split again)."""
+        if len(parts) == 1:
+            return (self._sum(parts[0], "fixed-rank sum over rows (all-reduce)"),)
+        flat = self._sum(self.L.flat(parts), "fixed-rank sums over rows (all-reduce)")
+        return self.L.unflat(flat, [p.shape for p in parts])
 
     def rgram(self, X, Y):
         return self._sum(X.T @ Y, "fixed-rank k × k product (all-reduce)")
@@ -199,10 +204,10 @@ def _top_svd(K: ShardedLRKernels, z, k: int, rng: np.random.Generator):
     W = K.asarray(rng.standard_normal((m, width)))
     Q = K.qr_rows(K.spmm(z, W))[0]
     for _ in range(_POWER_ITERS):
-        W = K.qr(K.spmm_t(z, Q))[0]
+        W = K.qr(K.rsum(K.spmm_t(z, Q))[0])[0]
         Q = K.qr_rows(K.spmm(z, W))[0]
     # Z ≈ Q Qᵀ Z = Q Bᵀ with B = Zᵀ Q: the SVD form of (Q, B), truncated
-    U, s, V = svd_form(Q, K.spmm_t(z, Q), K.qr_rows, K.svd, K.qr)
+    U, s, V = svd_form(Q, K.rsum(K.spmm_t(z, Q))[0], K.qr_rows, K.svd, K.qr)
     return K.to_numpy(U[:, :k]), K.to_numpy(s[:k]), K.to_numpy(V[:, :k])
 
 
