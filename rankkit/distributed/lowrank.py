@@ -111,14 +111,17 @@ class ShardedLRKernels(_LRKernels):
             i, j = torch.as_tensor(i, device=local.device), torch.as_tensor(j, device=local.device)
         self._tril = (i, j)
 
+    def _count(self, nbytes: int) -> None:
+        if self.comm.size > 1:  # a world of one communicates nothing
+            self.stats["collectives"] += 1
+            self.stats["payload_bytes"] += nbytes
+
     def _sum(self, a, what: str):
-        self.stats["collectives"] += 1
-        self.stats["payload_bytes"] += int(np.prod(a.shape)) * 8
+        self._count(int(np.prod(a.shape)) * 8)
         return self.comm.allreduce(a, what)
 
     def _sum_scalar(self, x: float, what: str) -> float:
-        self.stats["collectives"] += 1
-        self.stats["payload_bytes"] += 8
+        self._count(8)
         return self.comm.allreduce_scalar(x, what)
 
     # -- row-local and replicated operations: the local kernels' --
@@ -164,8 +167,7 @@ class ShardedLRKernels(_LRKernels):
             q_pad[:, :q.shape[1]] = q
             r_pad[:r.shape[0]] = r
             q, r = q_pad, r_pad
-        self.stats["collectives"] += 1
-        self.stats["payload_bytes"] += k * k * 8
+        self._count(k * k * 8)
         stack = self.comm.allgather_equal(r, "fixed-rank TSQR (all-gather)").reshape(self.comm.size * k, k)
         qs, rr = self.L.qr(stack)
         return q @ qs[self.comm.rank * k:(self.comm.rank + 1) * k], rr
