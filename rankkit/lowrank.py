@@ -73,6 +73,11 @@ penalised path has tamed the scale; the certificate itself needs no penalty, and
 floors the MSE) and the run goes on while that halves the MSE within 10 iterations.
 
 Precision: float64 throughout (certificates are stated at MSE 1e-6 and tested at 1e-12).
+
+Every sum over rows (Zᵀ U, Uᵀ Z V, inner products, the squared error, the column pass of
+ALS) and every QR of a row-partitioned factor goes through a reduction hook of the kernels
+(:class:`rankkit._lrkernels._LRKernels`), the identity here: the same code runs on the row
+shards of a process group as :func:`rankkit.distributed.fixed_rank_fit`.
 """
 
 from __future__ import annotations
