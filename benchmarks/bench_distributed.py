@@ -5,7 +5,10 @@ iteration, bytes each rank sends per iteration (ring collectives, from the messa
 the payload it hands to the collectives, peak resident memory per rank; 1 process uses both
 cores (numba threads = cores), 2 processes one core each (gloo on localhost). The build of
 P_Ω(R) at 1,000,000 sequences × 64 tokens (``bench_build_matrix.py``'s data), 1 vs 2
-processes. The peer, in the same run, on the same L data at the same rank: Spark MLlib
+processes. The fixed-rank certificate solver (``rankkit.distributed.fixed_rank_fit``, ALS
+and RLM at the M size): s/iter, the payload each rank hands to the collectives per
+iteration, the ring-collective bytes of one ALS sweep / one RLM CG product
+(:func:`rankkit.distributed.fixed_rank_bytes`). The peer, in the same run, on the same L data at the same rank: Spark MLlib
 explicit ALS, ``local[2]`` — s/iter from two fits of different ``maxIter``, and the JVM's
 peak memory. Spark scales λ by the counts (ALS-WR), so it optimises a different objective:
 only time per iteration and memory are compared.
@@ -16,6 +19,7 @@ Usage::
 
     python benchmarks/bench_distributed.py                       # M, L, build, Spark at L
     python benchmarks/bench_distributed.py --sizes M --no-build --no-spark   # quick
+    python benchmarks/bench_distributed.py --sizes M --no-soft --no-build --no-spark   # fixed-rank only
 """
 
 from __future__ import annotations
@@ -128,6 +132,60 @@ def run_soft(size: str, procs: int, rank: int, iters: int, cache_dir: str, plain
                 rows_per_rank=[p["rows"] for p in per], nnz_per_rank=[p["nnz"] for p in per])
 
 
+# ---- the fixed-rank certificate solver ---------------------------------------------------------
+
+def _fixed_rank(comm, size, rank, iters, cache_dir, method, plain=False):
+    """On every rank: this rank's rows, a warm-up fit of 2 iterations, then the timed fit from
+    the random start (ρ = 1e-4, ε = 0 so that no run stops on the target)."""
+    import rankkit.distributed as rd
+    from rankkit.lowrank import fixed_rank_fit
+
+    X = make_data(size, "uniform", cache_dir=cache_dir)
+    S = rd.shard_rows(X, comm)
+    del X
+    kw = dict(method=method, rho=LAM, eps=0.0, init="random", progress=False, backend="numpy")
+    fixed_rank_fit(X_small(S), 2, max_iter=2, **kw)  # numba compile / cache load, outside the timing
+    _reset_peak()
+    stamps = [time.perf_counter()]
+
+    def cb(it, info):
+        stamps.append(time.perf_counter())
+        return False
+
+    if plain:
+        fixed_rank_fit(S.local, rank, max_iter=iters, callback=cb, **kw)
+        d = {"payload_bytes_per_iteration": 0.0, "als_sweep": 0, "rlm_cg_product": 0}
+    else:
+        res = rd.fixed_rank_fit(S, rank, comm=comm, max_iter=iters, callback=cb, gather=False, **kw)
+        d = res.meta["distributed"]
+    st = np.diff(stamps)
+    return dict(s_per_iter=float(np.median(st)), fit_peak_mb=_peak_mb(), n_iter=int(st.size),
+                payload_bytes_per_iter=d["payload_bytes_per_iteration"], als_sweep_bytes=d["als_sweep"],
+                rlm_cg_product_bytes=d["rlm_cg_product"])
+
+
+def run_fixed(size: str, procs: int, rank: int, iters: int, cache_dir: str, method: str, plain: bool) -> dict:
+    if procs == 1:
+        from rankkit.distributed import Comm
+
+        per = [_fixed_rank(Comm(), size, rank, iters, cache_dir, method, plain)]
+    else:
+        from rankkit.testing.distributed import spawn
+
+        out = spawn(_fixed_rank, procs, size, rank, iters, cache_dir, method, timeout_s=1800,
+                    collective_timeout_s=600)
+        for o in out:
+            if o.error:
+                raise RuntimeError(f"rank {o.rank}: {o.error[1]}\n{o.error[2]}")
+        per = [o.value for o in out]
+    return dict(kind="fixed-rank" + (" (one-process function)" if plain else ""), method=method, size=size,
+                procs=procs, rank=rank, s_per_iter=max(p["s_per_iter"] for p in per),
+                fit_peak_mb_per_rank=[round(p["fit_peak_mb"]) for p in per],
+                payload_bytes_per_iter=[p["payload_bytes_per_iter"] for p in per],
+                als_sweep_bytes=per[0]["als_sweep_bytes"], rlm_cg_product_bytes=per[0]["rlm_cg_product_bytes"],
+                n_iter=per[0]["n_iter"], load_average=os.getloadavg()[0])
+
+
 # ---- the build ---------------------------------------------------------------------------------
 
 def _build_rank(comm, n, length, vocab, zipf_a, seed):
@@ -203,6 +261,11 @@ def main() -> None:
     ap.add_argument("--procs", default="1,2")
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-soft", action="store_true", help="skip the soft-impute rows")
+    ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-rank solver rows")
+    ap.add_argument("--fixed-size", default="M")
+    ap.add_argument("--fixed-methods", default="als,rlm")
+    ap.add_argument("--fixed-iters", type=int, default=5)
     ap.add_argument("--build-n", type=int, default=1_000_000)
     ap.add_argument("--build-length", type=int, default=64)
     ap.add_argument("--no-spark", action="store_true")
@@ -217,6 +280,8 @@ def main() -> None:
         kind = job[0]
         if kind in ("soft", "plain"):
             res = run_soft(job[1], int(job[2]), int(job[3]), int(job[4]), job[5], plain=kind == "plain")
+        elif kind in ("fixed", "fixed-plain"):
+            res = run_fixed(job[1], int(job[2]), int(job[3]), int(job[4]), job[5], job[6], kind == "fixed-plain")
         elif kind == "build":
             res = run_build(int(job[1]), int(job[2]), int(job[3]), 50_257, 1.1, 0)
         else:
@@ -236,7 +301,7 @@ def main() -> None:
     procs = [int(p) for p in args.procs.split(",")]
     print(f"{'what':12} {'size':4} {'rank':>4} {'procs':>5} {'s/iter':>8} {'ring MB/it':>10} {'peak MB/rank':>14}"
           "   (soft-impute: peak RSS during the fit, data included)")
-    for size in sizes:
+    for size in [] if args.no_soft else sizes:
         n, m, nnz, _ = SIZES[size]
         print(f"-- {size}: {n:,} × {m:,}, {nnz:,} observed", flush=True)
         for rank in (int(r) for r in args.ranks.split(",")):
@@ -247,6 +312,24 @@ def main() -> None:
                 name = "soft_impute" if kind == "plain" else "distributed"
                 print(f"{name:12} {size:4} {rank:4} {p:5} {r['s_per_iter']:8.3f} "
                       f"{r['ring_bytes_per_iter'] / 2**20:10.2f} {str(r['fit_peak_mb_per_rank']):>14}", flush=True)
+    if not args.no_fixed:
+        size = args.fixed_size
+        n, m, nnz, _ = SIZES[size]
+        make_data(size, "uniform", cache_dir=args.cache_dir)
+        rank = int(args.ranks.split(",")[0])
+        print(f"-- fixed-rank certificate solver, {size}: {n:,} × {m:,}, {nnz:,} observed, rank {rank}, random start",
+              flush=True)
+        print(f"{'what':22} {'procs':>5} {'s/iter':>8} {'payload MB/it':>13} {'ring MB/sweep':>13} "
+              f"{'ring MB/CG':>10} {'peak MB/rank':>14} {'load':>5}")
+        for method in args.fixed_methods.split(","):
+            for kind, p in [("fixed-plain", 1)] + [("fixed", p) for p in procs]:
+                os.environ["NUMBA_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // p))
+                r = _child([kind, size, p, rank, args.fixed_iters, args.cache_dir, method])
+                rows.append(r)
+                name = ("fixed_rank_fit " if kind == "fixed-plain" else "distributed ") + method
+                print(f"{name:22} {p:5} {r['s_per_iter']:8.3f} {max(r['payload_bytes_per_iter']) / 2**20:13.2f} "
+                      f"{r['als_sweep_bytes'] / 2**20:13.2f} {r['rlm_cg_product_bytes'] / 2**20:10.3f} "
+                      f"{str(r['fit_peak_mb_per_rank']):>14} {r['load_average']:5.1f}", flush=True)
     if not args.no_spark:
         os.environ.pop("NUMBA_NUM_THREADS", None)
         rank = int(args.ranks.split(",")[0])

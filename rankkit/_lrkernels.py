@@ -6,7 +6,8 @@ operations that touch the observed cells Ω (CSR pattern ``indptr``, ``indices``
 ``sampled(A, B) -> (nnz,)``
     (A Bᵀ)_{ij} for every (i, j) ∈ Ω, in CSR order — P_Ω(A Bᵀ) without the n × m product;
 ``spmm(v, Q) -> (n, k)`` and ``spmm_t(v, P) -> (m, k)``
-    Z Q and Zᵀ P for the sparse Z with values v on Ω;
+    Z Q and Zᵀ P for the sparse Z with values v on Ω (``spmm_t`` is a sum over rows: the
+    algorithm completes it with ``rsum``, the sharded kernels leave it partial);
 ``solve_rows(Q, rho) -> (n, k)`` and ``solve_cols(P, rho) -> (m, k)``
     the exact per-row (per-column) ridge least squares of ALS,
     u_i = argmin_u ‖x_{S_i} − Q_{S_i} u‖² + ρ‖u‖², minimum-norm when ρ = 0 and |S_i| < k;
@@ -160,10 +161,86 @@ def _ridge_rows_py(bounds, indptr, indices, x, Q, rho, out):
                     out[a, t] = sol[t]
 
 
+def _normal_rows_py(bounds, indptr, indices, x, Q, G, b):
+    """Per row a: G[a] = Q_Sᵀ Q_S (lower triangle, then mirrored) and b[a] = Q_Sᵀ x_S, S the
+    row's cells: the normal equations of the ridge solve, before ρ. Summed over the row
+    shards of a process group they are the column pass of the sharded ALS."""
+    k = Q.shape[1]
+    for c in prange(bounds.size - 1):
+        for a in range(bounds[c], bounds[c + 1]):
+            for s in range(k):
+                b[a, s] = 0.0
+                for t in range(k):
+                    G[a, s, t] = 0.0
+            for p in range(indptr[a], indptr[a + 1]):
+                q = indices[p]
+                xv = x[p]
+                for s in range(k):
+                    qs = Q[q, s]
+                    b[a, s] += xv * qs
+                    for t in range(s + 1):
+                        G[a, s, t] += qs * Q[q, t]
+            for s in range(k):
+                for t in range(s):
+                    G[a, t, s] = G[a, s, t]
+
+
+def _solve_normal_py(G, b, rho, out, ok):
+    """out[a] = (G[a] + ρI)⁻¹ b[a] by Cholesky, with the pivot rule of ``_ridge_rows_py``
+    (every pivot above 1e-10 × the largest diagonal entry); ok[a] = False where it fails
+    (the caller then takes the pseudo-inverse: the minimum-norm solution)."""
+    n, k = b.shape
+    for a in prange(n):
+        L = np.empty((k, k))
+        y = np.empty(k)
+        dmax = 0.0
+        for s in range(k):
+            y[s] = b[a, s]
+            for t in range(s + 1):
+                L[s, t] = G[a, s, t]
+            L[s, s] += rho
+            if L[s, s] > dmax:
+                dmax = L[s, s]
+        good = dmax > 0.0
+        for j in range(k):
+            if not good:
+                break
+            d = L[j, j]
+            for t in range(j):
+                d -= L[j, t] * L[j, t]
+            if d <= 1e-10 * dmax:
+                good = False
+                break
+            d = np.sqrt(d)
+            L[j, j] = d
+            for i in range(j + 1, k):
+                e = L[i, j]
+                for t in range(j):
+                    e -= L[i, t] * L[j, t]
+                L[i, j] = e / d
+        ok[a] = good
+        if not good:
+            continue
+        for i in range(k):
+            e = y[i]
+            for t in range(i):
+                e -= L[i, t] * y[t]
+            y[i] = e / L[i, i]
+        for i in range(k - 1, -1, -1):
+            e = y[i]
+            for t in range(i + 1, k):
+                e -= L[t, i] * y[t]
+            y[i] = e / L[i, i]
+        for t in range(k):
+            out[a, t] = y[t]
+
+
 _spmm_par, _spmm_ser = _par_ser(_spmm_rows_py)
 _sampled2_par, _sampled2_ser = _par_ser(_sampled2_py)
 # No fastmath for the solves: the Cholesky pivots decide the branch, keep them IEEE-exact.
 _ridge_par = njit(parallel=True, cache=True)(_ridge_rows_py)
+_normal_par = njit(parallel=True, cache=True)(_normal_rows_py)
+_solve_normal_par = njit(parallel=True, cache=True)(_solve_normal_py)
 
 
 # ---- slow obvious references (tests) -------------------------------------------------
@@ -190,12 +267,13 @@ def ridge_rows_reference(indptr, indices, x, Q, rho) -> np.ndarray:
 
 # ---- backend objects -----------------------------------------------------------------
 
-def svd_form(A, B, qr=np.linalg.qr, svd=np.linalg.svd):
+def svd_form(A, B, qr=np.linalg.qr, svd=np.linalg.svd, qr_b=None):
     """(U, s, V) with U diag(s) Vᵀ = A Bᵀ and U, V orthonormal: QR of both thin factors, then
     the SVD of the small core R_A R_Bᵀ. ``qr`` and ``svd`` are a backend's (NumPy by default,
-    a kernel object's ``qr`` / ``svd`` for torch)."""
+    a kernel object's ``qr`` / ``svd`` for torch); ``qr_b`` (default ``qr``) factors B, so
+    that a row-sharded A can take a TSQR while the replicated B takes a local QR."""
     Qa, Ra = qr(A)
-    Qb, Rb = qr(B)
+    Qb, Rb = (qr if qr_b is None else qr_b)(B)
     W, s, Zt = svd(Ra @ Rb.T)
     return Qa @ W, s, Qb @ Zt.T
 
@@ -211,9 +289,42 @@ def _unflat(f, shapes):
 
 
 class _LRKernels:
+    """Shared part of the backends, including the *reduction hooks*: every quantity of the
+    solvers is row-local (rows of U, Z V, the residual on a row's cells), replicated (V, s,
+    the k × k cores) or a sum over rows. The sums go through the hooks below, which are
+    plain products in one process and all-reduces over the row shards of a process group
+    (:class:`rankkit.distributed.lowrank.ShardedLRKernels`): the algorithm is written once."""
+
     def to_numpy(self, a) -> np.ndarray:
         """Host float64 copy (results and checkpoints are float64 whatever the solve dtype)."""
         return to_numpy(a, np.float64)
+
+    def rgram(self, X, Y):
+        """Xᵀ Y for two row-partitioned factors (a sum over rows)."""
+        return X.T @ Y
+
+    def rsum(self, *parts):
+        """Partial sums over this object's rows, completed over all rows: ``parts`` as they
+        are in one process; ``spmm_t`` results and products such as Uᵀ Z V are such sums."""
+        return parts
+
+    def qr_rows(self, a):
+        """Thin QR of a row-partitioned factor (a TSQR over the row shards)."""
+        return self.qr(a)
+
+    def tangent_ip(self, a, b) -> float:
+        """⟨a, b⟩ of two tangent vectors (M, U_p, V_p): only U_p is row-partitioned."""
+        return sum(self.vdot(p, q) for p, q in zip(a, b, strict=True))
+
+    def flat_ip(self, a, b) -> float:
+        """⟨a, b⟩ of two tangent vectors stored flat, [M | U_p | V_p]."""
+        return self.vdot(a, b)
+
+    def short_fractions(self, k: int) -> tuple[float, float]:
+        """Fractions of the rows and of the columns with fewer than k observed cells."""
+        rows = np.diff(self.to_numpy(self.row_ptr()))
+        cols = np.diff(self.to_numpy(self.col_ptr()))
+        return float(np.mean(rows < k)), float(np.mean(cols < k))
 
 
 class NumpyLRKernels(_LRKernels):
@@ -272,6 +383,27 @@ class NumpyLRKernels(_LRKernels):
         out = np.empty((self.shape[1], P.shape[1]))
         _ridge_par(self._tb, self.t_indptr, self.t_indices, self.t_x, np.ascontiguousarray(P),
                    float(rho), out)
+        return out
+
+    def col_normal(self, P):
+        """(G, b): per column j, Pᵀ_{S_j} P_{S_j} (m × k × k) and Pᵀ_{S_j} x_{S_j} (m × k) over
+        this object's cells (the column pass of the sharded ALS sums them over ranks)."""
+        m, k = self.shape[1], P.shape[1]
+        G, b = np.empty((m, k, k)), np.empty((m, k))
+        _normal_par(self._tb, self.t_indptr, self.t_indices, self.t_x, np.ascontiguousarray(P), G, b)
+        return G, b
+
+    def solve_normal(self, G, b, rho):
+        """(G_j + ρI)⁻¹ b_j per row j by Cholesky; the pseudo-inverse (minimum norm) where a
+        pivot is below 1e-10 × the largest diagonal entry."""
+        G, b = np.ascontiguousarray(G), np.ascontiguousarray(b)
+        out = np.zeros(b.shape)
+        ok = np.empty(b.shape[0], dtype=np.bool_)
+        _solve_normal_par(G, b, float(rho), out, ok)
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            Gb = G[bad] + rho * np.eye(b.shape[1])
+            out[bad] = (np.linalg.pinv(Gb, hermitian=True) @ b[bad][:, :, None])[:, :, 0]
         return out
 
     # dense helpers
@@ -368,7 +500,7 @@ class TorchLRKernels(_LRKernels):
     def spmm_t(self, v, P):
         return self._csr(self.tptr, self.tidx, v[self.perm], self.shape[::-1]) @ P
 
-    def _solve(self, rows, idx, x, Q, rho, n):
+    def _normal(self, rows, idx, x, Q, n):
         torch = self.torch
         k = Q.shape[1]
         G = torch.zeros((n, k, k), dtype=Q.dtype, device=Q.device)
@@ -378,7 +510,19 @@ class TorchLRKernels(_LRKernels):
             q = Q[idx[s:s + step]]
             G.index_add_(0, rows[s:s + step], q[:, :, None] * q[:, None, :])
             b.index_add_(0, rows[s:s + step], x[s:s + step, None] * q)
-        G += rho * torch.eye(k, dtype=Q.dtype, device=Q.device)
+        return G, b
+
+    def col_normal(self, P):
+        """(G, b) of the column pass over this object's cells (as NumpyLRKernels.col_normal)."""
+        return self._normal(self.trows, self.tidx, self.t_x, P, self.shape[1])
+
+    def _solve(self, rows, idx, x, Q, rho, n):
+        return self.solve_normal(*self._normal(rows, idx, x, Q, n), rho)
+
+    def solve_normal(self, G, b, rho):
+        torch = self.torch
+        k = b.shape[1]
+        G = G + rho * torch.eye(k, dtype=b.dtype, device=b.device)
         L, info = torch.linalg.cholesky_ex(G)
         out = torch.cholesky_solve(b[:, :, None], L)[:, :, 0]
         # a Cholesky pivot may also be tiny but positive: treat it as singular (as on numpy)

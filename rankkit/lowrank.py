@@ -73,6 +73,11 @@ penalised path has tamed the scale; the certificate itself needs no penalty, and
 floors the MSE) and the run goes on while that halves the MSE within 10 iterations.
 
 Precision: float64 throughout (certificates are stated at MSE 1e-6 and tested at 1e-12).
+
+Every sum over rows (Zᵀ U, Uᵀ Z V, inner products, the squared error, the column pass of
+ALS) and every QR of a row-partitioned factor goes through a reduction hook of the kernels
+(:class:`rankkit._lrkernels._LRKernels`), the identity here: the same code runs on the row
+shards of a process group as :func:`rankkit.distributed.fixed_rank_fit`.
 """
 
 from __future__ import annotations
@@ -106,7 +111,7 @@ _PHASE = {"als": 0, "rcg": 1, "rlm": 2}
 # ---- tangent-space algebra (backend-agnostic: only operators and kernel calls) -----------
 
 def _ip(K, a, b) -> float:
-    return sum(K.vdot(p, q) for p, q in zip(a, b, strict=True))
+    return K.tangent_ip(a, b)
 
 
 def _axpy(t, a, b):
@@ -121,8 +126,8 @@ def _scale(t, a):
 def _project(K, z, U, V):
     """P_T(Z) at M = U diag(s) Vᵀ for the sparse Z with values z on Ω, as (M, U_p, V_p)."""
     ZV = K.spmm(z, V)
-    ZtU = K.spmm_t(z, U)
-    M = U.T @ ZV
+    # both sums over rows in one reduction (one all-reduce on a process group)
+    ZtU, M = K.rsum(K.spmm_t(z, U), U.T @ ZV)
     return (M, ZV - U @ M, ZtU - V @ M.T)
 
 
@@ -140,15 +145,15 @@ def _on_omega(K, xi, U, V):
 def _project_lowrank(K, A, B, U, V):
     """P_T(A Bᵀ) at (U, V) for thin A (n × j), B (m × j): O((n + m) j k)."""
     ZV = A @ (B.T @ V)
-    ZtU = B @ (A.T @ U)
-    M = U.T @ ZV
+    ZtU = B @ K.rgram(A, U)
+    M = K.rgram(U, ZV)
     return (M, ZV - U @ M, ZtU - V @ M.T)
 
 
 def _retract(K, U, s, V, xi, k):
     """Rank-k truncation of M + ξ (the metric projection retraction), from a 2k × 2k core."""
     M, Up, Vp = xi
-    Qu, Ru = K.qr(Up)
+    Qu, Ru = K.qr_rows(Up)
     Qv, Rv = K.qr(Vp)
     core = K.stack_rows([K.cat([K.diag(s) + M, Rv.T]), K.cat([Ru, K.zeros(*Ru.shape)])])
     a, sv, bt = K.svd(core)
@@ -159,6 +164,13 @@ def _retract(K, U, s, V, xi, k):
 
 def _fit_scale(indptr, indices, x, U, V, chunk: int = 1 << 20) -> np.ndarray:
     """s minimising ‖x − Σ_t s_t U_{i t} V_{j t}‖ over Ω (k × k normal equations)."""
+    FtF, Ftx = _scale_normal(indptr, indices, x, U, V, chunk)
+    return np.linalg.lstsq(FtF, Ftx, rcond=None)[0]
+
+
+def _scale_normal(indptr, indices, x, U, V, chunk: int = 1 << 20):
+    """FᵀF and Fᵀx of :func:`_fit_scale`, F_{p t} = U_{i t} V_{j t} for cell p = (i, j): sums
+    over cells (the sharded start sums them over ranks)."""
     k = U.shape[1]
     rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
     FtF, Ftx = np.zeros((k, k)), np.zeros(k)
@@ -167,7 +179,7 @@ def _fit_scale(indptr, indices, x, U, V, chunk: int = 1 << 20) -> np.ndarray:
         F = U[rows[a:a + step]] * V[indices[a:a + step]]
         FtF += F.T @ F
         Ftx += F.T @ x[a:a + step]
-    return np.linalg.lstsq(FtF, Ftx, rcond=None)[0]
+    return FtF, Ftx
 
 
 def _top_svd(S: sp.csr_matrix, k: int, rng: np.random.Generator):
@@ -298,7 +310,7 @@ class _Run:
         B = self.V * root
         A = K.solve_rows(B, self.rho)
         B = K.solve_cols(A, self.rho)
-        U, s, V = svd_form(A, B, K.qr, K.svd)
+        U, s, V = svd_form(A, B, K.qr_rows, K.svd, K.qr)
         f_old = self.f
         self.set_point(U, s, V)
         return self.f < f_old
@@ -314,19 +326,19 @@ class _Run:
         xf = 0.0 * gf
         res = -gf
         d = res
-        rr = b2 = K.vdot(res, res)
+        rr = b2 = K.flat_ip(res, res)
         if b2 == 0.0:
             return False
         for _ in range(cg_iter):
             Hd = K.flat(_project(K, _on_omega(K, K.unflat(d, shapes), U, V), U, V))
             Hd += self.mu * d
-            dHd = K.vdot(d, Hd)
+            dHd = K.flat_ip(d, Hd)
             if not dHd > 0:
                 break
             a = rr / dHd
             xf = xf + a * d
             res = res - a * Hd
-            rn = K.vdot(res, res)
+            rn = K.flat_ip(res, res)
             if rn <= cg_tol * cg_tol * b2:
                 break
             d = res + (rn / rr) * d
@@ -507,6 +519,41 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
     x = np.ascontiguousarray(Rm.label_values(label), dtype=np.float64)
     _check_scale(x)
     n, m = Rm.shape
+    opts = _check_args(rank, (n, m), method=method, init=init, eps=eps, rho=rho, cg_tol=cg_tol,
+                       max_iter=max_iter, n_restarts=n_restarts, window=window, cg_iter=cg_iter,
+                       checkpoint_every=checkpoint_every, stall=stall, als_rate=als_rate)
+    backend, device = _fit_backend(backend, device)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    nnz = int(x.size)
+    t0 = time.perf_counter()
+    if rank == 0 or nnz == 0:
+        return _zero_result((n, m), int(rank), float(x @ x), nnz, eps, rho, method, backend)
+    K = make_lr_kernels(backend, device, indptr, indices, x, (n, m))
+    settings = _settings(rank, rho, K.name, opts)
+    limit = threadpool_limits(1, user_api="blas") if K.name == "numpy" else contextlib.nullcontext()
+    with limit:
+        if warm_start is not None:
+            start = _warm(warm_start, indptr, indices, x, (n, m), int(rank), rng)
+        elif init == "spectral":
+            start = _spectral_start(indptr, indices, x, (n, m), int(rank), rng)
+        else:
+            start = _random_start(indptr, indices, x, (n, m), int(rank), rng)
+        store = None
+        if checkpoint is not None:
+            store = _NpzCheckpoint(Path(checkpoint), _fingerprint(indptr, indices, x, (n, m), int(rank), settings),
+                                   (n, m), int(rank), int(max_iter))
+        run, stop, restarts = _solve(
+            K, int(rank), float(rho), nnz, start, store, int(checkpoint_every), int(n_restarts),
+            lambda: _random_start(indptr, indices, x, (n, m), int(rank), rng),
+            progress=progress, callback=callback, **opts)
+    return _result(K, run, stop, restarts, (n, m), int(rank), nnz, eps, rho, method, t0)
+
+
+def _check_args(rank, shape, *, method, init, eps, rho, cg_tol, max_iter, n_restarts, window, cg_iter,
+                checkpoint_every, stall, als_rate) -> dict:
+    """Validate the arguments of a fixed-rank fit (one process or sharded); returns the
+    solver options of :func:`_iterate` as plain Python numbers."""
+    n, m = shape
     if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 0 <= rank <= min(n, m):
         raise ValueError(f"rank must be an integer in [0, min(n, m)] = [0, {min(n, m)}], got {rank!r}")
     if method not in METHODS:
@@ -522,56 +569,99 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
             raise ValueError(f"{name} must be an integer ≥ {lo}, got {v!r}")
     if not 0 < stall < 1 or not 0 < als_rate < 1:
         raise ValueError(f"stall and als_rate must lie in (0, 1), got {stall!r} and {als_rate!r}")
+    return dict(eps=float(eps), method=method, max_iter=int(max_iter), window=int(window), stall=float(stall),
+                cg_iter=int(cg_iter), cg_tol=float(cg_tol), als_rate=float(als_rate))
+
+
+def _fit_backend(backend, device):
     backend, device = resolve_backend(backend, device)
     if backend == "cupy":
         backend, device = "torch", f"cuda:{int(device)}"
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    nnz = int(x.size)
-    t0 = time.perf_counter()
-    if rank == 0 or nnz == 0:
-        k = int(rank)
-        sse = float(x @ x)
-        return SoftImputeResult(U=np.zeros((n, k)), d=np.zeros(k), V=np.zeros((m, k)),
-                                mse=sse / nnz if nnz else 0.0, sse=sse, objective=[], ratio=[], n_iter=0,
-                                converged=(sse / nnz if nnz else 0.0) <= eps, lam=float(rho), rank=k,
-                                shape=(n, m), nnz=nnz, thresh=float(eps), backend=backend,
-                                meta={"method": method, "stop": "target", "phases": [], "mse_trace": [],
-                                      "seconds": 0.0, "restarts": 0})
-    K = make_lr_kernels(backend, device, indptr, indices, x, (n, m))
-    settings = dict(k=int(rank), rho=float(rho), eps=float(eps), method=method, max_iter=int(max_iter),
-                    window=int(window), stall=float(stall), cg_iter=int(cg_iter), cg_tol=float(cg_tol),
-                    als_rate=float(als_rate), backend=K.name)
-    ckpt = None if checkpoint is None else Path(checkpoint)
-    opts = dict(eps=float(eps), method=method, max_iter=int(max_iter), window=int(window),
-                stall=float(stall), cg_iter=int(cg_iter), cg_tol=float(cg_tol), als_rate=float(als_rate),
-                progress=progress, callback=callback)
-    limit = threadpool_limits(1, user_api="blas") if K.name == "numpy" else contextlib.nullcontext()
-    with limit:
-        if warm_start is not None:
-            start = _warm(warm_start, indptr, indices, x, (n, m), int(rank), rng)
-        elif init == "spectral":
-            start = _spectral_start(indptr, indices, x, (n, m), int(rank), rng)
-        else:
-            start = _random_start(indptr, indices, x, (n, m), int(rank), rng)
-        fp = None if ckpt is None else _fingerprint(indptr, indices, x, (n, m), int(rank), settings)
-        run, stop = _iterate(K, int(rank), float(rho), nnz, start, ckpt, fp, int(checkpoint_every), **opts)
-        restarts = 0
-        while run.mse_now > eps and restarts < n_restarts:
-            restarts += 1
-            start = _random_start(indptr, indices, x, (n, m), int(rank), rng)
-            cand, cstop = _iterate(K, int(rank), float(rho), nnz, start, None, None, 1, **opts)
-            if cand.mse_now < run.mse_now:
-                run, stop = cand, cstop
+    return backend, device
+
+
+def _settings(rank, rho, kernel_name, opts) -> dict:
+    """What a checkpoint must agree on besides the data (its fingerprint)."""
+    return dict(k=int(rank), rho=float(rho), eps=opts["eps"], method=opts["method"], max_iter=opts["max_iter"],
+                window=opts["window"], stall=opts["stall"], cg_iter=opts["cg_iter"], cg_tol=opts["cg_tol"],
+                als_rate=opts["als_rate"], backend=kernel_name)
+
+
+def _zero_result(shape, k, sse, nnz, eps, rho, method, backend, U=None) -> SoftImputeResult:
+    """The rank-0 (or empty-Ω) fit: the zero matrix; ``sse`` = Σ x² over Ω."""
+    n, m = shape
+    mse = sse / nnz if nnz else 0.0
+    return SoftImputeResult(U=np.zeros((n, k)) if U is None else U, d=np.zeros(k), V=np.zeros((m, k)),
+                            mse=mse, sse=sse, objective=[], ratio=[], n_iter=0, converged=mse <= eps,
+                            lam=float(rho), rank=k, shape=shape, nnz=nnz, thresh=float(eps), backend=backend,
+                            meta={"method": method, "stop": "target", "phases": [], "mse_trace": [],
+                                  "seconds": 0.0, "restarts": 0})
+
+
+def _solve(K, k, rho, nnz, start, store, checkpoint_every, n_restarts, random_start, *, eps, agree=None,
+           **opts):
+    """The fit from ``start`` (or a matching checkpoint in ``store``), then up to
+    ``n_restarts`` random starts while the MSE is above ε; the best run wins.
+    Returns (run, why it stopped, restarts made)."""
+    run, stop = _iterate(K, k, rho, nnz, start, store, checkpoint_every, eps=eps, agree=agree, **opts)
+    restarts = 0
+    while run.mse_now > eps and restarts < n_restarts:
+        restarts += 1
+        cand, cstop = _iterate(K, k, rho, nnz, random_start(), None, 1, eps=eps, agree=agree, **opts)
+        if cand.mse_now < run.mse_now:
+            run, stop = cand, cstop
+    return run, stop, restarts
+
+
+def _result(K, run, stop, restarts, shape, k, nnz, eps, rho, method, t0) -> SoftImputeResult:
+    """The SoftImputeResult of a finished run (U as the kernels hold it: all rows in one
+    process, this rank's rows in a process group)."""
     U, s, V = K.to_numpy(run.U), K.to_numpy(run.s), K.to_numpy(run.V)
     sse = float(run.sse)
     mse = sse / nnz
     names = {v: key for key, v in _PHASE.items()}
     return SoftImputeResult(U=U, d=s, V=V, mse=mse, sse=sse, objective=list(run.objective), ratio=[],
-                            n_iter=run.it, converged=mse <= eps, lam=float(rho), rank=int(rank),
-                            shape=(n, m), nnz=nnz, thresh=float(eps), backend=K.name,
+                            n_iter=run.it, converged=mse <= eps, lam=float(rho), rank=int(k),
+                            shape=tuple(shape), nnz=nnz, thresh=float(eps), backend=K.name,
                             meta={"method": method, "stop": stop, "polish_at": run.polish_at, "rho_final": run.rho,
                                   "phases": [names[p] for p in run.phases], "mse_trace": list(run.mse),
                                   "seconds": time.perf_counter() - t0, "restarts": restarts})
+
+
+class _NpzCheckpoint:
+    """The iteration state of one process in one npz file (``checkpoint`` of
+    :func:`fixed_rank_fit`): written atomically, refused if it belongs to another problem."""
+
+    save_on_interrupt = True
+
+    def __init__(self, path: Path, fp: np.ndarray, shape, k: int, max_iter: int):
+        self.path, self.fp, self.shape, self.k, self.max_iter = path, fp, tuple(shape), k, max_iter
+
+    def read(self, path: Path) -> dict:
+        z = read_npz(path, "fixed-rank checkpoint",
+                     required=("fingerprint", "U", "s", "V", "it", "mse", "objective", "phases", "munu",
+                               "has_prev", "rho", "polish_at", "cg_scale"))
+        if not np.array_equal(z["fingerprint"], self.fp):
+            raise ValueError(f"checkpoint {str(path)!r} belongs to a different problem (data, rank or "
+                             "solver settings differ); delete it or pass another path")
+        (n, m), k = self.shape, self.k
+        it = int(z["it"])
+        if not (0 <= it <= self.max_iter and z["mse"].size == it and z["U"].shape == (n, k)
+                and z["V"].shape == (m, k) and z["s"].shape == (k,)):
+            raise DamagedFileError(f"fixed-rank checkpoint {str(path)!r} is damaged (iteration {it} of "
+                                   f"max_iter {self.max_iter}, {z['mse'].size} MSE values, U {z['U'].shape}); "
+                                   "delete it to start over")
+        return z
+
+    def load(self):
+        return self.read(self.path) if self.path.is_file() else None
+
+    def save(self, state: dict) -> None:
+        atomic_npz(self.path, {**state, "fingerprint": self.fp})
+
+    def finish(self, keep: bool) -> None:
+        if not keep and self.path.is_file():
+            self.path.unlink()
 
 
 def _als_well_posed(K, k: int, tolerated: float = 0.1) -> bool:
@@ -582,40 +672,28 @@ def _als_well_posed(K, k: int, tolerated: float = 0.1) -> bool:
     power-law pattern where LM needs 1 s). On reward data most prefixes have two cells: ALS'
     minimum-norm half-steps then inflate the unobserved entries and stall, and "auto" starts
     with LM instead."""
-    rows = np.diff(K.to_numpy(K.row_ptr()))
-    cols = np.diff(K.to_numpy(K.col_ptr()))
-    return bool(np.mean(rows < k) <= tolerated and np.mean(cols < k) <= tolerated)
+    rows, cols = K.short_fractions(k)
+    return bool(rows <= tolerated and cols <= tolerated)
 
 
-def _iterate(K, k, rho, nnz, start, ckpt, fp, checkpoint_every, *, eps, method, max_iter, window, stall,
-             cg_iter, cg_tol, als_rate, progress, callback):
-    """Run the solver from ``start`` (or a matching checkpoint); returns (run, why it stopped)."""
+def _iterate(K, k, rho, nnz, start, store, checkpoint_every, *, eps, method, max_iter, window, stall,
+             cg_iter, cg_tol, als_rate, progress, callback, agree=None):
+    """Run the solver from ``start`` (or the state ``store`` holds); returns (run, why it
+    stopped). ``store``: None, :class:`_NpzCheckpoint` or a per-rank store of a process group;
+    ``agree(stop) -> bool`` makes every rank stop when the callback stops one."""
     from tqdm.auto import tqdm
 
     run = _Run(K, k, rho, nnz)
-    resumed = False
-    if ckpt is not None and ckpt.is_file():
-        z = read_npz(ckpt, "fixed-rank checkpoint",
-                     required=("fingerprint", "U", "s", "V", "it", "mse", "objective", "phases", "munu",
-                               "has_prev", "rho", "polish_at", "cg_scale"))
-        if not np.array_equal(z["fingerprint"], fp):
-            raise ValueError(f"checkpoint {str(ckpt)!r} belongs to a different problem (data, rank or "
-                             "solver settings differ); delete it or pass another path")
-        n, m = K.shape
-        it = int(z["it"])
-        if not (0 <= it <= max_iter and z["mse"].size == it and z["U"].shape == (n, k)
-                and z["V"].shape == (m, k) and z["s"].shape == (k,)):
-            raise DamagedFileError(f"fixed-rank checkpoint {str(ckpt)!r} is damaged (iteration {it} of "
-                                   f"max_iter {max_iter}, {z['mse'].size} MSE values, U {z['U'].shape}); "
-                                   "delete it to start over")
+    z = None if store is None else store.load()
+    resumed = z is not None
+    if resumed:
         run.restore(z)
-        resumed = True
-    if not resumed:
+    else:
         run.set_point(*(K.asarray(a) for a in start))
     run.mse_now = run.sse / nnz
 
     def save():
-        atomic_npz(ckpt, {**run.state(), "fingerprint": fp})
+        store.save(run.state())
 
     if method != "auto":
         phase = method
@@ -666,23 +744,25 @@ def _iterate(K, k, rho, nnz, start, ckpt, fp, checkpoint_every, *, eps, method, 
                 break
             bar.update(1)
             bar.set_postfix(mse=f"{run.mse_now:.3g}", method=phase, refresh=False)
-            if ckpt is not None and run.it % checkpoint_every == 0:
+            if store is not None and run.it % checkpoint_every == 0:
                 save()
-            if callback is not None and callback(run.it, dict(mse=run.mse_now, objective=run.f,
-                                                              method=phase, rank=k)):
-                stop = "callback"
-                break
+            if callback is not None:
+                halt = bool(callback(run.it, dict(mse=run.mse_now, objective=run.f, method=phase, rank=k)))
+                if agree is not None:
+                    halt = agree(halt)
+                if halt:
+                    stop = "callback"
+                    break
     except KeyboardInterrupt:
-        if ckpt is not None:
+        if store is not None and store.save_on_interrupt:
             save()
         raise
     finally:
         bar.close()
-    if ckpt is not None:
+    if store is not None:
         if stop == "callback":
             save()
-        elif ckpt.is_file():
-            ckpt.unlink()
+        store.finish(keep=stop == "callback")
     return run, stop
 
 

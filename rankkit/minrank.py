@@ -625,21 +625,8 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     (8, 8)
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS} ('auto': fixed-rank certificates, "
-                         f"'soft-impute': the paper's App. C.3 methodology), got {method!r}")
-    for name, v in (("eps", eps), ("lam", lam)):
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if max_abs is not None and not (isinstance(max_abs, numbers.Real) and max_abs > 0):
-        raise ValueError(f"max_abs must be None or a number > 0, got {max_abs!r}")
-    if max_iter is None:
-        max_iter = 1000 if method == "soft-impute" else 500
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (isinstance(n_restarts, numbers.Integral) and n_restarts >= 0):
-        raise ValueError(f"n_restarts must be an integer >= 0, got {n_restarts!r}")
-    ranks = _check_ranks(ranks)
+    max_iter, ranks = _check_args(method, eps=eps, lam=lam, max_abs=max_abs, max_iter=max_iter,
+                                  n_restarts=n_restarts, ranks=ranks)
     R = _source_matrix(source, max_len=max_len, text=text, labels=labels, tokenizer=tokenizer,
                        split=split)
     j = R.label_index(label)  # validates the label against the matrix's label names
@@ -665,14 +652,62 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     if method == "soft-impute":
         search = _Search(R2, j, lam=float(lam), thresh=float(thresh), **common)
     else:
-        opts = dict(solver_options or {})
-        clash = sorted(set(opts) & {"label", "eps", "rho", "method", "max_iter", "backend", "device",
-                                    "progress", "warm_start", "init", "seed", "checkpoint"})
-        if clash:
-            raise ValueError(f"solver_options may not set {clash}: they are estimate_min_rank's own "
-                             f"parameters (lam is ρ, solver is method)")
         search = _CertSearch(R2, j, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
-                             max_abs=max_abs, options=opts, **common)
+                             max_abs=max_abs, options=_solver_options(solver_options), **common)
+    _run_search(search, ranks, method, lower)
+
+    def exact(cap):
+        # the λ-free constructive certificate at the cap (rankkit.exact)
+        ex = exact_completion(R2, cap, seed=seed, label=j)
+        if max_abs is not None:
+            ex.meta["scale"] = certificate_scale(ex.U, ex.d, ex.V)
+        return ex, float(ex.mse), int(np.count_nonzero(ex.d)), \
+            None if max_abs is None else ex.meta["scale"]["max_abs"]
+
+    def finish(cert, source_name):
+        return cert, None if cert is None else (cert.meta.get("scale") or
+                                                certificate_scale(cert.U, cert.d, cert.V))
+
+    return _assemble(search, method=method, eps=eps, lam=lam, label=label, lower=lower, bounds=bounds,
+                     n_single=n_single, single_nonzero=single_nonzero, shapes=(R.shape, R.nnz, R2.shape, R2.nnz),
+                     ranks=ranks, max_iter=max_iter, thresh=thresh, t0=t0, max_abs=max_abs,
+                     exact=exact if exact_fallback else None, finish=finish,
+                     meta={"backend": backend, "seed": seed, "rank_cap": search.cap,
+                           **({} if method == "soft-impute" else {"solver": solver,
+                                                                  "n_restarts": int(n_restarts)})})
+
+
+# ---- shared by the one-process and the distributed estimate_min_rank ---------------------------
+def _check_args(method, *, eps, lam, max_abs, max_iter, n_restarts, ranks):
+    """Validate the search settings; returns (max_iter with its per-method default, ranks)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} ('auto': fixed-rank certificates, "
+                         f"'soft-impute': the paper's App. C.3 methodology), got {method!r}")
+    for name, v in (("eps", eps), ("lam", lam)):
+        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if max_abs is not None and not (isinstance(max_abs, numbers.Real) and max_abs > 0):
+        raise ValueError(f"max_abs must be None or a number > 0, got {max_abs!r}")
+    if max_iter is None:
+        max_iter = 1000 if method == "soft-impute" else 500
+    if int(max_iter) != max_iter or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not (isinstance(n_restarts, numbers.Integral) and n_restarts >= 0):
+        raise ValueError(f"n_restarts must be an integer >= 0, got {n_restarts!r}")
+    return int(max_iter), _check_ranks(ranks)
+
+
+def _solver_options(solver_options) -> dict:
+    opts = dict(solver_options or {})
+    clash = sorted(set(opts) & {"label", "eps", "rho", "method", "max_iter", "backend", "device",
+                                "progress", "warm_start", "init", "seed", "checkpoint", "comm", "gather"})
+    if clash:
+        raise ValueError(f"solver_options may not set {clash}: they are estimate_min_rank's own "
+                         f"parameters (lam is ρ, solver is method)")
+    return opts
+
+
+def _run_search(search, ranks, method, lower) -> None:
     try:
         if ranks == "auto" and method == "soft-impute":
             search.auto()
@@ -686,20 +721,24 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     finally:
         search.close()
 
+
+def _assemble(search, *, method, eps, lam, label, lower, bounds, n_single, single_nonzero, shapes, ranks,
+              max_iter, thresh, t0, max_abs, exact, finish, meta) -> MinRankEstimate:
+    """The estimate from a finished search: the best certificate, the exact fallback at the
+    cap, the bracket and its message.
+
+    ``exact(cap)`` (None: no fallback) returns (completion or None where this process does
+    not hold it, its MSE over Ω₂, its rank, its max |entry| or None); ``finish(cert, source)``
+    returns (the certificate this process reports, its :func:`certificate_scale`)."""
     r_cert, at, cert = search.best()
     source_name = "zero" if (r_cert == 0 and cert is None) else (
         "soft-impute" if method == "soft-impute" else "fixed-rank")
     exact_mse = None
-    if exact_fallback and search.cap > 0 and (r_cert is None or r_cert > search.cap):
-        # the λ-free constructive certificate at the cap (rankkit.exact)
-        exact = exact_completion(R2, search.cap, seed=seed, label=j)
-        exact_mse = float(exact.mse)
-        eff = int(np.count_nonzero(exact.d))
-        if max_abs is not None:
-            exact.meta["scale"] = certificate_scale(exact.U, exact.d, exact.V)
-        ok = exact_mse <= eps and (max_abs is None or exact.meta["scale"]["max_abs"] <= max_abs)
+    if exact is not None and search.cap > 0 and (r_cert is None or r_cert > search.cap):
+        ex, exact_mse, eff, ex_max = exact(search.cap)
+        ok = exact_mse <= eps and (max_abs is None or ex_max <= max_abs)
         if ok and (r_cert is None or eff < r_cert):
-            r_cert, at, cert, source_name = eff, None, exact, "exact-completion"
+            r_cert, at, cert, source_name = eff, None, ex, "exact-completion"
     if r_cert is None:
         upper = None
         tried = max(search.mse)
@@ -713,22 +752,21 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
                         f"{exact_mse:.3g}" + (" > ε in float64: ε is below the rounding error at "
                                               "this scale of values" if exact_mse > eps else
                                               " but entries above max_abs"))
-        elif not exact_fallback:
+        elif exact is None:
             message += "; or pass exact_fallback=True for the λ-free bound at the rank cap"
     else:
         upper = r_cert + int(single_nonzero)
         message = ""
-    scale = None if cert is None else (cert.meta.get("scale") or certificate_scale(cert.U, cert.d, cert.V))
+    cert, scale = finish(cert, source_name)
+    (omega_shape, omega_nnz, omega2_shape, omega2_nnz) = shapes
     return MinRankEstimate(
         eps=float(eps), lam=float(lam), label=label, lower=int(lower), upper=upper,
         rank_certified=r_cert, certified_at=at, mse_by_rank=dict(sorted(search.mse.items())),
         converged_by_rank=dict(sorted(search.converged.items())), certificate=cert,
-        omega_shape=R.shape, omega_nnz=R.nnz, omega2_shape=R2.shape, omega2_nnz=R2.nnz,
-        n_single_rows=n_single, single_rows_nonzero=single_nonzero, bounds=bounds,
+        omega_shape=omega_shape, omega_nnz=omega_nnz, omega2_shape=omega2_shape, omega2_nnz=omega2_nnz,
+        n_single_rows=n_single, single_rows_nonzero=bool(single_nonzero), bounds=bounds,
         ranks=ranks, max_iter=int(max_iter), thresh=float(thresh),
-        elapsed=time.perf_counter() - t0, message=message,
-        meta={"backend": backend, "seed": seed, "rank_cap": search.cap,
-              **({} if method == "soft-impute" else {"solver": solver, "n_restarts": int(n_restarts)})},
+        elapsed=time.perf_counter() - t0, message=message, meta=meta,
         certificate_source=source_name, exact_mse=exact_mse, method=method,
         trials=search.trials, scale=scale, max_abs=None if max_abs is None else float(max_abs),
     )
@@ -737,7 +775,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
 class _SearchBase:
     """Ranks evaluated once each, the best certificate, checkpoint bookkeeping."""
 
-    def __init__(self, R2, label, *, eps, progress, checkpoint_dir, settings, cap=None):
+    def __init__(self, R2, label, *, eps, progress, checkpoint_dir, settings, cap=None, fp_matrix=None):
         from tqdm.auto import tqdm
 
         self.R2, self.label, self.eps = R2, label, eps
@@ -753,7 +791,8 @@ class _SearchBase:
         if checkpoint_dir is not None:
             self.ckpt = Path(checkpoint_dir)
             self.ckpt.mkdir(parents=True, exist_ok=True)
-            fp = _fingerprint(R2, label, settings)
+            # a sharded search fingerprints this rank's rows (``fp_matrix``, its row ids in settings)
+            fp = _fingerprint(R2 if fp_matrix is None else fp_matrix, label, settings)
             state = self.ckpt / _STATE_FILE
             if state.is_file():
                 old = read_json(state, "checkpoint state",
@@ -767,6 +806,18 @@ class _SearchBase:
 
     def close(self):
         self.bar.close()
+
+    def _finished(self, path) -> bool:
+        """A saved fit to load instead of refitting (the sharded search asks every rank)."""
+        return path is not None and path.exists()
+
+    def _load(self, path):
+        from .softimpute import SoftImputeResult
+
+        return SoftImputeResult.load(path)
+
+    def _save(self, res, path) -> None:
+        res.save(path)
 
     def passes(self, r: int) -> bool:
         return self.ok[r]
@@ -834,10 +885,10 @@ class _Search(_SearchBase):
     """soft-impute at each rank (the paper's methodology), warm-started from the previous fit."""
 
     def __init__(self, R2, label, *, eps, lam, max_iter, thresh, backend, device, seed, progress,
-                 checkpoint_dir, cap=None):
+                 checkpoint_dir, cap=None, fp_matrix=None, fp_extra=None):
         super().__init__(R2, label, eps=eps, progress=progress, checkpoint_dir=checkpoint_dir,
-                         settings=dict(lam=lam, max_iter=max_iter, thresh=thresh, seed=seed),
-                         cap=cap)
+                         settings=dict(lam=lam, max_iter=max_iter, thresh=thresh, seed=seed, **(fp_extra or {})),
+                         cap=cap, fp_matrix=fp_matrix)
         self.lam = lam
         self.kw = dict(label=label, max_iter=max_iter, thresh=thresh, backend=backend,
                        device=device, seed=seed, progress=progress)
@@ -861,29 +912,33 @@ class _Search(_SearchBase):
                                 stop="thresh" if res.converged else "max_iter"))
         return self._done(r)
 
-    def _fit(self, k: int):
-        from .softimpute import SoftImputeResult, soft_impute
+    def _soft_impute(self, k, **kw):
+        from .softimpute import soft_impute
 
+        return soft_impute(self.R2, k, self.lam, **kw)
+
+    def _fit(self, k: int):
         path = None if self.ckpt is None else self.ckpt / f"rank_{k:06d}.npz"
-        if path is not None and path.exists():
-            return SoftImputeResult.load(path)
+        if self._finished(path):
+            return self._load(path)
         smaller = [r for r in self.fits if r < k]
         warm = self.fits[max(smaller)] if smaller else None
         partial = None if self.ckpt is None else self.ckpt / f"rank_{k:06d}.partial.npz"
-        res = soft_impute(self.R2, k, self.lam, warm_start=warm, checkpoint=partial, **self.kw)
+        res = self._soft_impute(k, warm_start=warm, checkpoint=partial, **self.kw)
         if path is not None:
-            res.save(path)
+            self._save(res, path)
         return res
 
 class _CertSearch(_SearchBase):
     """Fixed-rank certificates: each rank from a list of starts until one reaches ε."""
 
     def __init__(self, R2, label, *, eps, rho, max_iter, solver, n_restarts, max_abs, options,
-                 backend, device, seed, progress, checkpoint_dir):
+                 backend, device, seed, progress, checkpoint_dir, cap=None, fp_matrix=None, fp_extra=None):
         super().__init__(R2, label, eps=eps, progress=progress, checkpoint_dir=checkpoint_dir,
                          settings=dict(method="auto", rho=rho, max_iter=max_iter, solver=solver,
                                        n_restarts=n_restarts, max_abs=max_abs, seed=seed, eps=eps,
-                                       options=options))
+                                       options=options, **(fp_extra or {})),
+                         cap=cap, fp_matrix=fp_matrix)
         self.n_restarts, self.max_abs, self.seed = n_restarts, max_abs, seed
         self.kw = dict(label=label, eps=eps, rho=rho, method=solver, max_iter=max_iter,
                        backend=backend, device=device, progress=progress, **options)
@@ -912,13 +967,13 @@ class _CertSearch(_SearchBase):
         best = None
         for i, (name, warm, init) in enumerate(self._starts(r, phase)):
             fit, seconds = self._fit(k, i, warm, init)
-            mse = observed_mse(self.R2, fit, self.label)
+            mse = self._observed_mse(fit)
             passed = mse <= self.eps
             trial = dict(rank=r, method=f"{fit.meta.get('solver', self.solver)}/{name}",
                          n_iter=int(fit.n_iter), seconds=seconds, mse=mse, passed=passed,
                          stop=fit.meta.get("stop", "?"))
             if passed:
-                fit.meta["scale"] = certificate_scale(fit.U, fit.d, fit.V)  # reused if it certifies
+                fit.meta["scale"] = self._scale(fit)  # reused if it certifies
                 trial["max_abs"] = fit.meta["scale"]["max_abs"]
                 if self.max_abs is not None and trial["max_abs"] > self.max_abs:
                     trial.update(passed=False, rejected=True)
@@ -934,21 +989,27 @@ class _CertSearch(_SearchBase):
         self.converged[r] = self.ok[r]
         return self._done(r)
 
-    def _fit(self, k: int, attempt: int, warm, init):
-        from .lowrank import fixed_rank_fit
-        from .softimpute import SoftImputeResult
+    def _scale(self, fit) -> dict:
+        """:func:`certificate_scale` of a passing fit (the sharded search reduces over ranks)."""
+        return certificate_scale(fit.U, fit.d, fit.V)
 
+    def _fixed_rank(self, k, **kw):
+        from .lowrank import fixed_rank_fit
+
+        return fixed_rank_fit(self.R2, k, **kw)
+
+    def _fit(self, k: int, attempt: int, warm, init):
         path = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.npz"
-        if path is not None and path.exists():
-            res = SoftImputeResult.load(path)
+        if self._finished(path):
+            res = self._load(path)
             return res, float(res.meta.get("seconds", 0.0))
         partial = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.partial.npz"
         t = time.perf_counter()
-        res = fixed_rank_fit(self.R2, k, warm_start=warm, init=init, seed=self.seed + attempt,
-                             checkpoint=partial, **self.kw)
+        res = self._fixed_rank(k, warm_start=warm, init=init, seed=self.seed + attempt,
+                               checkpoint=partial, **self.kw)
         res.meta["solver"] = self.solver if self.solver != "auto" else "+".join(
             dict.fromkeys(res.meta.get("phases") or ["-"]))
         if path is not None:
-            res.save(path)
+            self._save(res, path)
         return res, time.perf_counter() - t
 

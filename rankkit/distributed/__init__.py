@@ -13,6 +13,7 @@ as a world of one process.
 - :func:`build_reward_matrix`: the sharded, exact build (rows routed by leading tokens);
 - :func:`reduce_omega2`: Lemma 3 per row, the column mask reduced;
 - :func:`soft_impute`: softImpute-ALS on the row-partitioned matrix, per-rank checkpoints;
+- :func:`fixed_rank_fit`: the fixed-rank certificate solver (ALS, RCG, RLM, "auto") on it;
 - :func:`estimate_min_rank`: the same bracket as one process.
 """
 
@@ -25,9 +26,11 @@ from .build import (
            shard_dataset,
            shard_rows,
 )
+from .lowrank import ShardedLRKernels, fixed_rank_bytes, fixed_rank_fit
 from .minrank import estimate_min_rank
 from .softimpute import ShardedKernels, bytes_per_iteration, observed_mse, soft_impute
 
 __all__ = ["ENV_VARS", "Comm", "RankFailedError", "get_comm", "ShardedRewardMatrix", "build_reward_matrix",
            "choose_route_len", "reduce_omega2", "shard_dataset", "shard_rows", "soft_impute", "observed_mse",
-           "ShardedKernels", "bytes_per_iteration", "estimate_min_rank"]
+           "ShardedKernels", "bytes_per_iteration", "estimate_min_rank", "fixed_rank_fit", "ShardedLRKernels",
+           "fixed_rank_bytes"]

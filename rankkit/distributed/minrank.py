@@ -2,41 +2,57 @@ r"""``estimate_min_rank`` across the ranks of a process group (issue 15).
 
 The bracket is the one of :func:`rankkit.estimate_min_rank` (paper 002, Def. 1–2, Lemma 3,
 App. C.3): the structural lower bound for ε = 0 and the smallest rank r whose fit on Ω₂ has
-MSE ≤ ε, + 1 when a removed single-entry row is nonzero. What runs where:
+MSE ≤ ε, + 1 when a removed single-entry row is nonzero. The argument checks, the rank
+searches and the assembly of the result are the one-process function's own
+(:func:`rankkit.minrank._check_args`, its search classes with their reduction hooks,
+:func:`rankkit.minrank._assemble`); only the data access differs. What runs where:
 
 - P_Ω(R) and Ω₂: sharded (:mod:`rankkit.distributed.build`);
+- ``method="auto"`` (fixed-rank certificates): every fit is the sharded certificate solver
+  (:func:`rankkit.distributed.fixed_rank_fit`); warm starts are this rank's rows of the
+  certified fit above; the verified MSE and the certificate's scale (max |entry| of the
+  completed Ω₂ matrix, exact over all rows × columns when n₂ m₂ ≤ 2²⁸) reduce over the
+  ranks. Ω₂ is not gathered for it;
 - ``method="soft-impute"``: every fit is the sharded softImpute-ALS
-  (:func:`rankkit.distributed.soft_impute`), each warm-started from the previous fit's shards,
-  its MSE recomputed from the factors over all ranks; the rank search is the one-process
-  search object (:class:`rankkit.minrank._SearchBase`: rank 0, then doubling, then bisection),
-  so the ranks tried and the decisions are the same;
-- ``method="auto"`` (fixed-rank certificates): the fixed-rank solver is not sharded yet: Ω₂
-  is gathered to rank 0, which runs the one-process search, and the result is broadcast;
-- the structural lower bound (``lower_bound=True``) and the exact fallback at the rank cap
-  need the whole matrix: rank 0 computes them on the gathered P_Ω(R) / Ω₂, exactly as one
-  process would. ``lower_bound="local"`` instead takes the largest bound of the shards
-  (valid, since a shard's rows are rows of P_Ω(R), possibly weaker) and never gathers.
+  (:func:`rankkit.distributed.soft_impute`), warm-started in the same way;
+- gathers remain only where an exact computation needs the whole matrix: the structural
+  lower bound (``lower_bound=True``: rank 0 computes it on the gathered P_Ω(R), as one
+  process would; ``lower_bound="local"`` takes the largest bound of the shards instead —
+  valid, since a shard's rows are rows of P_Ω(R), possibly weaker — and never gathers), the
+  constructive exact completion at the rank cap when no fit reaches ε (on Ω₂ gathered to
+  rank 0), and the final certificate's U (to rank 0, once, at the end);
+- ``checkpoint_dir``: every rank keeps its own subdirectory ``rank<r>of<P>`` (the finished
+  fits of its rows, the per-rank solver checkpoints of an interrupted fit); a finished fit is
+  loaded only when every rank holds it, so a rerun after a killed rank resumes consistently.
 
-Rank 0 returns the estimate with its whole certificate; the other ranks return the same
-estimate with ``certificate=None``.
+Rank 0 returns the estimate with its whole certificate; the other ranks the same estimate
+with ``certificate=None``. The spectral starts of the sharded fixed-rank fits come from a
+randomized subspace iteration (:mod:`rankkit.distributed.lowrank`), so the fits are not the
+one-process fits bit for bit; the ranks tried and the bracket are the same wherever each rank
+passes or fails clearly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .. import minrank as _mr
+from .._io import fingerprint
 from ..bounds import rank_lower_bound
 from ..exact import exact_completion
 from ..matrix import RewardMatrix
 from ..softimpute import SoftImputeResult
 from ._comm import Comm, get_comm
 from .build import ShardedRewardMatrix, build_reward_matrix, reduce_omega2, shard_rows
+from .lowrank import fixed_rank_fit
 from .softimpute import observed_mse, soft_impute
 
-__all__ = ["estimate_min_rank"]
+__all__ = ["estimate_min_rank", "sharded_scale"]
 
 
 def _global_rank_cap(S2: ShardedRewardMatrix, comm: Comm) -> int:
@@ -49,16 +65,10 @@ def _global_rank_cap(S2: ShardedRewardMatrix, comm: Comm) -> int:
     return int(min(S2.shape[0], S2.shape[1], row_max, int(col.max())))
 
 
-class _ShardedSearch(_mr._Search):
-    """The soft-impute rank search of :class:`rankkit.minrank._Search` on sharded fits: the
-    same search and bookkeeping; the rank cap, the fits and their MSE reduce over the ranks."""
-
-    def __init__(self, S2, label, comm, *, eps, lam, max_iter, thresh, backend, device, seed,
-                 progress):
-        self.comm = comm
-        super().__init__(S2, label, eps=eps, lam=lam, max_iter=max_iter, thresh=thresh,
-                         backend=backend, device=device, seed=seed, progress=progress,
-                         checkpoint_dir=None, cap=_global_rank_cap(S2, comm))
+class _ShardedFits:
+    """What the sharded searches change in the one-process ones: the zero matrix's MSE and
+    the verified MSE reduce over the ranks, and a saved fit is loaded only when every rank
+    holds its part."""
 
     def _zero_mse(self) -> float:
         x = self.R2.local.label_values(self.label)
@@ -68,13 +78,81 @@ class _ShardedSearch(_mr._Search):
     def _observed_mse(self, fit) -> float:
         return observed_mse(self.R2, fit, self.label, self.comm)
 
-    def _fit(self, k: int) -> SoftImputeResult:
-        smaller = [q for q in self.fits if q < k]
-        warm = self.fits[max(smaller)] if smaller else None
-        res = soft_impute(self.R2, k, self.lam, comm=self.comm, warm_start=warm, gather=False,
-                          **self.kw)
+    def _finished(self, path) -> bool:
+        mine = path is not None and path.exists()
+        return self.comm.allreduce_scalar(float(mine), "saved fits", "min") > 0
+
+    def _save(self, res, path) -> None:
+        # this rank's rows: saved with the local shape (SoftImputeResult.load checks U against it)
+        local = dataclasses.replace(res, shape=(res.U.shape[0], res.shape[1]),
+                                    meta={**res.meta, "whole_shape": list(res.shape)})
+        local.save(path)
+
+    def _load(self, path):
+        res = SoftImputeResult.load(path)
+        res.shape = tuple(res.meta.pop("whole_shape", res.shape))
         res.meta["sharded"] = True
         return res
+
+
+def _search_kw(S2: ShardedRewardMatrix, comm: Comm, checkpoint_dir) -> dict:
+    """The rank cap, this rank's checkpoint subdirectory and what its fingerprint covers."""
+    kw = dict(cap=_global_rank_cap(S2, comm), checkpoint_dir=None)
+    if checkpoint_dir is not None:
+        kw.update(checkpoint_dir=Path(checkpoint_dir) / f"rank{comm.rank}of{comm.size}", fp_matrix=S2.local,
+                  fp_extra={"rank": comm.rank, "world_size": comm.size, "whole_shape": list(S2.shape),
+                            "rows": fingerprint(S2.row_ids)})
+    return kw
+
+
+class _ShardedSearch(_ShardedFits, _mr._Search):
+    """The soft-impute rank search of :class:`rankkit.minrank._Search` on sharded fits."""
+
+    def __init__(self, S2, label, comm, *, checkpoint_dir, **kw):
+        self.comm = comm
+        super().__init__(S2, label, **kw, **_search_kw(S2, comm, checkpoint_dir))
+
+    def _soft_impute(self, k, **kw):
+        res = soft_impute(self.R2, k, self.lam, comm=self.comm, gather=False, **kw)
+        res.meta["sharded"] = True
+        return res
+
+
+class _ShardedCertSearch(_ShardedFits, _mr._CertSearch):
+    """The fixed-rank certificate search of :class:`rankkit.minrank._CertSearch` on the
+    sharded certificate solver."""
+
+    def __init__(self, S2, label, comm, *, checkpoint_dir, **kw):
+        self.comm = comm
+        super().__init__(S2, label, **kw, **_search_kw(S2, comm, checkpoint_dir))
+
+    def _fixed_rank(self, k, **kw):
+        res = fixed_rank_fit(self.R2, k, comm=self.comm, gather=False, **kw)
+        res.meta["sharded"] = True
+        return res
+
+    def _scale(self, fit) -> dict:
+        return sharded_scale(self.R2, fit, self.comm)
+
+
+def sharded_scale(S2: ShardedRewardMatrix, fit: SoftImputeResult, comm=None) -> dict:
+    """:func:`rankkit.minrank.certificate_scale` of a fit on a sharded matrix, from this
+    rank's rows of U: the same numbers (max |entry| exact over all rows × columns when
+    n m ≤ 2²⁸, else the bound from the factor row norms), the maxima reduced over ranks."""
+    comm = get_comm(comm)
+    n, m = S2.shape
+    U = fit.U if fit.meta.get("sharded", False) else fit.U[S2.row_ids]
+    exact = n * m <= _mr._EXACT_SCALE_CELLS
+    out = _mr.certificate_scale(U, fit.d, fit.V, exact_cells=np.inf if exact else -1)
+    if exact:
+        top = comm.allreduce_scalar(out["max_abs"], "certificate scale", "max")
+    else:
+        Ud = U * np.asarray(fit.d)
+        rows = float(np.sqrt((Ud * Ud).sum(1)).max()) if U.shape[0] else 0.0
+        top = comm.allreduce_scalar(rows, "certificate scale", "max") * \
+            float(np.sqrt((np.asarray(fit.V) ** 2).sum(1)).max())
+    return {**out, "rms": out["frobenius"] / float(np.sqrt(max(n * m, 1))), "max_abs": top,
+            "max_abs_exact": bool(exact)}
 
 
 def _gather_fit(res: SoftImputeResult, S2: ShardedRewardMatrix, comm: Comm) -> SoftImputeResult | None:
@@ -93,10 +171,12 @@ def _gather_fit(res: SoftImputeResult, S2: ShardedRewardMatrix, comm: Comm) -> S
 
 def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "auto", label: int | str = 0,
                       ranks="auto", lam: float = 1e-4, max_iter: int | None = None, thresh: float = 1e-5,
-                      backend: str = "auto", device=None, seed: int = 0, progress: bool = True,
-                      max_len: int | None = None, lower_bound: bool | str = True, exact_fallback: bool = True,
-                      route_len="auto", text=None, labels=None, tokenizer="gpt2", split: str | None = None,
-                      limit: int | None = None, **auto_kw) -> _mr.MinRankEstimate:
+                      solver: str = "auto", n_restarts: int = 1, solver_options: dict | None = None,
+                      max_abs: float | None = None, backend: str = "auto", device=None, seed: int = 0,
+                      progress: bool = True, max_len: int | None = None,
+                      checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool | str = True,
+                      exact_fallback: bool = True, route_len="auto", text=None, labels=None, tokenizer="gpt2",
+                      split: str | None = None, limit: int | None = None) -> _mr.MinRankEstimate:
     r"""Bound the minimal rank of P_Ω(R) from both sides on a process group.
 
     The same call as :func:`rankkit.estimate_min_rank` (same parameters, same bracket) under
@@ -108,6 +188,10 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
     ----------
     comm : Comm, ProcessGroup or None
         :func:`rankkit.distributed.get_comm`.
+    checkpoint_dir : path, optional
+        As one process, with one subdirectory ``rank<r>of<P>`` per rank (module docstring);
+        a rerun with the same data, world size and settings loads the fits every rank
+        finished and resumes an interrupted fit from its per-rank checkpoints.
     lower_bound : True, False or "local"
         True: the one-process structural bound, computed on rank 0 from the gathered
         P_Ω(R); "local": the largest bound of the shards (no gather); False: 1 if any value
@@ -116,9 +200,10 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         Routing of the sharded build (:func:`rankkit.distributed.build_reward_matrix`).
     limit : int, optional
         Use the first ``limit`` texts of a text source (as :func:`rankkit.datasets.load`).
-    **auto_kw
-        ``solver``, ``n_restarts``, ``solver_options``, ``max_abs`` of the fixed-rank search
-        (``method="auto"``).
+    eps, method, label, ranks, lam, max_iter, thresh, solver, n_restarts, solver_options, max_abs
+        As :func:`rankkit.estimate_min_rank`.
+    backend, device, seed, progress, max_len, exact_fallback, text, labels, tokenizer, split
+        As :func:`rankkit.estimate_min_rank` (progress on rank 0).
 
     Returns
     -------
@@ -127,14 +212,11 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
     """
     t0 = time.perf_counter()
     comm = get_comm(comm)
-    if method not in _mr.METHODS:
-        raise ValueError(f"method must be one of {_mr.METHODS} ('auto': fixed-rank certificates, "
-                         f"'soft-impute': the paper's App. C.3 methodology), got {method!r}")
+    max_iter, ranks = _mr._check_args(method, eps=eps, lam=lam, max_abs=max_abs, max_iter=max_iter,
+                                      n_restarts=n_restarts, ranks=ranks)
     if lower_bound not in (True, False, "local"):
         raise ValueError(f"lower_bound must be True, False or 'local', got {lower_bound!r}")
-    unknown = sorted(set(auto_kw) - {"solver", "n_restarts", "solver_options", "max_abs"})
-    if unknown:
-        raise TypeError(f"estimate_min_rank got unexpected keyword arguments {unknown}")
+    options = _mr._solver_options(solver_options)
     if isinstance(source, ShardedRewardMatrix):
         S = source
     elif isinstance(source, RewardMatrix) or hasattr(source, "tocsr"):
@@ -144,26 +226,6 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                                 text=text, labels=labels, split=split, limit=limit)
     j = S.label_index(label)
     progress = progress and comm.rank == 0
-    whole = S.gather(comm) if (lower_bound is True or method == "auto") else None
-    if method == "auto":
-        # the fixed-rank solver is not sharded: rank 0 runs the one-process search on the whole
-        # matrix, the others wait for its estimate
-        est = None
-        if comm.rank == 0:
-            est = _mr.estimate_min_rank(whole, eps, method="auto", label=j, ranks=ranks, lam=lam,
-                                        max_iter=max_iter, backend=backend, device=device, seed=seed,
-                                        progress=progress, lower_bound=bool(lower_bound),
-                                        exact_fallback=exact_fallback, **auto_kw)
-        return _share(est, comm, t0)
-    if auto_kw:
-        raise ValueError(f"{sorted(auto_kw)} apply to method='auto' (fixed-rank certificates) only")
-    for name, v in (("eps", eps), ("lam", lam)):
-        if not (isinstance(v, int | float) and np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    max_iter = 1000 if max_iter is None else max_iter
-    if int(max_iter) != max_iter or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    ranks = _mr._check_ranks(ranks)
     S2 = reduce_omega2(S, comm)
     # Lemma 3's single-entry rows and the values seen in them, over all ranks
     L = S.local
@@ -174,6 +236,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                                            "single rows", "max") > 0
     bounds = None
     if lower_bound is True:
+        whole = S.gather(comm)  # the exact structural bound needs the whole pattern
         bounds = comm.broadcast_object(rank_lower_bound(whole, label=j) if comm.rank == 0 else None,
                                        what="lower bound")
         lower = bounds.lower
@@ -182,70 +245,46 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         lower = int(comm.allreduce_scalar(float(mine), "lower bound", "max"))
     else:
         lower = int(comm.allreduce_scalar(float(np.any(vals != 0)), "lower bound", "max"))
-    search = _ShardedSearch(S2, j, comm, eps=float(eps), lam=float(lam), max_iter=int(max_iter),
-                            thresh=float(thresh), backend=backend, device=device, seed=seed, progress=progress)
-    try:
-        if ranks == "auto":
-            search.auto()
-        else:
-            for r in ranks:
-                search.evaluate(r)
-    finally:
-        search.close()
-    r_cert, at, cert = search.best()
-    source_name = "zero" if (r_cert == 0 and cert is None) else "soft-impute"
-    cert = None if cert is None else _gather_fit(cert, S2, comm)
-    exact_mse = None
-    if exact_fallback and search.cap > 0 and (r_cert is None or r_cert > search.cap):
-        whole2 = S2.gather(comm)
-        got = None
-        if comm.rank == 0:
-            exact = exact_completion(whole2, search.cap, seed=seed, label=j)
-            got = (float(exact.mse), int(np.count_nonzero(exact.d)))
-        exact_mse, eff = comm.broadcast_object(got, what="exact completion")
-        if exact_mse <= eps and (r_cert is None or eff < r_cert):
-            r_cert, at, source_name = eff, None, "exact-completion"
-            cert = exact if comm.rank == 0 else None
-    if r_cert is None:
-        tried = max(search.mse)
-        upper = None
-        message = (f"no rank tried reaches MSE ≤ ε = {eps:g} on Ω₂ (largest tried: rank {tried}, MSE "
-                   f"{search.mse[tried]:.3g}); try larger ranks, a smaller thresh (the fit may stop on "
-                   "thresh before reaching ε), more max_iter or a smaller lam")
-        if exact_mse is not None:
-            message += f"; the exact completion at the cap (rank {search.cap}) has MSE {exact_mse:.3g}"
+
+    common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
+                  progress=progress, checkpoint_dir=checkpoint_dir)
+    if method == "soft-impute":
+        search = _ShardedSearch(S2, j, comm, lam=float(lam), thresh=float(thresh), **common)
     else:
-        upper = r_cert + int(single_nonzero)
-        message = ""
-    scale = None
-    if comm.rank == 0 and cert is not None:
-        scale = cert.meta.get("scale") or _mr.certificate_scale(cert.U, cert.d, cert.V)
-    est = _mr.MinRankEstimate(
-        eps=float(eps), lam=float(lam), label=label, lower=int(lower), upper=upper, rank_certified=r_cert,
-        certified_at=at, mse_by_rank=dict(sorted(search.mse.items())),
-        converged_by_rank=dict(sorted(search.converged.items())), certificate=cert if comm.rank == 0 else None,
-        omega_shape=S.shape, omega_nnz=S.nnz, omega2_shape=S2.shape, omega2_nnz=S2.nnz, n_single_rows=n_single,
-        single_rows_nonzero=bool(single_nonzero), bounds=bounds, ranks=ranks, max_iter=int(max_iter),
-        thresh=float(thresh), elapsed=time.perf_counter() - t0, message=message,
+        search = _ShardedCertSearch(S2, j, comm, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
+                                    max_abs=max_abs, options=options, **common)
+    _mr._run_search(search, ranks, method, lower)
+
+    def exact(cap):
+        whole2 = S2.gather(comm)  # the constructive completion needs all of Ω₂: on rank 0
+        ex, got = None, None
+        if comm.rank == 0:
+            ex = exact_completion(whole2, cap, seed=seed, label=j)
+            if max_abs is not None:
+                ex.meta["scale"] = _mr.certificate_scale(ex.U, ex.d, ex.V)
+            got = (float(ex.mse), int(np.count_nonzero(ex.d)),
+                   None if max_abs is None else ex.meta["scale"]["max_abs"])
+        return (ex, *comm.broadcast_object(got, what="exact completion"))
+
+    def finish(cert, source_name):
+        if cert is None and source_name != "exact-completion":
+            return None, None
+        if source_name != "exact-completion":
+            scale = cert.meta.get("scale")
+            cert = _gather_fit(cert, S2, comm)
+        else:
+            scale = None  # only rank 0 holds the completion
+        if scale is None:
+            got = None
+            if comm.rank == 0:
+                got = cert.meta.get("scale") or _mr.certificate_scale(cert.U, cert.d, cert.V)
+            scale = comm.broadcast_object(got, what="certificate scale")
+        return (cert if comm.rank == 0 else None), scale
+
+    return _mr._assemble(
+        search, method=method, eps=eps, lam=lam, label=label, lower=lower, bounds=bounds, n_single=n_single,
+        single_nonzero=single_nonzero, shapes=(S.shape, S.nnz, S2.shape, S2.nnz), ranks=ranks, max_iter=max_iter,
+        thresh=thresh, t0=t0, max_abs=max_abs, exact=exact if exact_fallback else None, finish=finish,
         meta={"backend": backend, "seed": seed, "rank_cap": search.cap, "world_size": comm.size,
-              "route_len": S.route_len},
-        certificate_source=source_name, exact_mse=exact_mse, method=method, trials=search.trials,
-        scale=comm.broadcast_object(scale, what="certificate scale"), max_abs=None)
-    return est
-
-
-def _share(est, comm: Comm, t0: float):
-    """Rank 0's estimate on every rank (without the certificate on the others)."""
-    if comm.size == 1:
-        return est
-    light = None
-    if comm.rank == 0:
-        import dataclasses
-
-        light = dataclasses.replace(est, certificate=None)
-    got = comm.broadcast_object(light, what="estimate")
-    if comm.rank == 0:
-        est.meta["world_size"] = comm.size
-        return est
-    got.meta["world_size"] = comm.size
-    return got
+              "route_len": S.route_len,
+              **({} if method == "soft-impute" else {"solver": solver, "n_restarts": int(n_restarts)})})
