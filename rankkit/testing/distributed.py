@@ -53,6 +53,9 @@ class RankOutcome:
         return self.error is None and self.exitcode == 0
 
 
+_RENDEZVOUS_S = 120.0
+
+
 def _entry(rank: int, size: int, port: int, timeout_s: float, out_dir: str, fn, args) -> None:
     import torch.distributed as dist
 
@@ -61,9 +64,16 @@ def _entry(rank: int, size: int, port: int, timeout_s: float, out_dir: str, fn, 
     t0 = time.perf_counter()
     result: dict = {}
     try:
+        # The rendezvous gets a generous timeout of its own: on a loaded machine a spawned
+        # child can take longer than a short collective timeout just to import torch, and a
+        # test of the collective timeout must not fail in the rendezvous instead.
+        rendezvous_s = max(timeout_s, _RENDEZVOUS_S)
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
-        comm = get_comm(None, timeout_s=timeout_s)
+                                timeout=datetime.timedelta(seconds=rendezvous_s))
+        group = None
+        if timeout_s < rendezvous_s:  # the collectives under test run on a group with the short timeout
+            group = dist.new_group(list(range(size)), timeout=datetime.timedelta(seconds=timeout_s))
+        comm = get_comm(group, timeout_s=timeout_s)
         result["value"] = fn(comm, *args)
     except BaseException as e:  # report everything, including SystemExit from the function
         result["error"] = (type(e).__name__, str(e), traceback.format_exc())
