@@ -1,6 +1,6 @@
-"""Rank expressivity of RAD-V vs RAD-Q (paper 002, Example 3, App. D.1–D.3, Fig. 2 / 9).
+"""Rank expressivity of RAD-V vs RAD-Q (paper 002, Example 3, App. D.1–D.2).
 
-Part "upper": train RAD-V and RAD-Q of the same width d on the Example 3 pattern with
+Train RAD-V and RAD-Q of the same width d on the Example 3 pattern with
 n > d (two-token utterances [k_i, v_j]; reward 1 for j = i, 0 for j < i, unobserved for
 j > i). The loss is the MSE over the observed cells of the n × n matrix only (the BOS row
 of first tokens is left out), so it is exactly the completion error of R̂. RAD-V reaches
@@ -11,14 +11,12 @@ pattern has no floor at fixed rank otherwise (rank-d fits approach the observed 
 diverging entries although every completion has rank n, Lemma 2). RAD-Q's distance above
 the frontier at its own max |R̂| is optimisation; the frontier itself is the rank limit.
 
-Part "vader": train both models on ``vader:movie`` with the cumulative loss, extract
-learned matrices R̂ on sampled training prefixes and compare rank(R̂_RAD-V),
-rank(R̂_RAD-Q) (``rankkit.rank_curve``) with the data's min-rank estimate
-(``rankkit.estimate_min_rank``).
+The learned rank of RAD-V / RAD-Q on VADER data (Fig. 2 / Fig. 9) is its own analysis,
+``analyses/learned_rank.py``.
 
-Scales: ``--scale cpu`` (default; tiny GPT-2 configs, minutes on a laptop CPU; R̂ restricted
-to the most frequent tokens) and ``--scale paper`` (d = 768, n = 1024, GPT-2-small config,
-full vocabulary; needs ``--device cuda``). Outputs: ``paper_figures/<name>.png`` + ``.json``.
+Scales: ``--scale cpu`` (default; tiny GPT-2 configs, minutes on a laptop CPU) and
+``--scale paper`` (d = 768, n = 1024, GPT-2-small config; needs ``--device cuda``).
+Outputs: ``paper_figures/<name>.png`` + ``.json``.
 
     python -m analyses.expressivity_upper_triangular --scale cpu
     python -m analyses.expressivity_upper_triangular --scale paper --device cuda
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +38,9 @@ SCALES = {
     # 6000 full-batch Adam steps at lr 2e-3 with fit_entries' linear decay take RAD-V below
     # the paper's 5e-6 (2.2e-6; 800 steps stopped at 3.9e-4, 3000 at 1.4e-5, 6000 at lr 3e-3
     # at 6.4e-6 after loss spikes, lr 1e-2 stalls at 8e-4)
-    "cpu": dict(upper=dict(n=48, d=8, n_layer=2, n_head=2, n_inner=128, steps=6000, lr=2e-3),
-                vader=dict(limit=200, max_len=24, d=32, n_layer=2, n_head=2, epochs=3,
-                           batch_size=32, lr=1e-3, n_prefixes=128, n_cols=256,
-                           sizes=[16, 32, 64, 128])),
+    "cpu": dict(upper=dict(n=48, d=8, n_layer=2, n_head=2, n_inner=128, steps=6000, lr=2e-3)),
     "paper": dict(upper=dict(n=1024, d=768, n_layer=12, n_head=12, n_inner=None, steps=3000,
-                             lr=1e-4),
-                  vader=dict(limit=None, max_len=64, d=768, n_layer=12, n_head=12, epochs=5,
-                             batch_size=100, lr=1e-5, n_prefixes=1024, n_cols=None,
-                             sizes=[64, 128, 256, 512, 1024])),
+                             lr=1e-4)),
 }
 
 
@@ -187,69 +178,10 @@ def run_upper(cfg: dict, device: str, out: Path, seed: int = 0, work: Path | Non
     return payload
 
 
-def run_vader(cfg: dict, device: str, out: Path, seed: int = 0) -> dict:
-    import matplotlib.pyplot as plt
-
-    import rankkit as rk
-    from rankkit_ext.learned import learned_matrix, sample_prefixes
-    from rankkit_ext.lm import tiny_gpt2
-    from rankkit_ext.models import RADQ, RADV
-    from rankkit_ext.training import train
-
-    # the preset's first label, sentiment = (rating + 4) / 8
-    ds = rk.datasets.load("vader:movie", limit=cfg["limit"], max_len=cfg["max_len"],
-                          labels="sentiment")
-    prefixes = sample_prefixes(ds, cfg["n_prefixes"], seed)  # i.i.d. x' = u_{<t} (eq. 3)
-    cols = None
-    if cfg["n_cols"] is not None:  # CPU: the most frequent tokens, RAD-V needs N·|cols| passes
-        counts = np.bincount(ds.sequences.tokens, minlength=ds.vocab_size)
-        cols = np.sort(np.argsort(-counts, kind="stable")[:cfg["n_cols"]])
-    t0 = time.perf_counter()
-    # ranks: powers of two up to the size of Ω₂ ("auto" may stop short of ε at this size)
-    m = min(rk.reduce_omega2(rk.build_reward_matrix(ds)).shape)
-    ranks = [r for r in (2 ** np.arange(12)).tolist() if r < m] + [m]
-    est = rk.estimate_min_rank(ds, eps=1e-6, progress=False, seed=seed, ranks=ranks)
-    data = {"lower": int(est.lower), "upper": None if est.upper is None else int(est.upper),
-            "mse_by_rank": {int(k): float(v) for k, v in est.mse_by_rank.items()},
-            "message": est.message, "seconds": time.perf_counter() - t0}
-    print(f"data min-rank (eps=1e-6): [{data['lower']}, {data['upper']}]")
-    curves = {}
-    for kind in (RADV, RADQ):
-        bb = tiny_gpt2(ds.vocab_size, cfg["d"], cfg["n_layer"], cfg["n_head"],
-                       n_positions=cfg["max_len"] + 1, seed=seed)  # BOS = the last id
-        model = kind(bb).to(device)
-        tr = train(model, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                   seed=seed, device=device, progress=True)
-        R = learned_matrix(model, prefixes, vocab=cols, progress=True)
-        curve = rk.rank_curve(R, sizes=[s for s in cfg["sizes"] if s <= len(R)], seed=seed)
-        curves[kind.__name__] = {"curve": curve.to_dict(), "final_train_loss": tr.train_loss[-1],
-                                 "rank": int(rk.numerical_rank(R)), "shape": list(R.shape)}
-        print(f"{kind.__name__}: rank(R̂) = {curves[kind.__name__]['rank']} of {R.shape}")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, c in curves.items():
-        ax.plot(c["curve"]["sizes"], np.mean(c["curve"]["ranks"], axis=1), marker="o",
-                label=f"rank R̂ {name}")
-    ax.axhline(cfg["d"], color="k", ls="--", label=f"model dim d={cfg['d']}")
-    if data["upper"] is not None:
-        ax.axhline(data["upper"], color="tab:green", ls=":", label=f"data min-rank ≤ {data['upper']}")
-    ax.axhline(data["lower"], color="tab:olive", ls=":", label=f"data min-rank ≥ {data['lower']}")
-    ax.set_xlabel("sampled training prefixes (rows of R̂)")
-    ax.set_ylabel("numerical rank")
-    ax.set_title("vader:movie" + ("" if cols is None else f" ({len(cols)} most frequent tokens)"))
-    ax.legend(fontsize=7)
-    payload = {"experiment": "learned_rank_vader_movie", "config": cfg, "device": device,
-               "machine": platform.platform(), "data_min_rank": data, "models": curves,
-               "n_utterances": len(ds)}
-    _save(out, "learned_rank_vader_movie", fig, payload)
-    plt.close(fig)
-    return payload
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--part", choices=["upper", "vader", "all"], default="all")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "paper_figures"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
@@ -257,11 +189,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.scale == "paper" and not a.device.startswith("cuda"):
         p.error("--scale paper trains GPT-2-small configs: pass --device cuda")
-    cfg = SCALES[a.scale]
-    if a.part in ("upper", "all"):
-        run_upper(cfg["upper"], a.device, Path(a.out), a.seed)
-    if a.part in ("vader", "all"):
-        run_vader(cfg["vader"], a.device, Path(a.out), a.seed)
+    run_upper(SCALES[a.scale]["upper"], a.device, Path(a.out), a.seed)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ ANALYSES: tuple[str, ...] = (
     "min_rank_frontier",
     # rankkit_ext (torch): reward models, guided decoding, twisted SMC
     "expressivity_upper_triangular",
+    "learned_rank",
     "learned_rank_regularizer",
     "guided_tradeoff",
     "tsmc_toxic_story",

@@ -16,7 +16,10 @@ from rankkit.sequences import TokenSequences
 from ._tensors import padded
 from .models import RADQ, RADV, RewardModel
 
-__all__ = ["learned_matrix", "sample_prefixes", "delta_spread"]
+__all__ = ["learned_matrix", "sample_prefixes", "delta_spread", "rank_summary", "RANK_REL_TOLS"]
+
+#: Relative tolerances of the ε-ranks :func:`rank_summary` reports beside NumPy's cutoff.
+RANK_REL_TOLS = (1e-2, 1e-3, 1e-4)
 
 
 def sample_prefixes(dataset, n: int, seed: int = 0) -> list[list[int]]:
@@ -71,6 +74,8 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
 
     Notes
     -----
+    Prefixes are batched in order of length (the rows are returned in the given order), so
+    a batch pads to about its own length rather than to the longest prefix drawn.
     RAD-Q costs one backbone pass per prefix batch and one (B, d) × (d, :math:`|V|`) product.
     RAD-V costs one pass per prefix batch plus N·:math:`|V|` single-token passes on cached
     prefixes; this is the N·:math:`|V|` reward-model calls of §3.1.2.
@@ -94,9 +99,12 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
     dtype = model.backbone.get_input_embeddings().weight.dtype
     out = np.empty((len(seqs), n_cols), dtype=torch.empty(0, dtype=dtype).numpy().dtype
                    if dtype in (torch.float32, torch.float64) else np.float32)
+    # batches of similar length: a left-padded batch costs its longest prefix in every row,
+    # and RAD-V repeats that cost for each of its |V| candidates (the rows land in place)
+    order = np.argsort(np.asarray(seqs.lengths), kind="stable")
     try:
         for s in tqdm(range(0, len(seqs), batch_size), disable=not progress, desc="R̂ rows"):
-            idx = np.arange(s, min(s + batch_size, len(seqs)))
+            idx = order[s:s + batch_size]
             ids, mask = padded(seqs.select(idx), "left", device=model.device)
             if isinstance(model, RADQ):
                 if cols is None:
@@ -111,4 +119,54 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
         model.train(was)
         if old_cb is not None:
             model.candidate_batch = old_cb
+    return out
+
+
+def rank_summary(R: np.ndarray, sizes, float64_up_to: int = 0, n_spectrum: int = 0) -> dict:
+    r"""Numerical ranks of the first-N rows of ``R`` for each N in ``sizes``.
+
+    For each N: ``rank`` with the App. D.4 cutoff
+    :math:`\sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}` in ``R``'s own dtype (what
+    ``numpy.linalg.matrix_rank`` returns), ε-ranks :math:`\#\{\sigma_k > \tau\sigma_1\}` at
+    the relative tolerances :data:`RANK_REL_TOLS`, and, for N ≤ ``float64_up_to``, the count a
+    float64 cutoff gives on the float64-cast rows (rounding noise of a float32 matrix then
+    counts as rank). ``spectrum``: σ_k/σ_1 of the largest N, its first ``n_spectrum``.
+
+    Parameters
+    ----------
+    R : numpy.ndarray, shape (N_max, m)
+        R̂ as :func:`learned_matrix` returns it (float32 for a float32 model), rows i.i.d.
+        prefixes, so the first N rows are themselves an i.i.d. sample.
+    sizes : sequence of int
+        Increasing N ≤ ``len(R)``.
+    float64_up_to : int
+        Largest N for which the float64-cutoff count is also computed (an SVD in float64).
+    n_spectrum : int
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``sizes``, ``rank``, ``cutoff_over_sigma1`` (= max(N, m)·ε),
+        ``rank_rel_<t>`` for t in :data:`RANK_REL_TOLS`, ``rank_float64_cutoff``
+        ({str(N): count}), ``spectrum``, ``dtype``, ``n_cols``.
+    """
+    import rankkit as rk
+
+    eps = float(np.finfo(R.dtype).eps)
+    out = {"dtype": str(R.dtype), "n_cols": int(R.shape[1]), "sizes": [], "rank": [],
+           "cutoff_over_sigma1": [], **{f"rank_rel_{t:g}": [] for t in RANK_REL_TOLS},
+           "rank_float64_cutoff": {}}
+    s = np.zeros(0)
+    for n in sizes:
+        sub = R[:n]
+        s = rk.singular_values(sub)  # in sub's dtype (float32 → float32 SVD)
+        rel = float(max(sub.shape) * eps)
+        out["sizes"].append(int(n))
+        out["rank"].append(int(np.count_nonzero(s > s[0] * s.dtype.type(rel))))
+        out["cutoff_over_sigma1"].append(rel)
+        for t in RANK_REL_TOLS:
+            out[f"rank_rel_{t:g}"].append(int(np.count_nonzero(s > t * s[0])))
+        if n <= float64_up_to and R.dtype != np.float64:
+            out["rank_float64_cutoff"][str(n)] = int(rk.numerical_rank(sub.astype(np.float64)))
+    out["spectrum"] = (s[:n_spectrum] / s[0]).astype(np.float64).tolist() if s.size else []
     return out

@@ -298,3 +298,19 @@ def test_large_sparse_input_is_refused_by_default_not_densified():
     S = sp.random(6000, 6000, density=1e-5, format="csr", random_state=0)  # dense: 288 MB
     with pytest.raises(MemoryError, match=r"6000x6000.*0\.27 GiB.*max_dense_bytes=268435456"):
         numerical_rank(S)
+
+
+@given(r=st.integers(1, 6), m=st.integers(8, 30), n=st.integers(200, 600),
+       seed=st.integers(0, 2**32 - 1))
+def test_float32_matrix_is_ranked_with_float32_epsilon(r, m, n, seed):
+    """A rank-r product of float32 factors, rounded to float32 (the learned matrix R̂ of a
+    float32 model, Fig. 2 / 9) has numerical rank r with the cutoff of its own dtype, as
+    NumPy's matrix_rank; cast to float64 first, the float64 cutoff (2^29 times smaller)
+    counts the float32 rounding of the product as rank."""
+    rng = np.random.default_rng(seed)
+    M = (rng.standard_normal((m, r), dtype=np.float32)
+         @ rng.standard_normal((r, n), dtype=np.float32))
+    assert M.dtype == np.float32
+    assert numerical_rank(M) == r == np.linalg.matrix_rank(M)
+    assert rank_curve(M, sizes=[m]).ranks[0, 0] == r
+    assert numerical_rank(M.astype(np.float64)) > r  # rounding noise counted
