@@ -497,8 +497,9 @@ def vader_base_lm(sets="all", size: str = "small", *, cache_dir: str | Path | No
     setting, the VADER archive's hash and a recipe version, so changing any of them trains
     a new model instead of reusing a stale one.
 
-    Measured for ``size="small"`` (1,056 steps, one torch thread, 2 shared cores at load
-    average 7-8): 16.5 min of training, held-out perplexity 503 on 26,536 tokens, against
+    Measured for ``size="small"`` (1,056 steps) on a 2-core x86_64 VM: 2 min 9 s of training
+    plus 11 s of evaluation with the machine otherwise idle (torch's 2 threads; 16.5 min
+    with one thread at load average 7-8), held-out perplexity 503 on 26,536 tokens, against
     1,871 for the add-one unigram and 485 for the interpolated bigram (λ tuned on the
     held-out texts): the LM is at bigram level, which is enough for guidance to show
     (``analyses/guided_tradeoff.py``: +0.20 ± 0.03 positive rate with RAD-V at β = 50).
