@@ -282,7 +282,7 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 @click.option("--no-lower-bound", is_flag=True, help="Skip the structural lower bound.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this host: relaunches the command under torchrun "
-                   "(rankkit.distributed: sharded build and soft-impute fits, gloo or NCCL).")
+                   "(rankkit.distributed: sharded build, soft-impute and fixed-rank fits, gloo or NCCL).")
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
                  eps, method, ranks, lam, max_iter, max_abs, backend, device, label, seed,
                  checkpoint_dir, figure, no_figure, no_lower_bound, nproc):
@@ -299,12 +299,10 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
         argv = (ctx.obj or {}).get("argv", sys.argv[1:])
         sys.exit(launch(argv, nproc))
     if world > 1:
-        if checkpoint_dir is not None:
-            raise click.BadParameter("is not supported under torchrun yet (soft-impute fits of a "
-                                     "distributed run are not saved per rank)", param_hint="--checkpoint-dir")
         return _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split,
                                      as_json, eps, method, rank_list, lam, max_iter, max_abs, backend,
-                                     device, label, seed, figure, no_figure, no_lower_bound, t0)
+                                     device, label, seed, checkpoint_dir, figure, no_figure,
+                                     no_lower_bound, t0)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
     label = int(label) if label.lstrip("-").isdigit() else label
     try:
@@ -366,9 +364,12 @@ def launch(argv: list[str], nproc: int) -> int:
 
 
 def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json, eps,
-                          method, rank_list, lam, max_iter, max_abs, backend, device, label, seed, figure,
-                          no_figure, no_lower_bound, t0):
-    """``rankkit estimate`` on one rank of a torchrun world; rank 0 prints and plots."""
+                          method, rank_list, lam, max_iter, max_abs, backend, device, label, seed,
+                          checkpoint_dir, figure, no_figure, no_lower_bound, t0):
+    """``rankkit estimate`` on one rank of a torchrun world; rank 0 prints and plots.
+
+    ``checkpoint_dir`` holds one sub-folder per rank (``rank<r>of<P>``), so a rerun on the
+    same number of processes resumes every rank's finished fits."""
     from . import distributed
 
     comm = distributed.get_comm()
@@ -379,7 +380,7 @@ def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_co
         dataset, eps=eps, comm=comm, method=method, label=label, ranks=rank_list, lam=lam, max_iter=max_iter,
         backend=backend, device=device, seed=seed, progress=comm.rank == 0 and not as_json, max_len=max_len,
         lower_bound=not no_lower_bound, tokenizer=tokenizer, text=text_col, labels=labels, split=split,
-        limit=limit, **auto_kw)
+        limit=limit, checkpoint_dir=checkpoint_dir, **auto_kw)
     if comm.rank != 0:
         return
     est.meta.update(dataset=dataset, tokenizer=str(tokenizer))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,3 +403,39 @@ def test_a_hugging_face_dataset_is_read_shard_by_shard(P):
 
     sizes = [table.shard(num_shards=P, index=r, contiguous=True).num_rows for r in range(P)]
     assert np.diff(_slice_bounds(101, P)).tolist() == sizes
+
+
+def _cli_worker(comm, ckpt: str):
+    """``rankkit estimate --checkpoint-dir`` on one rank of a torchrun-like world, twice."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rankkit.cli import main
+
+    os.environ["WORLD_SIZE"] = str(comm.size)  # what torchrun sets; the CLI reads it
+    args = ["estimate", "vader:tweets", "--limit", "300", "--method", "soft-impute",
+            "--ranks", "0,2,4", "--max-iter", "60", "--checkpoint-dir", ckpt, "--no-figure", "--json"]
+    runs, stamps = [], []
+    for _ in range(2):
+        res = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        text = res.output.strip()
+        runs.append(json.loads(text[text.index("{"):]) if comm.rank == 0 else text)
+        comm.barrier()  # both ranks' files are written before either looks
+        stamps.append({str(p.relative_to(ckpt)): p.stat().st_mtime_ns
+                       for p in Path(ckpt).rglob("*") if p.is_file()})
+    return runs, stamps
+
+
+def test_cli_checkpoint_dir_under_torchrun_saves_per_rank_and_resumes(tmp_path):
+    out = _ok(spawn(_cli_worker, 2, str(tmp_path / "ckpt"), timeout_s=240, collective_timeout_s=60))
+    (first, second), (saved, after_rerun) = out[0]
+    assert sorted({Path(f).parts[0] for f in saved}) == ["rank0of2", "rank1of2"], \
+        "one checkpoint folder per rank"
+    # the rerun loaded every fit instead of fitting (and saving) again
+    assert after_rerun == saved
+    assert out[1][0] == ["", ""], "rank 1 prints nothing"
+    for key in ("lower", "upper", "mse_by_rank"):
+        assert first[key] == second[key], f"the resumed run changed {key}"
+    assert sorted(first["mse_by_rank"], key=int) == ["0", "2", "4"]
