@@ -76,6 +76,47 @@ def _sampled2_py(bounds, indptr, indices, A1, B1, A2, B2, out):
                 out[p] = s
 
 
+@njit(cache=True)
+def _chol_solve(L, y, rho) -> bool:
+    """Solve (L + ρI) u = y in place (u overwrites y) for a symmetric L given by its lower
+    triangle, by an in-place lower Cholesky of L + ρI; False, with L and y spoilt, when a
+    pivot is at or below 1e-10 × the largest diagonal entry of L + ρI (the caller then takes
+    a minimum-norm solution). One copy for the ridge rows and the sharded column pass, so
+    both decide well-posedness by the same rule."""
+    k = y.shape[0]
+    dmax = 0.0
+    for s in range(k):
+        L[s, s] += rho
+        if L[s, s] > dmax:
+            dmax = L[s, s]
+    if not dmax > 0.0:
+        return False
+    for j in range(k):
+        d = L[j, j]
+        for t in range(j):
+            d -= L[j, t] * L[j, t]
+        if d <= 1e-10 * dmax:
+            return False
+        d = np.sqrt(d)
+        L[j, j] = d
+        for i in range(j + 1, k):
+            e = L[i, j]
+            for t in range(j):
+                e -= L[i, t] * L[j, t]
+            L[i, j] = e / d
+    for i in range(k):  # forward: L y = b
+        e = y[i]
+        for t in range(i):
+            e -= L[i, t] * y[t]
+        y[i] = e / L[i, i]
+    for i in range(k - 1, -1, -1):  # backward: Lᵀ u = y
+        e = y[i]
+        for t in range(i + 1, k):
+            e -= L[t, i] * y[t]
+        y[i] = e / L[i, i]
+    return True
+
+
 def _ridge_rows_py(bounds, indptr, indices, x, Q, rho, out):
     """Per row a: out[a] = argmin_u ‖x_S − Q_S u‖² + ρ‖u‖², S the row's cells.
 
@@ -107,40 +148,7 @@ def _ridge_rows_py(bounds, indptr, indices, x, Q, rho, out):
                     b[s] += xv * qs
                     for t in range(s + 1):
                         G[s, t] += qs * Q[q, t]
-            dmax = 0.0
-            for s in range(k):
-                G[s, s] += rho
-                if G[s, s] > dmax:
-                    dmax = G[s, s]
-            ok = dmax > 0.0
-            # in-place lower Cholesky of G
-            for j in range(k):
-                if not ok:
-                    break
-                d = G[j, j]
-                for t in range(j):
-                    d -= G[j, t] * G[j, t]
-                if d <= 1e-10 * dmax:
-                    ok = False
-                    break
-                d = np.sqrt(d)
-                G[j, j] = d
-                for i in range(j + 1, k):
-                    e = G[i, j]
-                    for t in range(j):
-                        e -= G[i, t] * G[j, t]
-                    G[i, j] = e / d
-            if ok:
-                for i in range(k):  # forward: L y = b
-                    e = b[i]
-                    for t in range(i):
-                        e -= G[i, t] * b[t]
-                    b[i] = e / G[i, i]
-                for i in range(k - 1, -1, -1):  # backward: Lᵀ u = y
-                    e = b[i]
-                    for t in range(i + 1, k):
-                        e -= G[t, i] * b[t]
-                    b[i] = e / G[i, i]
+            if _chol_solve(G, b, rho):
                 for t in range(k):
                     out[a, t] = b[t]
             else:
@@ -186,53 +194,21 @@ def _normal_rows_py(bounds, indptr, indices, x, Q, G, b):
 
 
 def _solve_normal_py(G, b, rho, out, ok):
-    """out[a] = (G[a] + ρI)⁻¹ b[a] by Cholesky, with the pivot rule of ``_ridge_rows_py``
+    """out[a] = (G[a] + ρI)⁻¹ b[a] by ``_chol_solve``, the pivot rule of ``_ridge_rows_py``
     (every pivot above 1e-10 × the largest diagonal entry); ok[a] = False where it fails
     (the caller then takes the pseudo-inverse: the minimum-norm solution)."""
     n, k = b.shape
     for a in prange(n):
         L = np.empty((k, k))
         y = np.empty(k)
-        dmax = 0.0
         for s in range(k):
             y[s] = b[a, s]
             for t in range(s + 1):
                 L[s, t] = G[a, s, t]
-            L[s, s] += rho
-            if L[s, s] > dmax:
-                dmax = L[s, s]
-        good = dmax > 0.0
-        for j in range(k):
-            if not good:
-                break
-            d = L[j, j]
-            for t in range(j):
-                d -= L[j, t] * L[j, t]
-            if d <= 1e-10 * dmax:
-                good = False
-                break
-            d = np.sqrt(d)
-            L[j, j] = d
-            for i in range(j + 1, k):
-                e = L[i, j]
-                for t in range(j):
-                    e -= L[i, t] * L[j, t]
-                L[i, j] = e / d
-        ok[a] = good
-        if not good:
-            continue
-        for i in range(k):
-            e = y[i]
-            for t in range(i):
-                e -= L[i, t] * y[t]
-            y[i] = e / L[i, i]
-        for i in range(k - 1, -1, -1):
-            e = y[i]
-            for t in range(i + 1, k):
-                e -= L[t, i] * y[t]
-            y[i] = e / L[i, i]
-        for t in range(k):
-            out[a, t] = y[t]
+        ok[a] = _chol_solve(L, y, rho)
+        if ok[a]:
+            for t in range(k):
+                out[a, t] = y[t]
 
 
 _spmm_par, _spmm_ser = _par_ser(_spmm_rows_py)
