@@ -148,7 +148,10 @@ def _ridge_rows_py(bounds, indptr, indices, x, Q, rho, out):
                     b[s] += xv * qs
                     for t in range(s + 1):
                         G[s, t] += qs * Q[q, t]
-            if _chol_solve(G, b, rho):
+            # ρ = 0 with fewer cells than k: G has rank < k exactly, and rounding can still
+            # lift every pivot above the rule's bar (a non-minimum-norm answer), so such a row
+            # goes straight to the minimum-norm solve
+            if (rho > 0.0 or hi - lo >= k) and _chol_solve(G, b, rho):
                 for t in range(k):
                     out[a, t] = b[t]
             else:
