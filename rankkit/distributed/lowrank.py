@@ -70,6 +70,7 @@ from ..lowrank import (
 )
 from ..softimpute import SoftImputeResult, warm_parts
 from ._comm import Comm, get_comm
+from ._slots import RankSlots
 from .build import ShardedRewardMatrix, shard_rows
 from .softimpute import _gathered, _global_normal_rows
 
@@ -277,46 +278,17 @@ def _warm(K, warm_start, data, n, nnz, k, rows, rng):
 
 # ---- per-rank checkpoints ----------------------------------------------------------------------
 
-class _RankSlots(_NpzCheckpoint):
-    """Per-rank checkpoints in two alternating slots, ``<path>.rank<r>of<P>.<slot>.npz``.
+class _RankSlots(RankSlots, _NpzCheckpoint):
+    """The fixed-rank checkpoint (``rankkit.lowrank``'s format) in per-rank slots."""
 
-    A rank killed between the ranks' writes leaves them at different iterations; a resume
-    takes the latest iteration every rank holds, so one slot of the previous save always
-    survives. Ctrl-C does not save (the ranks may be in different iterations then)."""
-
-    save_on_interrupt = False
+    iter_key, what = "it", "fixed-rank"
 
     def __init__(self, base: Path, comm: Comm, fp, shape_local, k, max_iter):
         super().__init__(base, fp, shape_local, k, max_iter)
-        self.comm = comm
-        self.slots = [base.with_name(f"{base.name}.rank{comm.rank}of{comm.size}.{s}.npz") for s in (0, 1)]
-        self.next_slot = 0
-
-    def load(self):
-        have = {}
-        for s, path in enumerate(self.slots):
-            if path.is_file():
-                z = self.read(path)
-                have[int(z["it"])] = (s, z)
-        every = self.comm.allgather_object(sorted(have), "fixed-rank checkpoint agreement")
-        common = set(every[0]).intersection(*map(set, every[1:]))
-        if not common:
-            return None
-        s, z = have[max(common)]
-        self.next_slot = 1 - s
-        return z
+        self._init_slots(base, comm)
 
     def save(self, state: dict) -> None:
-        atomic_npz(self.slots[self.next_slot], {**state, "fingerprint": self.fp})
-        self.next_slot = 1 - self.next_slot
-
-    def finish(self, keep: bool) -> None:
-        if keep:
-            return
-        self.comm.barrier("fixed-rank end")  # no rank deletes a slot another may still resume from
-        for path in self.slots:
-            if path.is_file():
-                path.unlink()
+        atomic_npz(self._slot(), {**state, "fingerprint": self.fp})
 
 
 # ---- public ------------------------------------------------------------------------------------

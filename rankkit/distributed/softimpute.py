@@ -48,6 +48,7 @@ from .._backend import resolve_backend
 from .._kernels import _Kernels, make_kernels
 from ..softimpute import SoftImputeResult, _FileCheckpoint, _run, final_step, warm_parts
 from ._comm import Comm, get_comm
+from ._slots import RankSlots
 from .build import ShardedRewardMatrix, shard_rows
 
 __all__ = ["soft_impute", "ShardedKernels", "bytes_per_iteration"]
@@ -236,47 +237,17 @@ def _start(K: ShardedKernels, warm_start, n: int, m: int, k: int, rows: np.ndarr
     return (np.hstack([u, ua]), np.concatenate([d, np.full(ja, d[-1])]), np.hstack([v, np.zeros((m, ja))]))
 
 
-class _RankCheckpoint(_FileCheckpoint):
-    """Per-rank checkpoints in two alternating slots, ``<path>.rank<r>of<P>.<slot>.npz``.
+class _RankCheckpoint(RankSlots, _FileCheckpoint):
+    """The soft-impute checkpoint (``rankkit.softimpute``'s format) in per-rank slots."""
 
-    A rank killed between the ranks' writes leaves the ranks at different iterations; the
-    resume takes the latest iteration every rank holds, so one slot of the previous save
-    always survives. Ctrl-C does not save (ranks may be in different iterations then)."""
-
-    save_on_interrupt = False
+    iter_key, what = "iter", "soft-impute"
 
     def __init__(self, base: Path, comm: Comm, fp, n_local, m, k, max_iter):
         super().__init__(base, fp, n_local, m, k, max_iter)
-        self.comm = comm
-        self.slots = [base.with_name(f"{base.name}.rank{comm.rank}of{comm.size}.{s}.npz") for s in (0, 1)]
-        self.next_slot = 0
-
-    def load(self):
-        have = {}
-        for s, path in enumerate(self.slots):
-            if path.is_file():
-                z = self.read(path)
-                have[int(z["iter"])] = (s, z)
-        every = self.comm.allgather_object(sorted(have), "soft-impute checkpoint agreement")
-        common = set(every[0]).intersection(*map(set, every[1:]))
-        if not common:
-            return None
-        it = max(common)
-        s, z = have[it]
-        self.next_slot = 1 - s
-        return z
+        self._init_slots(base, comm)
 
     def save(self, U, Dsq, V, objective, ratios, n_done):
-        self.write(self.slots[self.next_slot], U, Dsq, V, objective, ratios, n_done)
-        self.next_slot = 1 - self.next_slot
-
-    def finish(self, keep: bool):
-        if keep:
-            return
-        self.comm.barrier("soft-impute end")  # no rank deletes a slot another may still resume from
-        for path in self.slots:
-            if path.is_file():
-                path.unlink()
+        self.write(self._slot(), U, Dsq, V, objective, ratios, n_done)
 
 
 def _fingerprint(indptr, indices, x, rows, shape, k, lam, thresh, dtype, comm) -> np.ndarray:
