@@ -201,6 +201,42 @@ class PerplexityResult:
     n_dropped: int
 
 
+def _next_token_logprobs(model, rows, wanted, *, batch_size: int, pad: int, device,
+                         progress: bool) -> list:
+    """Next-token log-probabilities of token-id ``rows`` (context included) under ``model``.
+
+    Rows are run in batches of ``batch_size`` taken in order of length, so a batch pads
+    (right, with ``pad``) to about its own length; a row with ``wanted[k]`` False keeps its
+    place in that batching but is not run. One entry per batch: ``idx`` (the rows), ``ids``
+    and ``mask`` (B, L), and ``tok`` (B, L - 1) float32 on the CPU with
+    ``tok[b, t] = log p(ids[b, t + 1] | ids[b, :t + 1])`` (padding columns hold garbage:
+    mask them). The one scoring loop of :func:`perplexity` and
+    :func:`conditional_perplexity`.
+    """
+    import torch
+
+    from ._tensors import padded
+
+    order = sorted(range(len(rows)), key=lambda k: len(rows[k]))
+    it = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="perplexity")
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for start in it:
+            idx = [k for k in order[start:start + batch_size] if wanted[k]]
+            if not idx:
+                continue
+            ids, mask = padded([rows[k] for k in idx], pad=pad)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            tok = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+            out.append((idx, ids, mask, tok))
+    return out
+
+
 def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
                            samples: Sequence[Sequence[str]], *, batch_size: int = 16,
                            max_ppl: float | None = 1e5, device=None,
@@ -227,7 +263,6 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
     """
     import torch
 
-    from ._tensors import padded
     from .lm import bos_token_id, with_bos
 
     bos = bos_token_id(model)
@@ -243,27 +278,16 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
             cid = list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
             pairs.append((i, j, pid, cid))
     nll = np.full(len(pairs), np.nan)
-    order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][2]) + len(pairs[k][3]))
-    it = range(0, len(order), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="perplexity")
-    model.eval()
-    with torch.inference_mode():
-        for start in it:
-            idx = [k for k in order[start:start + batch_size] if pairs[k][3]]
-            if not idx:
-                continue
-            ids, mask = padded([pairs[k][2] + pairs[k][3] for k in idx], pad=pad_id)
-            # score the continuation only: columns past the prompt, up to the row's length
-            plen = torch.tensor([len(pairs[k][2]) for k in idx])
-            score = (torch.arange(ids.shape[1])[None, :] >= plen[:, None]) & mask.bool()
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            tok_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
-            sc = score[:, 1:]
-            mean_nll = -(tok_lp * sc).sum(1) / sc.sum(1)
-            nll[idx] = mean_nll.double().numpy()
+    # an empty continuation has nothing to score: its perplexity stays NaN (dropped below)
+    for idx, ids, mask, tok_lp in _next_token_logprobs(
+            model, [pr[2] + pr[3] for pr in pairs], [bool(pr[3]) for pr in pairs],
+            batch_size=batch_size, pad=pad_id, device=device, progress=progress):
+        # score the continuation only: columns past the prompt, up to the row's length
+        plen = torch.tensor([len(pairs[k][2]) for k in idx])
+        score = (torch.arange(ids.shape[1])[None, :] >= plen[:, None]) & mask.bool()
+        sc = score[:, 1:]
+        mean_nll = -(tok_lp * sc).sum(1) / sc.sum(1)
+        nll[idx] = mean_nll.double().numpy()
     ppl = np.exp(nll)
     keep = np.isfinite(ppl) if max_ppl is None else np.isfinite(ppl) & (ppl < max_ppl)
     per = [np.empty(len(r)) for r in rows]
@@ -316,10 +340,8 @@ def perplexity(model, sequences, *, batch_size: int = 16, max_len: int | None = 
     one, as in training), every token counted once. The held-out figure of
     :func:`rankkit_ext.lm.vader_base_lm`.
     """
-    import torch
 
     from ._hf import max_positions, text_config
-    from ._tensors import padded
     from .lm import bos_token_id, strip_bos
 
     bos = bos_token_id(model)
@@ -331,22 +353,10 @@ def perplexity(model, sequences, *, batch_size: int = 16, max_len: int | None = 
         raise ValueError("sequences hold no tokens to score")
     device = device if device is not None else next(model.parameters()).device
     nll = np.zeros(len(seqs))
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    it = range(0, len(order), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="perplexity")
-    model.eval()
-    with torch.inference_mode():
-        for start in it:
-            idx = [i for i in order[start:start + batch_size] if seqs[i]]
-            if not idx:
-                continue
-            ids, mask = padded([seqs[i] for i in idx], pad=bos, prepend=[bos])
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            tok = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
-            nll[idx] = (-(tok.double() * mask[:, 1:].double()).sum(1)).numpy()
+    for idx, _, mask, tok in _next_token_logprobs(
+            model, [[bos] + s for s in seqs], [bool(s) for s in seqs], batch_size=batch_size,
+            pad=bos, device=device, progress=progress):
+        nll[idx] = (-(tok.double() * mask[:, 1:].double()).sum(1)).numpy()
     n = sum(len(s) for s in seqs)
     mean = float(nll.sum() / n)
     return CorpusPerplexity(math.exp(mean), mean, int(n), nll)
