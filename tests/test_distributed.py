@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import rankkit as rk
 import rankkit.distributed as rd
 from rankkit.distributed.build import _keys, _split
-from rankkit.testing.distributed import gloo_available, run_threads, spawn
+from rankkit.testing.distributed import dying_callback, gloo_available, run_threads, spawn
 
 pytestmark = pytest.mark.skipif(not gloo_available(), reason="torch.distributed with gloo is not available")
 
@@ -90,11 +90,7 @@ def _main_worker(comm):
 
 
 def _resume_fit(comm, ckpt, die_at=None):
-    def cb(it, info):
-        if die_at is not None and comm.rank == 1 and it == die_at:
-            os._exit(3)  # a rank dies without a word, mid-run
-        return False
-
+    cb = dying_callback(comm, die_at)  # rank 1 dies without a word, mid-run
     return rd.soft_impute(lowrank_problem(1, n=240, m=40), 4, 0.3, comm=comm, max_iter=30, thresh=-1,
                           progress=False, checkpoint=ckpt, checkpoint_every=4, callback=cb)
 

@@ -9,7 +9,6 @@ shard split) and as two gloo processes (:func:`rankkit.testing.distributed.spawn
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ import rankkit as rk
 import rankkit.distributed as rd
 from rankkit.lowrank import fixed_rank_fit
 from rankkit.matrix import as_reward_matrix
-from rankkit.testing.distributed import gloo_available, run_threads, spawn
+from rankkit.testing.distributed import dying_callback, gloo_available, run_threads, spawn
 
 pytestmark = pytest.mark.skipif(not gloo_available(), reason="torch.distributed with gloo is not available")
 
@@ -125,11 +124,7 @@ def test_als_bytes_per_iteration_are_the_documented_ones():
 
 
 def _killed_fit(comm, X, ckpt, die_at):
-    def cb(it, info):
-        if die_at is not None and comm.rank == 1 and it == die_at:
-            raise KeyboardInterrupt  # the rank stops without a word (no save on interrupt)
-        return False
-
+    cb = dying_callback(comm, die_at, how="interrupt")  # rank 1 stops without a word
     return rd.fixed_rank_fit(X, 3, comm=comm, method="rlm", rho=1e-3, eps=1e-30, max_iter=14, init="random",
                              checkpoint=ckpt, checkpoint_every=3, callback=cb, progress=False, backend="numpy")
 
@@ -245,11 +240,7 @@ def _gloo_worker(comm, vader, ckpt):
 
 
 def _gloo_resume(comm, ckpt, die_at=None):
-    def cb(it, info):
-        if die_at is not None and comm.rank == 1 and it == die_at:
-            os._exit(3)  # a rank dies without a word, mid-run
-        return False
-
+    cb = dying_callback(comm, die_at)  # rank 1 dies without a word, mid-run
     return rd.fixed_rank_fit(lowrank(23, n=140, m=30, rank=3, noise=0.01), 3, comm=comm, method="rlm", rho=1e-3,
                              eps=1e-30, max_iter=14, init="random", checkpoint=ckpt, checkpoint_every=4,
                              callback=cb, progress=False, backend="numpy", **EXACT_CG)

@@ -19,7 +19,25 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["spawn", "RankOutcome", "free_port", "gloo_available", "run_threads"]
+__all__ = ["spawn", "RankOutcome", "free_port", "gloo_available", "run_threads", "dying_callback"]
+
+
+def dying_callback(comm, at: int | None, *, rank: int = 1, how: str = "exit"):
+    """A solver ``callback(it, info)`` that makes process ``rank`` stop without a word at
+    iteration ``at`` (``None``: never): ``how="exit"`` ends the process (``os._exit(3)``,
+    a dead gloo rank), ``"interrupt"`` raises ``KeyboardInterrupt`` (a thread rank; the
+    sharded solvers save nothing on interrupt)."""
+    if how not in ("exit", "interrupt"):
+        raise ValueError(f"how must be 'exit' or 'interrupt', got {how!r}")
+
+    def callback(it, info):
+        if at is not None and comm.rank == rank and it == at:
+            if how == "exit":
+                os._exit(3)
+            raise KeyboardInterrupt
+        return False
+
+    return callback
 
 
 def free_port() -> int:
