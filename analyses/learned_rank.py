@@ -148,7 +148,8 @@ def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbon
     m = min(rk.reduce_omega2(rk.build_reward_matrix(ds)).shape)
     ranks = [r for r in (2 ** np.arange(12)).tolist() if r < m] + [m]
     est = rk.estimate_min_rank(ds, eps=cfg["eps"], progress=False, seed=seed, ranks=ranks)
-    data = {"lower": int(est.lower), "upper": None if est.upper is None else int(est.upper),
+    data = {"lower": int(est.exact_lower), "exact_lower": int(est.exact_lower),
+            "eps_lower": int(est.eps_lower), "upper": None if est.upper is None else int(est.upper),
             "eps": cfg["eps"], "message": est.message,
             "mse_by_rank": {int(k): float(v) for k, v in est.mse_by_rank.items()},
             "seconds": time.perf_counter() - t0}

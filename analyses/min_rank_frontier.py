@@ -73,7 +73,9 @@ def _estimate(R, method: str, **kw):
     t0 = time.perf_counter()
     est = rk.estimate_min_rank(R, eps=EPS, progress=False, method=method, **kw)
     secs = time.perf_counter() - t0
-    return {"method": method, "lower": est.lower, "rank_certified": est.rank_certified, "upper": est.upper,
+    return {"method": method, "exact_lower": est.exact_lower, "exact_upper": est.exact_upper,
+            "eps_lower": est.eps_lower, "eps_bounds": None if est.eps_bounds is None else est.eps_bounds.to_dict(),
+            "omega_extension": est.omega_extension, "rank_certified": est.rank_certified, "upper": est.upper,
             "certificate_source": est.certificate_source, "seconds": round(secs, 2),
             "mse_by_rank": {int(k): float(v) for k, v in sorted(est.mse_by_rank.items())},
             "scale": est.scale, "trials": est.trials}

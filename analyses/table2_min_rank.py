@@ -56,7 +56,7 @@ def run(out: Path, *, quick: bool = False, max_iter: int | None = None, limit: i
                                    checkpoint_dir=ckpt)
         rows[spec] = {
             "label": label, "texts": len(ds), "mse_by_rank": est.mse_by_rank,
-            "converged_by_rank": est.converged_by_rank, "lower": est.lower, "upper": est.upper,
+            "converged_by_rank": est.converged_by_rank, "exact_lower": est.exact_lower, "eps_lower": est.eps_lower, "upper": est.upper,
             "omega_shape": est.omega_shape, "omega_nnz": est.omega_nnz,
             "omega2_shape": est.omega2_shape, "omega2_nnz": est.omega2_nnz,
             "seconds": round(time.perf_counter() - t0, 1),

@@ -39,6 +39,8 @@ _LAZY = {
     "as_reward_matrix": "matrix",
     "rank_lower_bound": "bounds",
     "RankLowerBound": "bounds",
+    "eps_rank_lower_bound": "bounds",
+    "EpsRankLowerBound": "bounds",
     # backends
     "HAS_TORCH": "_backend",
     "HAS_CUPY": "_backend",

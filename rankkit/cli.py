@@ -279,14 +279,16 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 @click.option("--figure", type=click.Path(dir_okay=False), default=None,
               help="Where to write the MSE-vs-rank figure [rankkit_out/estimate_<dataset>.png].")
 @click.option("--no-figure", is_flag=True, help="Do not write a figure.")
-@click.option("--no-lower-bound", is_flag=True, help="Skip the structural lower bound.")
+@click.option("--no-lower-bound", is_flag=True,
+              help="Skip the lower-bound searches (exact: Lemma 2 triangles and full-rank blocks; "
+                   "ε: Eckart–Young blocks); the lower ends then come from the observed values only.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this host: relaunches the command under torchrun "
                    "(rankkit.distributed: sharded build, soft-impute and fixed-rank fits, gloo or NCCL).")
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
                  eps, method, ranks, lam, max_iter, max_abs, backend, device, label, seed,
                  checkpoint_dir, figure, no_figure, no_lower_bound, nproc):
-    """Bound the minimal rank of P_Ω(R): exact rank ≥ lower, ε-rank ≤ upper, and every fit."""
+    """Bound the minimal rank of P_Ω(R): the exact bracket, the ε-bracket, and every fit."""
     from .minrank import estimate_min_rank
     from .trie import build_reward_matrix
 

@@ -35,6 +35,7 @@ ANALYSES: tuple[str, ...] = (
     "stress_upper_triangular",
     "table2_min_rank",
     "min_rank_frontier",
+    "min_rank_brackets",
     # rankkit_ext (torch): reward models, guided decoding, twisted SMC
     "expressivity_upper_triangular",
     "learned_rank",

@@ -25,10 +25,11 @@ before a rank is accepted. Two ways of finding such factors:
 ``method="auto"`` (default)
     the fixed-rank solver :func:`rankkit.lowrank.fixed_rank_fit` (Riemannian
     Levenberg–Marquardt / ALS on rank-r matrices, ρ = λ), which stops on the certificate
-    itself, with a rank search: r = ℓ, 2ℓ, 4ℓ, … (ℓ the exact lower bound) until a rank
-    passes, then bisection down to rank 1 if need be, each
-    bisection rank warm-started from the truncated factors of the smallest passing rank
-    above it, then from the spectral start and ``n_restarts`` random starts.
+    itself, with a rank search: r = ℓ, ℓ + 1, ℓ + 2, then doubling (ℓ the proved ε-lower
+    bound, no rank below it is ever fitted) until a rank passes, then bisection down to ℓ,
+    each bisection rank warm-started from the truncated factors of the smallest passing rank
+    above it, then from the spectral start and ``n_restarts`` random starts; finally the
+    rank just below the certificate, if a near miss, gets ``extra_starts`` more.
 ``method="soft-impute"``
     the paper's methodology (App. C.3): softImpute-ALS with λ = 1e-4 at the listed ranks
     (``[0, 255, 511, 767]`` reproduces Table 2) or by doubling and bisection; it stops on a
@@ -48,10 +49,44 @@ The MSE is a mean over observed cells, as in Table 2. Definition 2 divides the s
 error by n·m ≥ :math:`|Ω₂|` instead, so MSE ≤ ε implies the condition of Definition 2: the
 certificate is conservative with respect to the paper's definition.
 
-The lower end comes from :func:`rankkit.bounds.rank_lower_bound` on the full Ω and holds
-for the *exact* minimal rank (ε = 0) only; see :mod:`rankkit.bounds` for why no lower bound
-exists for ε > 0. Hence ``lower ≤ minrank_Ω(R)`` and ``minrank_{Ω,ε}(R) ≤ upper``: two
-statements about two quantities (minrank_{Ω,ε} ≤ minrank_Ω), never one interval.
+Two brackets, one quantity each
+-------------------------------
+The **exact** bracket is about Definition 1 (ε = 0):
+
+.. math::
+
+    \text{exact\_lower} \le \operatorname{minrank}_\Omega(R) \le \text{exact\_upper},
+
+with :func:`rankkit.bounds.rank_lower_bound` below (a forced triangular pattern, Lemma 2, or
+a fully observed block of full rank) and the rank cap min(c(Ω), c(Ω₂) + 1) above
+(:mod:`rankkit.exact`: a generic exact completion always exists there).
+
+The **ε** bracket is about one ε-rank, stated with a *sum* over the cells and the budget
+β = ε :math:`|Ω₂|` (equivalently: mean squared error over Ω₂ at most ε, App. C.3):
+
+.. math::
+
+    \operatorname{minrank}_{\Omega_2,\varepsilon}(R) = \min\{\operatorname{rank} M :
+        \textstyle\sum_{\Omega_2} (R - M)^2 \le \varepsilon|\Omega_2|\}, \qquad
+    \operatorname{minrank}_{\Omega,\varepsilon}(R) = \min\{\operatorname{rank} M :
+        \textstyle\sum_{\Omega} (R - M)^2 \le \varepsilon|\Omega_2|\},
+
+so minrank_{Ω₂,ε} ≤ minrank_{Ω,ε} ≤ minrank_{Ω₂,ε} + 1 (Lemma 3), and
+
+.. math::
+
+    \text{eps\_lower} \le \operatorname{minrank}_{\Omega_2,\varepsilon}(R) \le \text{rank\_certified},
+    \qquad \text{eps\_lower} \le \operatorname{minrank}_{\Omega,\varepsilon}(R) \le \text{upper}.
+
+``eps_lower`` is Eckart–Young on cell-disjoint fully observed blocks of Ω₂
+(:func:`rankkit.bounds.eps_rank_lower_bound`): a proof from the observed values, shipped
+with its blocks. ``upper`` is ``rank_certified`` when Ω's single-entry rows can be appended
+to the certificate exactly (:func:`rankkit.omega.extend_certificate`, verified on every
+cell of Ω), else ``rank_certified + 1`` (Lemma 3). An error over Ω within ε :math:`|Ω₂|` is a mean
+over Ω within ε :math:`|Ω₂|` / :math:`|Ω|` ≤ ε, and Definition 2 divides by n·m ≥ :math:`|Ω|`, so ``upper`` bounds
+those readings of the ε-rank too; ``eps_lower`` does not (a mean over Ω allows the larger
+sum ε :math:`|Ω|`). A failing fit is never a lower bound: the lower ends are proofs, the upper ends
+certificates, and the summary prints each bracket with the source of both of its ends.
 """
 
 from __future__ import annotations
@@ -70,7 +105,14 @@ import scipy.sparse as sp
 
 from ._backend import array_backend, to_numpy
 from ._io import atomic_json, fingerprint, read_json
-from .bounds import BlockCertificate, RankLowerBound, TriangularCertificate, rank_lower_bound
+from .bounds import (
+    BlockCertificate,
+    EpsRankLowerBound,
+    RankLowerBound,
+    TriangularCertificate,
+    eps_rank_lower_bound,
+    rank_lower_bound,
+)
 from .exact import exact_completion, rank_cap
 from .matrix import RewardMatrix, as_reward_matrix
 from .sequences import RewardDataset
@@ -138,14 +180,24 @@ class MinRankEstimate:
     method : {"auto", "soft-impute"}
         How the certificate was searched (module docstring).
     label : int or str
-    lower : int
-        Lower bound on the *exact* (ε = 0) minimal rank over Ω (:mod:`rankkit.bounds`).
+    exact_lower, exact_upper : int
+        The exact bracket ``exact_lower ≤ minrank_Ω(R) ≤ exact_upper`` (ε = 0, Definition 1):
+        the structural bound of :mod:`rankkit.bounds.exact_rank` and the rank cap
+        min(c(Ω), c(Ω₂) + 1[Lemma 3]) at which an exact completion always exists
+        (:mod:`rankkit.exact`).
+    eps_lower : int
+        ``eps_lower ≤ minrank_{Ω₂,ε}(R)``, proved by Eckart–Young on cell-disjoint fully
+        observed blocks (:mod:`rankkit.bounds.eps_rank`, certificate in ``eps_bounds``); it
+        bounds ``minrank_{Ω,ε}`` with the same budget too.
     upper : int or None
-        Upper bound on the minimal *ε*-rank over Ω: ``rank_certified`` + 1 when Lemma 3's
-        single-entry rows hold a nonzero value, else ``rank_certified``; None when nothing,
-        not even the exact completion at the cap, reaches ε (or ``exact_fallback=False``).
+        ``minrank_{Ω,ε}(R) ≤ upper`` for the squared error over Ω within the same budget
+        ε :math:`|Ω₂|` (hence MSE over Ω ≤ ε and Definition 2's condition): ``rank_certified`` when the
+        single-entry rows of Ω can be appended to the certificate exactly (``omega_extension``),
+        ``rank_certified + 1`` (Lemma 3) when they cannot; None when nothing, not even the
+        exact completion at the cap, reaches ε (or ``exact_fallback=False``).
     rank_certified : int or None
-        Rank of the certifying factors on Ω₂ (nonzero entries of d).
+        Rank of the certifying factors on Ω₂ (nonzero entries of d): ``minrank_{Ω₂,ε}(R) ≤
+        rank_certified``, so ``[eps_lower, rank_certified]`` brackets the App. C.3 quantity.
     certified_at : int or None
         The key of ``mse_by_rank`` whose fit is the certificate (0 for the zero matrix;
         None when the exact completion certifies).
@@ -170,7 +222,14 @@ class MinRankEstimate:
     single_rows_nonzero : bool
         Some removed single-entry row holds a nonzero value (then Lemma 3's +1 applies).
     bounds : RankLowerBound or None
-        Certificates of ``lower``.
+        Certificates of ``exact_lower``.
+    eps_bounds : EpsRankLowerBound or None
+        Certificate of ``eps_lower`` (blocks in the coordinates of Ω₂ =
+        ``rk.reduce_omega2(P_Ω(R))``); ``eps_bounds.verify(R2)`` re-checks it.
+    omega_extension : dict or None
+        How the Ω₂ certificate extends to all of Ω (:func:`rankkit.omega.extend_certificate`):
+        ``appended`` (rows fitted exactly, no + 1) or not, the squared errors and the
+        extension's max ``|entry|`` bound.
     ranks : "auto" or list of int
     max_iter, thresh : solver settings (``thresh`` only for soft-impute).
     elapsed : float
@@ -186,7 +245,7 @@ class MinRankEstimate:
     eps: float
     lam: float
     label: int | str
-    lower: int
+    exact_lower: int
     upper: int | None
     rank_certified: int | None
     certified_at: int | None
@@ -212,10 +271,43 @@ class MinRankEstimate:
     trials: list[dict] = field(default_factory=list)
     scale: dict | None = None
     max_abs: float | None = None
+    exact_upper: int | None = None
+    eps_lower: int = 0
+    eps_bounds: EpsRankLowerBound | None = None
+    omega_extension: dict | None = None
+
+    # ---- the two brackets -------------------------------------------------------------
+    @property
+    def lower(self) -> int:
+        """Deprecated alias of ``exact_lower`` (a bound on the *exact* rank, not on the
+        ε-rank that ``upper`` bounds); use ``exact_lower`` or ``eps_lower``."""
+        import warnings
+
+        warnings.warn("MinRankEstimate.lower is deprecated: it is exact_lower, a bound on the exact "
+                      "(ε = 0) minimal rank; the ε-rank bracket is [eps_lower, upper]",
+                      DeprecationWarning, stacklevel=2)
+        return self.exact_lower
+
+    @property
+    def eps_bracket(self) -> tuple[int, int | None]:
+        """(eps_lower, upper): both ends bound minrank_{Ω,ε} with the budget ε :math:`|Ω₂|`."""
+        return self.eps_lower, self.upper
+
+    @property
+    def exact_bracket(self) -> tuple[int, int | None]:
+        """(exact_lower, exact_upper): both ends bound the exact minimal rank minrank_Ω."""
+        return self.exact_lower, self.exact_upper
 
     # ---- reporting -----------------------------------------------------------------
     def _upper_source(self) -> str:
-        plus = " + 1 (Lemma 3: single-entry rows)" if self.upper > self.rank_certified else ""
+        ext = self.omega_extension or {}
+        if self.upper > self.rank_certified:
+            plus = " + 1 (Lemma 3: single-entry rows stacked as a rank-1 block)"
+        elif self.n_single_rows and ext.get("appended"):
+            plus = (f"; the {self.n_single_rows:,} single-entry rows of Ω appended exactly "
+                    f"(extension max |entry| ≤ {ext['max_abs_bound']:.3g})")
+        else:
+            plus = ""
         src = self.certificate_source
         if src == "zero":
             what = "the zero matrix fits Ω₂ within ε"
@@ -276,34 +368,46 @@ class MinRankEstimate:
             ok = " ≤ ε" if self.exact_mse <= self.eps else " > ε"
             lines.append(f"  exact completion at the cap (rank {self.meta.get('rank_cap')}, λ-free): "
                          f"MSE {self.exact_mse:.3g}{ok}")
-        lines += ["", f"exact minimal rank (ε = 0):   minrank_Ω(R) ≥ {self.lower}   ({self._lower_reason()})"]
+        lines += ["", *self._bracket_lines()]
+        if self.upper is not None and self.method == "soft-impute":
+            above = [r for r, v in sorted(self.mse_by_rank.items())
+                     if v > self.eps and r >= self.rank_certified]
+            if above:
+                lines.append(f"  note: soft-impute missed ε at rank(s) {above}, at or above the "
+                             f"certified rank {self.rank_certified}: a failing fit (λ bias, thresh, "
+                             f"max_iter) is not a lower bound and is not trusted")
+        if self.upper is not None:
+            lines.append("  (a rank that failed is no evidence; the lower ends are proofs from the "
+                         "observed values alone)")
+        return "\n".join(lines)
+
+    def _bracket_lines(self) -> list[str]:
+        """The two brackets, one quantity each, with where every end comes from."""
+        up = "?" if self.upper is None else str(self.upper)
+        ex_up = "?" if self.exact_upper is None else str(self.exact_upper)
+        budget = self.eps * self.omega2_nnz
+        lines = [f"exact minimal rank (ε = 0):   {self.exact_lower} ≤ minrank_Ω(R) ≤ {ex_up}",
+                 f"  lower: {self._lower_reason()}",
+                 f"  upper: {self._exact_upper_reason()}",
+                 f"minimal ε-rank (ε = {self.eps:g}: squared error over Ω₂ ≤ ε·|Ω₂| = {budget:.3g}):",
+                 f"  on Ω₂ (App. C.3):       {self.eps_lower} ≤ minrank_Ω₂,ε(R) ≤ "
+                 f"{'?' if self.rank_certified is None else self.rank_certified}",
+                 f"  on Ω (same budget):     {self.eps_lower} ≤ minrank_Ω,ε(R) ≤ {up}",
+                 f"  lower: {self._eps_lower_reason()}"]
         if self.upper is None:
-            lines.append(f"minimal ε-rank (ε = {self.eps:g}): unknown — {self.message}")
+            lines.append(f"  upper: unknown — {self.message}")
         else:
-            lines.append(f"minimal ε-rank (ε = {self.eps:g}): minrank_Ω,ε(R) ≤ {self.upper}   "
-                         f"({self._upper_source()})")
+            lines.append(f"  upper: {self._upper_source()}")
             sl = self._scale_line()
             if sl:
                 lines.append(sl)
-            if self.method == "soft-impute":
-                above = [r for r, v in sorted(self.mse_by_rank.items())
-                         if v > self.eps and r >= self.rank_certified]
-                if above:
-                    lines.append(f"  note: soft-impute missed ε at rank(s) {above}, at or above the "
-                                 f"certified rank {self.rank_certified}: a failing fit (λ bias, thresh, "
-                                 f"max_iter) is not a lower bound and is not trusted")
-            lines.append("  (a rank that failed is no evidence that a smaller ε-rank does not exist; "
-                         "the lower bound is for ε = 0)")
-            if self.upper < self.lower:
-                lines.append("  note: upper < lower is allowed: the tolerance ε lets a completion "
-                             "of lower rank fit within ε where an exact one cannot")
-        return "\n".join(lines)
+        return lines
 
     def _lower_reason(self) -> str:
         b = self.bounds
         if b is None:
-            return "observed values only"
-        if self.lower == 0:
+            return "observed values only (lower_bound=False)"
+        if self.exact_lower == 0:
             return "all observed values are 0"
         if b.triangular.size >= max(b.block.rank, 2):
             return f"triangular pattern of size {b.triangular.size}, Lemma 2"
@@ -312,30 +416,48 @@ class MinRankEstimate:
                     f"of rank {b.block.rank}")
         return "some observed value is nonzero"
 
+    def _eps_lower_reason(self) -> str:
+        b = self.eps_bounds
+        if b is None:
+            return ("the zero matrix misses ε" if self.eps_lower else "the zero matrix fits") + \
+                " (no block search: lower_bound=False)"
+        if self.eps_lower == 0:
+            return "the zero matrix fits Ω₂ within ε"
+        shapes = [f"{r}×{c}" for r, c in (blk.shape for blk in b.blocks)]
+        if all(min(blk.shape) == 1 for blk in b.blocks):
+            return f"the zero matrix misses ε ({len(shapes)} rows hold more than the budget)"
+        head = ", ".join(shapes[:4]) + (f", … ({len(shapes)} in all)" if len(shapes) > 4 else "")
+        return (f"Eckart–Young on {len(shapes)} cell-disjoint fully observed block(s) of Ω₂ ({head}): "
+                f"any rank-{self.eps_lower - 1} matrix errs by ≥ {b.tails(self.eps_lower - 1):.3g} on them")
+
+    def _exact_upper_reason(self) -> str:
+        cap = self.meta.get("rank_cap")
+        return (f"rank cap: an exact completion exists at rank min(c(Ω), c(Ω₂) + 1) with c(Ω₂) = {cap} "
+                f"(generic factors, rankkit.exact)")
+
     def __str__(self) -> str:
         return self.summary()
 
     def __repr__(self) -> str:
         up = "?" if self.upper is None else self.upper
-        return (f"MinRankEstimate(lower={self.lower} [ε=0], upper={up} [ε={self.eps:g}], "
+        ex_up = "?" if self.exact_upper is None else self.exact_upper
+        return (f"MinRankEstimate(exact=[{self.exact_lower}, {ex_up}] (ε=0), "
+                f"eps=[{self.eps_lower}, {up}] (ε={self.eps:g}), "
                 f"source={self.certificate_source!r}, method={self.method!r}, "
                 f"omega2={self.omega2_shape[0]}×{self.omega2_shape[1]}/{self.omega2_nnz} cells"
                 + (f", max_abs={self.scale['max_abs']:.3g}" if self.scale else "") + ")")
 
     def _repr_html_(self) -> str:
         e = html.escape
-        up = "unknown" if self.upper is None else f"≤ {self.upper}"
         rows = "".join(
             f"<tr><td>{t['rank']}</td><td>{e(t['method'])}</td><td>{t['n_iter']}</td>"
             f"<td>{t['seconds']:.2f}</td><td>{t['mse']:.3g}</td><td>{'✓' if t['passed'] else ''}</td></tr>"
             for t in self.trials)
         scale = e(self._scale_line() or "")
+        items = "".join(f"<li>{e(line.strip())}</li>" for line in self._bracket_lines())
         return (f"<div><b>Minimal rank of P_Ω(R)</b>, label {e(repr(self.label))}: "
                 f"Ω₂ {self.omega2_shape[0]:,} × {self.omega2_shape[1]:,}, {self.omega2_nnz:,} cells"
-                f"<ul><li>exact minimal rank (ε = 0) ≥ <b>{self.lower}</b> ({e(self._lower_reason())})</li>"
-                f"<li>minimal ε-rank (ε = {self.eps:g}) <b>{up}</b>"
-                + ("" if self.upper is None else f" ({e(self._upper_source())})")
-                + f"</li></ul><small>{scale}</small>"
+                f"<ul>{items}</ul><small>{scale}</small>"
                 f"<table><tr><th>rank</th><th>solver</th><th>iter</th><th>s</th><th>MSE on Ω₂</th>"
                 f"<th>≤ ε</th></tr>{rows}</table></div>")
 
@@ -357,7 +479,9 @@ class MinRankEstimate:
             r = self.certified_at
             ax.semilogy([r], [max(self.mse_by_rank[r], 1e-300)], marker="*", markersize=16, color="C3",
                         linestyle="none", label=f"certificate: ε-rank ≤ {self.upper}")
-        ax.axvline(self.lower, color="C2", linestyle=":", label=f"exact rank ≥ {self.lower}")
+        if self.eps_lower:
+            ax.axvspan(-0.5, self.eps_lower - 0.5, color="C2", alpha=0.12,
+                       label=f"ε-rank ≥ {self.eps_lower} (Eckart–Young, proved)")
         ax.set_xlabel("completion rank r")
         ax.set_ylabel("mean squared error on Ω₂")
         ax.legend(fontsize=8)
@@ -368,7 +492,10 @@ class MinRankEstimate:
         cert = self.certificate
         return {
             "eps": self.eps, "lam": self.lam, "label": self.label, "method": self.method,
-            "lower": self.lower, "upper": self.upper, "rank_certified": self.rank_certified,
+            "exact_lower": self.exact_lower, "exact_upper": self.exact_upper,
+            "eps_lower": self.eps_lower, "upper": self.upper, "rank_certified": self.rank_certified,
+            "eps_bounds": None if self.eps_bounds is None else self.eps_bounds.to_dict(),
+            "omega_extension": self.omega_extension,
             "certified_at": self.certified_at,
             "mse_by_rank": {int(k): float(v) for k, v in sorted(self.mse_by_rank.items())},
             "converged_by_rank": {int(k): bool(v) for k, v in sorted(self.converged_by_rank.items())},
@@ -426,7 +553,10 @@ class MinRankEstimate:
 
             cert = SoftImputeResult.load(npz)
         return cls(
-            eps=d["eps"], lam=d["lam"], label=d["label"], lower=d["lower"], upper=d["upper"],
+            eps=d["eps"], lam=d["lam"], label=d["label"], exact_lower=d.get("exact_lower", d.get("lower")),
+            upper=d["upper"], exact_upper=d.get("exact_upper"), eps_lower=d.get("eps_lower", 0),
+            eps_bounds=None if d.get("eps_bounds") is None else EpsRankLowerBound.from_dict(d["eps_bounds"]),
+            omega_extension=d.get("omega_extension"),
             rank_certified=d["rank_certified"], certified_at=d["certified_at"],
             mse_by_rank={int(k): v for k, v in d["mse_by_rank"].items()},
             converged_by_rank={int(k): v for k, v in d["converged_by_rank"].items()},
@@ -505,7 +635,7 @@ def _check_ranks(ranks) -> list[int] | str:
 def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label: int | str = 0,
                       ranks="auto", lam: float = 1e-4, max_iter: int | None = None,
                       thresh: float = 1e-5, solver: str = "auto", n_restarts: int = 1,
-                      solver_options: dict | None = None,
+                      extra_starts: int = 3, solver_options: dict | None = None,
                       max_abs: float | None = None, backend: str = "auto", device=None,
                       seed: int = 0, progress: bool = True, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool = True,
@@ -545,9 +675,10 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     ranks : "auto" or list of int, default "auto"
         A list evaluates exactly those ranks (``[0, 255, 511, 767]`` with
         ``method="soft-impute"`` reproduces Table 2); r is the smallest passing one.
-        "auto" evaluates rank 0 (the zero matrix), then 1, 2, 4, … (soft-impute) or ℓ, 2ℓ,
-        4ℓ, … with ℓ the exact lower bound (fixed-rank) up to the cap, then bisects between
-        the last failing rank (or 0) and the first passing rank. The cap is
+        "auto" evaluates rank 0 (the zero matrix), then 1, 2, 4, … (soft-impute) or ℓ, ℓ + 1,
+        ℓ + 2, 2(ℓ + 2), … with ℓ the proved ε-lower bound (fixed-rank; the walk only when
+        ℓ ≥ 2) up to the cap, then bisects between the last failing rank (or ℓ − 1) and the
+        first passing rank. The cap is
         min(n₂, m₂, max cells per row, max cells per column) of Ω₂, a rank at which an
         exact completion always exists. A listed rank above min(n₂, m₂) is fitted at
         min(n₂, m₂) and reported under the rank asked for.
@@ -565,6 +696,11 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         "auto": random restarts tried at a bisection rank after its warm and spectral starts.
         Further starts are tried only while the best MSE at that rank is within 10 × ε (a
         near miss); a start that ends far above ε ends the rank.
+    extra_starts : int, default 3
+        "auto": after the search, the rank just below the certificate, when its best fit
+        was a near miss and it is not below the proved ``eps_lower``, gets the truncated
+        certificate, the spectral start and this many random starts more (0: off); on
+        success the next rank down is tried the same way.
     solver_options : dict, optional
         More keywords of :func:`rankkit.lowrank.fixed_rank_fit` (``cg_iter``, ``window`` …).
     max_abs : float, optional
@@ -626,7 +762,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     """
     t0 = time.perf_counter()
     max_iter, ranks = _check_args(method, eps=eps, lam=lam, max_abs=max_abs, max_iter=max_iter,
-                                  n_restarts=n_restarts, ranks=ranks)
+                                  n_restarts=n_restarts, ranks=ranks, extra_starts=extra_starts)
     R = _source_matrix(source, max_len=max_len, text=text, labels=labels, tokenizer=tokenizer,
                        split=split)
     j = R.label_index(label)  # validates the label against the matrix's label names
@@ -643,9 +779,13 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
 
     if lower_bound:
         bounds = rank_lower_bound(R, label=j)
-        lower = bounds.lower
+        exact_lower = bounds.lower
+        eps_bounds = eps_rank_lower_bound(R2, float(eps), label=j)
+        eps_lower = eps_bounds.lower
     else:
-        bounds, lower = None, int(bool(np.any(vals != 0)))
+        bounds, exact_lower = None, int(bool(np.any(vals != 0)))
+        eps_bounds, eps_lower = None, _zero_misses(R2.label_values(j), eps)
+    exact_upper = _exact_upper(rank_cap(R), rank_cap(R2), single_nonzero, bool(np.any(vals != 0)))
 
     common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
                   progress=progress, checkpoint_dir=checkpoint_dir)
@@ -653,8 +793,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         search = _Search(R2, j, lam=float(lam), thresh=float(thresh), **common)
     else:
         search = _CertSearch(R2, j, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
-                             max_abs=max_abs, options=_solver_options(solver_options), **common)
-    _run_search(search, ranks, method, lower)
+                             extra_starts=int(extra_starts), max_abs=max_abs,
+                             options=_solver_options(solver_options), **common)
+    _run_search(search, ranks, method, eps_lower)
 
     def exact(cap):
         # the λ-free constructive certificate at the cap (rankkit.exact)
@@ -668,17 +809,25 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         return cert, None if cert is None else (cert.meta.get("scale") or
                                                 certificate_scale(cert.U, cert.d, cert.V))
 
-    return _assemble(search, method=method, eps=eps, lam=lam, label=label, lower=lower, bounds=bounds,
-                     n_single=n_single, single_nonzero=single_nonzero, shapes=(R.shape, R.nnz, R2.shape, R2.nnz),
+    def extend(cert):
+        from .omega import extend_certificate
+
+        return extend_certificate(R, cert.U, cert.d, cert.V, label=j, budget=float(eps) * R2.nnz,
+                                  max_abs=max_abs)
+
+    return _assemble(search, method=method, eps=eps, lam=lam, label=label, bounds=bounds,
+                     brackets=dict(exact_lower=exact_lower, exact_upper=exact_upper, eps_lower=eps_lower,
+                                   eps_bounds=eps_bounds), extend=extend, n_single=n_single, single_nonzero=single_nonzero, shapes=(R.shape, R.nnz, R2.shape, R2.nnz),
                      ranks=ranks, max_iter=max_iter, thresh=thresh, t0=t0, max_abs=max_abs,
                      exact=exact if exact_fallback else None, finish=finish,
                      meta={"backend": backend, "seed": seed, "rank_cap": search.cap,
                            **({} if method == "soft-impute" else {"solver": solver,
-                                                                  "n_restarts": int(n_restarts)})})
+                                                                  "n_restarts": int(n_restarts),
+                                                                  "extra_starts": int(extra_starts)})})
 
 
 # ---- shared by the one-process and the distributed estimate_min_rank ---------------------------
-def _check_args(method, *, eps, lam, max_abs, max_iter, n_restarts, ranks):
+def _check_args(method, *, eps, lam, max_abs, max_iter, n_restarts, ranks, extra_starts=0):
     """Validate the search settings; returns (max_iter with its per-method default, ranks)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} ('auto': fixed-rank certificates, "
@@ -692,8 +841,9 @@ def _check_args(method, *, eps, lam, max_abs, max_iter, n_restarts, ranks):
         max_iter = 1000 if method == "soft-impute" else 500
     if int(max_iter) != max_iter or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (isinstance(n_restarts, numbers.Integral) and n_restarts >= 0):
-        raise ValueError(f"n_restarts must be an integer >= 0, got {n_restarts!r}")
+    for name, v in (("n_restarts", n_restarts), ("extra_starts", extra_starts)):
+        if not (isinstance(v, numbers.Integral) and v >= 0):
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
     return int(max_iter), _check_ranks(ranks)
 
 
@@ -707,14 +857,29 @@ def _solver_options(solver_options) -> dict:
     return opts
 
 
-def _run_search(search, ranks, method, lower) -> None:
+def _zero_misses(values, eps) -> int:
+    """1 when the zero matrix's mean squared error exceeds ε (then the ε-rank is ≥ 1), else 0."""
+    return int(values.size > 0 and float(np.mean(values * values)) > eps)
+
+
+def _exact_upper(cap_omega: int, cap_omega2: int, single_nonzero: bool, any_nonzero: bool) -> int:
+    """minrank_Ω ≤ min(c(Ω), c(Ω₂) + 1[Lemma 3]): exact completions exist at both caps
+    (rankkit.exact); 0 when every observed value is 0."""
+    if not any_nonzero:
+        return 0
+    return int(min(cap_omega, cap_omega2 + int(single_nonzero)))
+
+
+def _run_search(search, ranks, method, eps_lower) -> None:
     try:
         if ranks == "auto" and method == "soft-impute":
             search.auto()
         elif ranks == "auto":
-            # the doubling starts at the exact lower bound: the ε-rank is rarely far below it,
-            # and the ranks under it (all expected to fail) are only fitted if bisection asks
-            search.auto(start=max(1, lower))
+            # ranks below the proved ε-lower bound cannot pass: the search starts there, walks
+            # up two ranks before doubling, and bisection never goes under it; then the rank
+            # just below the certificate gets more starts when its best fit was a near miss
+            search.auto(start=max(1, eps_lower), floor=eps_lower, walk=2 if eps_lower >= 2 else 0)
+            search.tighten(floor=max(1, eps_lower))
         else:
             for r in ranks:
                 search.evaluate(r)
@@ -722,14 +887,18 @@ def _run_search(search, ranks, method, lower) -> None:
         search.close()
 
 
-def _assemble(search, *, method, eps, lam, label, lower, bounds, n_single, single_nonzero, shapes, ranks,
-              max_iter, thresh, t0, max_abs, exact, finish, meta) -> MinRankEstimate:
+def _assemble(search, *, method, eps, lam, label, bounds, brackets, extend, n_single, single_nonzero, shapes,
+              ranks, max_iter, thresh, t0, max_abs, exact, finish, meta) -> MinRankEstimate:
     """The estimate from a finished search: the best certificate, the exact fallback at the
-    cap, the bracket and its message.
+    cap, the two brackets and the message.
 
     ``exact(cap)`` (None: no fallback) returns (completion or None where this process does
-    not hold it, its MSE over Ω₂, its rank, its max |entry| or None); ``finish(cert, source)``
-    returns (the certificate this process reports, its :func:`certificate_scale`)."""
+    not hold it, its MSE over Ω₂, its rank, its max ``|entry|`` or None); ``finish(cert, source)``
+    returns (the certificate this process reports, its :func:`certificate_scale`);
+    ``extend(cert)`` (None: keep Lemma 3's + 1) returns
+    :func:`rankkit.omega.extend_certificate`'s report for the reported certificate (every
+    process gets the same dict); ``brackets`` holds exact_lower, exact_upper, eps_lower and
+    eps_bounds."""
     r_cert, at, cert = search.best()
     source_name = "zero" if (r_cert == 0 and cert is None) else (
         "soft-impute" if method == "soft-impute" else "fixed-rank")
@@ -755,12 +924,19 @@ def _assemble(search, *, method, eps, lam, label, lower, bounds, n_single, singl
         elif exact is None:
             message += "; or pass exact_fallback=True for the λ-free bound at the rank cap"
     else:
-        upper = r_cert + int(single_nonzero)
         message = ""
     cert, scale = finish(cert, source_name)
+    ext = None
+    if r_cert is not None:
+        if single_nonzero and r_cert > 0 and extend is not None:
+            ext = extend(cert)
+        upper = r_cert + int(bool(single_nonzero) and not (ext or {}).get("appended", False))
+        if brackets["eps_lower"] > r_cert:
+            raise RuntimeError(f"internal error: the proved ε-lower bound {brackets['eps_lower']} exceeds "
+                               f"the verified rank-{r_cert} certificate; please report this with the data")
     (omega_shape, omega_nnz, omega2_shape, omega2_nnz) = shapes
     return MinRankEstimate(
-        eps=float(eps), lam=float(lam), label=label, lower=int(lower), upper=upper,
+        eps=float(eps), lam=float(lam), label=label, upper=upper, omega_extension=ext, **brackets,
         rank_certified=r_cert, certified_at=at, mse_by_rank=dict(sorted(search.mse.items())),
         converged_by_rank=dict(sorted(search.converged.items())), certificate=cert,
         omega_shape=omega_shape, omega_nnz=omega_nnz, omega2_shape=omega2_shape, omega2_nnz=omega2_nnz,
@@ -843,12 +1019,16 @@ class _SearchBase:
         self.bar.set_postfix(rank=r, mse=f"{self.mse[r]:.3g}")
         return self.passes(r)
 
-    def auto(self, start: int = 1):
-        """Rank 0, then start, 2·start, 4·start, … up to the cap until a rank passes, then
-        bisection between the last failing (or 0) and the first passing rank."""
+    def auto(self, start: int = 1, floor: int = 0, walk: int = 0):
+        """Rank 0, then start, start + 1, … (``walk`` ranks one at a time), then doubling up
+        to the cap until a rank passes, then bisection between the last failing (or 0) and
+        the first passing rank. Ranks below ``floor`` are known to fail (a proved lower
+        bound) and are never fitted; with a proved floor the answer is usually a rank or two
+        above it, which the walk reaches without fitting the large ranks doubling would."""
         if self.evaluate(0) or self.cap == 0:
             return
-        lo, hi, k = 0, None, max(1, int(start))
+        lo, hi, k = max(0, min(int(floor), self.cap) - 1), None, max(1, int(start))
+        steps = 0
         while True:
             k = min(k, self.cap)
             if self.evaluate(k, "doubling"):
@@ -857,13 +1037,17 @@ class _SearchBase:
             lo = k
             if k == self.cap:
                 return
-            k *= 2
+            k = k + 1 if steps < walk else 2 * k
+            steps += 1
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if self.evaluate(mid, "bisect"):
                 hi = mid
             else:
                 lo = mid
+
+    def tighten(self, floor: int = 1) -> None:
+        """More effort below the certificate (the fixed-rank search overrides it)."""
 
     def best(self):
         """(certified rank, rank key, certificate) over every passing rank: the fewest
@@ -933,13 +1117,16 @@ class _CertSearch(_SearchBase):
     """Fixed-rank certificates: each rank from a list of starts until one reaches ε."""
 
     def __init__(self, R2, label, *, eps, rho, max_iter, solver, n_restarts, max_abs, options,
-                 backend, device, seed, progress, checkpoint_dir, cap=None, fp_matrix=None, fp_extra=None):
+                 backend, device, seed, progress, checkpoint_dir, extra_starts=0, cap=None, fp_matrix=None,
+                 fp_extra=None):
         super().__init__(R2, label, eps=eps, progress=progress, checkpoint_dir=checkpoint_dir,
                          settings=dict(method="auto", rho=rho, max_iter=max_iter, solver=solver,
                                        n_restarts=n_restarts, max_abs=max_abs, seed=seed, eps=eps,
                                        options=options, **(fp_extra or {})),
                          cap=cap, fp_matrix=fp_matrix)
         self.n_restarts, self.max_abs, self.seed = n_restarts, max_abs, seed
+        self.extra_starts = int(extra_starts)
+        self.tried: dict[int, list[str]] = {}
         self.kw = dict(label=label, eps=eps, rho=rho, method=solver, max_iter=max_iter,
                        backend=backend, device=device, progress=progress, **options)
         self.solver = solver
@@ -963,9 +1150,16 @@ class _CertSearch(_SearchBase):
             return self.passes(r)
         if r == 0 or self.R2.nnz == 0:
             return self._zero(r)
+        self._run_starts(r, self._starts(r, phase))
+        return self._done(r)
+
+    def _run_starts(self, r: int, starts, first: int = 0) -> bool:
+        """Fit rank r from each start in turn (attempt numbers from ``first``) until one
+        passes or the best ends far above ε; keep the best fit at r. Returns whether r passes."""
         k = min(r, self.full)
-        best = None
-        for i, (name, warm, init) in enumerate(self._starts(r, phase)):
+        best = None if r not in self.mse else (self.fits[r], self.mse[r], self.ok[r])
+        for i, (name, warm, init) in enumerate(starts, start=first):
+            self.tried.setdefault(r, []).append(name)
             fit, seconds = self._fit(k, i, warm, init)
             mse = self._observed_mse(fit)
             passed = mse <= self.eps
@@ -987,7 +1181,32 @@ class _CertSearch(_SearchBase):
                 break
         self.fits[r], self.mse[r], self.ok[r] = best
         self.converged[r] = self.ok[r]
-        return self._done(r)
+        return self.ok[r]
+
+    def tighten(self, floor: int = 1) -> None:
+        """Try harder at the rank just below the certificate, while its best fit is a near miss
+        (within 10 × ε) and it is not under ``floor`` (a proved lower bound): the truncated
+        (deflated) certificate and the spectral start if not tried there yet, then
+        ``extra_starts`` random starts; on success, the same one rank lower. Every attempt is
+        listed in ``trials``; a rank that passes today is never given up."""
+        while self.extra_starts > 0:
+            r_cert, at, fit = self.best()
+            if r_cert is None or at is None or r_cert - 1 < floor or fit is None:
+                return
+            r = r_cert - 1
+            if r not in self.mse:
+                self.evaluate(r, "bisect")
+                if self.passes(r):
+                    continue
+            if self.passes(r) or self.mse[r] > _RETRY_BAND * self.eps:
+                return
+            done = self.tried.get(r, [])
+            starts = [] if "truncated" in done else [("truncated", fit, "spectral")]
+            starts += [] if "spectral" in done else [("spectral", None, "spectral")]
+            starts += [("random", None, "random")] * self.extra_starts
+            if not self._run_starts(r, starts, first=len(done)):
+                return
+            self.bar.set_postfix(rank=r, mse=f"{self.mse[r]:.3g}")
 
     def _scale(self, fit) -> dict:
         """:func:`certificate_scale` of a passing fit (the sharded search reduces over ranks)."""

@@ -51,6 +51,8 @@ class RankComparison:
         :math:`\\sigma_1\\max(N, m)\\,\\varepsilon`, the threshold behind ``learned_rank``.
     data_lower : int
         Exact lower bound on :math:`\\operatorname{minrank}_\\Omega(R)` (ε = 0).
+    data_eps_lower : int
+        Proved lower bound on the ε-rank over Ω₂ (Eckart–Young on fully observed blocks).
     data_upper : int or None
         Certified upper bound on :math:`\\operatorname{minrank}_{\\Omega,\\varepsilon}(R)`
         (None when nothing certified).
@@ -81,6 +83,7 @@ class RankComparison:
     prefix_rows: np.ndarray = field(repr=False)
     seconds_learned: float = 0.0
     seconds_estimate: float = 0.0
+    data_eps_lower: int = 0
 
     @property
     def verdict(self) -> str:
@@ -93,6 +96,9 @@ class RankComparison:
                     f"matrix uses rank {self.learned_rank}, {need}")
         b = self.rank_bound  # d, or d + 1 for the MLP head with the baseline
         what = "d" if b == d else "d + 1"
+        if b < self.data_eps_lower:
+            return (f"{what} = {b} < {self.data_eps_lower} ≤ minrank_Ω₂,ε(R): RAD-Q (rank R̂ ≤ {what}) "
+                    f"cannot fit the observed entries of Ω₂ to MSE ≤ ε = {self.eps:g} (Eckart–Young)")
         if b < lo:
             return (f"{what} = {b} < {lo} ≤ minrank_Ω(R): RAD-Q (rank R̂ ≤ {what}) cannot fit "
                     f"the observed entries exactly")
@@ -114,7 +120,7 @@ class RankComparison:
             f"numerical rank {self.learned_rank} (σ > {self.cutoff:.3g}, App. D.4)",
             f"  model: d = {self.hidden_size}, {bound}",
             f"  data: minrank_Ω(R) ≥ {self.data_lower} (exact, ε = 0); "
-            f"minrank_Ω,ε(R) {up} (ε = {self.eps:g})",
+            f"{self.data_eps_lower} ≤ minrank_Ω,ε(R) {up} (ε = {self.eps:g})",
             f"  {self.verdict}",
         ]
         if self.rank_bound is not None and self.learned_rank > self.rank_bound:
@@ -132,7 +138,8 @@ class RankComparison:
             "rank_bound": self.rank_bound, "learned_rank": self.learned_rank,
             "n_prefixes": self.n_prefixes, "n_columns": self.n_columns, "dtype": self.dtype,
             "singular_values": self.singular_values.tolist(), "cutoff": self.cutoff,
-            "data_lower": self.data_lower, "data_upper": self.data_upper, "eps": self.eps,
+            "data_lower": self.data_lower, "data_eps_lower": self.data_eps_lower,
+            "data_upper": self.data_upper, "eps": self.eps,
             "label": self.label, "verdict": self.verdict,
             "prefix_rows": self.prefix_rows.tolist(),
             "seconds_learned": self.seconds_learned, "seconds_estimate": self.seconds_estimate,
@@ -258,7 +265,7 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
         model_kind=kind, hidden_size=d, rank_bound=model.rank_bound if kind == "RADQ" else None,
         learned_rank=int(learned_rank), n_prefixes=int(R_hat.shape[0]),
         n_columns=int(R_hat.shape[1]), dtype=str(R_hat.dtype), singular_values=np.asarray(s),
-        cutoff=cutoff, data_lower=int(estimate.lower),
+        cutoff=cutoff, data_lower=int(estimate.exact_lower), data_eps_lower=int(estimate.eps_lower),
         data_upper=None if estimate.upper is None else int(estimate.upper),
         eps=float(estimate.eps), label=label, estimate=estimate, prefix_rows=rows,
         seconds_learned=t_learned, seconds_estimate=t_est)

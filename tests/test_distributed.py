@@ -222,17 +222,17 @@ def test_distributed_estimate_gives_the_single_process_bracket(two_ranks):
     si, auto = two_ranks[0]["estimates"]
     ref_si = rk.estimate_min_rank(ds, 1e-4, method="soft-impute", max_iter=300, progress=False)
     ref_auto = rk.estimate_min_rank(ds, 1e-6, progress=False)
-    assert (si.lower, si.upper, si.rank_certified) == (ref_si.lower, ref_si.upper, ref_si.rank_certified)
-    assert si.upper is not None and si.lower < si.upper, "a bracket with room in it: the search did work"
+    assert (si.exact_lower, si.upper, si.rank_certified) == (ref_si.exact_lower, ref_si.upper, ref_si.rank_certified)
+    assert si.upper is not None and si.exact_lower < si.upper, "a bracket with room in it: the search did work"
     assert sorted(si.mse_by_rank) == sorted(ref_si.mse_by_rank), "the same ranks tried"
     for r, mse in ref_si.mse_by_rank.items():
         assert si.mse_by_rank[r] == pytest.approx(mse, rel=1e-6, abs=1e-12)
     assert si.certificate.U.shape == ref_si.certificate.U.shape
     assert rk.observed_mse(rk.reduce_omega2(rk.build_reward_matrix(ds)), si.certificate) <= 1e-4
-    assert (auto.lower, auto.upper) == (ref_auto.lower, ref_auto.upper)
+    assert (auto.exact_lower, auto.upper) == (ref_auto.exact_lower, ref_auto.upper)
     other_si, other_auto = two_ranks[1]["estimates"]
-    assert (other_si.lower, other_si.upper) == (si.lower, si.upper) and other_si.certificate is None
-    assert (other_auto.lower, other_auto.upper) == (auto.lower, auto.upper)
+    assert (other_si.exact_lower, other_si.upper) == (si.exact_lower, si.upper) and other_si.certificate is None
+    assert (other_auto.exact_lower, other_auto.upper) == (auto.exact_lower, auto.upper)
 
 
 def _hanging_worker(comm):
@@ -432,6 +432,6 @@ def test_cli_checkpoint_dir_under_torchrun_saves_per_rank_and_resumes(tmp_path):
     # the rerun loaded every fit instead of fitting (and saving) again
     assert after_rerun == saved
     assert out[1][0] == ["", ""], "rank 1 prints nothing"
-    for key in ("lower", "upper", "mse_by_rank"):
+    for key in ("exact_lower", "eps_lower", "upper", "mse_by_rank"):
         assert first[key] == second[key], f"the resumed run changed {key}"
     assert sorted(first["mse_by_rank"], key=int) == ["0", "2", "4"]

@@ -203,7 +203,7 @@ def test_threaded_estimate_resumes_from_per_rank_checkpoint_dirs(tmp_path):
     t0 = time.perf_counter()
     again = run_threads(_thread_estimate, 2, R, str(tmp_path))
     assert time.perf_counter() - t0 < 10
-    assert (again[0].lower, again[0].upper) == (first[0].lower, first[0].upper) == (3, 3)
+    assert (again[0].exact_lower, again[0].upper) == (first[0].exact_lower, first[0].upper) == (3, 3)
     assert again[0].mse_by_rank == first[0].mse_by_rank, "the saved fits, not new ones"
     np.testing.assert_array_equal(again[0].certificate.U, first[0].certificate.U)
     assert again[1].certificate is None
@@ -269,7 +269,7 @@ def _check_brackets(gloo):
     for name, source in (("vader", _vader()), ("lowrank", lowrank(22, n=150, m=30, rank=3, density=0.5))):
         ref = rk.estimate_min_rank(source, 1e-6, progress=False)
         got = gloo[0][name]
-        assert (got.lower, got.upper) == (ref.lower, ref.upper), name
+        assert (got.exact_lower, got.upper) == (ref.exact_lower, ref.upper), name
         assert sorted(got.mse_by_rank) == sorted(ref.mse_by_rank), f"{name}: the same ranks tried"
         assert got.certificate_source == ref.certificate_source == "fixed-rank"
         # "auto" picks the same solver as one process at the first fitted rank (RLM on reward data)

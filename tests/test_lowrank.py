@@ -238,6 +238,6 @@ def test_bracket_contains_the_rank_of_exactly_low_rank_data(n, m, r, over, power
     S = low_rank_problem(n, m, r, int(over * (n + m - r) * r), power_law=power, scale=scale, seed=r)
     eps = 1e-10 * float(np.mean(S.data ** 2))
     est = rk.estimate_min_rank(S, eps=eps, **FAST)
-    assert est.lower <= r <= est.upper <= r + 1
+    assert est.exact_lower <= r <= est.upper <= r + 1
     assert est.certificate_source == "fixed-rank"
     assert observed_mse(rk.reduce_omega2(rk.RewardMatrix.from_scipy(S)), est.certificate) <= eps

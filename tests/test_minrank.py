@@ -15,6 +15,7 @@ from rankkit.exact import rank_cap as _rank_cap
 from rankkit.matrix import RewardMatrix
 from rankkit.minrank import MinRankEstimate, certificate_scale, estimate_min_rank
 from rankkit.softimpute import observed_mse
+from rankkit.testing.bounds import assert_estimate_brackets
 
 FAST = dict(progress=False, backend="numpy")
 # the paper's methodology (App. C.3): what the tests of the soft-impute search pin down
@@ -47,12 +48,17 @@ def dense_mse_on_omega2(est: MinRankEstimate, R2: RewardMatrix) -> float:
 def test_upper_triangular_is_bracketed_exactly(n, method):
     R = rk.synthetic.upper_triangular(n)
     est = estimate_min_rank(R, method=method, **FAST)
-    assert est.lower == n
+    assert est.exact_lower == n
     assert est.bounds.verify(R) >= n
     assert est.n_single_rows == 1 and est.single_rows_nonzero
+    assert est.exact_bracket == (n, n)  # Lemma 2 below, the rank cap c(Ω₂) + 1 = n above
+    assert est.eps_lower == 1  # each fully observed block holds one diagonal cell at most
+    assert_estimate_brackets(est, R)
     if method == "soft-impute" or n <= 8:
-        # Ω₂ loses the one single-entry row; its certificate has rank n - 1, Lemma 3 adds 1
-        assert est.upper == n and est.rank_certified == n - 1
+        # Ω₂ loses the one single-entry row; its certificate has rank n - 1; the row comes back
+        # either appended (column factor ≠ 0) or by Lemma 3's + 1
+        assert est.rank_certified == n - 1
+        assert est.upper == n - 1 + int(not est.omega_extension["appended"])
     else:
         # ε > 0 admits a smaller rank than the exact minimal rank n (Lemma 2 is for ε = 0):
         # the fixed-rank solver finds such a certificate, checked here densely
@@ -60,16 +66,17 @@ def test_upper_triangular_is_bracketed_exactly(n, method):
         assert dense_mse_on_omega2(est, rk.reduce_omega2(R)) <= est.eps
     assert est.mse_by_rank[0] > est.eps  # the zero matrix misses the diagonal
     text = est.summary()
-    # two statements about two quantities, never one interval
-    assert f"minrank_Ω(R) ≥ {n}" in text and f"minrank_Ω,ε(R) ≤ {est.upper}" in text
-    assert "∈" not in text
+    # two brackets, one quantity each
+    assert f"{n} ≤ minrank_Ω(R) ≤ {n}" in text
+    assert f"{est.eps_lower} ≤ minrank_Ω,ε(R) ≤ {est.upper}" in text
+    assert f"{est.eps_lower} ≤ minrank_Ω₂,ε(R) ≤ {est.rank_certified}" in text
 
 
 @pytest.mark.parametrize("n", [8, 16])
 def test_upper_triangular_at_a_tiny_eps_needs_full_rank(n):
     # at ε = 1e-24 no rank below n - 1 fits Ω₂; the exact completion certifies the cap
     est = estimate_min_rank(rk.synthetic.upper_triangular(n), eps=1e-24, **FAST)
-    assert est.lower == est.upper == n
+    assert est.exact_lower == est.upper == n
 
 
 def test_one_value_per_row_needs_rank_one():
@@ -78,7 +85,7 @@ def test_one_value_per_row_needs_rank_one():
     est = estimate_min_rank(R, **FAST)
     assert est.omega2_nnz == 0 and est.rank_certified == 0 and est.certificate is None
     nonzero = bool(np.any(R.label_values() != 0))
-    assert est.upper == int(nonzero) == est.lower
+    assert est.upper == int(nonzero) == est.exact_lower
     assert est.mse_by_rank == {0: 0.0}
 
 
@@ -92,7 +99,7 @@ def test_single_rows_of_observed_zeros_need_no_extra_rank():
     R = RewardMatrix.from_coo(rows, cols, vals, (4, 3))
     est = estimate_min_rank(R, **FAST)
     assert (est.n_single_rows, est.single_rows_nonzero) == (2, False)
-    assert est.rank_certified == 1 == est.upper == est.lower
+    assert est.rank_certified == 1 == est.upper == est.exact_lower
 
 
 @pytest.mark.parametrize("rank", [1, 2, 4])
@@ -100,7 +107,7 @@ def test_random_low_rank_with_dense_observations(rank):
     R = rk.synthetic.random_low_rank(30, 20, rank, density=0.9, noise=0.0, seed=rank)
     est = estimate_min_rank(R, **FAST)
     assert est.upper is not None and est.upper <= rank + 1
-    assert 1 <= est.lower <= rank
+    assert 1 <= est.exact_lower <= rank
     assert est.mse_by_rank[est.rank_certified] <= est.eps
 
 
@@ -166,7 +173,7 @@ def test_nothing_passes_reports_why():
     assert est.upper is None and est.rank_certified is None and est.certificate is None
     assert "no rank tried reaches MSE" in est.message and "largest tried: rank 2" in est.message
     assert "exact_fallback=True" in est.message
-    assert "minimal ε-rank (ε = 1e-06): unknown" in est.summary()
+    assert "minimal ε-rank (ε = 1e-06" in est.summary() and "upper: unknown" in est.summary()
 
 
 def test_failing_explicit_ranks_fall_back_to_the_exact_completion():
@@ -177,11 +184,13 @@ def test_failing_explicit_ranks_fall_back_to_the_exact_completion():
     assert list(est.mse_by_rank) == [1, 2] and all(v > est.eps for v in est.mse_by_rank.values())
     assert est.certificate_source == "exact-completion" and est.certified_at is None
     assert est.rank_certified == _rank_cap(R2) == 5
-    assert est.upper == 6 == est.lower  # + 1: the removed single-entry row holds a 1
+    # the removed single-entry row holds a 1 in a column the exact completion's factor covers
+    assert est.upper == 5 + int(not est.omega_extension["appended"]) and est.exact_lower == 6
+    assert_estimate_brackets(est, R)
     assert dense_mse_on_omega2(est, R2) <= est.exact_mse + 1e-24 and est.exact_mse <= est.eps
     text = est.summary()
     assert "constructive exact completion" in text and "λ-free" in text and "not soft-impute" in text
-    assert "minrank_Ω,ε(R) ≤ 6" in text and "minrank_Ω(R) ≥ 6" in text
+    assert f"minrank_Ω,ε(R) ≤ {est.upper}" in text and "6 ≤ minrank_Ω(R) ≤ 6" in text
 
 
 def test_auto_falls_back_when_soft_impute_misses_eps_at_the_cap(rng):
@@ -194,7 +203,8 @@ def test_auto_falls_back_when_soft_impute_misses_eps_at_the_cap(rng):
     est = estimate_min_rank(R, max_iter=2, lam=1.0, **SI)
     assert cap >= 2 and max(est.mse_by_rank) == cap
     assert all(v > est.eps for v in est.mse_by_rank.values())
-    assert est.upper == cap + int(est.single_rows_nonzero)
+    assert est.upper == cap + int(est.single_rows_nonzero and not est.omega_extension["appended"])
+    assert_estimate_brackets(est, R)
     assert est.certificate_source == "exact-completion" and est.rank_certified == cap
     assert est.exact_mse <= 1e-20 * np.mean(R2.label_values() ** 2)
     assert abs(dense_mse_on_omega2(est, R2) - est.exact_mse) <= 1e-20
@@ -266,7 +276,9 @@ def test_scipy_source_keeps_explicit_zeros_as_observations():
     r, c = np.nonzero(mask)
     S = sp.csr_matrix((np.eye(n)[r, c], (r, c)), shape=(n, n))
     est = estimate_min_rank(S, **FAST)
-    assert (est.lower, est.upper, est.omega_nnz) == (n, n, mask.sum())
+    assert (est.exact_lower, est.exact_upper, est.omega_nnz) == (n, n, mask.sum())
+    assert est.upper in (n - 1, n)
+    assert_estimate_brackets(est, S)
 
 
 def test_dataset_source_builds_the_reward_matrix():
@@ -276,7 +288,7 @@ def test_dataset_source_builds_the_reward_matrix():
     est = estimate_min_rank(ds, **FAST)
     R = rk.build_reward_matrix(ds)
     assert (est.omega_shape, est.omega_nnz) == (R.shape, R.nnz)
-    assert est.lower >= n
+    assert est.exact_lower >= n
     assert est.bounds.verify(R) >= n
     assert est.upper is not None and est.mse_by_rank[est.certified_at] <= est.eps
 
@@ -325,7 +337,7 @@ def test_checkpoint_dir_skips_finished_ranks(tmp_path, monkeypatch):
     monkeypatch.setattr(si, "soft_impute", refuse)
     again = estimate_min_rank(R, checkpoint_dir=tmp_path, **SI)
     assert again.mse_by_rank == first.mse_by_rank
-    assert (again.lower, again.upper) == (first.lower, first.upper)
+    assert (again.exact_lower, again.upper) == (first.exact_lower, first.upper)
     # a different matrix in the same directory is refused, naming the fix
     with pytest.raises(ValueError, match="different problem.*new directory"):
         estimate_min_rank(rk.synthetic.upper_triangular(5), checkpoint_dir=tmp_path, **SI)
@@ -342,8 +354,8 @@ def test_bracket_is_sound_on_random_low_rank_patterns(n, m, r, seed):
     R = RewardMatrix.from_dense(M, mask)
     est = estimate_min_rank(R, max_iter=300, **FAST)
     # the generator is a completion: no exact lower bound may exceed its rank
-    assert est.lower <= np.linalg.matrix_rank(M)
-    assert est.bounds.verify(R) >= est.lower
+    assert est.exact_lower <= np.linalg.matrix_rank(M)
+    assert est.bounds.verify(R) >= est.exact_lower
     if est.upper is not None and est.certificate is not None:
         assert dense_mse_on_omega2(est, rk.reduce_omega2(R)) <= est.eps
     assert est.mse_by_rank[0] == pytest.approx(
@@ -372,12 +384,14 @@ def test_default_reports_trials_and_scale(rng):
     M, R = _rank3(rng)
     est = estimate_min_rank(R, **FAST)
     assert est.method == "auto" and est.certificate_source == "fixed-rank"
-    assert est.lower <= 3 and est.upper <= 3 + int(est.single_rows_nonzero)
+    assert est.exact_lower <= 3 and est.upper <= 3 + int(est.single_rows_nonzero)
     R2 = rk.reduce_omega2(R)
     assert dense_mse_on_omega2(est, R2) <= est.eps
     # every fit is listed with what it cost; the certified rank's MSE is the recomputed one
-    # the doubling starts at the exact lower bound
-    assert [t["rank"] for t in est.trials][:2] == [0, est.lower]
+    # the doubling starts at the proved ε-lower bound, and nothing below it is fitted
+    assert [t["rank"] for t in est.trials][:2] == [0, max(1, est.eps_lower)]
+    assert all(t["rank"] >= est.eps_lower for t in est.trials[1:])
+    assert_estimate_brackets(est, R)
     assert all({"rank", "method", "n_iter", "seconds", "mse", "passed"} <= set(t) for t in est.trials)
     cert = [t for t in est.trials if t["passed"] and t["rank"] == est.certified_at]
     assert cert and cert[-1]["mse"] == est.mse_by_rank[est.certified_at]
@@ -385,7 +399,7 @@ def test_default_reports_trials_and_scale(rng):
     assert est.scale["max_abs_exact"] and est.scale["max_abs"] == pytest.approx(np.abs(dense).max())
     text = est.summary()
     assert "certificate scale: max |entry|" in text and "fixed-rank certificate" in text
-    assert "upper=" in repr(est) and "<table>" in est._repr_html_()
+    assert "eps=[" in repr(est) and "exact=[" in repr(est) and "<table>" in est._repr_html_()
 
 
 def test_max_abs_rejects_large_certificates(rng):
@@ -455,8 +469,8 @@ def test_one_liner_takes_text_tables_and_token_ids(tmp_path):
     for source, kw in (((texts, y), {}), (df, {}), (str(csv), dict(text="text", labels="score")),
                        (csv, {})):
         est = estimate_min_rank(source, **kw, **FAST)
-        assert (est.omega_shape, est.omega_nnz, est.lower, est.upper) == \
-            (ref.omega_shape, ref.omega_nnz, ref.lower, ref.upper)
+        assert (est.omega_shape, est.omega_nnz, est.exact_lower, est.upper) == \
+            (ref.omega_shape, ref.omega_nnz, ref.exact_lower, ref.upper)
         assert est.mse_by_rank == ref.mse_by_rank
     tok = rk.tokenizers.load("gpt2")
     ids = [tok.encode(t) for t in texts]
@@ -469,3 +483,36 @@ def test_one_liner_takes_text_tables_and_token_ids(tmp_path):
     assert estimate_min_rank(dd, split="test", **FAST).mse_by_rank == ref.mse_by_rank
     with pytest.raises(ValueError, match="split"):
         estimate_min_rank(dd, **FAST)
+
+
+@pytest.mark.parametrize("n, permute", [(13, False), (40, True)])
+def test_triangles_print_two_consistent_brackets(n, permute):
+    """Issue 22: exact [n, n]; the ε-bracket [·, ≤ n] on its own quantity, every end re-checked."""
+    R = rk.synthetic.upper_triangular(n)
+    if permute:
+        g = np.random.default_rng(n)
+        pr, pc = g.permutation(n), g.permutation(n)
+        D, W = R.to_scipy().toarray(), np.zeros((n, n), bool)
+        W[R.rows, R.indices] = True
+        R = RewardMatrix.from_dense(D[pr][:, pc], W[pr][:, pc])
+    est = estimate_min_rank(R, **FAST)
+    assert est.exact_bracket == (n, n)
+    lo, up = est.eps_bracket
+    assert 1 <= lo <= est.rank_certified <= up <= n
+    assert_estimate_brackets(est, R)
+    text = est.summary()
+    assert f"{n} ≤ minrank_Ω(R) ≤ {n}" in text and f"{lo} ≤ minrank_Ω,ε(R) ≤ {up}" in text
+    d = est.to_dict()
+    assert (d["exact_lower"], d["exact_upper"], d["eps_lower"], d["upper"]) == (n, n, lo, up)
+    assert "lower" not in d  # no key that mixes the quantities
+    with pytest.warns(DeprecationWarning, match="exact_lower"):
+        assert est.lower == n
+
+
+def test_saved_estimate_keeps_both_brackets(tmp_path):
+    est = estimate_min_rank(rk.synthetic.upper_triangular(8), **FAST)
+    est.save(tmp_path / "e.json")
+    again = rk.MinRankEstimate.load(tmp_path / "e.json")
+    assert again.exact_bracket == est.exact_bracket and again.eps_bracket == est.eps_bracket
+    assert again.eps_bounds.verify(rk.reduce_omega2(rk.synthetic.upper_triangular(8))) == est.eps_lower
+    assert again.omega_extension == est.omega_extension

@@ -43,9 +43,10 @@ import numpy as np
 
 from .. import minrank as _mr
 from .._io import fingerprint
-from ..bounds import rank_lower_bound
-from ..exact import exact_completion
+from ..bounds import eps_rank_lower_bound, rank_lower_bound
+from ..exact import exact_completion, rank_cap
 from ..matrix import RewardMatrix
+from ..omega import reduce_omega2 as one_process_reduce
 from ..softimpute import SoftImputeResult
 from ._comm import Comm, get_comm
 from .build import ShardedRewardMatrix, build_reward_matrix, reduce_omega2, shard_rows
@@ -171,7 +172,8 @@ def _gather_fit(res: SoftImputeResult, S2: ShardedRewardMatrix, comm: Comm) -> S
 
 def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "auto", label: int | str = 0,
                       ranks="auto", lam: float = 1e-4, max_iter: int | None = None, thresh: float = 1e-5,
-                      solver: str = "auto", n_restarts: int = 1, solver_options: dict | None = None,
+                      solver: str = "auto", n_restarts: int = 1, extra_starts: int = 3,
+                      solver_options: dict | None = None,
                       max_abs: float | None = None, backend: str = "auto", device=None, seed: int = 0,
                       progress: bool = True, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool | str = True,
@@ -213,7 +215,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
     t0 = time.perf_counter()
     comm = get_comm(comm)
     max_iter, ranks = _mr._check_args(method, eps=eps, lam=lam, max_abs=max_abs, max_iter=max_iter,
-                                      n_restarts=n_restarts, ranks=ranks)
+                                      n_restarts=n_restarts, ranks=ranks, extra_starts=extra_starts)
     if lower_bound not in (True, False, "local"):
         raise ValueError(f"lower_bound must be True, False or 'local', got {lower_bound!r}")
     options = _mr._solver_options(solver_options)
@@ -234,17 +236,27 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
     n_single = int(comm.allreduce_scalar(float(single.sum()), "single rows"))
     single_nonzero = comm.allreduce_scalar(float(np.any(vals[np.repeat(single, L.row_nnz)] != 0)),
                                            "single rows", "max") > 0
-    bounds = None
+    bounds, eps_bounds, whole = None, None, None
+    any_nonzero = comm.allreduce_scalar(float(np.any(vals != 0)), "any nonzero", "max") > 0
     if lower_bound is True:
         whole = S.gather(comm)  # the exact structural bound needs the whole pattern
-        bounds = comm.broadcast_object(rank_lower_bound(whole, label=j) if comm.rank == 0 else None,
-                                       what="lower bound")
-        lower = bounds.lower
-    elif lower_bound == "local":
-        mine = rank_lower_bound(L, label=j).lower if L.nnz else 0
-        lower = int(comm.allreduce_scalar(float(mine), "lower bound", "max"))
+        got = None
+        if comm.rank == 0:
+            R2w = one_process_reduce(whole)
+            got = (rank_lower_bound(whole, label=j), eps_rank_lower_bound(R2w, float(eps), label=j),
+                   rank_cap(whole))
+        bounds, eps_bounds, cap_omega = comm.broadcast_object(got, what="lower bounds")
+        lower, eps_lower = bounds.lower, eps_bounds.lower
     else:
-        lower = int(comm.allreduce_scalar(float(np.any(vals != 0)), "lower bound", "max"))
+        if lower_bound == "local":
+            mine = rank_lower_bound(L, label=j).lower if L.nnz else 0
+            lower = int(comm.allreduce_scalar(float(mine), "lower bound", "max"))
+        else:
+            lower = int(any_nonzero)
+        x = S2.local.label_values(j)
+        ss = comm.allreduce_scalar(float(np.dot(x, x)), "zero-matrix MSE")
+        eps_lower = int(S2.nnz > 0 and ss / S2.nnz > eps)
+        cap_omega = None
 
     common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
                   progress=progress, checkpoint_dir=checkpoint_dir)
@@ -252,8 +264,10 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         search = _ShardedSearch(S2, j, comm, lam=float(lam), thresh=float(thresh), **common)
     else:
         search = _ShardedCertSearch(S2, j, comm, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
-                                    max_abs=max_abs, options=options, **common)
-    _mr._run_search(search, ranks, method, lower)
+                                    extra_starts=int(extra_starts), max_abs=max_abs, options=options, **common)
+    _mr._run_search(search, ranks, method, eps_lower)
+    exact_upper = _mr._exact_upper(search.cap + 1 if cap_omega is None else cap_omega, search.cap,
+                                   bool(single_nonzero), bool(any_nonzero))
 
     def exact(cap):
         whole2 = S2.gather(comm)  # the constructive completion needs all of Ω₂: on rank 0
@@ -281,10 +295,24 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
             scale = comm.broadcast_object(got, what="certificate scale")
         return (cert if comm.rank == 0 else None), scale
 
+    def extend(cert):
+        # the single-entry rows live on their shards: appended on rank 0, which holds the
+        # gathered P_Ω(R) (only with lower_bound=True; otherwise Lemma 3's + 1 stays)
+        got = None
+        if comm.rank == 0 and cert is not None:
+            from ..omega import extend_certificate
+
+            got = extend_certificate(whole, cert.U, cert.d, cert.V, label=j, budget=float(eps) * S2.nnz,
+                                     max_abs=max_abs)
+        return comm.broadcast_object(got, what="Ω extension")
+
     return _mr._assemble(
-        search, method=method, eps=eps, lam=lam, label=label, lower=lower, bounds=bounds, n_single=n_single,
+        search, method=method, eps=eps, lam=lam, label=label, bounds=bounds,
+        brackets=dict(exact_lower=lower, exact_upper=exact_upper, eps_lower=eps_lower, eps_bounds=eps_bounds),
+        extend=extend if lower_bound is True else None, n_single=n_single,
         single_nonzero=single_nonzero, shapes=(S.shape, S.nnz, S2.shape, S2.nnz), ranks=ranks, max_iter=max_iter,
         thresh=thresh, t0=t0, max_abs=max_abs, exact=exact if exact_fallback else None, finish=finish,
         meta={"backend": backend, "seed": seed, "rank_cap": search.cap, "world_size": comm.size,
               "route_len": S.route_len,
-              **({} if method == "soft-impute" else {"solver": solver, "n_restarts": int(n_restarts)})})
+              **({} if method == "soft-impute" else {"solver": solver, "n_restarts": int(n_restarts),
+                                                     "extra_starts": int(extra_starts)})})

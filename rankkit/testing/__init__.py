@@ -5,4 +5,5 @@ fast implementation against it at a tolerance derived from the dtype:
 
 - :mod:`rankkit.testing.matrix`: the dict-based P_Ω(R) builder and ``assert_reward_matrix_equal``.
 - :mod:`rankkit.testing.completion`: a dense NumPy soft-impute ALS with the same updates.
+- :mod:`rankkit.testing.bounds`: re-checks of the rank lower bounds and a brute-force ε-rank search.
 """

@@ -27,14 +27,12 @@ independently:
 Both searches are greedy (finding the best bound is NP-hard in general), so the bound may
 be loose; it is never wrong.
 
-Why nothing is claimed for ε > 0
---------------------------------
-The minimal ε-rank (Definition 2) has no structural lower bound above 1: the 2×2 pattern
+Why these bounds are for ε = 0 only
+-----------------------------------
+A partially observed pattern alone bounds nothing for ε > 0: the 2×2 pattern
 ``[[1, ?], [0, 1]]`` forces rank 2 exactly, yet ``[[1, 1/δ], [δ, 1]]`` has rank 1 and error δ²
-on the observed zero, for any δ > 0. Lower-rank completions within any ε > 0 exist as soon
-as unbounded entries are allowed. The soft-impute certificate of :mod:`rankkit.minrank` is
-therefore relative to its nuclear-norm penalty λ, which keeps entries bounded; the bounds
-here are for ε = 0 only.
+on the observed zero, for any δ > 0. Fully observed blocks do bound the ε-rank, through
+their singular values rather than their rank: that is :mod:`rankkit.bounds.eps_rank`.
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .matrix import RewardMatrix, as_reward_matrix
+from ..matrix import RewardMatrix, as_reward_matrix
 
 __all__ = ["TriangularCertificate", "BlockCertificate", "RankLowerBound", "triangular_bound",
            "full_block_bound", "rank_lower_bound"]
