@@ -90,14 +90,17 @@ def fancyimpute_soft_impute(X: sp.csr_matrix, rank: int, lam: float,
 # ---- fixed-rank certificate peer (benchmarks/bench_certificate.py) -------------------------
 
 def pymanopt_fixed_rank(S: sp.spmatrix, rank: int, eps: float = 1e-6, max_time: float = 60.0,
-                        max_iter: int = 1_000_000, seed: int = 0, fast_transport: bool = True) -> dict:
+                        max_iter: int = 1_000_000, seed: int = 0, fast_transport: bool = True,
+                        initial_point: tuple | None = None) -> dict:
     r"""Riemannian conjugate gradient of pymanopt 2.2.1 on the rank-``rank`` matrices.
 
     Minimises f(X) = ½‖P_Ω(X − A)‖²_F over ``pymanopt.manifolds.FixedRankEmbedded(n, m, k)``
     with ``pymanopt.optimizers.ConjugateGradient`` at its defaults (Hestenes–Stiefel β,
     adaptive line search, min gradient norm 1e-6, min step 1e-10), from a seeded random
     point drawn like ``FixedRankEmbedded.random_point`` (orthonormal U, V from QR of
-    Gaussians, s sorted uniform on [0, 1]). Stops as soon as the MSE over Ω is ≤ ``eps``
+    Gaussians, s sorted uniform on [0, 1]), or from ``initial_point`` = (U, s, V) (orthonormal
+    U (n × k), V (m × k): the start a comparison gives both solvers). ``max_time=None`` sets no
+    time limit (CG's own criteria, ``max_iter`` or the target end the run). Stops as soon as the MSE over Ω is ≤ ``eps``
     (checked at every iterate, where CG checks its own criteria), or at ``max_time`` seconds,
     ``max_iter`` iterations or one of CG's own criteria.
 
@@ -180,14 +183,20 @@ def pymanopt_fixed_rank(S: sp.spmatrix, rank: int, eps: float = 1e-6, max_time: 
                 return f"Terminated - MSE ≤ {eps:g} after {kw.get('iteration')} iterations."
             return super()._check_stopping_criterion(**kw)
 
-    rng = np.random.default_rng(seed)
-    u0 = np.linalg.qr(rng.standard_normal((n, k)))[0]
-    v0 = np.linalg.qr(rng.standard_normal((m, k)))[0]
-    s0 = np.sort(rng.uniform(size=k))[::-1]
+    if initial_point is None:
+        rng = np.random.default_rng(seed)
+        u0 = np.linalg.qr(rng.standard_normal((n, k)))[0]
+        v0 = np.linalg.qr(rng.standard_normal((m, k)))[0]
+        s0 = np.sort(rng.uniform(size=k))[::-1]
+    else:
+        u0, s0, v0 = (np.array(a, dtype=np.float64) for a in initial_point)
+        if u0.shape != (n, k) or s0.shape != (k,) or v0.shape != (m, k):
+            raise ValueError(f"initial_point shapes {u0.shape}, {s0.shape}, {v0.shape}: need "
+                             f"({n}, {k}), ({k},), ({m}, {k})")
     x0 = _FixedRankPoint(u0, s0, v0.T)
 
     problem = Problem(manifold, cost, euclidean_gradient=euclidean_gradient)
-    opt = _CG(max_time=max_time, max_iterations=max_iter, verbosity=0)
+    opt = _CG(max_time=np.inf if max_time is None else max_time, max_iterations=max_iter, verbosity=0)
     t0 = time.perf_counter()
     res = opt.run(problem, initial_point=x0)
     seconds = time.perf_counter() - t0

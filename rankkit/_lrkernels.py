@@ -33,6 +33,8 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from ._backend import to_numpy
+from ._cgkernel import FUSED_MAX_WORK
+from ._cgkernel import gn_cg as fused_gn_cg
 from ._kernels import _SERIAL_WORK, _nnz_bounds, _par_ser, sampled_dot
 from .matrix import transpose_pattern
 
@@ -299,6 +301,11 @@ class _LRKernels:
         """⟨a, b⟩ of two tangent vectors stored flat, [M | U_p | V_p]."""
         return self.vdot(a, b)
 
+    def fuses_gn_cg(self, k: int) -> bool:
+        """Whether :meth:`gn_cg` runs the LM inner solve in one compiled loop at rank k (else
+        the solver's Python-level CG over these kernels)."""
+        return False
+
     def short_fractions(self, k: int) -> tuple[float, float]:
         """Fractions of the rows and of the columns with fewer than k observed cells."""
         rows = np.diff(self.to_numpy(self.row_ptr()))
@@ -384,6 +391,18 @@ class NumpyLRKernels(_LRKernels):
             Gb = G[bad] + rho * np.eye(b.shape[1])
             out[bad] = (np.linalg.pinv(Gb, hermitian=True) @ b[bad][:, :, None])[:, :, 0]
         return out
+
+    def fuses_gn_cg(self, k: int) -> bool:
+        return self.indices.size * k <= FUSED_MAX_WORK
+
+    def gn_cg(self, U, V, g, mu, cg_iter, cg_tol):
+        """The LM step of :func:`rankkit.lowrank._gn_cg` by the compiled loop
+        :func:`rankkit._cgkernel.gn_cg` (None when g = 0)."""
+        shapes = [a.shape for a in g]
+        gf = self.flat(g)
+        if not np.any(gf):
+            return None
+        return self.unflat(fused_gn_cg(self, U, V, gf, mu, cg_iter, cg_tol), shapes)
 
     # dense helpers
     def asarray(self, a):

@@ -87,6 +87,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,38 @@ def _retract(K, U, s, V, xi, k):
     core = K.stack_rows([K.cat([K.diag(s) + M, Rv.T]), K.cat([Ru, K.zeros(*Ru.shape)])])
     a, sv, bt = K.svd(core)
     return K.cat([U, Qu]) @ a[:, :k], sv[:k], K.cat([V, Qv]) @ bt[:k].T
+
+
+def _gn_cg(K, U, V, g, mu, cg_iter, cg_tol):
+    """The LM step ξ ∈ T_M: conjugate gradients on (P_T P_Ω P_T + μI) ξ = −g from ξ = 0, stopped
+    after ``cg_iter`` products or when ‖residual‖ ≤ ``cg_tol`` ‖g‖ (None when g = 0). Written
+    with the backend kernels: the torch and sharded path, and the reference of the compiled
+    loop :mod:`rankkit._cgkernel`."""
+    # tangent vectors stored flat, [M | U_p | V_p]: one array operation per update instead of
+    # three (the loop is dominated by such small operations)
+    shapes = [a.shape for a in g]
+    gf = K.flat(g)
+    xf = 0.0 * gf
+    res = -gf
+    d = res
+    rr = b2 = K.flat_ip(res, res)
+    if b2 == 0.0:
+        return None
+    for _ in range(cg_iter):
+        Hd = K.flat(_project(K, _on_omega(K, K.unflat(d, shapes), U, V), U, V))
+        Hd += mu * d
+        dHd = K.flat_ip(d, Hd)
+        if not dHd > 0:
+            break
+        a = rr / dHd
+        xf = xf + a * d
+        res = res - a * Hd
+        rn = K.flat_ip(res, res)
+        if rn <= cg_tol * cg_tol * b2:
+            break
+        d = res + (rn / rr) * d
+        rr = rn
+    return K.unflat(xf, shapes)
 
 
 # ---- starting points (NumPy; the data are on the host) -----------------------------------
@@ -319,31 +352,11 @@ class _Run:
         K = self.K
         U, V = self.U, self.V
         g = self.grad()
-        # CG on tangent vectors stored flat, [M | U_p | V_p]: one array operation per update
-        # instead of three (the inner loop is dominated by such small operations)
-        shapes = [a.shape for a in g]
-        gf = K.flat(g)
-        xf = 0.0 * gf
-        res = -gf
-        d = res
-        rr = b2 = K.flat_ip(res, res)
-        if b2 == 0.0:
+        # on small patterns the NumPy backend runs the whole CG loop compiled (rankkit._cgkernel)
+        solve = K.gn_cg if K.fuses_gn_cg(self.k) else partial(_gn_cg, K)
+        xi = solve(U, V, g, self.mu, cg_iter, cg_tol)
+        if xi is None:
             return False
-        for _ in range(cg_iter):
-            Hd = K.flat(_project(K, _on_omega(K, K.unflat(d, shapes), U, V), U, V))
-            Hd += self.mu * d
-            dHd = K.flat_ip(d, Hd)
-            if not dHd > 0:
-                break
-            a = rr / dHd
-            xf = xf + a * d
-            res = res - a * Hd
-            rn = K.flat_ip(res, res)
-            if rn <= cg_tol * cg_tol * b2:
-                break
-            d = res + (rn / rr) * d
-            rr = rn
-        xi = K.unflat(xf, shapes)
         xo = _on_omega(K, xi, U, V)
         pred = -_ip(K, g, xi) - 0.5 * K.vdot(xo, xo)
         state = (self.U, self.s, self.V, self.r, self.sse, self.f)

@@ -635,7 +635,7 @@ def _check_ranks(ranks) -> list[int] | str:
 def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label: int | str = 0,
                       ranks="auto", lam: float = 1e-4, max_iter: int | None = None,
                       thresh: float = 1e-5, solver: str = "auto", n_restarts: int = 1,
-                      extra_starts: int = 3, solver_options: dict | None = None,
+                      extra_starts: int = 1, solver_options: dict | None = None,
                       max_abs: float | None = None, backend: str = "auto", device=None,
                       seed: int = 0, progress: bool = True, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool = True,
@@ -696,7 +696,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         "auto": random restarts tried at a bisection rank after its warm and spectral starts.
         Further starts are tried only while the best MSE at that rank is within 10 × ε (a
         near miss); a start that ends far above ε ends the rank.
-    extra_starts : int, default 3
+    extra_starts : int, default 1
         "auto": after the search, the rank just below the certificate, when its best fit
         was a near miss and it is not below the proved ``eps_lower``, gets the truncated
         certificate, the spectral start and this many random starts more (0: off); on
@@ -1028,10 +1028,10 @@ class _SearchBase:
         if self.evaluate(0) or self.cap == 0:
             return
         lo, hi, k = max(0, min(int(floor), self.cap) - 1), None, max(1, int(start))
-        steps = 0
+        steps, phase = 0, "doubling"
         while True:
             k = min(k, self.cap)
-            if self.evaluate(k, "doubling"):
+            if self.evaluate(k, phase):
                 hi = k
                 break
             lo = k
@@ -1039,6 +1039,7 @@ class _SearchBase:
                 return
             k = k + 1 if steps < walk else 2 * k
             steps += 1
+            phase = "walk" if steps <= walk else "doubling"
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if self.evaluate(mid, "bisect"):
@@ -1133,15 +1134,20 @@ class _CertSearch(_SearchBase):
 
     def _starts(self, r: int, phase: str):
         """(name, warm start, init) tried in order at rank r: in the doubling phase the
-        spectral start only (most of those ranks are expected to fail); when bisecting, the
+        spectral start only (most of those ranks are expected to fail); on the walk up from a
+        proved floor, first the failed fit at r − 1 padded with the top singular triplet of its
+        residual (it has crossed most of the swamp already: vader:movie rank 6 passes in 32
+        LM steps from it, 78 from the spectral start), then spectral; when bisecting, the
         truncated factors of the smallest certified rank above r first; then spectral and
         ``n_restarts`` random starts."""
         starts = []
         above = [q for q in self.fits if q > r and self.ok[q]]
         if phase == "bisect" and above:
             starts.append(("truncated", self.fits[min(above)], "spectral"))
+        if phase == "walk" and r - 1 in self.fits:
+            starts.append(("padded", self.fits[r - 1], "spectral"))
         starts.append(("spectral", None, "spectral"))
-        if phase != "doubling":
+        if phase not in ("doubling", "walk"):
             starts += [("random", None, "random")] * self.n_restarts
         return starts
 
@@ -1175,9 +1181,10 @@ class _CertSearch(_SearchBase):
             self.trials.append(trial)
             if best is None or passed or (not best[2] and mse < best[1]):
                 best = (fit, mse, passed)
-            if passed or best[1] > _RETRY_BAND * self.eps:
+            if passed or (name != "padded" and best[1] > _RETRY_BAND * self.eps):
                 # a start that ends far above ε says the rank is out of reach of these starts;
-                # only near misses are worth another start
+                # only near misses are worth another start (a padded start is a shortcut, never
+                # a reason to skip the spectral start that would be tried without it)
                 break
         self.fits[r], self.mse[r], self.ok[r] = best
         self.converged[r] = self.ok[r]

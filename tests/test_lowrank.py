@@ -88,6 +88,45 @@ def test_kernels_match_slow_references(n, m, k, density, rho, seed):
                                atol=1e-7 * (1 + np.abs(refc).max()) * max(1.0, np.linalg.cond(A1)))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 25), st.integers(1, 25), st.integers(1, 5), st.floats(0.05, 1.0),
+       st.sampled_from([1e-3, 1.0]), st.integers(0, 2**32 - 1))
+def test_compiled_cg_matches_the_kernel_loop(n, m, k, density, mu, seed):
+    """The LM inner solve compiled into one loop (rankkit._cgkernel) against the Python-level
+    CG over the backend kernels: the same iterates for a few products (ulps apart), and at
+    convergence a solution of (P_T P_Ω P_T + μI) ξ = −g by the reference operator."""
+    from rankkit import lowrank as L
+
+    g = np.random.default_rng(seed)
+    k = min(k, n, m)
+    mask = g.random((n, m)) < density
+    i, j = np.nonzero(mask)
+    S = sp.csr_matrix((g.standard_normal(i.size), (i, j)), shape=(n, m))
+    S.sort_indices()
+    K = NumpyLRKernels(S.indptr, S.indices, S.data, (n, m))
+    assert K.fuses_gn_cg(k)
+    U = np.linalg.qr(g.standard_normal((n, k)))[0]
+    V = np.linalg.qr(g.standard_normal((m, k)))[0]
+    run = L._Run(K, k, 0.0, max(i.size, 1))
+    run.set_point(U, np.sort(g.random(k))[::-1] + 0.1, V)
+    grad = run.grad()
+    if not np.any(K.flat(grad)):
+        assert K.gn_cg(U, V, grad, mu, 3, 1e-2) is None and L._gn_cg(K, U, V, grad, mu, 3, 1e-2) is None
+        return
+    scale = np.abs(K.flat(grad)).max()
+    for it in (1, 2, 3):
+        ref = K.flat(L._gn_cg(K, U, V, grad, mu, it, 0.0))
+        got = K.flat(K.gn_cg(U, V, grad, mu, it, 0.0))
+        # a few products of norm ≤ 1 + μ, each a sum of at most n·m·k terms
+        tol = 64 * it * EPS64 * (1 + n * m * k) * scale / min(mu, 1.0) ** it
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+    size = K.flat(grad).size
+    xi = K.gn_cg(U, V, grad, mu, 4 * size, 1e-13)
+    H = K.flat(L._project(K, L._on_omega(K, xi, U, V), U, V)) + mu * K.flat(xi)
+    res = np.linalg.norm(H + K.flat(grad)) / np.linalg.norm(K.flat(grad))
+    assert res <= 1e-8, f"compiled CG left a relative residual {res:.2e}"
+
+
 def test_ridge_solve_is_minimum_norm_on_short_rows():
     # one row with 2 cells and k = 4: infinitely many exact solutions; the minimum-norm one
     # lies in the row space of Q_S

@@ -172,7 +172,7 @@ def _gather_fit(res: SoftImputeResult, S2: ShardedRewardMatrix, comm: Comm) -> S
 
 def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "auto", label: int | str = 0,
                       ranks="auto", lam: float = 1e-4, max_iter: int | None = None, thresh: float = 1e-5,
-                      solver: str = "auto", n_restarts: int = 1, extra_starts: int = 3,
+                      solver: str = "auto", n_restarts: int = 1, extra_starts: int = 1,
                       solver_options: dict | None = None,
                       max_abs: float | None = None, backend: str = "auto", device=None, seed: int = 0,
                       progress: bool = True, max_len: int | None = None,
