@@ -66,7 +66,7 @@ def measure(spec: str) -> dict:
 
 def plot(rows: list[dict], path: Path) -> Path:
     plt = pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.9))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.3))
     for y, row in enumerate(rows):
         lo, up = row["eps_bracket"]
         elo, eup = row["exact_bracket"]
@@ -87,7 +87,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     a.set_yticks(range(len(rows)), [r["set"] for r in rows])
     a.set_xlabel("rank (log₂)")
     a.set_title(f"two brackets, one quantity each (ε = {EPS:g})", fontsize=10)
-    a.legend(fontsize=7, loc="lower right")
+    a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     b.axhline(EPS, color="0.3", linestyle="--", linewidth=0.8, label=f"ε = {EPS:g}")
     b.set_xlabel("rank r (shaded: the ε-bracket)")
     b.set_ylabel("best MSE on Ω₂")
