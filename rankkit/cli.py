@@ -262,7 +262,7 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
               help="auto: fixed-rank certificates (the tightest bound); soft-impute: the paper's "
                    "App. C.3 methodology (Table 2: --ranks 0,255,511,767).")
 @click.option("--ranks", default="auto", show_default=True,
-              help="Comma-separated ranks (Table 2 layout) or 'auto' (doubling + bisection).")
+              help="Comma-separated ranks (Table 2 layout) or 'auto' (up from the proved ε-lower bound, then doubling + bisection).")
 @click.option("--lam", type=FiniteFloat(0.0), default=1e-4, show_default=True,
               help="Nuclear-norm weight: soft-impute's λ (App. C.3) and the fixed-rank solver's ρ.")
 @click.option("--max-iter", type=click.IntRange(min=1), default=None,

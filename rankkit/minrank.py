@@ -339,7 +339,7 @@ class MinRankEstimate:
                    f"{self.max_iter}, thresh = {self.thresh:g}")
         else:
             how = (f"fixed-rank certificates (rankkit.lowrank, ρ = {self.lam:g}, max_iter = "
-                   f"{self.max_iter}) with doubling + bisection over ranks")
+                   f"{self.max_iter}) over ranks: up from the proved ε-lower bound, then doubling + bisection")
         lines = [
             f"minimal rank of P_Ω(R), label {self.label!r}",
             f"  Ω : {n:,} × {m:,}, {self.omega_nnz:,} observed cells",
