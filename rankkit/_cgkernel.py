@@ -37,10 +37,7 @@ from numba import njit
 
 from ._kernels import _FASTMATH
 
-__all__ = ["gn_cg", "FUSED_MAX_WORK"]
-
-# cells × rank up to which the fused serial loop is used (the parallel kernels win above)
-FUSED_MAX_WORK = 1 << 18
+__all__ = ["gn_cg"]
 
 
 @njit(cache=True, fastmath=set(_FASTMATH))

@@ -33,7 +33,6 @@ import scipy.sparse as sp
 from numba import njit, prange
 
 from ._backend import to_numpy
-from ._cgkernel import FUSED_MAX_WORK
 from ._cgkernel import gn_cg as fused_gn_cg
 from ._kernels import _SERIAL_WORK, _nnz_bounds, _par_ser, sampled_dot
 from .matrix import transpose_pattern
@@ -393,7 +392,8 @@ class NumpyLRKernels(_LRKernels):
         return out
 
     def fuses_gn_cg(self, k: int) -> bool:
-        return self.indices.size * k <= FUSED_MAX_WORK
+        # the serial/parallel rule of every kernel here: above it, the parallel kernels win
+        return self.indices.size * k < _SERIAL_WORK
 
     def gn_cg(self, U, V, g, mu, cg_iter, cg_tol):
         """The LM step of :func:`rankkit.lowrank._gn_cg` by the compiled loop

@@ -784,8 +784,8 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         eps_lower = eps_bounds.lower
     else:
         bounds, exact_lower = None, int(bool(np.any(vals != 0)))
-        eps_bounds, eps_lower = None, _zero_misses(R2.label_values(j), eps)
-    exact_upper = _exact_upper(rank_cap(R), rank_cap(R2), single_nonzero, bool(np.any(vals != 0)))
+        x2 = R2.label_values(j)
+        eps_bounds, eps_lower = None, _zero_misses(float(x2 @ x2), R2.nnz, eps)
 
     common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
                   progress=progress, checkpoint_dir=checkpoint_dir)
@@ -796,6 +796,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
                              extra_starts=int(extra_starts), max_abs=max_abs,
                              options=_solver_options(solver_options), **common)
     _run_search(search, ranks, method, eps_lower)
+    exact_upper = _exact_upper(rank_cap(R), search.cap, single_nonzero, bool(np.any(vals != 0)))
 
     def exact(cap):
         # the λ-free constructive certificate at the cap (rankkit.exact)
@@ -857,9 +858,10 @@ def _solver_options(solver_options) -> dict:
     return opts
 
 
-def _zero_misses(values, eps) -> int:
-    """1 when the zero matrix's mean squared error exceeds ε (then the ε-rank is ≥ 1), else 0."""
-    return int(values.size > 0 and float(np.mean(values * values)) > eps)
+def _zero_misses(sum_sq: float, n_cells: int, eps: float) -> int:
+    """1 when the zero matrix's mean squared error sum_sq / n_cells exceeds ε (then the
+    ε-rank is ≥ 1), else 0; the sharded search passes sums over its ranks."""
+    return int(n_cells > 0 and sum_sq / n_cells > eps)
 
 
 def _exact_upper(cap_omega: int, cap_omega2: int, single_nonzero: bool, any_nonzero: bool) -> int:
@@ -1127,7 +1129,6 @@ class _CertSearch(_SearchBase):
                          cap=cap, fp_matrix=fp_matrix)
         self.n_restarts, self.max_abs, self.seed = n_restarts, max_abs, seed
         self.extra_starts = int(extra_starts)
-        self.tried: dict[int, list[str]] = {}
         self.kw = dict(label=label, eps=eps, rho=rho, method=solver, max_iter=max_iter,
                        backend=backend, device=device, progress=progress, **options)
         self.solver = solver
@@ -1136,7 +1137,7 @@ class _CertSearch(_SearchBase):
         """(name, warm start, init) tried in order at rank r: in the doubling phase the
         spectral start only (most of those ranks are expected to fail); on the walk up from a
         proved floor, first the failed fit at r − 1 padded with the top singular triplet of its
-        residual (it has crossed most of the swamp already: vader:movie rank 6 passes in 32
+        residual (it has crossed most of the swamp already: vader:movie rank 6 passes in 38
         LM steps from it, 78 from the spectral start), then spectral; when bisecting, the
         truncated factors of the smallest certified rank above r first; then spectral and
         ``n_restarts`` random starts."""
@@ -1165,7 +1166,6 @@ class _CertSearch(_SearchBase):
         k = min(r, self.full)
         best = None if r not in self.mse else (self.fits[r], self.mse[r], self.ok[r])
         for i, (name, warm, init) in enumerate(starts, start=first):
-            self.tried.setdefault(r, []).append(name)
             fit, seconds = self._fit(k, i, warm, init)
             mse = self._observed_mse(fit)
             passed = mse <= self.eps
@@ -1207,13 +1207,18 @@ class _CertSearch(_SearchBase):
                     continue
             if self.passes(r) or self.mse[r] > _RETRY_BAND * self.eps:
                 return
-            done = self.tried.get(r, [])
+            done = self._tried(r)
             starts = [] if "truncated" in done else [("truncated", fit, "spectral")]
             starts += [] if "spectral" in done else [("spectral", None, "spectral")]
             starts += [("random", None, "random")] * self.extra_starts
             if not self._run_starts(r, starts, first=len(done)):
                 return
             self.bar.set_postfix(rank=r, mse=f"{self.mse[r]:.3g}")
+
+    def _tried(self, r: int) -> list[str]:
+        """Names of the starts fitted at rank r so far, in order (from ``trials``, whose
+        method reads "solver/start")."""
+        return [t["method"].rsplit("/", 1)[-1] for t in self.trials if t["rank"] == r and "/" in t["method"]]
 
     def _scale(self, fit) -> dict:
         """:func:`certificate_scale` of a passing fit (the sharded search reduces over ranks)."""

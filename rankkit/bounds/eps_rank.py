@@ -135,6 +135,12 @@ class SpectralBlock:
                    np.asarray(d["sigma"], np.float64), float(d["slack"]))
 
 
+def _block_reader(R: RewardMatrix, vals: np.ndarray):
+    """``dense_of(rows, cols)``: the observed values of a fully observed block as a dense array."""
+    S = sp.csr_matrix((vals, R.indices, R.indptr), shape=R.shape)
+    return lambda bi, bj: S[bi][:, bj].toarray()
+
+
 def _make_block(dense_vals: np.ndarray, rows, cols) -> SpectralBlock:
     sigma = np.linalg.svd(dense_vals, compute_uv=False)
     return SpectralBlock(np.asarray(rows, np.int64), np.asarray(cols, np.int64), sigma,
@@ -443,10 +449,7 @@ def eps_rank_lower_bound(R, eps: float, *, label: int | str = 0, n_cells: int | 
     none = EpsRankLowerBound(0, float(eps), n_cells, budget, (), R.shape, R.nnz)
     if R.nnz == 0 or _sum_lower(vals * vals) <= budget:
         return none  # the zero matrix fits
-    S = sp.csr_matrix((vals, R.indices, R.indptr), shape=R.shape)
-
-    def dense_of(bi, bj):
-        return S[bi][:, bj].toarray()
+    dense_of = _block_reader(R, vals)
 
     top = _max_core(R)
     if k_max is not None:
@@ -497,10 +500,7 @@ def block_bound_ceiling(R, eps: float, *, label: int | str = 0, n_cells: int | N
     budget = float(eps) * (R.nnz if n_cells is None else int(n_cells))
     if R.nnz == 0 or _sum_lower(vals * vals) <= budget:
         return 0, True
-    S = sp.csr_matrix((vals, R.indices, R.indptr), shape=R.shape)
-
-    def dense_of(bi, bj):
-        return S[bi][:, bj].toarray()
+    dense_of = _block_reader(R, vals)
 
     alive = np.ones(R.nnz, bool)
     ceiling, complete = max(1, int(start)), True

@@ -255,7 +255,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
             lower = int(any_nonzero)
         x = S2.local.label_values(j)
         ss = comm.allreduce_scalar(float(np.dot(x, x)), "zero-matrix MSE")
-        eps_lower = int(S2.nnz > 0 and ss / S2.nnz > eps)
+        eps_lower = _mr._zero_misses(ss, S2.nnz, eps)
         cap_omega = None
 
     common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
