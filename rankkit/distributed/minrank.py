@@ -4,8 +4,8 @@ The bracket is the one of :func:`rankkit.estimate_min_rank` (paper 002, Def. 1�
 App. C.3): the structural lower bound for ε = 0 and the smallest rank r whose fit on Ω₂ has
 MSE ≤ ε, + 1 when a removed single-entry row is nonzero. The argument checks, the rank
 searches and the assembly of the result are the one-process function's own
-(:func:`rankkit.minrank._check_args`, its search classes with their reduction hooks,
-:func:`rankkit.minrank._assemble`); only the data access differs. What runs where:
+(:func:`rankkit.minrank._estimate._check_args`, its search classes with their reduction hooks,
+:func:`rankkit.minrank._estimate._assemble`); only the data access differs. What runs where:
 
 - P_Ω(R) and Ω₂: sharded (:mod:`rankkit.distributed.build`);
 - ``method="auto"`` (fixed-rank certificates): every fit is the sharded certificate solver
@@ -41,11 +41,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import minrank as _mr
 from .._io import fingerprint
 from ..bounds import eps_rank_lower_bound, rank_lower_bound
 from ..exact import exact_completion, rank_cap
 from ..matrix import RewardMatrix
+from ..minrank._estimate import _assemble, _check_args, _exact_upper, _solver_options
+from ..minrank._result import MinRankEstimate
+from ..minrank._scale import _EXACT_SCALE_CELLS, certificate_scale
+from ..minrank._search import (
+    _CertSearch,
+    _new_search,
+    _run_search,
+    _Search,
+    _search_meta,
+    _zero_misses,
+)
 from ..omega import reduce_omega2 as one_process_reduce
 from ..softimpute import SoftImputeResult
 from ._comm import Comm, get_comm
@@ -106,8 +116,8 @@ def _search_kw(S2: ShardedRewardMatrix, comm: Comm, checkpoint_dir) -> dict:
     return kw
 
 
-class _ShardedSearch(_ShardedFits, _mr._Search):
-    """The soft-impute rank search of :class:`rankkit.minrank._Search` on sharded fits."""
+class _ShardedSearch(_ShardedFits, _Search):
+    """The soft-impute rank search of :class:`rankkit.minrank._search._Search` on sharded fits."""
 
     def __init__(self, S2, label, comm, *, checkpoint_dir, **kw):
         self.comm = comm
@@ -119,8 +129,8 @@ class _ShardedSearch(_ShardedFits, _mr._Search):
         return res
 
 
-class _ShardedCertSearch(_ShardedFits, _mr._CertSearch):
-    """The fixed-rank certificate search of :class:`rankkit.minrank._CertSearch` on the
+class _ShardedCertSearch(_ShardedFits, _CertSearch):
+    """The fixed-rank certificate search of :class:`rankkit.minrank._search._CertSearch` on the
     sharded certificate solver."""
 
     def __init__(self, S2, label, comm, *, checkpoint_dir, **kw):
@@ -143,8 +153,8 @@ def sharded_scale(S2: ShardedRewardMatrix, fit: SoftImputeResult, comm=None) -> 
     comm = get_comm(comm)
     n, m = S2.shape
     U = fit.U if fit.meta.get("sharded", False) else fit.U[S2.row_ids]
-    exact = n * m <= _mr._EXACT_SCALE_CELLS
-    out = _mr.certificate_scale(U, fit.d, fit.V, exact_cells=np.inf if exact else -1)
+    exact = n * m <= _EXACT_SCALE_CELLS
+    out = certificate_scale(U, fit.d, fit.V, exact_cells=np.inf if exact else -1)
     if exact:
         top = comm.allreduce_scalar(out["max_abs"], "certificate scale", "max")
     else:
@@ -178,7 +188,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                       progress: bool = True, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool | str = True,
                       exact_fallback: bool = True, route_len="auto", text=None, labels=None, tokenizer="gpt2",
-                      split: str | None = None, limit: int | None = None) -> _mr.MinRankEstimate:
+                      split: str | None = None, limit: int | None = None) -> MinRankEstimate:
     r"""Bound the minimal rank of P_Ω(R) from both sides on a process group.
 
     The same call as :func:`rankkit.estimate_min_rank` (same parameters, same bracket) under
@@ -214,11 +224,11 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
     """
     t0 = time.perf_counter()
     comm = get_comm(comm)
-    max_iter, ranks = _mr._check_args(method, eps=eps, lam=lam, max_abs=max_abs, max_iter=max_iter,
+    max_iter, ranks = _check_args(method, eps=eps, lam=lam, max_abs=max_abs, max_iter=max_iter,
                                       n_restarts=n_restarts, ranks=ranks, extra_starts=extra_starts)
     if lower_bound not in (True, False, "local"):
         raise ValueError(f"lower_bound must be True, False or 'local', got {lower_bound!r}")
-    options = _mr._solver_options(solver_options)
+    options = _solver_options(solver_options)
     if isinstance(source, ShardedRewardMatrix):
         S = source
     elif isinstance(source, RewardMatrix) or hasattr(source, "tocsr"):
@@ -255,18 +265,15 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
             lower = int(any_nonzero)
         x = S2.local.label_values(j)
         ss = comm.allreduce_scalar(float(np.dot(x, x)), "zero-matrix MSE")
-        eps_lower = _mr._zero_misses(ss, S2.nnz, eps)
+        eps_lower = _zero_misses(ss, S2.nnz, eps)
         cap_omega = None
 
-    common = dict(eps=float(eps), max_iter=int(max_iter), backend=backend, device=device, seed=seed,
-                  progress=progress, checkpoint_dir=checkpoint_dir)
-    if method == "soft-impute":
-        search = _ShardedSearch(S2, j, comm, lam=float(lam), thresh=float(thresh), **common)
-    else:
-        search = _ShardedCertSearch(S2, j, comm, rho=float(lam), solver=solver, n_restarts=int(n_restarts),
-                                    extra_starts=int(extra_starts), max_abs=max_abs, options=options, **common)
-    _mr._run_search(search, ranks, method, eps_lower)
-    exact_upper = _mr._exact_upper(search.cap + 1 if cap_omega is None else cap_omega, search.cap,
+    search = _new_search(method, _ShardedSearch, _ShardedCertSearch, S2, j, comm, eps=eps, lam=lam,
+                         thresh=thresh, solver=solver, n_restarts=n_restarts, extra_starts=extra_starts,
+                         max_abs=max_abs, options=options, max_iter=max_iter, backend=backend, device=device,
+                         seed=seed, progress=progress, checkpoint_dir=checkpoint_dir)
+    _run_search(search, ranks, method, eps_lower)
+    exact_upper = _exact_upper(search.cap + 1 if cap_omega is None else cap_omega, search.cap,
                                    bool(single_nonzero), bool(any_nonzero))
 
     def exact(cap):
@@ -275,7 +282,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         if comm.rank == 0:
             ex = exact_completion(whole2, cap, seed=seed, label=j)
             if max_abs is not None:
-                ex.meta["scale"] = _mr.certificate_scale(ex.U, ex.d, ex.V)
+                ex.meta["scale"] = certificate_scale(ex.U, ex.d, ex.V)
             got = (float(ex.mse), int(np.count_nonzero(ex.d)),
                    None if max_abs is None else ex.meta["scale"]["max_abs"])
         return (ex, *comm.broadcast_object(got, what="exact completion"))
@@ -291,7 +298,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         if scale is None:
             got = None
             if comm.rank == 0:
-                got = cert.meta.get("scale") or _mr.certificate_scale(cert.U, cert.d, cert.V)
+                got = cert.meta.get("scale") or certificate_scale(cert.U, cert.d, cert.V)
             scale = comm.broadcast_object(got, what="certificate scale")
         return (cert if comm.rank == 0 else None), scale
 
@@ -306,13 +313,12 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                                      max_abs=max_abs)
         return comm.broadcast_object(got, what="Ω extension")
 
-    return _mr._assemble(
+    return _assemble(
         search, method=method, eps=eps, lam=lam, label=label, bounds=bounds,
         brackets=dict(exact_lower=lower, exact_upper=exact_upper, eps_lower=eps_lower, eps_bounds=eps_bounds),
         extend=extend if lower_bound is True else None, n_single=n_single,
         single_nonzero=single_nonzero, shapes=(S.shape, S.nnz, S2.shape, S2.nnz), ranks=ranks, max_iter=max_iter,
         thresh=thresh, t0=t0, max_abs=max_abs, exact=exact if exact_fallback else None, finish=finish,
-        meta={"backend": backend, "seed": seed, "rank_cap": search.cap, "world_size": comm.size,
-              "route_len": S.route_len,
-              **({} if method == "soft-impute" else {"solver": solver, "n_restarts": int(n_restarts),
-                                                     "extra_starts": int(extra_starts)})})
+        meta={**_search_meta(method, backend=backend, seed=seed, cap=search.cap, solver=solver,
+                             n_restarts=n_restarts, extra_starts=extra_starts),
+              "world_size": comm.size, "route_len": S.route_len})
