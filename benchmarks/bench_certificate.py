@@ -48,21 +48,16 @@ import io
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from rankkit._io import atomic_json, atomic_write, json_default  # noqa: E402
+from rankkit._io import atomic_json, atomic_write, json_default
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
 
 SETS = {"movie": "vader:movie", "tweets": "vader:tweets", "nyt": "vader:nyt", "amazon": "vader:amazon"}
 EPS = 1e-6

@@ -35,10 +35,10 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+# bench_softimpute and peers sit beside this script: sys.path[0] when it runs as a script
+from bench_softimpute import LAM, SIZES, make_data
 
-from bench_softimpute import LAM, SIZES, make_data  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _rss_mb() -> float:
