@@ -35,6 +35,7 @@ _LAZY = {
     "fixed_rank_fit": "lowrank",
     "FixedRank": "lowrank",
     "certificate_scale": "minrank",
+    "LabelScaleWarning": "minrank",
     "observed_mse": "softimpute",
     "as_reward_matrix": "matrix",
     "rank_lower_bound": "bounds",

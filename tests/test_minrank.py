@@ -516,3 +516,93 @@ def test_saved_estimate_keeps_both_brackets(tmp_path):
     assert again.exact_bracket == est.exact_bracket and again.eps_bracket == est.eps_bracket
     assert again.eps_bounds.verify(rk.reduce_omega2(rk.synthetic.upper_triangular(8))) == est.eps_lower
     assert again.omega_extension == est.omega_extension
+
+
+# ---- the label range and ε (issue 25 item 2) ------------------------------------------------
+def _scaled(R: RewardMatrix, c: float) -> RewardMatrix:
+    import dataclasses
+
+    return dataclasses.replace(R, values=R.values * c)
+
+
+def _lowrank_pattern(seed=3, n=30, m=12, k=2, density=0.5) -> RewardMatrix:
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, (n, k)) @ rng.uniform(0, 1, (k, m)) / k
+    mask = rng.random((n, m)) < density
+    mask[np.arange(n), rng.integers(0, m, n)] = True  # no empty row
+    return RewardMatrix.from_dense(np.where(mask, X, np.nan))
+
+
+def test_labels_outside_the_unit_interval_warn_and_name_the_range():
+    R = _scaled(_lowrank_pattern(), 5.0)
+    hi = float(R.values.max())
+    with pytest.warns(rk.LabelScaleWarning, match=rf"label 0 takes values in \[.*, {hi:.6g}\]") as rec:
+        est = estimate_min_rank(R, **FAST)
+    assert "normalize=True" in str(rec[0].message)
+    assert est.label_range == (float(R.values.min()), hi) and est.label_scale == 1.0
+    assert "outside [0, 1]" in est.summary()
+
+
+def test_labels_in_the_unit_interval_do_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rk.LabelScaleWarning)
+        est = estimate_min_rank(_lowrank_pattern(), **FAST)
+    assert 0.0 <= est.label_range[0] <= est.label_range[1] <= 1.0
+
+
+@pytest.mark.parametrize("c", [5.0, 0.01, -3.0])
+def test_normalize_divides_by_the_largest_magnitude_and_keeps_the_bracket(c):
+    """normalize=True on c·R analyses c·R / max|c·R|: the same brackets as R / max|R|, and the
+    certificate re-verifies on the divided values."""
+    R = _lowrank_pattern()
+    ref = estimate_min_rank(R, normalize=True, **FAST)
+    est = estimate_min_rank(_scaled(R, c), normalize=True, **FAST)
+    assert est.label_scale == pytest.approx(abs(c) * ref.label_scale, rel=8 * np.finfo(float).eps)
+    assert (est.eps_lower, est.upper, est.exact_lower, est.exact_upper) == \
+        (ref.eps_lower, ref.upper, ref.exact_lower, ref.exact_upper)
+    R2 = rk.reduce_omega2(_scaled(R, c / est.label_scale))
+    assert observed_mse(R2, est.certificate) <= est.eps
+    assert f"divided by {est.label_scale:.6g}" in est.summary()
+
+
+def test_the_label_range_survives_save_and_load(tmp_path):
+    est = estimate_min_rank(_scaled(_lowrank_pattern(), 4.0), normalize=True, **FAST)
+    got = MinRankEstimate.load(est.save(tmp_path / "e.json"))
+    assert got.label_range == est.label_range and got.label_scale == est.label_scale
+
+
+def test_the_summary_puts_the_certificate_scale_against_the_labels():
+    est = estimate_min_rank(_lowrank_pattern(), **FAST)
+    ratio = est.scale["max_abs"] / max(abs(v) for v in est.label_range)
+    assert f"= {ratio:.3g} × the largest observed |label|" in est.summary()
+
+
+def test_normalize_must_be_a_bool():
+    with pytest.raises(TypeError, match="normalize must be True or False"):
+        estimate_min_rank(_lowrank_pattern(), normalize="yes", **FAST)
+
+
+def test_the_world_of_one_estimate_normalizes_the_same_way():
+    import rankkit.distributed as rd
+
+    R = _scaled(_lowrank_pattern(), 5.0)
+    ref = estimate_min_rank(R, normalize=True, **FAST)
+    got = rd.estimate_min_rank(R, comm=rd.Comm(), normalize=True, **FAST)
+    assert (got.label_range, got.label_scale) == (ref.label_range, ref.label_scale)
+    assert (got.eps_lower, got.upper) == (ref.eps_lower, ref.upper)
+
+
+def test_trials_are_a_list_and_a_frame(tmp_path):
+    pd = pytest.importorskip("pandas")
+    est = estimate_min_rank(rk.synthetic.upper_triangular(6), **FAST)
+    assert isinstance(est.trials, rk.minrank.Trials) and isinstance(est.trials, list)
+    df = est.trials.to_frame()
+    assert isinstance(df, pd.DataFrame) and len(df) == len(est.trials) >= 2
+    assert list(df.columns[:7]) == ["rank", "method", "n_iter", "seconds", "mse", "passed", "stop"]
+    assert df["rank"].tolist() == [t["rank"] for t in est.trials]
+    assert df["passed"].tolist() == [t["passed"] for t in est.trials] and df["passed"].any()
+    json.dumps(est.to_dict())  # still plain JSON
+    got = MinRankEstimate.load(est.save(tmp_path / "e"))
+    assert isinstance(got.trials, rk.minrank.Trials) and got.trials == est.trials

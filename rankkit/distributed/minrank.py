@@ -45,7 +45,14 @@ from .._io import fingerprint
 from ..bounds import eps_rank_lower_bound, rank_lower_bound
 from ..exact import exact_completion, rank_cap
 from ..matrix import RewardMatrix
-from ..minrank._estimate import _assemble, _check_args, _exact_upper, _solver_options
+from ..minrank._estimate import (
+    _assemble,
+    _check_args,
+    _divide_label,
+    _exact_upper,
+    _label_scale,
+    _solver_options,
+)
 from ..minrank._result import MinRankEstimate
 from ..minrank._scale import _EXACT_SCALE_CELLS, certificate_scale
 from ..minrank._search import (
@@ -187,7 +194,8 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                       max_abs: float | None = None, backend: str = "auto", device=None, seed: int = 0,
                       progress: bool = True, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool | str = True,
-                      exact_fallback: bool = True, route_len="auto", text=None, labels=None, tokenizer="gpt2",
+                      exact_fallback: bool = True, normalize: bool = False, route_len="auto", text=None,
+                      labels=None, tokenizer="gpt2",
                       split: str | None = None, limit: int | None = None) -> MinRankEstimate:
     r"""Bound the minimal rank of P_Ω(R) from both sides on a process group.
 
@@ -214,8 +222,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         Use the first ``limit`` texts of a text source (as :func:`rankkit.datasets.load`).
     eps, method, label, ranks, lam, max_iter, thresh, solver, n_restarts, solver_options, max_abs
         As :func:`rankkit.estimate_min_rank`.
-    backend, device, seed, progress, max_len, exact_fallback, text, labels, tokenizer, split
-        As :func:`rankkit.estimate_min_rank` (progress on rank 0).
+    backend, device, seed, progress, max_len, exact_fallback, normalize, text, labels, tokenizer, split
+        As :func:`rankkit.estimate_min_rank` (progress on rank 0; the label range is reduced
+        over all ranks).
 
     Returns
     -------
@@ -237,6 +246,13 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         S = build_reward_matrix(source, comm=comm, max_len=max_len, route_len=route_len, tokenizer=tokenizer,
                                 text=text, labels=labels, split=split, limit=limit)
     j = S.label_index(label)
+    raw = S.local.label_values(j)
+    lo = -comm.allreduce_scalar(-float(raw.min()) if raw.size else -np.inf, "label range", "max")
+    hi = comm.allreduce_scalar(float(raw.max()) if raw.size else -np.inf, "label range", "max")
+    label_range = (lo, hi) if np.isfinite(lo) else (0.0, 0.0)
+    label_scale = _label_scale(*label_range, normalize, label)
+    if label_scale != 1.0:
+        S = dataclasses.replace(S, local=_divide_label(S.local, j, label_scale))
     progress = progress and comm.rank == 0
     S2 = reduce_omega2(S, comm)
     # Lemma 3's single-entry rows and the values seen in them, over all ranks
@@ -319,6 +335,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
         extend=extend if lower_bound is True else None, n_single=n_single,
         single_nonzero=single_nonzero, shapes=(S.shape, S.nnz, S2.shape, S2.nnz), ranks=ranks, max_iter=max_iter,
         thresh=thresh, t0=t0, max_abs=max_abs, exact=exact if exact_fallback else None, finish=finish,
+        label_range=label_range, label_scale=label_scale,
         meta={**_search_meta(method, backend=backend, seed=seed, cap=search.cap, solver=solver,
                              n_restarts=n_restarts, extra_starts=extra_starts),
               "world_size": comm.size, "route_len": S.route_len})

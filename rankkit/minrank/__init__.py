@@ -92,8 +92,9 @@ certificates, and the summary prints each bracket with the source of both of its
 from __future__ import annotations
 
 from ..exact import exact_completion
-from ._estimate import METHODS, estimate_min_rank
-from ._result import MinRankEstimate
+from ._estimate import METHODS, LabelScaleWarning, estimate_min_rank
+from ._result import MinRankEstimate, Trials
 from ._scale import certificate_scale
 
-__all__ = ["estimate_min_rank", "exact_completion", "MinRankEstimate", "certificate_scale", "METHODS"]
+__all__ = ["estimate_min_rank", "exact_completion", "MinRankEstimate", "certificate_scale", "METHODS",
+           "LabelScaleWarning", "Trials"]

@@ -76,8 +76,8 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
                       max_abs: float | None = None, backend: str = "auto", device=None,
                       seed: int = 0, progress: bool = True, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool = True,
-                      exact_fallback: bool = True, text=None, labels=None, tokenizer="gpt2",
-                      split: str | None = None) -> MinRankEstimate:
+                      exact_fallback: bool = True, normalize: bool = False, text=None, labels=None,
+                      tokenizer="gpt2", split: str | None = None) -> MinRankEstimate:
     r"""Bound the minimal rank of P_Ω(R) from both sides (paper 002, Def. 1–2, Lemma 3, App. C.3).
 
     Builds P_Ω(R), reduces it to Ω₂ (rows with ≥ 2 observed cells), finds the smallest
@@ -162,6 +162,13 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         constructive exact completion of Ω₂ at rank c, recompute its MSE from its factors
         and, if ≤ ε, certify ``upper = c (+1 by Lemma 3)``. False keeps the fits as the only
         certificates.
+    normalize : bool, default False
+        Divide the analysed label's values by their largest magnitude s = max :math:`|R_{ij}|`
+        over Ω before anything else, so that ε is relative to the label scale (the estimate,
+        its bounds and its certificate are then of R / s; ``label_scale`` records s). A scale
+        keeps every rank; no shift is applied, since subtracting a constant can change the
+        minimal rank by one. Without it, labels outside [0, 1] raise a
+        :class:`LabelScaleWarning`: ε = 1e-6 is the paper's resolution for rewards in [0, 1].
     text, labels, tokenizer, split
         For text sources, with the meaning they have in :func:`rankkit.datasets.load`
         (``labels`` names the label *columns* of a table; ``label`` picks the one analysed).
@@ -203,6 +210,10 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     R = _source_matrix(source, max_len=max_len, text=text, labels=labels, tokenizer=tokenizer,
                        split=split)
     j = R.label_index(label)  # validates the label against the matrix's label names
+    raw = R.label_values(j)
+    label_range = (float(raw.min()), float(raw.max())) if raw.size else (0.0, 0.0)
+    label_scale = _label_scale(*label_range, normalize, label)
+    R = _divide_label(R, j, label_scale)
     from ..omega import reduce_omega2
 
     R2 = reduce_omega2(R)
@@ -254,11 +265,59 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
                                    eps_bounds=eps_bounds), extend=extend, n_single=n_single, single_nonzero=single_nonzero, shapes=(R.shape, R.nnz, R2.shape, R2.nnz),
                      ranks=ranks, max_iter=max_iter, thresh=thresh, t0=t0, max_abs=max_abs,
                      exact=exact if exact_fallback else None, finish=finish,
+                     label_range=label_range, label_scale=label_scale,
                      meta=_search_meta(method, backend=backend, seed=seed, cap=search.cap, solver=solver,
                                        n_restarts=n_restarts, extra_starts=extra_starts))
 
 
 # ---- shared by the one-process and the distributed estimate_min_rank ---------------------------
+class LabelScaleWarning(UserWarning):
+    """The analysed label's observed values leave [0, 1], the range ε = 1e-6 is meant for.
+
+    ε bounds an absolute mean squared error, so multiplying every label by c divides the
+    effective tolerance by c² (vader:movie's labels × 5: upper 6 → 7). Pass
+    ``normalize=True`` to :func:`rankkit.estimate_min_rank` to divide the values by their
+    largest magnitude, or scale ``eps`` by that magnitude squared."""
+
+
+def _label_scale(lo: float, hi: float, normalize: bool, label) -> float:
+    """The divisor s applied to the label's values: max(|lo|, |hi|) under ``normalize``, else 1,
+    warning when [lo, hi] leaves [0, 1] and nothing rescales it.
+
+    Only a scale, never a shift: dividing by s keeps every rank (minrank_ε(R / s) at ε equals
+    minrank at ε s² of R), while subtracting a constant is a rank-one change on Ω that can
+    move the minimal rank by one."""
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    big = max(abs(lo), abs(hi))
+    if normalize:
+        return big if big > 0 else 1.0
+    if lo < 0.0 or hi > 1.0:
+        import warnings
+
+        warnings.warn(
+            f"label {label!r} takes values in [{lo:.6g}, {hi:.6g}] on Ω, outside [0, 1]; ε is an "
+            f"absolute tolerance on the mean squared error, so at this scale it is "
+            f"{big * big:.3g}× stricter relative to the labels than for labels in [0, 1]. Pass "
+            f"normalize=True to divide the values by {big:.6g} (rank-preserving), or scale eps",
+            LabelScaleWarning, stacklevel=3)
+    return 1.0
+
+
+def _divide_label(R: RewardMatrix, j: int, s: float) -> RewardMatrix:
+    """R with label column ``j``'s values divided by s (the other labels untouched)."""
+    if s == 1.0:
+        return R
+    import dataclasses
+
+    values = R.values.copy()
+    if values.ndim == 1:
+        values /= s
+    else:
+        values[:, j] /= s
+    return dataclasses.replace(R, values=values, meta={**R.meta, "label_scale": s})
+
+
 def _check_args(method, *, eps, lam, max_abs, max_iter, n_restarts, ranks, extra_starts=0):
     """Validate the search settings; returns (max_iter with its per-method default, ranks)."""
     if method not in METHODS:
@@ -299,7 +358,8 @@ def _exact_upper(cap_omega: int, cap_omega2: int, single_nonzero: bool, any_nonz
 
 
 def _assemble(search, *, method, eps, lam, label, bounds, brackets, extend, n_single, single_nonzero, shapes,
-              ranks, max_iter, thresh, t0, max_abs, exact, finish, meta) -> MinRankEstimate:
+              ranks, max_iter, thresh, t0, max_abs, exact, finish, meta, label_range=None,
+              label_scale=1.0) -> MinRankEstimate:
     """The estimate from a finished search: the best certificate, the exact fallback at the
     cap, the two brackets and the message.
 
@@ -356,4 +416,5 @@ def _assemble(search, *, method, eps, lam, label, bounds, brackets, extend, n_si
         elapsed=time.perf_counter() - t0, message=message, meta=meta,
         certificate_source=source_name, exact_mse=exact_mse, method=method,
         trials=search.trials, scale=scale, max_abs=None if max_abs is None else float(max_abs),
+        label_range=label_range, label_scale=float(label_scale),
     )

@@ -15,6 +15,26 @@ from .._io import atomic_json, read_json
 from ..bounds import BlockCertificate, EpsRankLowerBound, RankLowerBound, TriangularCertificate
 
 
+class Trials(list):
+    """Every fit a rank search ran, in order: a list of dicts (JSON as it stands), one per fit,
+    with ``rank``, ``method`` ("solver/start"), ``n_iter``, ``seconds``, ``mse`` (recomputed
+    from the factors), ``passed``, ``stop`` and, for fits that reached ε, ``max_abs`` (and
+    ``rejected`` when that exceeded ``max_abs=``)."""
+
+    COLUMNS = ("rank", "method", "n_iter", "seconds", "mse", "passed", "stop", "max_abs", "rejected")
+
+    def to_frame(self):
+        """The trials as a pandas DataFrame, one row per fit, the columns above first (a key no
+        trial has is left out; missing values are NaN)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pandas comes with the ext extra, not with the core
+            raise ImportError("Trials.to_frame needs pandas: pip install pandas") from e
+        keys = {k for t in self for k in t}
+        cols = [c for c in self.COLUMNS if c in keys] + sorted(keys - set(self.COLUMNS))
+        return pd.DataFrame(list(self), columns=cols)
+
+
 @dataclass
 class MinRankEstimate:
     """What is known about the minimal rank of P_Ω(R): an exact lower bound, a certified
@@ -55,10 +75,11 @@ class MinRankEstimate:
         soft-impute, the Table 2 row; rank 0 is the zero matrix).
     converged_by_rank : dict of int -> bool
         soft-impute: met ``thresh``; fixed-rank: reached ε.
-    trials : list of dict
-        Every fit run, in order: ``rank``, ``method`` (the solver and its start), ``n_iter``
-        (iterations actually run), ``seconds``, ``mse`` (recomputed), ``passed``, ``stop``
-        and, for fits that reached ε, ``max_abs``.
+    trials : Trials
+        Every fit run, in order (a list of dicts; ``trials.to_frame()`` gives a DataFrame):
+        ``rank``, ``method`` (the solver and its start), ``n_iter`` (iterations actually
+        run), ``seconds``, ``mse`` (recomputed), ``passed``, ``stop`` and, for fits that
+        reached ε, ``max_abs``.
     scale : dict or None
         :func:`certificate_scale` of the certificate (None when the zero matrix certifies).
     max_abs : float or None
@@ -89,6 +110,12 @@ class MinRankEstimate:
         ``"fixed-rank"``, ``"soft-impute"``, ``"zero"`` (rank 0) or ``"exact-completion"``.
     exact_mse : float or None
         MSE over Ω₂ of the constructive exact completion at the cap, when it was computed.
+    label_range : (float, float) or None
+        Smallest and largest observed value of the label on Ω, as given (before
+        ``label_scale``); ε = 1e-6 is meant for labels in [0, 1].
+    label_scale : float
+        The values were divided by this before the analysis (``normalize=True``: their largest
+        magnitude; 1.0 otherwise): every bound, MSE and the certificate are of R / label_scale.
     """
 
     eps: float
@@ -117,13 +144,19 @@ class MinRankEstimate:
     certificate_source: str = "soft-impute"
     exact_mse: float | None = None
     method: str = "soft-impute"
-    trials: list[dict] = field(default_factory=list)
+    trials: Trials = field(default_factory=Trials)
     scale: dict | None = None
     max_abs: float | None = None
     exact_upper: int | None = None
     eps_lower: int = 0
     eps_bounds: EpsRankLowerBound | None = None
     omega_extension: dict | None = None
+    label_range: tuple[float, float] | None = None
+    label_scale: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.trials, Trials):
+            self.trials = Trials(self.trials)
 
     # ---- the two brackets -------------------------------------------------------------
     @property
@@ -176,8 +209,34 @@ class MinRankEstimate:
         if not s:
             return None
         kind = "exact over all Ω₂ rows × columns" if s["max_abs_exact"] else "upper bound from factor row norms"
-        return (f"  certificate scale: max |entry| {s['max_abs']:.3g} ({kind}), "
+        line = (f"  certificate scale: max |entry| {s['max_abs']:.3g} ({kind}), "
                 f"‖M‖_* {s['nuclear']:.3g}, ‖M‖_F {s['frobenius']:.3g}")
+        big = self._label_max()
+        if big:
+            ratio = s["max_abs"] / big
+            verdict = ("within the labels' magnitude" if ratio <= 1 + 1e-9 else
+                       "far outside the label range: the low rank leans on large unobserved entries"
+                       if ratio > 10 else "outside the label range")
+            line += f"\n  = {ratio:.3g} × the largest observed |label| ({verdict})"
+        return line
+
+    def _label_max(self) -> float | None:
+        """max |observed label| in the units of the analysis (after ``label_scale``)."""
+        if self.label_range is None:
+            return None
+        return max(abs(self.label_range[0]), abs(self.label_range[1])) / self.label_scale
+
+    def _label_line(self) -> str | None:
+        if self.label_range is None:
+            return None
+        lo, hi = self.label_range
+        line = f"  label values on Ω: [{lo:.6g}, {hi:.6g}]"
+        if self.label_scale != 1.0:
+            line += (f", divided by {self.label_scale:.6g} (normalize=True): ε is relative to the "
+                     f"largest |label|")
+        elif lo < 0 or hi > 1:
+            line += " — outside [0, 1]: ε is absolute, so it is stricter here than for rewards in [0, 1]"
+        return line
 
     def summary(self) -> str:
         """Readable report: the fits (rank | MSE on Ω₂), then the two bounds as two statements."""
@@ -195,8 +254,10 @@ class MinRankEstimate:
             f"  Ω₂: {n2:,} × {m2:,}, {self.omega2_nnz:,} observed cells "
             f"({self.n_single_rows:,} single-entry rows removed, Lemma 3)",
             f"  {how}; ε = {self.eps:g}",
-            "",
         ]
+        if self._label_line():
+            lines.append(self._label_line())
+        lines.append("")
         if self.method == "soft-impute" or not self.trials:
             lines += [f"  {'rank':>6} | MSE on Ω₂", f"  {'-' * 6}-+-{'-' * 12}"]
             for r in sorted(self.mse_by_rank):
@@ -358,6 +419,8 @@ class MinRankEstimate:
             "meta": self.meta, "certificate_source": self.certificate_source,
             "exact_mse": self.exact_mse, "trials": self.trials, "scale": self.scale,
             "max_abs": self.max_abs,
+            "label_range": None if self.label_range is None else list(self.label_range),
+            "label_scale": self.label_scale,
         }
 
     # ---- persistence -----------------------------------------------------------------
@@ -417,6 +480,8 @@ class MinRankEstimate:
             certificate_source=d.get("certificate_source", "soft-impute"),
             exact_mse=d.get("exact_mse"), method=d.get("method", "soft-impute"),
             trials=d.get("trials", []), scale=d.get("scale"), max_abs=d.get("max_abs"),
+            label_range=None if d.get("label_range") is None else tuple(d["label_range"]),
+            label_scale=d.get("label_scale", 1.0),
         )
 
 

@@ -14,6 +14,7 @@ from .._io import atomic_json, fingerprint, read_json
 from ..exact import rank_cap
 from ..matrix import RewardMatrix
 from ..softimpute import observed_mse
+from ._result import Trials
 from ._scale import certificate_scale
 
 _STATE_FILE = "minrank_state.json"
@@ -86,7 +87,7 @@ class _SearchBase:
         self.converged: dict[int, bool] = {}
         self.ok: dict[int, bool] = {}
         self.fits: dict[int, object] = {}
-        self.trials: list[dict] = []
+        self.trials = Trials()
         self.bar = tqdm(desc="min rank", unit="rank", disable=not progress, leave=False)
         self.ckpt = None
         if checkpoint_dir is not None:
