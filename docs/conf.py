@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import re
 import sys
 import warnings
@@ -36,6 +37,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into _static: formulas render with no network (a CDN by default)
+    "sphinx-mathjax-offline",
     "numpydoc",
     "myst_nb",
 ]
@@ -64,7 +67,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     # third-party objects (types in signatures, base classes, "see also"): without
     # intersphinx, which needs the network, there is nothing to link them to;
-    ("py:.*", r"(builtins|collections|typing|numpy|np|scipy|sklearn|torch|transformers|"
+    ("py:.*", r"(builtins|collections|json|typing|numpy|np|scipy|sklearn|torch|transformers|"
               r"datasets|pandas|pyarrow|click|numba|cupy)(\..*)?"),
     # private helpers and modules named for developers (rankkit._kernels, _inverse_cdf):
     # not part of the documented API, so there is no page to link to.
@@ -103,6 +106,35 @@ API = [
     ("rankkit_ext.report", "rankkit_ext.report: tables and plots"),
     ("rankkit_ext.tsmc", "rankkit_ext.tsmc: twisted sequential Monte Carlo"),
 ]
+
+
+def public_modules() -> list[str]:
+    """Every module of rankkit and rankkit_ext that no part of its dotted name marks private
+    (a leading underscore), in import-path order."""
+    names = []
+    for package in ("rankkit", "rankkit_ext"):
+        root = importlib.import_module(package)
+        names.append(package)
+        for info in pkgutil.walk_packages(root.__path__, package + "."):
+            if not any(part.startswith("_") for part in info.name.split(".")):
+                names.append(info.name)
+    return names
+
+
+# The curated pages first, then a page for every other public module (named by its path and
+# its docstring's first line), so that no public module or name goes undocumented.
+_CURATED = {name for name, _ in API}
+
+
+def _title(name: str) -> str:
+    """``name: first line of its docstring`` without a trailing period or "(issue N)"."""
+    doc = (importlib.import_module(name).__doc__ or "").strip()
+    first = re.sub(r"\s*\(([^()]*;\s*)?issues? [0-9, ]+\)", "", doc.splitlines()[0] if doc else "")
+    first = first.rstrip(" .")
+    return f"{name}: {first}" if first else name
+
+
+API += [(name, _title(name)) for name in public_modules() if name not in _CURATED]
 NOTEBOOKS = ["01_core_min_rank.ipynb", "02_extension_guided_decoding.ipynb"]
 
 

@@ -270,8 +270,9 @@ def assert_proposal_exact(lm, proposal, potential, prompt, horizon: int, *,
                           rtol: float = 1e-9) -> dict:
     r"""Exact-enumeration check of a proposal in the SMC engine.
 
-    On an enumerable LM (vocabulary ≤ 5, horizon ≤ 4; :func:`~rankkit_ext.tsmc.exact.
-    enumerate_target` lists every complete continuation s and computes σ ∝ p φ and Z):
+    On an enumerable LM (vocabulary ≤ 5, horizon ≤ 4;
+    :func:`~rankkit_ext.tsmc.exact.enumerate_target` lists every complete continuation s and
+    computes σ ∝ p φ and Z):
 
     1. *Forced* through the engine (every row clamped to one sequence), the proposal's
        per-step log q sum to a distribution: :math:`\sum_s q(s) = 1`, and its log p to

@@ -4,7 +4,10 @@ Docstrings are reST: a stray ``|V|`` (a substitution), a misplaced numpydoc sect
 cross-reference to nothing breaks the build, so this test is where such slips surface.
 """
 
+import importlib
+import inspect
 import json
+import re
 import subprocess
 import sys
 import time
@@ -60,9 +63,50 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     assert 'id="rankkit.estimate_min_rank"' in core and ">Parameters<" in core
     assert 'id="rankkit_ext.compare_rank"' in (
         html / "_generated" / "api" / "rankkit_ext.html").read_text("utf-8")
-    for sub in ("rankkit.datasets", "rankkit.distributed", "rankkit_ext.tsmc"):
-        assert f'id="module-{sub}"' in (html / "_generated" / "api" / f"{sub}.html").read_text(
-            "utf-8")
+    # every public module has its page, and every name in any public module's __all__ is
+    # documented on some page: under this module's name or under another module that lists
+    # the same object (a name is documented once, where first listed, and linked elsewhere)
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from conf import public_modules
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    modules = public_modules()
+    assert {"rankkit.cli", "rankkit.testing", "rankkit.distributed", "rankkit_ext.tsmc",
+            "rankkit_ext.testing", "rankkit.figures", "rankkit_ext.tsmc.resampling"} <= set(modules)
+    api = html / "_generated" / "api"
+    ids = set()
+    for name in modules:
+        page = api / f"{name}.html"
+        assert page.is_file(), f"public module {name} has no API page"
+        text = page.read_text("utf-8")
+        assert f'id="module-{name}"' in text
+        ids |= set(re.findall(r'id="([A-Za-z_][\w.]*)"', text))
+    where: dict[int, set[str]] = {}
+    for name in modules:
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", []):
+            where.setdefault(id(getattr(module, attr)), set()).add(f"{name}.{attr}")
+    undocumented = sorted(f"{name}.{attr}" for name in modules
+                          for attr in getattr(importlib.import_module(name), "__all__", [])
+                          if not inspect.ismodule(getattr(importlib.import_module(name), attr))
+                          and not where[id(getattr(importlib.import_module(name), attr))] & ids)
+    assert not undocumented, f"public names with no entry in the API reference: {undocumented}"
+    for must in ("rankkit_ext.training.evaluate", "rankkit_ext.tsmc.resampling.conditional_resample"):
+        module, _, attr = must.rpartition(".")
+        assert where[id(getattr(importlib.import_module(module), attr))] & ids, must
+
+    # the user guide is on the site, with the sections a newcomer needs
+    guide = (html / "guide.html").read_text("utf-8")
+    for section in ("Install", "The one-liner", "Reading the two brackets", "The scale of a certificate",
+                    "Labels and ε", "The extension: train, guide, compare"):
+        assert f">{section}<" in guide, f"the user guide lacks its section {section!r}"
+
+    # MathJax is served from the site itself: formulas render offline
+    page = (api / "rankkit.minrank.html").read_text("utf-8")
+    scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', page, flags=re.I)
+    assert scripts and not any(s.startswith(("http:", "https:", "//")) for s in scripts), scripts
+    assert all((api / s.split("?")[0]).resolve().is_file() for s in scripts), scripts
 
     notebooks = sorted((ROOT / "examples").glob("*.ipynb"))
     assert len(notebooks) == 2

@@ -32,13 +32,13 @@ Rank 0 is the zero matrix: its error is Σ_{Ω₂} R², so single rows (1 × c b
 ‖row‖²) prove ≥ 1 whenever the zero matrix misses ε.
 
 The same blocks bound the ε-rank of the whole Ω with the same budget (a completion of Ω
-has at least its error on Ω₂), which is the quantity :attr:`MinRankEstimate.upper` bounds
+has at least its error on Ω₂), which is the quantity ``rankkit.MinRankEstimate.upper`` bounds
 from above; the bound does *not* carry over to the mean over Ω (budget ε :math:`|Ω|`, a larger
 number).
 
 **Rounding.** Singular values come from LAPACK's backward-stable SVD: the computed σ̂_t are
-exact for B + E with ‖E‖₂ ≤ p(n) u ‖B‖₂, so by Weyl |σ̂_t − σ_t| ≤ δ. The tails use
-σ_t ≥ max(σ̂_t − δ, 0) with the generous δ = 8 max(|I|, |J|) u σ̂₁ (u the float64 unit
+exact for B + E with ‖E‖₂ ≤ p(n) u ‖B‖₂, so by Weyl :math:`|\hat\sigma_t - \sigma_t| \le \delta`. The tails use
+σ_t ≥ max(σ̂_t − δ, 0) with the generous δ = 8 max(:math:`|I|`, :math:`|J|`) u σ̂₁ (u the float64 unit
 roundoff), and the sum is compared with β after a relative margin for its own rounding, so a
 bound printed is a bound proved for the stored float64 values.
 

@@ -9,7 +9,7 @@ U_r of U, and the replicated s, V and k × k cores. Every quantity of the solver
 - row-local: U_r, (Z V)_r, the residual on this rank's cells, the per-row ALS solves
   u_i = argmin ‖x_{S_i} − B_{S_i} u‖² + ρ‖u‖² (exact and local: B is replicated);
 - or a sum over rows, which becomes an **all-reduce**: Zᵀ U (m × k) with Uᵀ Z V (k × k)
-  in one collective (:meth:`rsum`), Aᵀ U (k × k, :meth:`rgram`), the squared error and every inner product of cell vectors
+  in one collective (``rsum``), Aᵀ U (k × k, ``rgram``), the squared error and every inner product of cell vectors
   (one scalar), the U_p part of the inner product of two tangent vectors, and the column
   pass of ALS: per column j the normal equations Σ_{i ∈ S_j} a_i a_iᵀ, Σ x_ij a_i, summed
   over the row shards (the lower triangle and the right-hand side, m · k(k + 3)/2 floats),
@@ -23,7 +23,7 @@ Bytes each rank sends per iteration (8-byte floats, ring collectives; :func:`fix
 - ALS sweep: 2 (P − 1)/P · 8 · m k(k + 3)/2 (column normal equations) + 8 k² (P − 1) (TSQR)
   + 2 (P − 1)/P · 8 (squared error): m k²-sized, like Spark's ALS (each of its factor
   blocks ships the rows a block needs, plus its own normal equations are local), and
-  independent of |Ω| and n;
+  independent of :math:`|Ω|` and n;
 - RLM: per product with the Gauss–Newton operator (each inner CG iteration)
   2 (P − 1)/P · 8 · (m k + k² + 2): one Zᵀ U, one k × k core, two inner products; plus per
   outer step the gradient, a TSQR and a few scalars;

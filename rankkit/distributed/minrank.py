@@ -10,7 +10,7 @@ searches and the assembly of the result are the one-process function's own
 - P_Ω(R) and Ω₂: sharded (:mod:`rankkit.distributed.build`);
 - ``method="auto"`` (fixed-rank certificates): every fit is the sharded certificate solver
   (:func:`rankkit.distributed.fixed_rank_fit`); warm starts are this rank's rows of the
-  certified fit above; the verified MSE and the certificate's scale (max |entry| of the
+  certified fit above; the verified MSE and the certificate's scale (max :math:`|entry|` of the
   completed Ω₂ matrix, exact over all rows × columns when n₂ m₂ ≤ 2²⁸) reduce over the
   ranks. Ω₂ is not gathered for it;
 - ``method="soft-impute"``: every fit is the sharded softImpute-ALS
@@ -155,7 +155,7 @@ class _ShardedCertSearch(_ShardedFits, _CertSearch):
 
 def sharded_scale(S2: ShardedRewardMatrix, fit: SoftImputeResult, comm=None) -> dict:
     """:func:`rankkit.minrank.certificate_scale` of a fit on a sharded matrix, from this
-    rank's rows of U: the same numbers (max |entry| exact over all rows × columns when
+    rank's rows of U: the same numbers (max :math:`|entry|` exact over all rows × columns when
     n m ≤ 2²⁸, else the bound from the factor row norms), the maxima reduced over ranks."""
     comm = get_comm(comm)
     n, m = S2.shape

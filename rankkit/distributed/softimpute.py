@@ -1,6 +1,6 @@
 r"""softImpute-ALS on a row-partitioned P_Ω(X) (Hastie et al. 2015, Alg. 3.1; issue 15).
 
-The iteration is :func:`rankkit.softimpute.als_iteration`, the same function the
+The iteration is ``rankkit.softimpute.als_iteration``, the same function the
 one-process fit runs; only the kernels differ. Rank r holds its rows of Ω (all columns), its
 rows U_r of U, the replicated k-vector D² and a replicated V (m × k). Per iteration:
 
@@ -23,7 +23,7 @@ Stopping rule
 Bytes each rank sends per iteration (8-byte floats, ring collectives): the reduce-scatter
 and the all-gather of an m × k factor, (P − 1)/P · m k · 8 each, plus three k × k
 collectives and two scalars: ≈ 2 (P − 1)/P · 8 m k + 3 · 8 k² (P − 1) bytes, independent of
-|Ω| and of n. That is the volume of one all-reduce of B: Spark's ALS block exchange sends
+:math:`|Ω|` and of n. That is the volume of one all-reduce of B: Spark's ALS block exchange sends
 each factor row to every block that observes it, which for P_Ω(R) (a few tokens observed by
 almost every prefix block) is the same m k per rank without the replication to save.
 

@@ -155,7 +155,7 @@ def spawn(fn, nprocs: int = 2, *args, timeout_s: float = 60.0, collective_timeou
 # ---- ranks as threads of one process -----------------------------------------------------------
 
 class _Rendezvous:
-    """What the threads of a :class:`ThreadComm` world share: one slot per rank, a barrier."""
+    """What the threads of a ``ThreadComm`` world share: one slot per rank, a barrier."""
 
     def __init__(self, size: int, timeout_s: float):
         import threading
@@ -242,7 +242,7 @@ def _thread_comm_class():
 
 
 def run_threads(fn, nranks: int, *args, timeout_s: float = 60.0) -> list:
-    """``fn(comm, *args)`` on ``nranks`` threads joined by a :class:`ThreadComm`; the values in
+    """``fn(comm, *args)`` on ``nranks`` threads joined by a ``ThreadComm``; the values in
     rank order. The first exception of any rank is re-raised (the others then fail at their
     next collective instead of waiting)."""
     import threading

@@ -54,7 +54,7 @@ def assert_reward_matrix_equal(R: RewardMatrix, ref: dict[Cell, tuple[np.ndarray
     weights and values within tolerance. Values are means of sums accumulated in a
     different order, so their error grows with the number of terms: per cell the
     tolerance is ``rtol * (count + 1) * scale`` with ``rtol = 4 * eps(float64)`` and
-    ``scale`` = the largest |response| (default: the largest |value| in ``ref``, at least 1);
+    ``scale`` = the largest :math:`|response|` (default: the largest :math:`|value|` in ``ref``, at least 1);
     weights use ``rtol * (count + 1) * weight``.
     """
     eps = float(np.finfo(np.float64).eps)
