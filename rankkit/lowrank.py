@@ -455,7 +455,7 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
                    n_restarts: int = 0, window: int = 30, stall: float = 0.5, cg_iter: int = 50,
                    cg_tol: float = 1e-2, als_rate: float = 0.5, backend: str = "auto", device=None,
                    seed: int | np.random.Generator = 0, checkpoint: str | os.PathLike | None = None,
-                   checkpoint_every: int = 10, progress: bool = True,
+                   checkpoint_every: int = 10, progress: bool | None = None,
                    callback: Callable[[int, dict], bool | None] | None = None) -> SoftImputeResult:
     r"""Rank-``rank`` completion of P_Ω(X) that stops at MSE ≤ ``eps`` (the certificate).
 
@@ -506,8 +506,8 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
         iterations and on Ctrl-C or a stopping ``callback``; a run with the same problem and
         settings resumes from it and returns the same result as an uninterrupted run (bitwise
         on the same backend and numba thread count). Deleted when the run finishes.
-    progress : bool
-        tqdm bar with the current MSE.
+    progress : bool or None, default None
+        tqdm bar with the current MSE (None: only on a terminal or in a notebook).
     callback : callable(iter, info) -> bool, optional
         After each iteration with ``info`` = dict(mse, objective, method, rank); True stops.
 
@@ -697,7 +697,7 @@ def _iterate(K, k, rho, nnz, start, store, checkpoint_every, *, eps, method, max
     """Run the solver from ``start`` (or the state ``store`` holds); returns (run, why it
     stopped). ``store``: None, :class:`_NpzCheckpoint` or a per-rank store of a process group;
     ``agree(stop) -> bool`` makes every rank stop when the callback stops one."""
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     run = _Run(K, k, rho, nnz)
     z = None if store is None else store.load()
@@ -718,7 +718,7 @@ def _iterate(K, k, rho, nnz, start, store, checkpoint_every, *, eps, method, max
     else:
         phase = "als" if _als_well_posed(K, k) else "rlm"
     stop = "max_iter"
-    bar = tqdm(total=max_iter, initial=run.it, desc=f"fixed-rank k={k}", disable=not progress, leave=False)
+    bar = progress_bar(total=max_iter, initial=run.it, desc=f"fixed-rank k={k}", progress=progress, leave=False)
     try:
         while True:
             if run.mse_now <= eps:

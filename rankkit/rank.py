@@ -437,10 +437,10 @@ def rank_curve(source: object | Callable[[np.ndarray], object], sizes: Sequence[
     rng = np.random.default_rng(seed)
     step = kmax if batch_size is None else int(batch_size)
 
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     n_batches = -(-kmax // step)
-    bar = tqdm(total=int(n_repeats) * (n_batches + s.size), desc="rank curve", disable=not progress)
+    bar = progress_bar(total=int(n_repeats) * (n_batches + s.size), desc="rank curve", progress=progress)
     ranks = np.zeros((s.size, int(n_repeats)), dtype=np.int64)
     dtype_name, n_cols = "", 0
     resolved = None

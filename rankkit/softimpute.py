@@ -358,7 +358,7 @@ def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int
                 thresh: float = 1e-5, backend: str = "auto", device=None, dtype=None,
                 warm_start=None, seed: int | np.random.Generator = 0,
                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
-                progress: bool = True, callback: Callable[[int, dict], bool | None] | None = None,
+                progress: bool | None = None, callback: Callable[[int, dict], bool | None] | None = None,
                 final_svd: bool = True) -> SoftImputeResult:
     r"""Complete P_Ω(X) with softImpute-ALS (Hastie et al. 2015, Alg. 3.1; R ``Ssimpute.als``).
 
@@ -400,8 +400,8 @@ def soft_impute(R, rank: int, lam: float, *, label: int | str = 0, max_iter: int
         of numba threads, which fix the summation order (``warm_start`` and ``seed`` are then
         unused: the saved state is the start). It is deleted when the run finishes
         (converged or ``max_iter``); a run stopped by ``callback`` or Ctrl-C keeps it.
-    progress : bool
-        tqdm bar with the current MSE and ratio.
+    progress : bool or None, default None
+        tqdm bar with the current MSE and ratio (None: only on a terminal or in a notebook).
     callback : callable(iter, info) -> bool, optional
         Called after each iteration with ``info`` = dict(mse, objective, ratio, rank,
         lam); returning True stops the iterations (the final step still runs).
@@ -524,7 +524,7 @@ def _run(K, k, lam, max_iter, thresh, start, store, checkpoint_every, progress, 
 
     ``start()`` gives the initial (U, Dsq, V) as float64 NumPy when no checkpoint is resumed.
     Returns (U, Dsq, V, objective, ratios, n_iter, converged)."""
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     objective: list[float] = []
     ratios: list[float] = []
@@ -548,7 +548,7 @@ def _run(K, k, lam, max_iter, thresh, start, store, checkpoint_every, progress, 
 
     ratio = ratios[-1] if ratios else np.inf
     stopped = False
-    bar = tqdm(total=max_iter, initial=it, desc=f"soft-impute k={k}", disable=not progress, leave=False)
+    bar = progress_bar(total=max_iter, initial=it, desc=f"soft-impute k={k}", progress=progress, leave=False)
     try:
         while ratio > thresh and it < max_iter:
             it += 1

@@ -217,7 +217,7 @@ def _rows(indices, parent, cell_start, n_rows):
 # ---- public -----------------------------------------------------------------------------
 
 def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
-                        progress: bool = False) -> RewardMatrix:
+                        progress: bool | None = False) -> RewardMatrix:
     r"""Sparse reward matrix P_Ω(R) of a labelled dataset (paper 002, §3.1.1, App. B).
 
     .. math::
@@ -235,8 +235,9 @@ def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
         Truncate every sequence to its first ``max_len`` tokens *before* building; the
         truncated sequence is then the utterance, so L = min(l(u), max_len) in λ (the
         weights of a truncated utterance still sum to 1 over its cells).
-    progress : bool, default False
-        Show a tqdm bar over the build stages.
+    progress : bool or None, default False
+        Show a tqdm bar over the build stages (None: only on a terminal or in a notebook,
+        :func:`rankkit._progress.show_progress`).
 
     Returns
     -------
@@ -283,9 +284,9 @@ def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
                             np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
                             meta=meta)
 
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
-    bar = tqdm(total=4, desc="build_reward_matrix", disable=not progress)
+    bar = progress_bar(total=4, desc="build_reward_matrix", progress=progress)
     tokens, offsets = seqs.tokens, seqs.offsets
     L_max = int(seqs.lengths.max())
     bar.set_postfix_str("sort")

@@ -57,6 +57,7 @@ from threadpoolctl import threadpool_limits
 
 from .._io import atomic_npz, fingerprint
 from .._lrkernels import _LRKernels, make_lr_kernels, svd_form
+from .._progress import show_progress
 from ..lowrank import (
     _check_args,
     _fit_backend,
@@ -298,7 +299,7 @@ def fixed_rank_fit(R, rank: int, *, comm=None, label: int | str = 0, eps: float 
                    n_restarts: int = 0, window: int = 30, stall: float = 0.5, cg_iter: int = 50,
                    cg_tol: float = 1e-2, als_rate: float = 0.5, backend: str = "auto", device=None,
                    seed: int | np.random.Generator = 0, checkpoint: str | os.PathLike | None = None,
-                   checkpoint_every: int = 10, progress: bool = True, callback=None,
+                   checkpoint_every: int = 10, progress: bool | None = None, callback=None,
                    gather: str | bool = "rank0") -> SoftImputeResult:
     r"""Rank-``rank`` completion of P_Ω(X) to MSE ≤ ``eps`` on the ranks of a process group.
 
@@ -394,7 +395,7 @@ def fixed_rank_fit(R, rank: int, *, comm=None, label: int | str = 0, eps: float 
             start = _spectral_start(K, data, n, nnz, k, rows, rng)
         else:
             start = _random_start(K, data, n, k, rows, rng)
-        opts["progress"] = bool(progress) and comm.rank == 0
+        opts["progress"] = show_progress(progress) and comm.rank == 0
         before = dict(K.stats)
         run, stop, restarts = _solve(K, k, float(rho), nnz, start, store, int(checkpoint_every),
                                      int(n_restarts), lambda: _random_start(K, data, n, k, rows, rng),

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .._io import fingerprint
+from .._progress import show_progress
 from ..bounds import eps_rank_lower_bound, rank_lower_bound
 from ..exact import exact_completion, rank_cap
 from ..matrix import RewardMatrix
@@ -192,7 +193,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
                       solver: str = "auto", n_restarts: int = 1, extra_starts: int = 1,
                       solver_options: dict | None = None,
                       max_abs: float | None = None, backend: str = "auto", device=None, seed: int = 0,
-                      progress: bool = True, max_len: int | None = None,
+                      progress: bool | None = None, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool | str = True,
                       exact_fallback: bool = True, normalize: bool = False, route_len="auto", text=None,
                       labels=None, tokenizer="gpt2",
@@ -253,7 +254,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, comm=None, method: str = "au
     label_scale = _label_scale(*label_range, normalize, label)
     if label_scale != 1.0:
         S = dataclasses.replace(S, local=_divide_label(S.local, j, label_scale))
-    progress = progress and comm.rank == 0
+    progress = show_progress(progress) and comm.rank == 0
     S2 = reduce_omega2(S, comm)
     # Lemma 3's single-entry rows and the values seen in them, over all ranks
     L = S.local

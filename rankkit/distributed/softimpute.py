@@ -46,6 +46,7 @@ from threadpoolctl import threadpool_limits
 
 from .._backend import resolve_backend
 from .._kernels import _Kernels, make_kernels
+from .._progress import show_progress
 from ..softimpute import SoftImputeResult, _FileCheckpoint, _run, final_step, warm_parts
 from ._comm import Comm, get_comm
 from ._slots import RankSlots
@@ -264,7 +265,7 @@ def _fingerprint(indptr, indices, x, rows, shape, k, lam, thresh, dtype, comm) -
 def soft_impute(R, rank: int, lam: float, *, comm=None, label: int | str = 0, max_iter: int = 1000,
                 thresh: float = 1e-5, backend: str = "auto", device=None, dtype=None, warm_start=None,
                 seed: int | np.random.Generator = 0, checkpoint: str | os.PathLike | None = None,
-                checkpoint_every: int = 50, progress: bool = True, callback=None, final_svd: bool = True,
+                checkpoint_every: int = 50, progress: bool | None = None, callback=None, final_svd: bool = True,
                 gather: str | bool = "rank0") -> SoftImputeResult:
     r"""softImpute-ALS (Hastie et al. 2015, Alg. 3.1) on the ranks of a process group.
 
@@ -362,7 +363,7 @@ def soft_impute(R, rank: int, lam: float, *, comm=None, label: int | str = 0, ma
     with limit:
         U, Dsq, V, objective, ratios, it, converged = _run(
             K, k, float(lam), int(max_iter), float(thresh), lambda: _start(K, warm_start, n, m, k, rows, rng),
-            store, int(checkpoint_every), progress and comm.rank == 0, callback, nnz, agree=agree)
+            store, int(checkpoint_every), show_progress(progress) and comm.rank == 0, callback, nnz, agree=agree)
         before = dict(K.stats)
         U, Dsq, V, sse = final_step(K, U, Dsq, V, float(lam), final_svd)
     meta["distributed"].update(

@@ -74,7 +74,7 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
                       thresh: float = 1e-5, solver: str = "auto", n_restarts: int = 1,
                       extra_starts: int = 1, solver_options: dict | None = None,
                       max_abs: float | None = None, backend: str = "auto", device=None,
-                      seed: int = 0, progress: bool = True, max_len: int | None = None,
+                      seed: int = 0, progress: bool | None = None, max_len: int | None = None,
                       checkpoint_dir: str | os.PathLike | None = None, lower_bound: bool = True,
                       exact_fallback: bool = True, normalize: bool = False, text=None, labels=None,
                       tokenizer="gpt2", split: str | None = None) -> MinRankEstimate:
@@ -146,8 +146,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     backend, device : where the fits run ("auto", "numpy", "torch", "cupy").
     seed : int
         Seed of every start (the same call gives the same answer).
-    progress : bool
-        Show tqdm bars (one over ranks, one inside each fit).
+    progress : bool or None, default None
+        Show tqdm bars (one over ranks, one inside each fit); None: only on an interactive
+        terminal or in a notebook with ipywidgets, so a script's redirected stderr stays clean.
     max_len : int, optional
         Truncate utterances to this many tokens (text sources only).
     checkpoint_dir : path, optional

@@ -78,7 +78,7 @@ class _SearchBase:
     """Ranks evaluated once each, the best certificate, checkpoint bookkeeping."""
 
     def __init__(self, R2, label, *, eps, progress, checkpoint_dir, settings, cap=None, fp_matrix=None):
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
         self.R2, self.label, self.eps = R2, label, eps
         self.cap = rank_cap(R2) if cap is None else int(cap)
@@ -88,7 +88,8 @@ class _SearchBase:
         self.ok: dict[int, bool] = {}
         self.fits: dict[int, object] = {}
         self.trials = Trials()
-        self.bar = tqdm(desc="min rank", unit="rank", disable=not progress, leave=False)
+        # " ranks": tqdm prints the count and the unit together ("5 ranks", not "5rank")
+        self.bar = progress_bar(desc="min rank", unit=" ranks", progress=progress, leave=False)
         self.ckpt = None
         if checkpoint_dir is not None:
             self.ckpt = Path(checkpoint_dir)
