@@ -807,8 +807,9 @@ class FixedRank(_CompletionEstimator):
         True starts ``fit`` from the previous fit's factors (scikit-learn's meaning; a
         first fit starts cold); a result or ``{"u", "d", "v"}`` is passed to
         :func:`fixed_rank_fit` as its start.
-    method, max_iter, init, n_restarts, window, stall, cg_iter, cg_tol, als_rate, \
-backend, device, seed, checkpoint, checkpoint_every, progress, callback
+    method, max_iter, init, n_restarts, window, stall, cg_iter, cg_tol, als_rate
+        As in :func:`fixed_rank_fit`.
+    backend, device, seed, checkpoint, checkpoint_every, progress, callback
         As in :func:`fixed_rank_fit` (``progress`` defaults to False here, as for
         ``SoftImpute``).
     label : int or str, default 0
