@@ -2,7 +2,8 @@
 
 Built offline with warnings as errors by ``make docs`` and by tests/test_docs.py. The API
 reference is generated at build time from each package's ``__all__`` (so a new public name
-appears without editing a page), and the two notebooks are copied from ``examples/`` (the one
+appears without editing a page), the command-line page from the click options
+(docs/cli_reference.py), and the two notebooks are copied from ``examples/`` (the one
 source: tests/test_examples.py executes them; here they are rendered as stored, never run).
 """
 
@@ -222,6 +223,11 @@ _write_if_changed(GENERATED / "api.rst", "API reference\n=============\n\n"
                   + _toctree("Modules", [f"/{p}" for p in _api_pages()]))
 _write_if_changed(GENERATED / "examples.rst", "Examples\n========\n\n"
                   + _toctree("Notebooks", [f"/{p}" for p in _notebooks()]))
+# the command-line reference, from the click options themselves (docs/cli_reference.py)
+sys.path.insert(0, str(DOCS))
+from cli_reference import render as _render_cli  # noqa: E402
+
+_write_if_changed(GENERATED / "cli.rst", _render_cli())
 
 
 def _lookup(dotted: str) -> object | None:

@@ -2,6 +2,8 @@
 
 ``numpy`` is always present. ``torch`` (CPU or CUDA) and ``cupy`` (CUDA) are optional: a
 missing package or a missing GPU is recorded in the flags below, never an import error.
+``HAS_TORCH`` / ``HAS_CUPY`` are probed at import (a file-system lookup); ``HAS_CUDA`` once,
+on first use, because asking torch imports it.
 Every array-returning public function takes ``backend=`` ("auto", "numpy", "torch",
 "cupy") and ``device=``; :func:`resolve_backend` is the one place that turns those into a
 concrete choice.
@@ -9,12 +11,13 @@ concrete choice.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 
 import numpy as np
 
-__all__ = ["HAS_TORCH", "HAS_CUPY", "HAS_CUDA", "BACKENDS", "resolve_backend", "array_backend",
+__all__ = ["HAS_TORCH", "HAS_CUPY", "HAS_CUDA", "BACKENDS", "resolve_backend", "array_backend",  # noqa: F822 (HAS_CUDA: module __getattr__)
            "torch_cuda_available", "cupy_cuda_available", "to_numpy", "to_backend", "namespace",
            "qr_r", "svdvals", "first_nonfinite", "astype"]
 
@@ -45,7 +48,21 @@ def cupy_cuda_available() -> bool:
         return False
 
 
-HAS_CUDA = torch_cuda_available() if HAS_TORCH else False
+@functools.cache
+def _has_cuda() -> bool:
+    """``HAS_CUDA``, probed once, on first use: asking torch about CUDA imports torch
+    (2–3 s), which ``import rankkit``, ``rankkit --help`` and every numpy-only call must
+    not pay."""
+    return torch_cuda_available() if HAS_TORCH else False
+
+
+def __getattr__(name: str):
+    # HAS_CUDA is a module attribute computed on first access (PEP 562), then cached as a
+    # plain global; HAS_TORCH / HAS_CUPY need no import and stay eager.
+    if name == "HAS_CUDA":
+        globals()["HAS_CUDA"] = value = _has_cuda()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def array_backend(x) -> str:
@@ -123,7 +140,7 @@ def resolve_backend(backend: str = "auto", device=None, like=None) -> tuple[str,
                 device = like.device
         elif device is not None and str(device).startswith("cuda") and HAS_TORCH:
             backend = "torch"
-        elif device is None and HAS_CUDA:
+        elif device is None and _has_cuda():
             backend, device = "torch", "cuda"
         else:
             backend = "numpy"

@@ -1,8 +1,15 @@
 """The ``rankkit`` command: reward-matrix sizes, min-rank certificates, rank curves, figures.
 
-Every subcommand has ``--help`` and ``--json`` (machine-readable output on stdout;
-progress bars go to stderr). Datasets are anything :func:`rankkit.datasets.load` accepts:
-``rankkit datasets`` lists the presets.
+Every subcommand has ``--help``, ``--json`` (machine-readable output), ``-o/--output FILE``
+(the result goes to FILE instead of stdout, as JSON with ``--json`` or a ``.json`` name, as
+text otherwise; ``figures`` takes ``-o/--out-dir DIR``), ``-q/--quiet`` (the result only: no
+progress bars, timings or "written to" notes) and ``--no-progress`` (no progress bars;
+they go to stderr). Datasets are anything :func:`rankkit.datasets.load` accepts:
+``rankkit datasets`` lists the presets. ``--label-columns`` picks the columns a dataset's
+labels are read from; ``--label`` picks the one label a command analyses.
+
+The module imports only click and numpy: torch, transformers, numba and matplotlib load when
+a subcommand needs them, so ``rankkit --help`` starts in well under a second.
 
 Examples
 --------
@@ -11,7 +18,7 @@ Examples
     rankkit matrix vader:movie
     rankkit estimate vader:movie                                   # tightest certified bound
     rankkit estimate vader:movie --method soft-impute --ranks 0,255,511,767   # Table 2
-    rankkit estimate reviews.csv --text review --labels score --limit 2000
+    rankkit estimate reviews.csv --text review --label-columns score --limit 2000 -o est.json
     rankkit stress --case upper_triangular --n 64
     rankkit figures --quick
 """
@@ -34,8 +41,77 @@ from ._io import json_default
 __all__ = ["json_default", "main", "matrix_stats"]
 
 
+class _Report:
+    """Where a command's result goes: stdout, or the ``-o/--output`` file (written atomically
+    once the command has succeeded, so a failed run never leaves half a result). Notes
+    (timings, "written to") go to stderr and are dropped by ``-q/--quiet``."""
+
+    def __init__(self, output: str | None, quiet: bool, as_json: bool):
+        self.path = None if output is None else Path(output)
+        self.quiet = quiet
+        self.as_json = as_json or (self.path is not None and self.path.suffix == ".json")
+        self._lines: list[str] = []
+
+    def echo(self, text: str = "") -> None:
+        if self.path is None:
+            click.echo(text)
+        else:
+            self._lines.append(text)
+
+    def json(self, obj) -> None:
+        self.echo(json.dumps(obj, indent=2, default=json_default))
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        from ._io import atomic_write
+
+        if self.path.parent != Path(""):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(self._lines) + "\n"
+        atomic_write(self.path, "w", lambda f: f.write(text))
+        self.note(f"result written to {self.path}")
+
+
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=json_default))
+
+
+def output_options(f):
+    """``-o/--output``, ``-q/--quiet`` and ``--no-progress``, shared by every subcommand."""
+    opts = [
+        click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                     help="Write the result to this file instead of stdout: JSON with --json "
+                          "or a .json name, else the text report."),
+        click.option("-q", "--quiet", is_flag=True,
+                     help="Print the result only: no progress bars, timings or notes."),
+        click.option("--no-progress", is_flag=True,
+                     help="No progress bars (they go to stderr); the output is unchanged."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _label_columns(value: str | None) -> list[str] | None:
+    """``--label-columns`` (or its old spelling ``--labels``) as a list of column names."""
+    alias = click.get_current_context().meta.get("rankkit.labels_alias")
+    if value is not None and alias is not None and alias != value:
+        raise click.BadParameter(f"--labels {alias!r} (the old spelling of --label-columns) and "
+                                 f"--label-columns {value!r} disagree; give one",
+                                 param_hint="--label-columns")
+    value = value if value is not None else alias
+    return None if value is None else [c.strip() for c in value.split(",")]
+
+
+def _keep_labels_alias(ctx, param, value):
+    if value is not None:
+        ctx.meta["rankkit.labels_alias"] = value
+    return value
 
 
 def _slug(spec: str) -> str:
@@ -66,11 +142,15 @@ def dataset_options(f):
         click.option("--max-len", type=click.IntRange(min=1), default=None,
                      help="Truncate utterances to this many tokens."),
         click.option("--text", "text_col", default=None, help="Text column (files, hub:<id>)."),
-        click.option("--labels", "label_cols", default=None,
-                     help="Comma-separated label columns (files, hub:<id>); for presets a "
-                          "subset of their labels."),
+        click.option("--label-columns", "label_cols", default=None, metavar="COLS",
+                     help="Comma-separated columns to read labels from (files, hub:<id>); for "
+                          "presets a subset of their labels. Not --label, which picks the one "
+                          "label to analyse."),
+        # the old spelling, still read (README and scripts use it), no longer advertised
+        click.option("--labels", "labels_alias", default=None, hidden=True, expose_value=False,
+                     callback=_keep_labels_alias, help="Old spelling of --label-columns."),
         click.option("--split", default=None, help="Hub split (preset default)."),
-        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -80,7 +160,7 @@ def dataset_options(f):
 def _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split):
     from . import datasets
 
-    labels = None if label_cols is None else [c.strip() for c in label_cols.split(",")]
+    labels = _label_columns(label_cols)
     try:
         return datasets.load(dataset, tokenizer=tokenizer, split=split, limit=limit,
                              max_len=max_len, text=text_col, labels=labels)
@@ -192,48 +272,56 @@ def main():
 
 
 @main.command("datasets")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def datasets_cmd(as_json):
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@output_options
+def datasets_cmd(as_json, output, quiet, no_progress):
     """List the dataset presets (vader:* work offline; the others need the hub)."""
     from . import datasets
 
+    out = _Report(output, quiet, as_json)
     names = datasets.available()
-    if as_json:
-        _echo_json(names)
-        return
-    for k, v in names.items():
-        click.echo(f"{k:<18} {v}")
+    if out.as_json:
+        out.json(names)
+    else:
+        for k, v in names.items():
+            out.echo(f"{k:<18} {v}")
+    out.close()
 
 
 @main.command("matrix")
 @dataset_options
-def matrix_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json):
+@output_options
+def matrix_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
+               output, quiet, no_progress):
     """Sizes of P_Ω(R) and Ω₂ (Lemma 3), rows by prefix length, cells per row."""
     from .omega import reduce_omega2
     from .trie import build_reward_matrix
 
+    out = _Report(output, quiet, as_json)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
-    R = build_reward_matrix(ds, progress=not as_json)
+    R = build_reward_matrix(ds, progress=not (out.as_json or quiet or no_progress))
     stats = matrix_stats(R, reduce_omega2(R))
     stats.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds),
                  dropped_empty=ds.n_dropped_empty, tokens=int(ds.sequences.tokens.size))
-    if as_json:
-        _echo_json(stats)
+    if out.as_json:
+        out.json(stats)
+        out.close()
         return
     o, o2 = stats["omega"], stats["omega2"]
-    click.echo(f"{dataset} ({tokenizer} tokenizer): {len(ds):,} texts, "
-               f"{stats['tokens']:,} tokens, {ds.n_dropped_empty} empty dropped")
-    click.echo(f"  P_Ω(R): {o['rows']:,} prefixes × {o['cols']:,} tokens, "
-               f"{o['observed']:,} observed cells")
-    click.echo(f"  Ω₂    : {o2['rows']:,} × {o2['cols']:,}, {o2['observed']:,} cells "
-               f"({o2['single_rows_removed']:,} single-entry rows removed, Lemma 3)")
-    click.echo("\n  prefix len |      rows |     cells |  Ω₂ rows |  Ω₂ cells")
+    out.echo(f"{dataset} ({tokenizer} tokenizer): {len(ds):,} texts, "
+             f"{stats['tokens']:,} tokens, {ds.n_dropped_empty} empty dropped")
+    out.echo(f"  P_Ω(R): {o['rows']:,} prefixes × {o['cols']:,} tokens, "
+             f"{o['observed']:,} observed cells")
+    out.echo(f"  Ω₂    : {o2['rows']:,} × {o2['cols']:,}, {o2['observed']:,} cells "
+             f"({o2['single_rows_removed']:,} single-entry rows removed, Lemma 3)")
+    out.echo("\n  prefix len |      rows |     cells |  Ω₂ rows |  Ω₂ cells")
     for L, d in stats["by_prefix_length"].items():
-        click.echo(f"  {L:>10} | {d['rows']:>9,} | {d['cells']:>9,} | {d['omega2_rows']:>8,} | "
-                   f"{d['omega2_cells']:>9,}")
-    click.echo("\n  cells per row | rows")
+        out.echo(f"  {L:>10} | {d['rows']:>9,} | {d['cells']:>9,} | {d['omega2_rows']:>8,} | "
+                 f"{d['omega2_cells']:>9,}")
+    out.echo("\n  cells per row | rows")
     for k, v in stats["cells_per_row_histogram"].items():
-        click.echo(f"  {k:>13} | {v:,}")
+        out.echo(f"  {k:>13} | {v:,}")
+    out.close()
 
 
 def _plot_estimate(est, path: Path, title: str) -> Path:
@@ -270,10 +358,15 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 @click.option("--max-abs", type=FiniteFloat(0.0, strict=True), default=None,
               help="Reject certificates with a completed entry larger than this in absolute value.")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
-              default="auto", show_default=True)
+              default="auto", show_default=True,
+              help="Array backend of the fits: numpy (numba kernels, CPU), torch (CPU or CUDA), "
+                   "cupy (CUDA); auto picks torch on a GPU, else numpy.")
 @click.option("--device", default=None, help="e.g. cuda:0 for the torch backend.")
-@click.option("--label", default="0", show_default=True, help="Label name or index.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--label", default="0", show_default=True,
+              help="The one label to analyse: a name among the labels read (see "
+                   "--label-columns) or its index.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the starts of the fits (spectral start vectors, random restarts).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
               help="Save each finished fit; a rerun resumes from it.")
 @click.option("--figure", type=click.Path(dir_okay=False), default=None,
@@ -285,9 +378,11 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this host: relaunches the command under torchrun "
                    "(rankkit.distributed: sharded build, soft-impute and fixed-rank fits, gloo or NCCL).")
+@output_options
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
                  eps, method, ranks, lam, max_iter, max_abs, backend, device, label, seed,
-                 checkpoint_dir, figure, no_figure, no_lower_bound, nproc):
+                 checkpoint_dir, figure, no_figure, no_lower_bound, nproc, output, quiet,
+                 no_progress):
     """Bound the minimal rank of P_Ω(R): the exact bracket, the ε-bracket, and every fit."""
     from .minrank import estimate_min_rank
     from .trie import build_reward_matrix
@@ -300,24 +395,26 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
         ctx = click.get_current_context()
         argv = (ctx.obj or {}).get("argv", sys.argv[1:])
         sys.exit(launch(argv, nproc))
+    out = _Report(output, quiet, as_json)
+    progress = not (quiet or no_progress)
     if world > 1:
         return _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split,
-                                     as_json, eps, method, rank_list, lam, max_iter, max_abs, backend,
+                                     out, eps, method, rank_list, lam, max_iter, max_abs, backend,
                                      device, label, seed, checkpoint_dir, figure, no_figure,
-                                     no_lower_bound, t0)
+                                     no_lower_bound, t0, progress)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
     label = int(label) if label.lstrip("-").isdigit() else label
     try:
-        ds.label_index(label)
+        # by name from here on: the header and est.summary() then name the label alike
+        label_name = ds.label_names[ds.label_index(label)]
     except (KeyError, IndexError) as e:
         raise click.BadParameter(str(e.args[0]), param_hint="--label") from None
-    R = build_reward_matrix(ds, progress=not as_json)
-    est = estimate_min_rank(R, eps=eps, method=method, label=label, ranks=rank_list, lam=lam,
+    R = build_reward_matrix(ds, progress=progress and not out.as_json)
+    est = estimate_min_rank(R, eps=eps, method=method, label=label_name, ranks=rank_list, lam=lam,
                             max_iter=max_iter, max_abs=max_abs, backend=backend, device=device,
-                            seed=seed, progress=True, checkpoint_dir=checkpoint_dir,
+                            seed=seed, progress=progress, checkpoint_dir=checkpoint_dir,
                             lower_bound=not no_lower_bound)
     est.meta.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds))
-    label_name = ds.label_names[ds.label_index(label)]
     fig_path = None
     if not no_figure:
         fig_path = Path(figure or Path("rankkit_out") / f"estimate_{_slug(dataset)}.png")
@@ -325,17 +422,18 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
                else f"fixed-rank certificates, ρ = {lam:g}")
         _plot_estimate(est, fig_path, f"Completion of Ω₂: {dataset}\nlabel '{label_name}', "
                                       f"{tokenizer} tokenizer, {how}")
-    if as_json:
+    if out.as_json:
         d = est.to_dict()
         d.update(figure=None if fig_path is None else str(fig_path),
                  seconds=round(time.perf_counter() - t0, 2))
-        _echo_json(d)
-        return
-    click.echo(f"{dataset}, label '{label_name}', {tokenizer} tokenizer, {len(ds):,} texts")
-    click.echo(est.summary())
-    click.echo(f"\n({time.perf_counter() - t0:.1f} s)")
-    if fig_path is not None:
-        click.echo(f"figure written to {fig_path}")
+        out.json(d)
+    else:
+        out.echo(f"{dataset}, label {label_name!r}, {tokenizer} tokenizer, {len(ds):,} texts")
+        out.echo(est.summary())
+        out.note(f"({time.perf_counter() - t0:.1f} s)")
+        if fig_path is not None:  # (the JSON names it)
+            out.note(f"figure written to {fig_path}")
+    out.close()
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -365,9 +463,9 @@ def launch(argv: list[str], nproc: int) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json, eps,
+def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split, out, eps,
                           method, rank_list, lam, max_iter, max_abs, backend, device, label, seed,
-                          checkpoint_dir, figure, no_figure, no_lower_bound, t0):
+                          checkpoint_dir, figure, no_figure, no_lower_bound, t0, progress):
     """``rankkit estimate`` on one rank of a torchrun world; rank 0 prints and plots.
 
     ``checkpoint_dir`` holds one sub-folder per rank (``rank<r>of<P>``), so a rerun on the
@@ -375,12 +473,13 @@ def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_co
     from . import distributed
 
     comm = distributed.get_comm()
-    labels = None if label_cols is None else [c.strip() for c in label_cols.split(",")]
+    labels = _label_columns(label_cols)
     label = int(label) if label.lstrip("-").isdigit() else label
     auto_kw = {} if max_abs is None else {"max_abs": max_abs}
     est = distributed.estimate_min_rank(
         dataset, eps=eps, comm=comm, method=method, label=label, ranks=rank_list, lam=lam, max_iter=max_iter,
-        backend=backend, device=device, seed=seed, progress=comm.rank == 0 and not as_json, max_len=max_len,
+        backend=backend, device=device, seed=seed, progress=comm.rank == 0 and progress and not out.as_json,
+        max_len=max_len,
         lower_bound=not no_lower_bound, tokenizer=tokenizer, text=text_col, labels=labels, split=split,
         limit=limit, checkpoint_dir=checkpoint_dir, **auto_kw)
     if comm.rank != 0:
@@ -390,32 +489,40 @@ def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_co
     if not no_figure:
         fig_path = Path(figure or Path("rankkit_out") / f"estimate_{_slug(dataset)}.png")
         _plot_estimate(est, fig_path, f"Completion of Ω₂: {dataset} ({comm.size} processes)")
-    if as_json:
+    if out.as_json:
         d = est.to_dict()
         d.update(figure=None if fig_path is None else str(fig_path), seconds=round(time.perf_counter() - t0, 2))
-        _echo_json(d)
-        return
-    click.echo(f"{dataset}, {tokenizer} tokenizer, {comm.size} processes "
-               f"(rows routed by their first {est.meta.get('route_len', '?')} token(s))")
-    click.echo(est.summary())
-    click.echo(f"\n({time.perf_counter() - t0:.1f} s)")
-    if fig_path is not None:
-        click.echo(f"figure written to {fig_path}")
+        out.json(d)
+    else:
+        out.echo(f"{dataset}, label {est.label!r}, {tokenizer} tokenizer, {comm.size} processes "
+                 f"(rows routed by their first {est.meta.get('route_len', '?')} token(s))")
+        out.echo(est.summary())
+        out.note(f"({time.perf_counter() - t0:.1f} s)")
+        if fig_path is not None:  # (the JSON names it)
+            out.note(f"figure written to {fig_path}")
+    out.close()
 
 
 @main.command("rank-curve")
 @dataset_options
 @click.option("--sizes", default="64,128,256,512,1024", show_default=True,
               help="Comma-separated numbers of sampled rows.")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--label", default="0", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent row samples per size; the curve is their mean.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the row samples.")
+@click.option("--label", default="0", show_default=True,
+              help="The one label to analyse: a name among the labels read (see "
+                   "--label-columns) or its index.")
 @click.option("--omega2/--all-rows", default=True, show_default=True,
               help="Sample rows of Ω₂ (≥ 2 observed cells) or of all of P_Ω(R).")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
-              default="auto", show_default=True)
+              default="auto", show_default=True,
+              help="Array backend of the SVDs: numpy, torch (CPU or CUDA) or cupy; auto picks "
+                   "torch on a GPU, else numpy.")
+@output_options
 def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
-                   sizes, repeats, seed, label, omega2, backend):
+                   sizes, repeats, seed, label, omega2, backend, output, quiet, no_progress):
     """Numerical rank of sampled rows of the zero-filled P_Ω(R), or of a dense matrix (.npy).
 
     DATASET may be a ``.npy`` file holding a dense matrix (e.g. a learned reward matrix
@@ -429,6 +536,8 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
         raise click.BadParameter(f"expected comma-separated integers, got {sizes!r}",
                                  param_hint="--sizes") from None
     _check_backend(backend, None)
+    out = _Report(output, quiet, as_json)
+    progress = not (out.as_json or quiet or no_progress)
     if dataset.endswith(".npy"):
         if not Path(dataset).is_file():
             raise click.ClickException(f"{dataset}: no such file")
@@ -439,7 +548,7 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
         from .trie import build_reward_matrix
 
         ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
-        R = build_reward_matrix(ds, progress=not as_json)
+        R = build_reward_matrix(ds, progress=progress)
         R = reduce_omega2(R) if omega2 else R
         lab = int(label) if label.lstrip("-").isdigit() else label
         M = R.to_scipy(lab)
@@ -448,24 +557,26 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
     size_list = [s for s in size_list if s <= M.shape[0]] or [M.shape[0]]
     try:
         curve = rank_curve(M, size_list, n_repeats=repeats, seed=seed, backend=backend,
-                           progress=not as_json)
+                           progress=progress)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
-    if as_json:
-        _echo_json({"source": what, **curve.to_dict()})
-        return
-    click.echo(f"numerical rank of sampled rows of {what}")
-    click.echo("  rows N | rank (mean over repeats)")
-    for n, r in zip(curve.sizes, curve.mean, strict=True):
-        click.echo(f"  {int(n):>6} | {r:g}")
+    if out.as_json:
+        out.json({"source": what, **curve.to_dict()})
+    else:
+        out.echo(f"numerical rank of sampled rows of {what}")
+        out.echo("  rows N | rank (mean over repeats)")
+        for n, r in zip(curve.sizes, curve.mean, strict=True):
+            out.echo(f"  {int(n):>6} | {r:g}")
+    out.close()
 
 
 @main.command("stress")
 @click.option("--case", "names", multiple=True, help="Only this case (repeatable).")
 @click.option("--n", type=click.IntRange(min=2), default=None,
               help="Override the size n of the cases that have one.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def stress_cmd(names, n, as_json):
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@output_options
+def stress_cmd(names, n, as_json, output, quiet, no_progress):
     """Synthetic stress cases with known minimal rank (§3.1.4): sizes, Ω₂, known rank."""
     from . import synthetic
 
@@ -476,30 +587,39 @@ def stress_cmd(names, n, as_json):
                                  param_hint="--case")
     chosen = list(names) or list(registry)
     overrides = {c: {"n": n} for c in chosen if n is not None and "n" in registry[c].defaults}
+    out = _Report(output, quiet, as_json)
     rows = synthetic.report(chosen, overrides)
-    if as_json:
-        _echo_json(rows)
+    if out.as_json:
+        out.json(rows)
     else:
-        click.echo(synthetic._table(rows))
-        click.echo("\nΩ₂ keeps rows with >= 2 observed cells; "
-                   "min rank(Ω) <= 1 + min rank(Ω₂) (Lemma 3).")
+        out.echo(synthetic._table(rows))
+        out.echo("\nΩ₂ keeps rows with >= 2 observed cells; "
+                 "min rank(Ω) <= 1 + min rank(Ω₂) (Lemma 3).")
+    out.close()
 
 
 @main.command("figures")
 @click.option("--quick", is_flag=True, help="Small settings (minutes, not hours).")
 @click.option("--only", "only", multiple=True,
               help="Only this analysis (repeatable); names in rankkit.figures.ANALYSES.")
-@click.option("--out-dir", type=click.Path(file_okay=False), default="paper_figures",
-              show_default=True)
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False), default="paper_figures",
+              show_default=True,
+              help="Folder the figures (.png) and their data (.json) are written to.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written files as JSON.")
-def figures_cmd(quick, only, out_dir, as_json):
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print the list of written files only, not what the analyses print.")
+@click.option("--no-progress", is_flag=True,
+              help="No progress bars from the analyses (they go to stderr).")
+def figures_cmd(quick, only, out_dir, as_json, quiet, no_progress):
     """Regenerate every figure and table under paper_figures/ (the scripts in analyses/)."""
     from . import figures
 
     try:
         # with --json, stdout carries the JSON only: whatever the analyses print goes to stderr
-        written = figures.run(only=list(only) or None, quick=quick, out_dir=out_dir,
-                              stdout=sys.stderr if as_json else None)
+        with open(os.devnull, "w") as devnull:
+            written = figures.run(only=list(only) or None, quick=quick, out_dir=out_dir,
+                                  stdout=devnull if quiet else sys.stderr if as_json else None,
+                                  progress=not (quiet or no_progress))
     except ValueError as e:  # unknown analysis name: list the known ones
         raise click.BadParameter(str(e), param_hint="--only") from None
     except (FileNotFoundError, figures.AnalysisError) as e:

@@ -424,7 +424,8 @@ def load(spec, tokenizer="gpt2", split: str | None = None, limit: int | None = N
 
 _ACCEPTED = ("a preset name (see rankkit.datasets.available()), 'hub:<id>', a .csv/.tsv/"
              ".jsonl/.parquet path, a pandas DataFrame, a datasets.Dataset or DatasetDict, a "
-             "dict of columns, a (texts, labels) or (token_id_lists, labels) tuple, or a "
+             "dict of columns, a (texts, labels) or (token_id_lists, labels) tuple, a list of "
+             "(text, label) pairs, or a "
              "RewardDataset")
 
 
@@ -446,6 +447,9 @@ def as_dataset(source, *, text=None, labels=None, tokenizer="gpt2", split: str |
           columns;
         * ``(texts, labels)``: a list of str and a 1-D or 2-D array-like with one row per
           text;
+        * ``[(text, label), ...]``: a list of pairs, each a str and a number (or a
+          sequence of numbers, the same length in every pair, for several labels); a
+          malformed pair is named by its index and value;
         * ``(token_ids, labels)``: a sequence of int sequences, a
           :class:`~rankkit.sequences.TokenSequences` or a tokenizer's output (with
           ``input_ids``), and labels as above; no tokenizer is used and ``vocab_size`` is
@@ -494,6 +498,8 @@ def as_dataset(source, *, text=None, labels=None, tokenizer="gpt2", split: str |
     if isinstance(source, RewardDataset):
         _no_columns(text, labels, "a RewardDataset")
         return _restrict(source, limit, max_len)
+    if _is_pair_list(source):
+        return _from_pair_list(source, text, labels, tokenizer, limit, max_len)
     if isinstance(source, tuple) and len(source) == 2:
         return _from_pair(source, text, labels, tokenizer, limit, max_len)
     texts, y, names = _read_texts(source, text=text, labels=labels, split=split, limit=limit)
@@ -599,6 +605,66 @@ def _label_rows(values, n: int, what: str) -> np.ndarray:
         raise ValueError(f"length mismatch: {n} {what}s but {y.shape[0]} label rows; pass one "
                          f"label row per {what}")
     return y
+
+
+def _is_pair_list(source) -> bool:
+    """Whether ``source`` is a list (or tuple) of ``(text, label)`` pairs, not the 2-tuple
+    ``(texts, labels)``: its first element is a 2-sequence starting with a str, and, for a
+    2-tuple, that element's second item is not a str (in ``(texts, labels)`` it is a text)."""
+    if not isinstance(source, list | tuple) or not source:
+        return False
+    first = source[0]
+    if not (isinstance(first, list | tuple) and len(first) == 2 and isinstance(first[0], str)):
+        return False
+    return isinstance(source, list) or not isinstance(first[1], str)
+
+
+def _pair_label(value, i: int) -> list[float]:
+    """The label of pair ``i`` as a list of finite floats (one per label column); a str is
+    never parsed ("0.5" in a pair is far more often a column mix-up than a number)."""
+    items = list(value) if isinstance(value, list | tuple | np.ndarray) else [value]
+    out = []
+    for v in items:
+        try:
+            if isinstance(v, str | bytes):
+                raise TypeError
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"item {i}: label {value!r:.60} is not a number; each item of a list "
+                             f"of (text, label) pairs needs a numeric label (or a list of "
+                             f"numbers for several labels)") from None
+        if not math.isfinite(x):
+            raise ValueError(f"item {i}: label {value!r:.60} is not finite; labels must be "
+                             f"finite numbers")
+        out.append(x)
+    if not out:
+        raise ValueError(f"item {i}: label {value!r} is empty; give at least one number")
+    return out
+
+
+def _from_pair_list(source, text, labels, tokenizer, limit, max_len) -> RewardDataset:
+    """``[(text, label), ...]``: every pair checked, the first bad one named by its index."""
+    if text is not None:
+        raise ValueError(f"text= picks a table column; a list of (text, label) pairs has none "
+                         f"(got text={text!r}): drop it")
+    texts, rows = [], []
+    for i, item in enumerate(source):
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise ValueError(f"item {i}: expected a (text, label) pair, got {item!r:.80}")
+        t, value = item
+        if not isinstance(t, str):
+            raise TypeError(f"item {i}: the text must be a str, got {type(t).__name__} {t!r:.60}")
+        row = _pair_label(value, i)
+        if rows and len(row) != len(rows[0]):
+            raise ValueError(f"item {i}: {len(row)} label(s) {value!r} but item 0 has "
+                             f"{len(rows[0])}; every pair needs the same number of labels")
+        texts.append(t)
+        rows.append(row)
+    y = np.asarray(rows, dtype=np.float64)
+    if y.shape[1] == 1 and not isinstance(source[0][1], list | tuple | np.ndarray):
+        y = y[:, 0]
+    names = None if labels is None else _as_list(labels)
+    return _tokenize(texts, _label_rows(y, len(texts), "text"), names, tokenizer, limit, max_len)
 
 
 def _from_pair(source, text, labels, tokenizer, limit, max_len) -> RewardDataset:

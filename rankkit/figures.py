@@ -115,7 +115,7 @@ def _stamps(folder: Path) -> dict[str, int]:
 
 def run(only: Sequence[str] | None = None, quick: bool = False,
         out_dir: str | os.PathLike = "paper_figures", *, stdout=None,
-        python: str = sys.executable) -> dict[str, list[str]]:
+        python: str = sys.executable, progress: bool = True) -> dict[str, list[str]]:
     """Run the analyses (all of :data:`ANALYSES`, or those named in ``only``) and return the
     files each one wrote.
 
@@ -133,6 +133,9 @@ def run(only: Sequence[str] | None = None, quick: bool = False,
         standard error always goes to ``sys.stderr``.
     python : str
         The interpreter that runs them (this one by default).
+    progress : bool
+        False runs them with ``TQDM_DISABLE=1`` in their environment (tqdm ≥ 4.66 reads it):
+        no progress bars (``rankkit figures --no-progress``).
 
     Returns
     -------
@@ -157,13 +160,14 @@ def run(only: Sequence[str] | None = None, quick: bool = False,
     out_dir = Path(out_dir).resolve()  # the child runs in the checkout, not in our cwd
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[str]] = {}
+    env = None if progress else {**os.environ, "TQDM_DISABLE": "1"}
     for name in names:
         argv = [python, "-m", f"analyses.{name}", "--out", str(out_dir)] + (
             ["--quick"] if quick else [])
         t0, before = time.perf_counter(), _stamps(out_dir)
         print(f"[figures] {name} …", file=sys.stderr, flush=True)
         proc = subprocess.Popen(argv, cwd=folder.parent, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         tail: collections.deque = collections.deque(maxlen=_TAIL_CHARS)
         pumps = [threading.Thread(target=_pump, args=(proc.stdout, [stdout or sys.stdout], None)),
                  threading.Thread(target=_pump, args=(proc.stderr, [sys.stderr], tail))]

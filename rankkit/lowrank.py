@@ -99,7 +99,7 @@ from ._io import DamagedFileError, atomic_npz, fingerprint, read_npz
 from ._kernels import sampled_dot
 from ._lrkernels import make_lr_kernels, svd_form
 from .matrix import as_reward_matrix
-from .softimpute import SoftImputeResult, _check_scale
+from .softimpute import SoftImputeResult, _check_scale, _CompletionEstimator
 
 __all__ = ["fixed_rank_fit", "FixedRank", "METHODS"]
 
@@ -782,49 +782,111 @@ def _iterate(K, k, rho, nnz, start, store, checkpoint_every, *, eps, method, max
     return run, stop
 
 
-class FixedRank:
-    """scikit-learn style wrapper of :func:`fixed_rank_fit`.
+class FixedRank(_CompletionEstimator):
+    r"""The fixed-rank certificate solver (:func:`fixed_rank_fit`) as a scikit-learn estimator.
+
+    The same estimator interface as :class:`rankkit.SoftImpute` (one shared base, so the
+    two behave alike in a ``Pipeline`` or ``GridSearchCV``): ``fit(X)`` completes X, a dense
+    array with NaN for the missing cells, a ``scipy.sparse`` matrix (stored entries are the
+    observed cells) or a :class:`~rankkit.RewardMatrix` (label ``label``); ``transform(X)``
+    returns X completed, observed cells kept, rows folded in against the fitted column
+    factors :math:`B = V\operatorname{diag}(d)` with the row step
+    :math:`u_i = (B_{S_i}^\top B_{S_i} + \rho I)^{-1} B_{S_i}^\top x_{S_i}`, so rows unseen
+    in ``fit`` work too; ``score(X)`` is minus the MSE of that reconstruction over X's
+    observed cells; ``predict_cells(rows, cols)`` reads entries of the fitted completion.
 
     Parameters
     ----------
-    rank : int
+    rank : int, default 10
+        k; a rank above ``min(n, m)`` fits ``min(n, m)`` (``rank_``).
     eps : float, default 1e-12
+        Stop as soon as the MSE over the observed cells is ≤ eps.
     rho : float, default 1e-4
-    **kwargs : any keyword of :func:`fixed_rank_fit`.
+        Nuclear-norm weight ρ (= soft-impute's λ), also the ridge of the fold-in.
+    warm_start : bool, SoftImputeResult or dict, default False
+        True starts ``fit`` from the previous fit's factors (scikit-learn's meaning; a
+        first fit starts cold); a result or ``{"u", "d", "v"}`` is passed to
+        :func:`fixed_rank_fit` as its start.
+    method, max_iter, init, n_restarts, window, stall, cg_iter, cg_tol, als_rate
+        As in :func:`fixed_rank_fit`.
+    backend, device, seed, checkpoint, checkpoint_every, progress, callback
+        As in :func:`fixed_rank_fit` (``progress`` defaults to False here, as for
+        ``SoftImpute``).
+    label : int or str, default 0
+        Which label of a multi-label ``RewardMatrix`` to complete.
 
     Attributes
     ----------
     U_, d_, V_ : ndarrays (n, k), (k,), (m, k)
+    components_ : ndarray (k, m)
+        Vᵀ, as in :class:`sklearn.decomposition.TruncatedSVD`.
+    singular_values_ : ndarray (k,)
     result_ : SoftImputeResult
     mse_ : float
     n_iter_ : int
+    n_features_in_ : int
+    rank_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.outer([1.0, 2, 3, 4], [1.0, -1, 2])
+    >>> X[0, 1] = X[3, 2] = np.nan
+    >>> est = FixedRank(rank=1, rho=0.0).fit(X)
+    >>> bool(est.mse_ <= 1e-12), bool(np.isfinite(est.transform(X)).all())
+    (True, True)
     """
 
-    def __init__(self, rank: int, eps: float = 1e-12, rho: float = 1e-4, **kwargs):
+    def __init__(self, rank: int = 10, eps: float = 1e-12, rho: float = 1e-4, *,
+                 method: str = "auto", max_iter: int = 500, init: str = "spectral",
+                 warm_start=False, n_restarts: int = 0, window: int = 30, stall: float = 0.5,
+                 cg_iter: int = 50, cg_tol: float = 1e-2, als_rate: float = 0.5,
+                 backend: str = "auto", device=None, seed: int = 0, checkpoint=None,
+                 checkpoint_every: int = 10, progress: bool = False, callback=None,
+                 label: int | str = 0):
         self.rank = rank
         self.eps = eps
         self.rho = rho
-        self.kwargs = kwargs
+        self.method = method
+        self.max_iter = max_iter
+        self.init = init
+        self.warm_start = warm_start
+        self.n_restarts = n_restarts
+        self.window = window
+        self.stall = stall
+        self.cg_iter = cg_iter
+        self.cg_tol = cg_tol
+        self.als_rate = als_rate
+        self.backend = backend
+        self.device = device
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.callback = callback
+        self.label = label
 
-    def get_params(self, deep: bool = True) -> dict:
-        return {"rank": self.rank, "eps": self.eps, "rho": self.rho, **self.kwargs}
+    def fit(self, X, y=None) -> FixedRank:
+        """Complete X at rank ``min(rank, n, m)``; returns ``self``."""
+        R = self._observed(X, reset=True)
+        if R.nnz == 0:
+            raise ValueError("X has no observed cell (all NaN); nothing to complete")
+        self.rank_ = min(int(self.rank), *R.shape)
+        warm = self.warm_start
+        if isinstance(warm, bool | np.bool_):  # scikit-learn's meaning: start from the last fit
+            warm = getattr(self, "result_", None) if warm else None
+        res = fixed_rank_fit(
+            R, self.rank_, eps=self.eps, rho=self.rho, method=self.method,
+            max_iter=self.max_iter, init=self.init, warm_start=warm,
+            n_restarts=self.n_restarts, window=self.window, stall=self.stall,
+            cg_iter=self.cg_iter, cg_tol=self.cg_tol, als_rate=self.als_rate,
+            backend=self.backend, device=self.device, seed=self.seed,
+            checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every,
+            progress=self.progress, callback=self.callback)
+        return self._set_result(res)
 
-    def set_params(self, **params) -> FixedRank:
-        for key, value in params.items():
-            if key in ("rank", "eps", "rho"):
-                setattr(self, key, value)
-            else:
-                self.kwargs[key] = value
-        return self
+    def _fold_in_reg(self) -> float:
+        return self.rho
 
-    def fit(self, R, y=None) -> FixedRank:
-        res = fixed_rank_fit(R, self.rank, eps=self.eps, rho=self.rho, **self.kwargs)
-        self.result_ = res
-        self.U_, self.d_, self.V_ = res.U, res.d, res.V
-        self.mse_, self.n_iter_ = res.mse, res.n_iter
-        return self
-
-    def predict(self, rows, cols) -> np.ndarray:
-        if not hasattr(self, "result_"):
-            raise RuntimeError("this FixedRank is not fitted yet; call fit(R) first")
-        return self.result_.predict(rows, cols)
+    def _matrix_label(self) -> int | str:
+        return self.label

@@ -625,7 +625,96 @@ def soft_impute_path(R, ranks: int | Sequence[int] | None = None, lams: float | 
 
 # ---- scikit-learn style estimator ------------------------------------------------------------
 
-class SoftImpute(TransformerMixin, BaseEstimator):
+class _CompletionEstimator(TransformerMixin, BaseEstimator):
+    """What :class:`SoftImpute` and :class:`rankkit.FixedRank` share as scikit-learn
+    estimators: the input (dense with NaN, ``scipy.sparse``, :class:`~rankkit.RewardMatrix`),
+    the fitted attributes, the row fold-in behind ``transform`` and ``score``, and
+    ``predict_cells``. A subclass stores its parameters in ``__init__``, implements ``fit``
+    (ending in ``return self._set_result(result)``) and names its nuclear-norm weight in
+    ``_fold_in_reg``."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a missing cell
+        tags.input_tags.sparse = True
+        return tags
+
+    # ---- input: dense with NaN, scipy.sparse, RewardMatrix -> (csr of observed, shape) ----
+    def _observed(self, X, *, reset: bool):
+        from .matrix import RewardMatrix
+
+        if isinstance(X, RewardMatrix):
+            X = X.to_scipy(self._matrix_label())
+        if sp.issparse(X):
+            X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=reset,
+                              ensure_all_finite=True)
+            return sp.csr_matrix(X)
+        X = validate_data(self, X, dtype=np.float64, reset=reset, ensure_all_finite="allow-nan")
+        if np.isinf(X).any():
+            r, c = np.argwhere(np.isinf(X))[0]
+            raise ValueError(f"X[{r}, {c}] is {X[r, c]}; use NaN for a missing cell")
+        obs = ~np.isnan(X)
+        rows, cols = np.nonzero(obs)
+        return sp.csr_matrix((X[obs], (rows, cols)), shape=X.shape)
+
+    def _set_result(self, res):
+        """Store a :class:`SoftImputeResult` as the fitted attributes; returns ``self``."""
+        self.result_ = res
+        self.U_, self.d_, self.V_ = res.U, res.d, res.V
+        self.components_ = res.V.T
+        self.singular_values_ = res.d
+        self.n_iter_ = res.n_iter
+        self.mse_ = res.mse
+        return self
+
+    def _fold_in_reg(self) -> float:
+        raise NotImplementedError
+
+    def _matrix_label(self) -> int | str:
+        """Which label of a multi-label :class:`~rankkit.RewardMatrix` ``fit`` completes."""
+        return 0
+
+    def _fold_in(self, R: sp.csr_matrix) -> np.ndarray:
+        """Row factors of ``R``'s rows against the fitted column factors (see the class)."""
+        B = self.V_ * self.d_  # (m, k)
+        k = B.shape[1]
+        U = np.zeros((R.shape[0], k))
+        reg = max(float(self._fold_in_reg()), 0.0) * np.eye(k)
+        for i in range(R.shape[0]):  # one k × k solve per row: rows differ in S_i
+            lo, hi = R.indptr[i], R.indptr[i + 1]
+            if lo == hi:
+                continue  # no observed cell: the row's prediction is 0, soft-impute's prior
+            Bs = B[R.indices[lo:hi]]
+            U[i] = np.linalg.lstsq(Bs.T @ Bs + reg, Bs.T @ R.data[lo:hi], rcond=None)[0]
+        return U
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "result_")
+        R = self._observed(X, reset=False)
+        out = self._fold_in(R) @ (self.V_ * self.d_).T
+        rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
+        out[rows, R.indices] = R.data  # observed cells keep their values
+        return out
+
+    def score(self, X, y=None) -> float:
+        """Minus the MSE over X's observed cells of the folded-in reconstruction."""
+        check_is_fitted(self, "result_")
+        R = self._observed(X, reset=False)
+        if R.nnz == 0:
+            raise ValueError("X has no observed cell to score")
+        pred = self._fold_in(R) @ (self.V_ * self.d_).T
+        rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
+        return -float(np.mean((pred[rows, R.indices] - R.data) ** 2))
+
+    def predict_cells(self, rows, cols) -> np.ndarray:
+        """Entries (rows[i], cols[i]) of the matrix completed by ``fit`` (named so, not
+        ``predict``, because scikit-learn's ``predict(X)`` means one output per row)."""
+        check_is_fitted(self, "result_")
+        return self.result_.predict(rows, cols)
+
+
+
+class SoftImpute(_CompletionEstimator):
     r"""Soft-impute (:func:`soft_impute`) as a scikit-learn estimator.
 
     ``fit(X)`` completes X: a dense array with NaN for the missing cells, a ``scipy.sparse``
@@ -684,30 +773,6 @@ class SoftImpute(TransformerMixin, BaseEstimator):
         self.progress = progress
         self.final_svd = final_svd
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # NaN marks a missing cell
-        tags.input_tags.sparse = True
-        return tags
-
-    # ---- input: dense with NaN, scipy.sparse, RewardMatrix -> (csr of observed, shape) ----
-    def _observed(self, X, *, reset: bool):
-        from .matrix import RewardMatrix
-
-        if isinstance(X, RewardMatrix):
-            X = X.to_scipy()
-        if sp.issparse(X):
-            X = validate_data(self, X, accept_sparse="csr", dtype=np.float64, reset=reset,
-                              ensure_all_finite=True)
-            return sp.csr_matrix(X)
-        X = validate_data(self, X, dtype=np.float64, reset=reset, ensure_all_finite="allow-nan")
-        if np.isinf(X).any():
-            r, c = np.argwhere(np.isinf(X))[0]
-            raise ValueError(f"X[{r}, {c}] is {X[r, c]}; use NaN for a missing cell")
-        obs = ~np.isnan(X)
-        rows, cols = np.nonzero(obs)
-        return sp.csr_matrix((X[obs], (rows, cols)), shape=X.shape)
-
     def fit(self, X, y=None) -> SoftImpute:
         R = self._observed(X, reset=True)
         if R.nnz == 0:
@@ -718,51 +783,10 @@ class SoftImpute(TransformerMixin, BaseEstimator):
                           thresh=self.thresh, backend=self.backend, device=self.device,
                           dtype=self.dtype, seed=self.seed, progress=self.progress,
                           final_svd=self.final_svd)
-        self.result_ = res
-        self.U_, self.d_, self.V_ = res.U, res.d, res.V
-        self.components_ = res.V.T
-        self.singular_values_ = res.d
-        self.n_iter_ = res.n_iter
-        self.mse_ = res.mse
-        return self
+        return self._set_result(res)
 
-    def _fold_in(self, R: sp.csr_matrix) -> np.ndarray:
-        """Row factors of ``R``'s rows against the fitted column factors (see the class)."""
-        B = self.V_ * self.d_  # (m, k)
-        k = B.shape[1]
-        U = np.zeros((R.shape[0], k))
-        reg = max(float(self.lam), 0.0) * np.eye(k)
-        for i in range(R.shape[0]):  # one k × k solve per row: rows differ in S_i
-            lo, hi = R.indptr[i], R.indptr[i + 1]
-            if lo == hi:
-                continue  # no observed cell: the row's prediction is 0, soft-impute's prior
-            Bs = B[R.indices[lo:hi]]
-            U[i] = np.linalg.lstsq(Bs.T @ Bs + reg, Bs.T @ R.data[lo:hi], rcond=None)[0]
-        return U
-
-    def transform(self, X) -> np.ndarray:
-        check_is_fitted(self, "result_")
-        R = self._observed(X, reset=False)
-        out = self._fold_in(R) @ (self.V_ * self.d_).T
-        rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
-        out[rows, R.indices] = R.data  # observed cells keep their values
-        return out
-
-    def score(self, X, y=None) -> float:
-        """Minus the MSE over X's observed cells of the folded-in reconstruction."""
-        check_is_fitted(self, "result_")
-        R = self._observed(X, reset=False)
-        if R.nnz == 0:
-            raise ValueError("X has no observed cell to score")
-        pred = self._fold_in(R) @ (self.V_ * self.d_).T
-        rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
-        return -float(np.mean((pred[rows, R.indices] - R.data) ** 2))
-
-    def predict_cells(self, rows, cols) -> np.ndarray:
-        """Entries (rows[i], cols[i]) of the matrix completed by ``fit`` (named so, not
-        ``predict``, because scikit-learn's ``predict(X)`` means one output per row)."""
-        check_is_fitted(self, "result_")
-        return self.result_.predict(rows, cols)
+    def _fold_in_reg(self) -> float:
+        return self.lam
 
 
 def observed_mse(R, result, label: int | str = 0, *, chunk_elems: int = 1 << 24) -> float:

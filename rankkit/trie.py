@@ -216,8 +216,8 @@ def _rows(indices, parent, cell_start, n_rows):
 
 # ---- public -----------------------------------------------------------------------------
 
-def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
-                        progress: bool | None = False) -> RewardMatrix:
+def build_reward_matrix(dataset, max_len: int | None = None, *,
+                        progress: bool | None = False, **load_kw) -> RewardMatrix:
     r"""Sparse reward matrix P_Ω(R) of a labelled dataset (paper 002, §3.1.1, App. B).
 
     .. math::
@@ -229,8 +229,11 @@ def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
 
     Parameters
     ----------
-    dataset : RewardDataset
-        Utterances and their responses (all labels are built at once).
+    dataset : RewardDataset or anything :func:`rankkit.datasets.as_dataset` accepts
+        Utterances and their responses (all labels are built at once): a preset such as
+        ``"vader:movie"``, a CSV/JSONL/Parquet path, a table, ``(texts, labels)``, a list of
+        ``(text, label)`` pairs … are coerced by :func:`~rankkit.datasets.as_dataset`, the
+        one input language of every entry point that takes data.
     max_len : int, optional
         Truncate every sequence to its first ``max_len`` tokens *before* building; the
         truncated sequence is then the utterance, so L = min(l(u), max_len) in λ (the
@@ -238,6 +241,10 @@ def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
     progress : bool or None, default False
         Show a tqdm bar over the build stages (None: only on a terminal or in a notebook,
         :func:`rankkit._progress.show_progress`).
+    **load_kw
+        ``tokenizer``, ``text``, ``labels``, ``split``, ``limit`` for a text source, passed
+        to :func:`~rankkit.datasets.as_dataset` (as in
+        :func:`rankkit.distributed.build_reward_matrix`).
 
     Returns
     -------
@@ -263,9 +270,10 @@ def build_reward_matrix(dataset: RewardDataset, max_len: int | None = None, *,
     >>> R.row(1)[1].tolist()       # cells ([1], 2) and ([1], 3)
     [0.0, 1.0]
     """
-    if not isinstance(dataset, RewardDataset):
-        raise TypeError(f"dataset must be a RewardDataset, got {type(dataset).__name__}; "
-                        "wrap tokens and responses with rankkit.RewardDataset(...)")
+    if not isinstance(dataset, RewardDataset) or load_kw:
+        from .datasets import as_dataset
+
+        dataset = as_dataset(dataset, **load_kw)
     seqs = dataset.sequences
     if max_len is not None:
         if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:

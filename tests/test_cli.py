@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,21 +174,134 @@ def test_figures_forwards_options(monkeypatch, tmp_path):
 
     calls = {}
 
-    def stub(only, quick, out_dir, stdout):
-        calls.update(only=only, quick=quick, out_dir=out_dir)
+    def stub(only, quick, out_dir, stdout, progress):
+        calls.update(only=only, quick=quick, out_dir=out_dir, progress=progress)
         print("table2_min_rank: vader:movie … done", file=stdout)  # analyses talk on stdout
         return {"table2_min_rank": [f"{out_dir}/table2_min_rank.png"]}
 
     monkeypatch.setattr(figures, "run", stub)
     res = invoke("figures", "--quick", "--only", "table2_min_rank", "--out-dir", tmp_path, "--json")
     assert res.exit_code == 0, res.output
-    assert calls == {"only": ["table2_min_rank"], "quick": True, "out_dir": str(tmp_path)}
+    assert calls == {"only": ["table2_min_rank"], "quick": True, "out_dir": str(tmp_path),
+                     "progress": True}
     # issue 12: with --json, stdout is parseable JSON only (the analysis output went to stderr)
     assert json.loads(res.stdout) == {"table2_min_rank": [f"{tmp_path}/table2_min_rank.png"]}
     assert "vader:movie … done" in res.stderr
+
+
+    # -o is the output folder; -q drops what the analyses print; --no-progress their bars
+    res = invoke("figures", "--only", "table2_min_rank", "-o", tmp_path / "figs", "-q")
+    assert res.exit_code == 0, res.output
+    assert calls["out_dir"] == str(tmp_path / "figs") and calls["progress"] is False
+    assert "vader:movie … done" not in res.output and "table2_min_rank.png" in res.stdout
+    invoke("figures", "--only", "table2_min_rank", "--no-progress")
+    assert calls["progress"] is False and calls["out_dir"] == "paper_figures"
 
 
 def test_figures_unknown_analysis_lists_the_known_ones():
     res = invoke("figures", "--only", "nope")
     assert res.exit_code == 2
     assert "unknown analysis ['nope']" in res.output and "table2_min_rank" in res.output
+
+
+# ---- issue 25, item 6: output options, help everywhere, one label naming, lazy start-up ----------
+
+def _options(group):
+    """(command name, option) for every option of every subcommand, and the group's own."""
+    for p in group.params:
+        yield "rankkit", p
+    for name, cmd in group.commands.items():
+        for p in cmd.params:
+            yield name, p
+
+
+def test_every_option_has_help():
+    import click
+
+    missing = [(cmd, p.opts) for cmd, p in _options(cli.main)
+               if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    assert not missing, f"options without help text: {missing}"
+    # and the help is shown: every visible option of `estimate` appears with its text
+    text = invoke("estimate", "--help").output
+    for p in cli.main.commands["estimate"].params:
+        if isinstance(p, click.Option) and not p.hidden:
+            assert p.opts[-1] in text
+
+
+def test_label_columns_and_label_are_distinct_and_the_old_spelling_still_reads(csv_file):
+    new = invoke("matrix", csv_file, "--text", "review", "--label-columns", "score", "--json")
+    old = invoke("matrix", csv_file, "--text", "review", "--labels", "score", "--json")
+    assert new.exit_code == old.exit_code == 0, new.output + old.output
+    assert json.loads(new.stdout) == json.loads(old.stdout)
+    assert json.loads(new.stdout)["labels"] == ["score"]
+    help_text = invoke("estimate", "--help").output
+    assert "--label-columns" in help_text and "--labels" not in help_text.replace("--label-columns", "")
+    bad = invoke("matrix", csv_file, "--text", "review", "--labels", "score", "--label-columns", "x")
+    assert bad.exit_code == 2 and "disagree" in bad.output
+
+
+def test_header_and_summary_name_the_label_alike(csv_file):
+    res = invoke("estimate", csv_file, "--text", "review", "--label-columns", "score", "--ranks",
+                 "0,1", "--max-iter", 5, "--no-figure", "--no-lower-bound", "--label", "0")
+    assert res.exit_code == 0, res.output
+    header, summary = res.stdout.split("\n", 1)
+    assert "label 'score'" in header and "label 'score'" in summary
+    assert "label 0" not in res.stdout
+
+
+def test_quiet_and_no_progress(csv_file, tmp_path):
+    base = ("estimate", csv_file, "--text", "review", "--label-columns", "score", "--ranks", "0,1",
+            "--max-iter", 5, "--no-lower-bound", "--figure", tmp_path / "f.png")
+    loud = invoke(*base)
+    assert loud.exit_code == 0, loud.output
+    assert "build_reward_matrix" in loud.stderr  # a progress bar
+    assert "figure written to" in loud.stderr and " s)" in loud.stderr
+    quiet = invoke(*base, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # no bar, no timing, no note
+    # the result itself is unchanged: the same report on stdout
+    assert quiet.stdout == loud.stdout and "MSE on Ω₂" in quiet.stdout
+    calm = invoke(*base, "--no-progress")
+    assert "build_reward_matrix" not in calm.stderr and "figure written to" in calm.stderr
+    assert calm.stdout == loud.stdout
+    m = invoke("matrix", csv_file, "--text", "review", "--label-columns", "score", "--no-progress")
+    assert m.exit_code == 0 and "build_reward_matrix" not in m.stderr and "P_Ω(R)" in m.stdout
+
+
+def test_output_writes_the_result_to_a_file(csv_file, tmp_path):
+    args = ("matrix", csv_file, "--text", "review", "--label-columns", "score")
+    want = json.loads(invoke(*args, "--json").stdout)
+    res = invoke(*args, "-o", tmp_path / "sub" / "m.json")  # a .json name: JSON, folders made
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "" and json.loads((tmp_path / "sub" / "m.json").read_text()) == want
+    assert f"result written to {tmp_path / 'sub' / 'm.json'}" in res.stderr
+    text = invoke(*args, "--output", tmp_path / "m.txt")
+    assert (tmp_path / "m.txt").read_text() == invoke(*args).stdout
+    assert text.stdout == ""
+    js = invoke(*args, "--json", "-o", tmp_path / "m.out")  # --json picks JSON for any name
+    assert json.loads((tmp_path / "m.out").read_text()) == want and js.exit_code == 0
+    # a run that fails leaves no file behind
+    bad = invoke("matrix", csv_file, "--text", "body", "-o", tmp_path / "bad.json")
+    assert bad.exit_code != 0 and not (tmp_path / "bad.json").exists()
+    # the other subcommands take it too
+    invoke("stress", "--case", "upper_triangular", "--n", 8, "-o", tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text())[0]["case"] == "upper_triangular"
+    invoke("datasets", "-o", tmp_path / "d.json")
+    assert "vader:movie" in json.loads((tmp_path / "d.json").read_text())
+
+
+def test_help_starts_without_heavy_imports():
+    """``rankkit --help`` (and a subcommand's) imports neither torch, transformers, matplotlib
+    nor numba: they load only when a subcommand runs that needs them."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "transformers", "matplotlib", "numba", "sklearn", "scipy"]
+    code = ("import sys, runpy\n"
+            "sys.argv = ['rankkit'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('rankkit', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            f"print('LOADED', [m for m in {heavy!r} if m in sys.modules])")
+    for args in (["--help"], ["estimate", "--help"], ["datasets"]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parents[1]).stdout
+        assert "LOADED []" in out, (args, out[-300:])

@@ -108,9 +108,58 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     assert scripts and not any(s.startswith(("http:", "https:", "//")) for s in scripts), scripts
     assert all((api / s.split("?")[0]).resolve().is_file() for s in scripts), scripts
 
+    # the command-line page: every visible option of every subcommand, as built
+    cli_page = (html / "_generated" / "cli.html").read_text("utf-8")
+    missing = [(cmd, opt) for cmd, opt in _cli_options() if opt not in cli_page]
+    assert not missing, f"the command-line page lacks {missing}"
+
     notebooks = sorted((ROOT / "examples").glob("*.ipynb"))
     assert len(notebooks) == 2
     for notebook in notebooks:
         page = html / "_generated" / "examples" / f"{notebook.stem}.html"
         assert page.is_file(), f"{notebook.name} was not rendered"
         assert _title(notebook) in page.read_text("utf-8")
+
+
+def _cli_options() -> list[tuple[str, str]]:
+    """(subcommand, option spelling) for every visible option of the ``rankkit`` command."""
+    import click
+
+    from rankkit.cli import main
+
+    out = []
+    for name, cmd in main.commands.items():
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                out += [(name, o) for o in [*p.opts, *p.secondary_opts]]
+    return out
+
+
+def test_cli_page_lists_every_option_of_every_subcommand():
+    """docs/cli_reference.py renders each subcommand's section with all its visible options
+    (and their help); hidden old spellings stay off the page."""
+    import importlib.util
+
+    import click
+
+    # loaded by file, not through sys.path (tests never edit it: test_figures.test_arrows_point_down)
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "docs" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    render = module.render
+
+    from rankkit.cli import main
+
+    page = render()
+    sections = page.split("\nrankkit ")[1:]
+    by_name = {sec.split("\n", 1)[0]: sec for sec in sections}
+    assert sorted(by_name) == sorted(main.commands)
+    for name, cmd in main.commands.items():
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            for opt in [*p.opts, *p.secondary_opts]:
+                shown = f"``{opt}``" in by_name[name]
+                assert shown != p.hidden, (name, opt, "hidden" if p.hidden else "missing")
+            if not p.hidden:
+                assert " ".join(p.help.split())[:30].replace("*", "\\*") in by_name[name]

@@ -234,7 +234,7 @@ def test_estimator_wrapper_and_bad_input():
     est = FixedRank(2, eps=1e-10, progress=False).fit(S)
     assert est.mse_ <= 1e-10 and est.U_.shape == (60, 2)
     rows, cols = S.nonzero()
-    np.testing.assert_allclose(est.predict(rows, cols), np.asarray(S[rows, cols]).ravel(), atol=1e-4)
+    np.testing.assert_allclose(est.predict_cells(rows, cols), np.asarray(S[rows, cols]).ravel(), atol=1e-4)
     with pytest.raises(ValueError, match="rank must be an integer in \\[0, min\\(n, m\\)\\] = \\[0, 50\\]"):
         fixed_rank_fit(S, 51, **FAST)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -280,3 +280,37 @@ def test_bracket_contains_the_rank_of_exactly_low_rank_data(n, m, r, over, power
     assert est.exact_lower <= r <= est.upper <= r + 1
     assert est.certificate_source == "fixed-rank"
     assert observed_mse(rk.reduce_omega2(rk.RewardMatrix.from_scipy(S)), est.certificate) <= eps
+
+
+def test_fixed_rank_is_a_scikit_learn_estimator():
+    """FixedRank passes scikit-learn's estimator checks (as SoftImpute does), exposes its
+    parameters to get_params / clone, and completes like fixed_rank_fit itself."""
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    from rankkit.testing.completion import assert_sklearn_estimator
+
+    assert_sklearn_estimator(FixedRank(rank=2, max_iter=50))
+    est = FixedRank(3, 1e-10, 0.0, method="als", max_iter=200)
+    params = est.get_params()
+    assert params["rank"] == 3 and params["eps"] == 1e-10 and params["method"] == "als"
+    assert clone(est).get_params() == params
+    S = low_rank_problem(40, 30, 2, 900, seed=11)
+    fit = FixedRank(2, eps=1e-10, rho=0.0).fit(S)
+    ref = fixed_rank_fit(S, 2, eps=1e-10, rho=0.0, progress=False)
+    np.testing.assert_array_equal(fit.U_, ref.U)
+    np.testing.assert_array_equal(fit.d_, ref.d)
+    assert fit.rank_ == 2 and fit.components_.shape == (2, 30) and fit.n_features_in_ == 30
+    # transform fills every missing cell and keeps the observed ones; score is minus the MSE
+    X = np.full(S.shape, np.nan)
+    rows, cols = S.nonzero()
+    X[rows, cols] = np.asarray(S[rows, cols]).ravel()
+    done = fit.transform(X)
+    assert np.isfinite(done).all() and np.array_equal(done[rows, cols], X[rows, cols])
+    assert -1e-6 < fit.score(X) <= 0
+    # warm_start=True (scikit-learn's meaning) starts a refit from the previous factors
+    warm = FixedRank(2, eps=1e-10, rho=0.0, warm_start=True).fit(S)
+    again = warm.fit(S)
+    assert again.n_iter_ <= 1 and again.mse_ <= 1e-10
+    with pytest.raises(NotFittedError):
+        FixedRank(2).transform(X)

@@ -270,7 +270,8 @@ def shard_dataset(source, comm=None, *, tokenizer="gpt2", limit: int | None = No
     from .. import datasets
 
     comm = get_comm(comm)
-    if isinstance(source, RewardDataset) or (isinstance(source, tuple) and len(source) == 2):
+    if (isinstance(source, RewardDataset) or datasets._is_pair_list(source)
+            or (isinstance(source, tuple) and len(source) == 2)):
         ds = datasets.as_dataset(source, text=text, labels=labels, tokenizer=tokenizer, split=split,
                                  limit=limit, max_len=max_len)
         b = _slice_bounds(len(ds), comm.size)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DenseSoftImputeTrace", "soft_impute_dense_reference", "assert_completion_close"]
+__all__ = ["DenseSoftImputeTrace", "soft_impute_dense_reference", "assert_completion_close",
+           "assert_sklearn_estimator"]
 
 
 @dataclass
@@ -99,3 +100,23 @@ def assert_completion_close(result, X: np.ndarray, mask: np.ndarray, *, rtol: fl
     if err.size and err.max() > tol:
         i = int(np.argmax(err))
         raise AssertionError(f"completion misses observed cell #{i} by {err[i]:.3g} > tolerance {tol:.3g}")
+
+
+def assert_sklearn_estimator(estimator) -> list[dict]:
+    """Run scikit-learn's ``check_estimator`` on ``estimator`` and fail on any failed check.
+
+    The one contract every completion estimator (:class:`rankkit.SoftImpute`,
+    :class:`rankkit.FixedRank`) must pass, so that ``clone``, ``Pipeline`` and ``GridSearchCV``
+    work on it. The only skip allowed is the one scikit-learn makes itself without
+    ``SCIPY_ARRAY_API=1`` in the environment (``check_array_api_input``). Returns the
+    per-check records.
+    """
+    from sklearn.utils.estimator_checks import check_estimator
+
+    res = check_estimator(estimator, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in res if r["status"] == "failed"]
+    assert not failed, f"{type(estimator).__name__} fails scikit-learn checks: {failed}"
+    skipped = [r["check_name"] for r in res if r["status"] == "skipped"]
+    assert skipped in ([], ["check_array_api_input"]), f"unexpected skips: {skipped}"
+    assert len(res) > 40, f"only {len(res)} checks ran"
+    return res

@@ -173,8 +173,9 @@ def test_gradient_accumulation_matches_full_batch():
     a, b = RADV(backbone(10), n_labels=2), RADV(backbone(10), n_labels=2)
     # eps=1e-3: with eps=1e-12 Adam's first step is lr·sign(g), and gradients that are zero
     # in exact arithmetic (GPT-2's key bias) get a sign from rounding noise
-    train(a, ds, batch_size=8, lr=1e-2, eps=1e-3, progress=False)
-    res = train(b, ds, batch_size=8, grad_accum_steps=4, lr=1e-2, eps=1e-3, progress=False)
+    train(a, ds, epochs=1, batch_size=8, lr=1e-2, eps=1e-3, progress=False)
+    res = train(b, ds, epochs=1, batch_size=8, grad_accum_steps=4, lr=1e-2, eps=1e-3,
+                progress=False)
     assert res.steps == 1
     for (k, x), (_, y) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=k)
@@ -244,3 +245,55 @@ def test_fit_entries_curve_seeding_and_progress():
     assert a.steps == [0, 5, 10, 12] and a.mse == b.mse  # seeded: identical
     assert a.mse[-1] < a.mse[0]
     assert a.final_mse == pytest.approx(a.mse[-1], rel=1e-5)  # eval mode, no dropout
+
+
+def test_convergence_warning_fires_when_under_trained_and_not_when_converged():
+    import warnings
+
+    from rankkit_ext import ConvergenceWarning
+
+    ds = dataset(n=20, seed=1)
+    # App. E's lr on 20 texts: 2 steps, the loss far above the constant prediction's Var(y)
+    with pytest.warns(ConvergenceWarning, match="no better than predicting the mean"):
+        train(RADQ(backbone(5), n_labels=2), ds, epochs=1, batch_size=10, lr=1e-5, progress=False)
+    # stopped while still falling: 3 epochs at lr 3e-3 (the loss falls > 10 % in the last one)
+    with pytest.warns(ConvergenceWarning, match=r"has not converged: it fell \d+\.\d% over the last epoch"):
+        train(RADQ(backbone(5), n_labels=2), ds, epochs=3, batch_size=10, lr=3e-3, progress=False)
+    with pytest.warns(ConvergenceWarning, match="too few to tell"):
+        train(RADQ(backbone(5), n_labels=2), ds, epochs=1, batch_size=20, progress=False)
+    # converged: the last two epochs within 10 % of each other and well below Var(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = train(RADQ(backbone(5), n_labels=2), ds, epochs=15, batch_size=10, lr=3e-3,
+                    progress=False)
+    last, prev = np.mean(res.train_loss[-2:]), np.mean(res.train_loss[-4:-2])
+    assert abs(last - prev) <= 0.1 * prev and last < 0.9 * ds.responses.var(0).mean()
+    # tol=None turns the check off; a bad tol is named
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        train(RADQ(backbone(5), n_labels=2), ds, epochs=1, batch_size=10, lr=1e-5, progress=False,
+              tol=None)
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        train(RADQ(backbone(5), n_labels=2), ds, tol=0, progress=False)
+
+
+def test_the_default_settings_train_where_app_e_settings_do_not():
+    """The defaults (10 epochs, batch 32, lr 1e-3) bring the loss well below the constant
+    prediction's on 320 texts; App. E's (1 epoch, batch 100, lr 1e-5) leave it where it started."""
+    import warnings
+
+    from rankkit_ext import ConvergenceWarning
+
+    rng = np.random.default_rng(4)  # a learnable label: the share of "positive" tokens (< 10)
+    seqs = [rng.integers(0, V - 1, rng.integers(2, 7)).tolist() for _ in range(320)]
+    ds = RewardDataset(seqs, [np.mean(np.asarray(s) < 10) for s in seqs], vocab_size=V)
+    const = ds.responses.var()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        model = RADQ(backbone(6), n_labels=1)
+        res = train(model, ds, progress=False)
+    assert res.steps == 10 * 10 and evaluate(model, ds) < 0.8 * const
+    old = RADQ(backbone(6), n_labels=1)
+    with pytest.warns(ConvergenceWarning):
+        train(old, ds, epochs=1, batch_size=100, lr=1e-5, progress=False)
+    assert evaluate(old, ds) > const
