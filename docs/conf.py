@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 import re
 import sys
 import warnings
@@ -23,6 +22,7 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 
 from rankkit._io import atomic_write  # noqa: E402  (needs the sys.path entry above)
+from rankkit._modules import public_modules  # noqa: E402
 
 GENERATED = DOCS / "_generated"
 # numpydoc reports a section heading it does not know (whose text it then drops) as a Python
@@ -107,19 +107,6 @@ API = [
     ("rankkit_ext.report", "rankkit_ext.report: tables and plots"),
     ("rankkit_ext.tsmc", "rankkit_ext.tsmc: twisted sequential Monte Carlo"),
 ]
-
-
-def public_modules() -> list[str]:
-    """Every module of rankkit and rankkit_ext that no part of its dotted name marks private
-    (a leading underscore), in import-path order."""
-    names = []
-    for package in ("rankkit", "rankkit_ext"):
-        root = importlib.import_module(package)
-        names.append(package)
-        for info in pkgutil.walk_packages(root.__path__, package + "."):
-            if not any(part.startswith("_") for part in info.name.split(".")):
-                names.append(info.name)
-    return names
 
 
 # The curated pages first, then a page for every other public module (named by its path and
