@@ -299,7 +299,7 @@ def matrix_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, 
 
     out = _Report(output, quiet, as_json)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
-    R = build_reward_matrix(ds, progress=not (out.as_json or quiet or no_progress))
+    R = build_reward_matrix(ds, progress=False if (out.as_json or quiet or no_progress) else None)
     stats = matrix_stats(R, reduce_omega2(R))
     stats.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds),
                  dropped_empty=ds.n_dropped_empty, tokens=int(ds.sequences.tokens.size))
@@ -357,6 +357,9 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
               help="Iterations per fit [1000 for soft-impute, 500 for auto].")
 @click.option("--max-abs", type=FiniteFloat(0.0, strict=True), default=None,
               help="Reject certificates with a completed entry larger than this in absolute value.")
+@click.option("--normalize", is_flag=True,
+              help="Divide the label's values by their largest magnitude first, so that ε is relative "
+                   "to the label scale (labels outside [0, 1] otherwise warn: ε is absolute).")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "torch", "cupy"]),
               default="auto", show_default=True,
               help="Array backend of the fits: numpy (numba kernels, CPU), torch (CPU or CUDA), "
@@ -380,7 +383,7 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
                    "(rankkit.distributed: sharded build, soft-impute and fixed-rank fits, gloo or NCCL).")
 @output_options
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
-                 eps, method, ranks, lam, max_iter, max_abs, backend, device, label, seed,
+                 eps, method, ranks, lam, max_iter, max_abs, normalize, backend, device, label, seed,
                  checkpoint_dir, figure, no_figure, no_lower_bound, nproc, output, quiet,
                  no_progress):
     """Bound the minimal rank of P_Ω(R): the exact bracket, the ε-bracket, and every fit."""
@@ -396,12 +399,13 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
         argv = (ctx.obj or {}).get("argv", sys.argv[1:])
         sys.exit(launch(argv, nproc))
     out = _Report(output, quiet, as_json)
-    progress = not (quiet or no_progress)
+    # None: bars only where a person watches (an interactive terminal), never in a redirected log
+    progress = False if (quiet or no_progress) else None
     if world > 1:
         return _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split,
                                      out, eps, method, rank_list, lam, max_iter, max_abs, backend,
                                      device, label, seed, checkpoint_dir, figure, no_figure,
-                                     no_lower_bound, t0, progress)
+                                     no_lower_bound, t0, progress, normalize)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
     label = int(label) if label.lstrip("-").isdigit() else label
     try:
@@ -409,11 +413,11 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
         label_name = ds.label_names[ds.label_index(label)]
     except (KeyError, IndexError) as e:
         raise click.BadParameter(str(e.args[0]), param_hint="--label") from None
-    R = build_reward_matrix(ds, progress=progress and not out.as_json)
+    R = build_reward_matrix(ds, progress=False if out.as_json else progress)
     est = estimate_min_rank(R, eps=eps, method=method, label=label_name, ranks=rank_list, lam=lam,
                             max_iter=max_iter, max_abs=max_abs, backend=backend, device=device,
                             seed=seed, progress=progress, checkpoint_dir=checkpoint_dir,
-                            lower_bound=not no_lower_bound)
+                            lower_bound=not no_lower_bound, normalize=normalize)
     est.meta.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds))
     fig_path = None
     if not no_figure:
@@ -465,7 +469,7 @@ def launch(argv: list[str], nproc: int) -> int:
 
 def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split, out, eps,
                           method, rank_list, lam, max_iter, max_abs, backend, device, label, seed,
-                          checkpoint_dir, figure, no_figure, no_lower_bound, t0, progress):
+                          checkpoint_dir, figure, no_figure, no_lower_bound, t0, progress, normalize=False):
     """``rankkit estimate`` on one rank of a torchrun world; rank 0 prints and plots.
 
     ``checkpoint_dir`` holds one sub-folder per rank (``rank<r>of<P>``), so a rerun on the
@@ -478,7 +482,8 @@ def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_co
     auto_kw = {} if max_abs is None else {"max_abs": max_abs}
     est = distributed.estimate_min_rank(
         dataset, eps=eps, comm=comm, method=method, label=label, ranks=rank_list, lam=lam, max_iter=max_iter,
-        backend=backend, device=device, seed=seed, progress=comm.rank == 0 and progress and not out.as_json,
+        backend=backend, device=device, seed=seed,
+        progress=False if (comm.rank != 0 or out.as_json) else progress, normalize=normalize,
         max_len=max_len,
         lower_bound=not no_lower_bound, tokenizer=tokenizer, text=text_col, labels=labels, split=split,
         limit=limit, checkpoint_dir=checkpoint_dir, **auto_kw)
@@ -537,7 +542,7 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
                                  param_hint="--sizes") from None
     _check_backend(backend, None)
     out = _Report(output, quiet, as_json)
-    progress = not (out.as_json or quiet or no_progress)
+    progress = False if (out.as_json or quiet or no_progress) else None
     if dataset.endswith(".npy"):
         if not Path(dataset).is_file():
             raise click.ClickException(f"{dataset}: no such file")

@@ -305,3 +305,24 @@ def test_help_starts_without_heavy_imports():
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).parents[1]).stdout
         assert "LOADED []" in out, (args, out[-300:])
+
+
+def test_estimate_normalize_divides_star_labels(tmp_path):
+    """Labels of 1–5 stars: without --normalize the estimate warns that ε is absolute; with it,
+    the values are divided by 5 and the JSON says so."""
+    f = tmp_path / "stars.csv"
+    stars = [1, 5, 3, 4, 2, 5, 1, 3, 4, 2]
+    f.write_text("review,stars\n" + "".join(f'"{t}",{v}\n' for t, v in zip(TEXTS, stars, strict=True)))
+    base = ["estimate", f, "--text", "review", "--label-columns", "stars", "--ranks", "0,2",
+            "--max-iter", 20, "--json", "--no-figure", "--backend", "numpy"]
+    with pytest.warns(Warning, match=r"outside \[0, 1\]"):
+        res = invoke(*base)
+    assert res.exit_code == 0, res.output
+    plain = json.loads(res.output[res.output.index("{"):])
+    assert plain["label_range"] == [1.0, 5.0] and plain["label_scale"] == 1.0
+    res = invoke(*base, "--normalize")
+    assert res.exit_code == 0, res.output
+    norm = json.loads(res.output[res.output.index("{"):])
+    assert norm["label_range"] == [1.0, 5.0] and norm["label_scale"] == 5.0
+    # rank 0 is the zero matrix: its MSE scales by 1/25 exactly as the values by 1/5
+    assert norm["mse_by_rank"]["0"] == pytest.approx(plain["mse_by_rank"]["0"] / 25, rel=1e-12)
