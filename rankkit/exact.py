@@ -70,7 +70,7 @@ def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *
     When only the columns are short (max_j :math:`|T_j|` ≤ k) the same is done on Rᵀ
     (:meth:`RewardMatrix.transpose`) with a Gaussian U. The factors are returned in SVD
     form (QR of both factors and an SVD of the k × k core) as a
-    :class:`rankkit.softimpute.SoftImputeResult` with ``lam = 0``, ``backend =
+    :class:`rankkit.LowRankFit` (neither solver's result) with ``lam = 0``, ``backend =
     "exact-completion"``; its ``mse`` over Ω is recomputed from those factors
     (:func:`rankkit.softimpute.observed_mse`), independently of the construction. In exact
     arithmetic it is 0; in float64 it is of order (ε_mach · κ · scale)², κ the conditioning of
@@ -92,9 +92,10 @@ def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *
 
     Returns
     -------
-    SoftImputeResult
+    LowRankFit
     """
-    from .softimpute import SoftImputeResult, observed_mse
+    from .factors import LowRankFit
+    from .softimpute import observed_mse
 
     n, m = R2.shape
     cap = rank_cap(R2)
@@ -125,7 +126,7 @@ def exact_completion(R2: RewardMatrix, rank: int | None = None, seed: int = 0, *
             side = "columns"
         U, d, V = svd_form(A, B)
     mse = observed_mse(R2, (U, d, V), label=j)
-    return SoftImputeResult(U=U, d=d, V=V, mse=mse, sse=mse * R2.nnz, objective=[], ratio=[],
+    return LowRankFit(U=U, d=d, V=V, mse=mse, sse=mse * R2.nnz, objective=[], ratio=[],
                             n_iter=0, converged=True, lam=0.0, rank=int(k), shape=(n, m),
                             nnz=int(R2.nnz), thresh=0.0, backend="exact-completion",
                             meta={"seed": seed, "side": side, "cap": cap})

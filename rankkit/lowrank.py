@@ -98,8 +98,9 @@ from ._backend import resolve_backend
 from ._io import DamagedFileError, atomic_npz, fingerprint, read_npz
 from ._kernels import sampled_dot
 from ._lrkernels import make_lr_kernels, svd_form
+from .factors import FixedRankResult, LowRankFit
 from .matrix import as_reward_matrix
-from .softimpute import SoftImputeResult, _check_scale, _CompletionEstimator
+from .softimpute import _check_scale, _CompletionEstimator
 
 __all__ = ["fixed_rank_fit", "FixedRank", "METHODS"]
 
@@ -266,7 +267,7 @@ def _random_start(indptr, indices, x, shape, k, rng):
 
 def _warm(warm_start, indptr, indices, x, shape, k, rng):
     n, m = shape
-    if isinstance(warm_start, SoftImputeResult):
+    if isinstance(warm_start, LowRankFit):
         u, d, v = warm_start.U, warm_start.d, warm_start.V
     elif isinstance(warm_start, dict):
         keys = {key.lower(): val for key, val in warm_start.items()}
@@ -275,7 +276,7 @@ def _warm(warm_start, indptr, indices, x, shape, k, rng):
             raise ValueError(f"warm_start dict needs 'u' (n×j), 'd' (j,) and 'v' (m×j); missing {missing}")
         u, d, v = keys["u"], keys["d"], keys["v"]
     else:
-        raise TypeError(f"warm_start must be None, a SoftImputeResult or a dict with 'u', 'd', 'v'; "
+        raise TypeError(f"warm_start must be None, a LowRankFit (SoftImputeResult, FixedRankResult) or a dict with 'u', 'd', 'v'; "
                         f"got {type(warm_start).__name__}")
     u, d, v = (np.asarray(a, dtype=np.float64) for a in (u, d, v))
     d = d.reshape(-1)
@@ -456,7 +457,7 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
                    cg_tol: float = 1e-2, als_rate: float = 0.5, backend: str = "auto", device=None,
                    seed: int | np.random.Generator = 0, checkpoint: str | os.PathLike | None = None,
                    checkpoint_every: int = 10, progress: bool | None = None,
-                   callback: Callable[[int, dict], bool | None] | None = None) -> SoftImputeResult:
+                   callback: Callable[[int, dict], bool | None] | None = None) -> FixedRankResult:
     r"""Rank-``rank`` completion of P_Ω(X) that stops at MSE ≤ ``eps`` (the certificate).
 
     Minimises ½‖P_Ω(M − X)‖²_F + ρ‖M‖_* over matrices of rank k (paper 002, objective (17)
@@ -483,7 +484,7 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
         Outer iterations (ALS sweeps, CG steps or LM steps), all phases together.
     init : {"spectral", "random"}
         Cold start; ignored when ``warm_start`` is given.
-    warm_start : SoftImputeResult or dict {"u", "d", "v"}, optional
+    warm_start : LowRankFit or dict {"u", "d", "v"}, optional
         Truncated to its top-k triplets, or padded from the residual's top singular triplets.
     n_restarts : int
         When the fit does not reach ``eps``, retry from this many random starts (seeded) and
@@ -513,7 +514,7 @@ def fixed_rank_fit(R, rank: int, *, label: int | str = 0, eps: float = 1e-12, rh
 
     Returns
     -------
-    SoftImputeResult
+    FixedRankResult
         U, d (= s), V in SVD form; ``mse`` and ``sse`` recomputed from them; ``objective``
         the trace of f; ``lam`` = ρ; ``thresh`` = eps; ``converged`` = (mse ≤ eps);
         ``meta`` holds ``method``, ``phases`` (solver of every iteration), ``mse_trace``,
@@ -603,11 +604,11 @@ def _settings(rank, rho, kernel_name, opts) -> dict:
                 als_rate=opts["als_rate"], backend=kernel_name)
 
 
-def _zero_result(shape, k, sse, nnz, eps, rho, method, backend, U=None) -> SoftImputeResult:
+def _zero_result(shape, k, sse, nnz, eps, rho, method, backend, U=None) -> FixedRankResult:
     """The rank-0 (or empty-Ω) fit: the zero matrix; ``sse`` = Σ x² over Ω."""
     n, m = shape
     mse = sse / nnz if nnz else 0.0
-    return SoftImputeResult(U=np.zeros((n, k)) if U is None else U, d=np.zeros(k), V=np.zeros((m, k)),
+    return FixedRankResult(U=np.zeros((n, k)) if U is None else U, d=np.zeros(k), V=np.zeros((m, k)),
                             mse=mse, sse=sse, objective=[], ratio=[], n_iter=0, converged=mse <= eps,
                             lam=float(rho), rank=k, shape=shape, nnz=nnz, thresh=float(eps), backend=backend,
                             meta={"method": method, "stop": "target", "phases": [], "mse_trace": [],
@@ -629,14 +630,14 @@ def _solve(K, k, rho, nnz, start, store, checkpoint_every, n_restarts, random_st
     return run, stop, restarts
 
 
-def _result(K, run, stop, restarts, shape, k, nnz, eps, rho, method, t0) -> SoftImputeResult:
-    """The SoftImputeResult of a finished run (U as the kernels hold it: all rows in one
+def _result(K, run, stop, restarts, shape, k, nnz, eps, rho, method, t0) -> FixedRankResult:
+    """The FixedRankResult of a finished run (U as the kernels hold it: all rows in one
     process, this rank's rows in a process group)."""
     U, s, V = K.to_numpy(run.U), K.to_numpy(run.s), K.to_numpy(run.V)
     sse = float(run.sse)
     mse = sse / nnz
     names = {v: key for key, v in _PHASE.items()}
-    return SoftImputeResult(U=U, d=s, V=V, mse=mse, sse=sse, objective=list(run.objective), ratio=[],
+    return FixedRankResult(U=U, d=s, V=V, mse=mse, sse=sse, objective=list(run.objective), ratio=[],
                             n_iter=run.it, converged=mse <= eps, lam=float(rho), rank=int(k),
                             shape=tuple(shape), nnz=nnz, thresh=float(eps), backend=K.name,
                             meta={"method": method, "stop": stop, "polish_at": run.polish_at, "rho_final": run.rho,
@@ -803,7 +804,7 @@ class FixedRank(_CompletionEstimator):
         Stop as soon as the MSE over the observed cells is ≤ eps.
     rho : float, default 1e-4
         Nuclear-norm weight ρ (= soft-impute's λ), also the ridge of the fold-in.
-    warm_start : bool, SoftImputeResult or dict, default False
+    warm_start : bool, LowRankFit or dict, default False
         True starts ``fit`` from the previous fit's factors (scikit-learn's meaning; a
         first fit starts cold); a result or ``{"u", "d", "v"}`` is passed to
         :func:`fixed_rank_fit` as its start.
@@ -821,7 +822,7 @@ class FixedRank(_CompletionEstimator):
     components_ : ndarray (k, m)
         Vᵀ, as in :class:`sklearn.decomposition.TruncatedSVD`.
     singular_values_ : ndarray (k,)
-    result_ : SoftImputeResult
+    result_ : FixedRankResult
     mse_ : float
     n_iter_ : int
     n_features_in_ : int

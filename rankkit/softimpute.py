@@ -66,10 +66,8 @@ R package ``softImpute`` (Hastie & Mazumder), function ``Ssimpute.als``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,131 +79,10 @@ from threadpoolctl import threadpool_limits
 from ._backend import resolve_backend
 from ._io import DamagedFileError, atomic_npz, fingerprint, read_npz
 from ._kernels import make_kernels
+from .factors import LowRankFit, SoftImputeResult
 from .matrix import RewardMatrix
 
 __all__ = ["soft_impute", "soft_impute_path", "SoftImpute", "SoftImputeResult", "observed_mse"]
-
-
-# ---- result ------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class SoftImputeResult:
-    """A soft-impute fit M = U diag(d) Vᵀ of P_Ω(X).
-
-    Attributes
-    ----------
-    U : ndarray of float64, shape (n, k)
-        Orthonormal left factors.
-    d : ndarray of float64, shape (k,)
-        Non-negative singular values of M (after the final soft-threshold); zeros mean the
-        fit has rank ``effective_rank`` < k.
-    V : ndarray of float64, shape (m, k)
-        Orthonormal right factors.
-    mse : float
-        Mean squared residual over the observed cells, ``sse / nnz``:
-        (1/:math:`|Ω|`) Σ_{(i,j)∈Ω} (X_ij − M_ij)², at the returned factors (0.0 when :math:`|Ω|` = 0).
-    sse : float
-        Σ_{(i,j)∈Ω} (X_ij − M_ij)² at the returned factors.
-    objective : list of float
-        ½‖P_Ω(X − M)‖²_F + λ Σ d per iteration, evaluated after the B-step (R's trace).
-    ratio : list of float
-        Relative squared Frobenius change of M per iteration (R's ``Frob``).
-    n_iter : int
-    converged : bool
-        The last ratio was ≤ ``thresh``.
-    lam, thresh : float
-    rank : int
-        Requested rank k.
-    shape : (int, int)
-    nnz : int
-    backend : str
-    """
-
-    U: np.ndarray
-    d: np.ndarray
-    V: np.ndarray
-    mse: float
-    sse: float
-    objective: list[float]
-    ratio: list[float]
-    n_iter: int
-    converged: bool
-    lam: float
-    rank: int
-    shape: tuple[int, int]
-    nnz: int = 0
-    thresh: float = 1e-5
-    backend: str = "numpy"
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def effective_rank(self) -> int:
-        """Number of positive singular values: the rank of U diag(d) Vᵀ."""
-        return int(np.count_nonzero(self.d > 0))
-
-    def predict(self, rows, cols) -> np.ndarray:
-        """M[rows, cols] = Σ_t U[rows, t] d[t] V[cols, t] for paired index arrays."""
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
-        if rows.shape != cols.shape:
-            raise ValueError(f"rows and cols must have the same shape, got {rows.shape} and {cols.shape}")
-        n, m = self.shape
-        for name, idx, size in (("rows", rows, n), ("cols", cols, m)):
-            bad = (idx < 0) | (idx >= size)
-            if bad.any():
-                raise IndexError(f"{name}[{int(np.flatnonzero(bad.ravel())[0])}] is outside [0, {size})")
-        return np.einsum("...k,...k->...", self.U[rows] * self.d, self.V[cols])
-
-    def to_dense(self) -> np.ndarray:
-        """The full n×m matrix M (small problems only)."""
-        return (self.U * self.d) @ self.V.T
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the result to ``path`` exactly (npz content, no suffix added), atomically."""
-        path = Path(path)
-        arrays = dict(U=self.U, d=self.d, V=self.V, objective=np.asarray(self.objective, float),
-                      ratio=np.asarray(self.ratio, float),
-                      scalars=np.array([self.mse, self.sse, self.lam, self.thresh]),
-                      ints=np.array([self.n_iter, int(self.converged), self.rank, *self.shape, self.nnz]),
-                      backend=np.array(self.backend),
-                      meta=np.array(json.dumps(self.meta, default=_json_default)))
-        atomic_npz(path, arrays)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SoftImputeResult:
-        """Read a result written by :meth:`save`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; write one with SoftImputeResult.save({str(path)!r})")
-        z = read_npz(path, "completion result", required=("U", "d", "V", "scalars", "ints", "objective",
-                                                          "ratio", "backend"),
-                     fix="write it again with SoftImputeResult.save, or delete it")
-        mse, sse, lam, thresh = (float(v) for v in z["scalars"])
-        n_iter, conv, rank, n, m, nnz = (int(v) for v in z["ints"])
-        k = z["d"].size
-        if z["U"].shape != (n, k) or z["V"].shape != (m, k) or n_iter < 0 or nnz < 0:
-            raise DamagedFileError(f"completion result {str(path)!r} is damaged (U {z['U'].shape}, d ({k},), "
-                                   f"V {z['V'].shape} for shape {(n, m)}, n_iter {n_iter}); write it again "
-                                   "with SoftImputeResult.save, or delete it")
-        return cls(U=z["U"], d=z["d"], V=z["V"], mse=mse, sse=sse,
-                   objective=z["objective"].tolist(), ratio=z["ratio"].tolist(), n_iter=n_iter,
-                   converged=bool(conv), lam=lam, rank=rank, shape=(n, m), nnz=nnz,
-                   thresh=thresh, backend=str(z["backend"]),
-                   meta=json.loads(str(z["meta"])) if "meta" in z else {})
-
-    def __repr__(self) -> str:
-        return (f"SoftImputeResult(shape={self.shape}, rank={self.rank}, effective_rank={self.effective_rank}, "
-                f"lam={self.lam:g}, mse={self.mse:.4g}, n_iter={self.n_iter}, converged={self.converged})")
-
-
-def _json_default(o):
-    """numpy scalars and arrays in ``meta`` as plain JSON."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"meta value of type {type(o).__name__} is not JSON-serialisable")
 
 
 # ---- input handling ------------------------------------------------------------------------
@@ -235,7 +112,7 @@ def warm_parts(warm_start, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(u, d, v) float64 of a warm start: a SoftImputeResult, or a dict with 'u' (n×j) and
     optionally 'd' (j, default ones) and 'v' (m×j, default zeros), keys in any case. Shapes
     are checked by the caller, which knows which rows it holds."""
-    if isinstance(warm_start, SoftImputeResult):
+    if isinstance(warm_start, LowRankFit):
         u, d, v = warm_start.U, warm_start.d, warm_start.V
     elif isinstance(warm_start, dict):
         keys = {key.lower(): val for key, val in warm_start.items()}
@@ -816,7 +693,7 @@ def observed_mse(R, result, label: int | str = 0, *, chunk_elems: int = 1 << 24)
     from ._backend import to_numpy
 
     indptr, indices, x, (n, m) = _as_pattern(R, label)
-    if isinstance(result, SoftImputeResult):
+    if isinstance(result, LowRankFit):
         U, d, V = result.U, result.d, result.V
     else:
         U, d, V = result

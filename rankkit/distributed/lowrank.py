@@ -58,6 +58,7 @@ from threadpoolctl import threadpool_limits
 from .._io import atomic_npz, fingerprint
 from .._lrkernels import _LRKernels, make_lr_kernels, svd_form
 from .._progress import show_progress
+from ..factors import FixedRankResult, LowRankFit
 from ..lowrank import (
     _check_args,
     _fit_backend,
@@ -69,7 +70,7 @@ from ..lowrank import (
     _solve,
     _zero_result,
 )
-from ..softimpute import SoftImputeResult, warm_parts
+from ..softimpute import warm_parts
 from ._comm import Comm, get_comm
 from ._slots import RankSlots
 from .build import ShardedRewardMatrix, shard_rows
@@ -255,7 +256,7 @@ def _warm(K, warm_start, data, n, nnz, k, rows, rng):
         if missing:
             raise ValueError(f"warm_start dict needs 'u' (n×j), 'd' (j,) and 'v' (m×j); missing {missing}")
     u, d, v = warm_parts(warm_start, m)
-    local = isinstance(warm_start, SoftImputeResult) and warm_start.meta.get("sharded", False)
+    local = isinstance(warm_start, LowRankFit) and warm_start.meta.get("sharded", False)
     if not local:
         if u.shape[0] != n:
             raise ValueError(f"warm_start u has {u.shape[0]} rows; the matrix has n={n} (give the whole U, "
@@ -300,7 +301,7 @@ def fixed_rank_fit(R, rank: int, *, comm=None, label: int | str = 0, eps: float 
                    cg_tol: float = 1e-2, als_rate: float = 0.5, backend: str = "auto", device=None,
                    seed: int | np.random.Generator = 0, checkpoint: str | os.PathLike | None = None,
                    checkpoint_every: int = 10, progress: bool | None = None, callback=None,
-                   gather: str | bool = "rank0") -> SoftImputeResult:
+                   gather: str | bool = "rank0") -> FixedRankResult:
     r"""Rank-``rank`` completion of P_Ω(X) to MSE ≤ ``eps`` on the ranks of a process group.
 
     Minimises ½‖P_Ω(M − X)‖²_F + ρ‖M‖_* over rank-k matrices (paper 002, objective (17)
@@ -321,7 +322,7 @@ def fixed_rank_fit(R, rank: int, *, comm=None, label: int | str = 0, eps: float 
     init : {"spectral", "random"}
         "random" is the one-process random start to rounding; "spectral" uses a randomized
         subspace iteration for the top-k SVD (module docstring).
-    warm_start : SoftImputeResult or dict {"u", "d", "v"}, optional
+    warm_start : LowRankFit or dict {"u", "d", "v"}, optional
         With the whole U (n rows), or a result of this function with ``gather=False``.
     backend, device
         "numpy" or "torch" for the local kernels; an NCCL rank computes on its own GPU.
@@ -343,7 +344,7 @@ def fixed_rank_fit(R, rank: int, *, comm=None, label: int | str = 0, eps: float 
 
     Returns
     -------
-    SoftImputeResult
+    FixedRankResult
         As one process, with ``meta["distributed"]``: world size, rank, collectives and
         payload bytes of this rank per iteration, and :func:`fixed_rank_bytes`.
     """

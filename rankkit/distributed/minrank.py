@@ -182,7 +182,7 @@ def _gather_fit(res: SoftImputeResult, S2: ShardedRewardMatrix, comm: Comm) -> S
     for ids, u in parts:
         U[ids] = u
     meta = {k: v for k, v in res.meta.items() if k != "sharded"}
-    return SoftImputeResult(U=U, d=res.d, V=res.V, mse=res.mse, sse=res.sse, objective=res.objective,
+    return type(res)(U=U, d=res.d, V=res.V, mse=res.mse, sse=res.sse, objective=res.objective,
                             ratio=res.ratio, n_iter=res.n_iter, converged=res.converged, lam=res.lam,
                             rank=res.rank, shape=res.shape, nnz=res.nnz, thresh=res.thresh,
                             backend=res.backend, meta=meta)

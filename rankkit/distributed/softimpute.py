@@ -47,7 +47,8 @@ from threadpoolctl import threadpool_limits
 from .._backend import resolve_backend
 from .._kernels import _Kernels, make_kernels
 from .._progress import show_progress
-from ..softimpute import SoftImputeResult, _FileCheckpoint, _run, final_step, warm_parts
+from ..factors import LowRankFit, SoftImputeResult
+from ..softimpute import _FileCheckpoint, _run, final_step, warm_parts
 from ._comm import Comm, get_comm
 from ._slots import RankSlots
 from .build import ShardedRewardMatrix, shard_rows
@@ -216,7 +217,7 @@ def _start(K: ShardedKernels, warm_start, n: int, m: int, k: int, rows: np.ndarr
     if warm_start is None:
         return orth(_global_normal_rows(n, k, rows, rng)), np.ones(k), np.zeros((m, k))
     u, d, v = warm_parts(warm_start, m)
-    local = isinstance(warm_start, SoftImputeResult) and warm_start.meta.get("sharded", False)
+    local = isinstance(warm_start, LowRankFit) and warm_start.meta.get("sharded", False)
     if not local:
         if u.shape[0] != n:
             raise ValueError(f"warm_start u has {u.shape[0]} rows; the matrix has n={n} (give the whole U, "

@@ -84,8 +84,11 @@ class MinRankEstimate:
         :func:`certificate_scale` of the certificate (None when the zero matrix certifies).
     max_abs : float or None
         Certificates whose largest absolute entry exceeds this were rejected.
-    certificate : SoftImputeResult or None
-        The fit behind ``rank_certified`` (None when r = 0: the zero matrix certifies).
+    certificate : LowRankFit or None
+        The fit behind ``rank_certified`` (None when r = 0: the zero matrix certifies): a
+        :class:`~rankkit.FixedRankResult` from the default search, a
+        :class:`~rankkit.SoftImputeResult` from ``method="soft-impute"``, a plain
+        :class:`~rankkit.LowRankFit` from the exact completion.
     omega_shape, omega_nnz, omega2_shape, omega2_nnz : shapes and observed cells of Ω, Ω₂.
     n_single_rows : int
         Single-entry rows removed by the Lemma 3 reduction.
@@ -461,9 +464,9 @@ class MinRankEstimate:
         d = read_json(file, "saved estimate", fix="save the estimate again, or delete it")
         cert = None
         if d.get("certificate_rank") is not None:
-            from ..softimpute import SoftImputeResult
+            from ..factors import LowRankFit
 
-            cert = SoftImputeResult.load(npz)
+            cert = LowRankFit.load(npz)
         return cls(
             eps=d["eps"], lam=d["lam"], label=d["label"], exact_lower=d.get("exact_lower", d.get("lower")),
             upper=d["upper"], exact_upper=d.get("exact_upper"), eps_lower=d.get("eps_lower", 0),

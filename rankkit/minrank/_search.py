@@ -115,9 +115,9 @@ class _SearchBase:
         return path is not None and path.exists()
 
     def _load(self, path):
-        from ..softimpute import SoftImputeResult
+        from ..factors import LowRankFit
 
-        return SoftImputeResult.load(path)
+        return LowRankFit.load(path)
 
     def _save(self, res, path) -> None:
         res.save(path)
