@@ -91,7 +91,8 @@ def run_same_start(S, r: int, seed: int, max_time: float | None, say=print) -> d
     from peers import pymanopt_fixed_rank
 
     import rankkit as rk
-    from rankkit.lowrank import _spectral_start, fixed_rank_fit
+    from rankkit._starts import _spectral_start
+    from rankkit.lowrank import fixed_rank_fit
 
     x = S.data.astype(np.float64)
     U, d, V = _spectral_start(S.indptr, S.indices, x, S.shape, r, np.random.default_rng(seed))

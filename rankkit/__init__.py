@@ -27,7 +27,7 @@ _LAZY = {
     # completion
     "soft_impute": "softimpute",
     "soft_impute_path": "softimpute",
-    "SoftImpute": "softimpute",
+    "SoftImpute": "estimators",
     "SoftImputeResult": "factors",
     "FixedRankResult": "factors",
     "LowRankFit": "factors",
@@ -35,7 +35,7 @@ _LAZY = {
     "MinRankEstimate": "minrank",
     "exact_completion": "exact",
     "fixed_rank_fit": "lowrank",
-    "FixedRank": "lowrank",
+    "FixedRank": "estimators",
     "certificate_scale": "minrank",
     "LabelScaleWarning": "minrank",
     "observed_mse": "softimpute",

@@ -19,7 +19,7 @@ one pass over the cells in row order (z and Z V together), one in column order (
 four thin dense products (BLAS).
 
 On reward data the patterns are small (vader:movie Ω₂: 13,317 cells, rank 6), a product is
-~10⁵ flops, and the Python-level loop :func:`rankkit.lowrank._gn_cg` (the reference, written
+~10⁵ flops, and the Python-level loop :func:`rankkit._tangent._gn_cg` (the reference, written
 with the backend kernels; the torch and sharded path) spends about as long dispatching its
 dozen array operations per product as computing them. Here the whole CG loop runs in
 compiled code, with the same arithmetic up to ``fastmath`` reassociation (a few ulps per
@@ -126,7 +126,7 @@ def _gn_cg_kernel(indptr, indices, tptr, tidx, tperm, U, V, gf, mu, cg_iter, cg_
 
 
 def gn_cg(K, U, V, gf, mu: float, cg_iter: int, cg_tol: float) -> np.ndarray:
-    """The flat solution x of :func:`rankkit.lowrank._gn_cg` for a
+    """The flat solution x of :func:`rankkit._tangent._gn_cg` for a
     :class:`rankkit._lrkernels.NumpyLRKernels` ``K`` (its row and column patterns), float64."""
     c = np.ascontiguousarray
     xf = np.empty(gf.size)

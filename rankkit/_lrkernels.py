@@ -396,7 +396,7 @@ class NumpyLRKernels(_LRKernels):
         return self.indices.size * k < _SERIAL_WORK
 
     def gn_cg(self, U, V, g, mu, cg_iter, cg_tol):
-        """The LM step of :func:`rankkit.lowrank._gn_cg` by the compiled loop
+        """The LM step of :func:`rankkit._tangent._gn_cg` by the compiled loop
         :func:`rankkit._cgkernel.gn_cg` (None when g = 0)."""
         shapes = [a.shape for a in g]
         gf = self.flat(g)

@@ -91,210 +91,34 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from ._backend import resolve_backend
 from ._io import DamagedFileError, atomic_npz, fingerprint, read_npz
-from ._kernels import sampled_dot
 from ._lrkernels import make_lr_kernels, svd_form
-from .factors import FixedRankResult, LowRankFit
+from ._starts import _random_start, _spectral_start, _warm
+from ._tangent import (
+    _axpy,
+    _gn_cg,
+    _ip,
+    _lowrank,
+    _on_omega,
+    _project,
+    _project_lowrank,
+    _retract,
+    _scale,
+)
+from .factors import FixedRankResult
 from .matrix import as_reward_matrix
-from .softimpute import _check_scale, _CompletionEstimator
+from .softimpute import _check_scale
 
-__all__ = ["fixed_rank_fit", "FixedRank", "METHODS"]
+# FixedRank, the scikit-learn estimator over fixed_rank_fit, is in rankkit.estimators
+__all__ = ["fixed_rank_fit", "METHODS"]
 
 METHODS = ("auto", "als", "rcg", "rlm")
 # iterations the unpenalised polish gets to halve the MSE before a stall is declared final
 _POLISH_WINDOW = 10
 _PHASE = {"als": 0, "rcg": 1, "rlm": 2}
-
-
-# ---- tangent-space algebra (backend-agnostic: only operators and kernel calls) -----------
-
-def _ip(K, a, b) -> float:
-    return K.tangent_ip(a, b)
-
-
-def _axpy(t, a, b):
-    """t·a + b for tangent triples."""
-    return tuple(t * p + q for p, q in zip(a, b, strict=True))
-
-
-def _scale(t, a):
-    return tuple(t * p for p in a)
-
-
-def _project(K, z, U, V):
-    """P_T(Z) at M = U diag(s) Vᵀ for the sparse Z with values z on Ω, as (M, U_p, V_p)."""
-    ZV = K.spmm(z, V)
-    # both sums over rows in one reduction (one all-reduce on a process group)
-    ZtU, M = K.rsum(K.spmm_t(z, U), U.T @ ZV)
-    return (M, ZV - U @ M, ZtU - V @ M.T)
-
-
-def _lowrank(xi, U, V):
-    """ξ = U M Vᵀ + U_p Vᵀ + U V_pᵀ as A Bᵀ with A = [U M + U_p, U], B = [V, V_p]."""
-    M, Up, Vp = xi
-    return (U @ M + Up, U), (V, Vp)
-
-
-def _on_omega(K, xi, U, V):
-    (a1, a2), (b1, b2) = _lowrank(xi, U, V)
-    return K.sampled2(a1, b1, a2, b2)
-
-
-def _project_lowrank(K, A, B, U, V):
-    """P_T(A Bᵀ) at (U, V) for thin A (n × j), B (m × j): O((n + m) j k)."""
-    ZV = A @ (B.T @ V)
-    ZtU = B @ K.rgram(A, U)
-    M = K.rgram(U, ZV)
-    return (M, ZV - U @ M, ZtU - V @ M.T)
-
-
-def _retract(K, U, s, V, xi, k):
-    """Rank-k truncation of M + ξ (the metric projection retraction), from a 2k × 2k core."""
-    M, Up, Vp = xi
-    Qu, Ru = K.qr_rows(Up)
-    Qv, Rv = K.qr(Vp)
-    core = K.stack_rows([K.cat([K.diag(s) + M, Rv.T]), K.cat([Ru, K.zeros(*Ru.shape)])])
-    a, sv, bt = K.svd(core)
-    return K.cat([U, Qu]) @ a[:, :k], sv[:k], K.cat([V, Qv]) @ bt[:k].T
-
-
-def _gn_cg(K, U, V, g, mu, cg_iter, cg_tol):
-    """The LM step ξ ∈ T_M: conjugate gradients on (P_T P_Ω P_T + μI) ξ = −g from ξ = 0, stopped
-    after ``cg_iter`` products or when ‖residual‖ ≤ ``cg_tol`` ‖g‖ (None when g = 0). Written
-    with the backend kernels: the torch and sharded path, and the reference of the compiled
-    loop :mod:`rankkit._cgkernel`."""
-    # tangent vectors stored flat, [M | U_p | V_p]: one array operation per update instead of
-    # three (the loop is dominated by such small operations)
-    shapes = [a.shape for a in g]
-    gf = K.flat(g)
-    xf = 0.0 * gf
-    res = -gf
-    d = res
-    rr = b2 = K.flat_ip(res, res)
-    if b2 == 0.0:
-        return None
-    for _ in range(cg_iter):
-        Hd = K.flat(_project(K, _on_omega(K, K.unflat(d, shapes), U, V), U, V))
-        Hd += mu * d
-        dHd = K.flat_ip(d, Hd)
-        if not dHd > 0:
-            break
-        a = rr / dHd
-        xf = xf + a * d
-        res = res - a * Hd
-        rn = K.flat_ip(res, res)
-        if rn <= cg_tol * cg_tol * b2:
-            break
-        d = res + (rn / rr) * d
-        rr = rn
-    return K.unflat(xf, shapes)
-
-
-# ---- starting points (NumPy; the data are on the host) -----------------------------------
-
-def _fit_scale(indptr, indices, x, U, V, chunk: int = 1 << 20) -> np.ndarray:
-    """s minimising ‖x − Σ_t s_t U_{i t} V_{j t}‖ over Ω (k × k normal equations)."""
-    FtF, Ftx = _scale_normal(indptr, indices, x, U, V, chunk)
-    return np.linalg.lstsq(FtF, Ftx, rcond=None)[0]
-
-
-def _scale_normal(indptr, indices, x, U, V, chunk: int = 1 << 20):
-    """FᵀF and Fᵀx of :func:`_fit_scale`, F_{p t} = U_{i t} V_{j t} for cell p = (i, j): sums
-    over cells (the sharded start sums them over ranks)."""
-    k = U.shape[1]
-    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    FtF, Ftx = np.zeros((k, k)), np.zeros(k)
-    step = max(1, chunk // max(k, 1))
-    for a in range(0, x.size, step):
-        F = U[rows[a:a + step]] * V[indices[a:a + step]]
-        FtF += F.T @ F
-        Ftx += F.T @ x[a:a + step]
-    return FtF, Ftx
-
-
-def _top_svd(S: sp.csr_matrix, k: int, rng: np.random.Generator):
-    """Top-k singular triplets of a sparse matrix, singular values descending."""
-    n, m = S.shape
-    if k == 0:
-        return np.zeros((n, 0)), np.zeros(0), np.zeros((m, 0))
-    # A dense SVD costs O(n m min(n, m)): 1 s at 1,018 × 2,624 (vader:tweets Ω₂), paid by
-    # every spectral and padded start, where Lanczos on the sparse matrix takes milliseconds.
-    # Dense only where it is tiny or where k is too close to min(n, m) for ARPACK.
-    if k >= min(n, m) // 2 or n * m <= 250_000:
-        u, s, vt = np.linalg.svd(S.toarray(), full_matrices=False)
-        return u[:, :k], s[:k], vt[:k].T
-    from scipy.sparse.linalg import svds
-
-    u, s, vt = svds(S, k=k, v0=rng.standard_normal(min(n, m)))
-    o = np.argsort(-s)
-    return u[:, o], s[o], vt[o].T
-
-
-def _signed(U, s, V):
-    """Flip columns so that every s ≥ 0 (the SVD form)."""
-    neg = s < 0
-    V = V.copy()
-    V[:, neg] *= -1
-    return U, np.abs(s), V
-
-
-def _spectral_start(indptr, indices, x, shape, k, rng):
-    n, m = shape
-    p = max(x.size, 1) / (n * m)
-    S = sp.csr_matrix((x / p, indices, indptr), shape=shape)
-    U, _, V = _top_svd(S, k, rng)
-    # Symmetric patterns (a triangle, a block design) make the top singular subspace a
-    # critical point of f that is not a minimum: every solver would stay on it. A small
-    # random tilt of both subspaces (1e-2 of each column's norm) breaks the symmetry and
-    # keeps the start's quality.
-    U = np.linalg.qr(U + 1e-2 * rng.standard_normal(U.shape) / math.sqrt(n))[0]
-    V = np.linalg.qr(V + 1e-2 * rng.standard_normal(V.shape) / math.sqrt(m))[0]
-    s = _fit_scale(indptr, indices, x, U, V)
-    return _signed(U, s, V)
-
-
-def _random_start(indptr, indices, x, shape, k, rng):
-    n, m = shape
-    U = np.linalg.qr(rng.standard_normal((n, k)))[0]
-    V = np.linalg.qr(rng.standard_normal((m, k)))[0]
-    s = _fit_scale(indptr, indices, x, U, V)
-    return _signed(U, s, V)
-
-
-def _warm(warm_start, indptr, indices, x, shape, k, rng):
-    n, m = shape
-    if isinstance(warm_start, LowRankFit):
-        u, d, v = warm_start.U, warm_start.d, warm_start.V
-    elif isinstance(warm_start, dict):
-        keys = {key.lower(): val for key, val in warm_start.items()}
-        missing = [key for key in ("u", "d", "v") if key not in keys]
-        if missing:
-            raise ValueError(f"warm_start dict needs 'u' (n×j), 'd' (j,) and 'v' (m×j); missing {missing}")
-        u, d, v = keys["u"], keys["d"], keys["v"]
-    else:
-        raise TypeError(f"warm_start must be None, a LowRankFit (SoftImputeResult, FixedRankResult) or a dict with 'u', 'd', 'v'; "
-                        f"got {type(warm_start).__name__}")
-    u, d, v = (np.asarray(a, dtype=np.float64) for a in (u, d, v))
-    d = d.reshape(-1)
-    if u.ndim != 2 or v.ndim != 2 or u.shape != (n, d.size) or v.shape != (m, d.size):
-        raise ValueError(f"warm_start shapes u {u.shape}, d {d.shape}, v {v.shape} do not fit a {n}×{m} "
-                         f"matrix: need u (n, j), d (j,), v (m, j) with n={n}, m={m}")
-    o = np.argsort(-np.abs(d), kind="stable")
-    u, d, v = u[:, o], d[o], v[:, o]
-    if d.size >= k:
-        A, B = u[:, :k] * d[:k], v[:, :k]
-    else:
-        # pad with the top singular triplets of the rescaled residual P_Ω(X − M)/p
-        pred = sampled_dot(indptr, indices, u * d, v) if d.size else np.zeros(x.size)
-        p = max(x.size, 1) / (n * m)
-        Ur, sr, Vr = _top_svd(sp.csr_matrix(((x - pred) / p, indices, indptr), shape=shape), k - d.size, rng)
-        sr = sr * p  # the residual's own scale on Ω (its singular vectors came from the rescaled one)
-        A, B = np.hstack([u * d, Ur * sr]), np.hstack([v, Vr])
-    return svd_form(A, B)
 
 
 # ---- the solver ----------------------------------------------------------------------------
@@ -781,113 +605,3 @@ def _iterate(K, k, rho, nnz, start, store, checkpoint_every, *, eps, method, max
             save()
         store.finish(keep=stop == "callback")
     return run, stop
-
-
-class FixedRank(_CompletionEstimator):
-    r"""The fixed-rank certificate solver (:func:`fixed_rank_fit`) as a scikit-learn estimator.
-
-    The same estimator interface as :class:`rankkit.SoftImpute` (one shared base, so the
-    two behave alike in a ``Pipeline`` or ``GridSearchCV``): ``fit(X)`` completes X, a dense
-    array with NaN for the missing cells, a ``scipy.sparse`` matrix (stored entries are the
-    observed cells) or a :class:`~rankkit.RewardMatrix` (label ``label``); ``transform(X)``
-    returns X completed, observed cells kept, rows folded in against the fitted column
-    factors :math:`B = V\operatorname{diag}(d)` with the row step
-    :math:`u_i = (B_{S_i}^\top B_{S_i} + \rho I)^{-1} B_{S_i}^\top x_{S_i}`, so rows unseen
-    in ``fit`` work too; ``score(X)`` is minus the MSE of that reconstruction over X's
-    observed cells; ``predict_cells(rows, cols)`` reads entries of the fitted completion.
-
-    Parameters
-    ----------
-    rank : int, default 10
-        k; a rank above ``min(n, m)`` fits ``min(n, m)`` (``rank_``).
-    eps : float, default 1e-12
-        Stop as soon as the MSE over the observed cells is ≤ eps.
-    rho : float, default 1e-4
-        Nuclear-norm weight ρ (= soft-impute's λ), also the ridge of the fold-in.
-    warm_start : bool, LowRankFit or dict, default False
-        True starts ``fit`` from the previous fit's factors (scikit-learn's meaning; a
-        first fit starts cold); a result or ``{"u", "d", "v"}`` is passed to
-        :func:`fixed_rank_fit` as its start.
-    method, max_iter, init, n_restarts, window, stall, cg_iter, cg_tol, als_rate
-        As in :func:`fixed_rank_fit`.
-    backend, device, seed, checkpoint, checkpoint_every, progress, callback
-        As in :func:`fixed_rank_fit` (``progress`` defaults to False here, as for
-        ``SoftImpute``).
-    label : int or str, default 0
-        Which label of a multi-label ``RewardMatrix`` to complete.
-
-    Attributes
-    ----------
-    U_, d_, V_ : ndarrays (n, k), (k,), (m, k)
-    components_ : ndarray (k, m)
-        Vᵀ, as in :class:`sklearn.decomposition.TruncatedSVD`.
-    singular_values_ : ndarray (k,)
-    result_ : FixedRankResult
-    mse_ : float
-    n_iter_ : int
-    n_features_in_ : int
-    rank_ : int
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> X = np.outer([1.0, 2, 3, 4], [1.0, -1, 2])
-    >>> X[0, 1] = X[3, 2] = np.nan
-    >>> est = FixedRank(rank=1, rho=0.0).fit(X)
-    >>> bool(est.mse_ <= 1e-12), bool(np.isfinite(est.transform(X)).all())
-    (True, True)
-    """
-
-    def __init__(self, rank: int = 10, eps: float = 1e-12, rho: float = 1e-4, *,
-                 method: str = "auto", max_iter: int = 500, init: str = "spectral",
-                 warm_start=False, n_restarts: int = 0, window: int = 30, stall: float = 0.5,
-                 cg_iter: int = 50, cg_tol: float = 1e-2, als_rate: float = 0.5,
-                 backend: str = "auto", device=None, seed: int = 0, checkpoint=None,
-                 checkpoint_every: int = 10, progress: bool = False, callback=None,
-                 label: int | str = 0):
-        self.rank = rank
-        self.eps = eps
-        self.rho = rho
-        self.method = method
-        self.max_iter = max_iter
-        self.init = init
-        self.warm_start = warm_start
-        self.n_restarts = n_restarts
-        self.window = window
-        self.stall = stall
-        self.cg_iter = cg_iter
-        self.cg_tol = cg_tol
-        self.als_rate = als_rate
-        self.backend = backend
-        self.device = device
-        self.seed = seed
-        self.checkpoint = checkpoint
-        self.checkpoint_every = checkpoint_every
-        self.progress = progress
-        self.callback = callback
-        self.label = label
-
-    def fit(self, X, y=None) -> FixedRank:
-        """Complete X at rank ``min(rank, n, m)``; returns ``self``."""
-        R = self._observed(X, reset=True)
-        if R.nnz == 0:
-            raise ValueError("X has no observed cell (all NaN); nothing to complete")
-        self.rank_ = min(int(self.rank), *R.shape)
-        warm = self.warm_start
-        if isinstance(warm, bool | np.bool_):  # scikit-learn's meaning: start from the last fit
-            warm = getattr(self, "result_", None) if warm else None
-        res = fixed_rank_fit(
-            R, self.rank_, eps=self.eps, rho=self.rho, method=self.method,
-            max_iter=self.max_iter, init=self.init, warm_start=warm,
-            n_restarts=self.n_restarts, window=self.window, stall=self.stall,
-            cg_iter=self.cg_iter, cg_tol=self.cg_tol, als_rate=self.als_rate,
-            backend=self.backend, device=self.device, seed=self.seed,
-            checkpoint=self.checkpoint, checkpoint_every=self.checkpoint_every,
-            progress=self.progress, callback=self.callback)
-        return self._set_result(res)
-
-    def _fold_in_reg(self) -> float:
-        return self.rho
-
-    def _matrix_label(self) -> int | str:
-        return self.label

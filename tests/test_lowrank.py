@@ -12,7 +12,8 @@ from rankkit._lrkernels import (
     ridge_rows_reference,
     spmm_reference,
 )
-from rankkit.lowrank import FixedRank, fixed_rank_fit
+from rankkit.estimators import FixedRank
+from rankkit.lowrank import fixed_rank_fit
 from rankkit.softimpute import SoftImputeResult, observed_mse
 
 EPS64 = np.finfo(np.float64).eps

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rankkit._kernels import sampled_dot, sampled_dot_reference
+from rankkit.estimators import SoftImpute
 from rankkit.matrix import RewardMatrix
 from rankkit.softimpute import (
-    SoftImpute,
     SoftImputeResult,
     _warm_factors,
     observed_mse,

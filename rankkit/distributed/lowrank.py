@@ -58,15 +58,14 @@ from threadpoolctl import threadpool_limits
 from .._io import atomic_npz, fingerprint
 from .._lrkernels import _LRKernels, make_lr_kernels, svd_form
 from .._progress import show_progress
+from .._starts import _scale_normal, _signed
 from ..factors import FixedRankResult, LowRankFit
 from ..lowrank import (
     _check_args,
     _fit_backend,
     _NpzCheckpoint,
     _result,
-    _scale_normal,
     _settings,
-    _signed,
     _solve,
     _zero_result,
 )
@@ -228,7 +227,7 @@ def _orth_rows(K, a):
 
 
 def _random_start(K, data, n, k, rows, rng):
-    """rankkit.lowrank._random_start: the same normal draws, this rank's rows of U."""
+    """rankkit._starts._random_start: the same normal draws, this rank's rows of U."""
     indptr, indices, x = data
     U = _orth_rows(K, _global_normal_rows(n, k, rows, rng))
     V = np.linalg.qr(rng.standard_normal((K.m, k)))[0]
@@ -236,7 +235,7 @@ def _random_start(K, data, n, k, rows, rng):
 
 
 def _spectral_start(K, data, n, nnz, k, rows, rng):
-    """rankkit.lowrank._spectral_start with the subspace iteration for the top-k SVD."""
+    """rankkit._starts._spectral_start with the subspace iteration for the top-k SVD."""
     indptr, indices, x = data
     m = K.m
     p = max(nnz, 1) / (n * m)
@@ -247,7 +246,7 @@ def _spectral_start(K, data, n, nnz, k, rows, rng):
 
 
 def _warm(K, warm_start, data, n, nnz, k, rows, rng):
-    """rankkit.lowrank._warm on this rank's rows: a result holding the whole U (n rows), one
+    """rankkit._starts._warm on this rank's rows: a result holding the whole U (n rows), one
     of this module with ``gather=False`` (this rank's rows), or a dict {"u", "d", "v"}."""
     indptr, indices, x = data
     m = K.m
