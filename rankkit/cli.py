@@ -82,15 +82,16 @@ def _echo_json(obj) -> None:
 
 
 def output_options(f):
-    """``-o/--output``, ``-q/--quiet`` and ``--no-progress``, shared by every subcommand."""
+    """``-o/--output``, ``-q/--quiet`` and ``--progress/--no-progress``, shared by every subcommand."""
     opts = [
         click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
                      help="Write the result to this file instead of stdout: JSON with --json "
                           "or a .json name, else the text report."),
         click.option("-q", "--quiet", is_flag=True,
                      help="Print the result only: no progress bars, timings or notes."),
-        click.option("--no-progress", is_flag=True,
-                     help="No progress bars (they go to stderr); the output is unchanged."),
+        click.option("--progress/--no-progress", "progress_opt", default=None,
+                     help="Progress bars on stderr: always / never; by default only when stderr is "
+                          "an interactive terminal (a redirected log gets none). The output is unchanged."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -274,7 +275,7 @@ def main():
 @main.command("datasets")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @output_options
-def datasets_cmd(as_json, output, quiet, no_progress):
+def datasets_cmd(as_json, output, quiet, progress_opt):
     """List the dataset presets (vader:* work offline; the others need the hub)."""
     from . import datasets
 
@@ -292,14 +293,14 @@ def datasets_cmd(as_json, output, quiet, no_progress):
 @dataset_options
 @output_options
 def matrix_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
-               output, quiet, no_progress):
+               output, quiet, progress_opt):
     """Sizes of P_Ω(R) and Ω₂ (Lemma 3), rows by prefix length, cells per row."""
     from .omega import reduce_omega2
     from .trie import build_reward_matrix
 
     out = _Report(output, quiet, as_json)
     ds = _load(dataset, tokenizer, limit, max_len, text_col, label_cols, split)
-    R = build_reward_matrix(ds, progress=False if (out.as_json or quiet or no_progress) else None)
+    R = build_reward_matrix(ds, progress=False if (out.as_json or quiet) else progress_opt)
     stats = matrix_stats(R, reduce_omega2(R))
     stats.update(dataset=dataset, tokenizer=str(tokenizer), texts=len(ds),
                  dropped_empty=ds.n_dropped_empty, tokens=int(ds.sequences.tokens.size))
@@ -385,7 +386,7 @@ def _plot_estimate(est, path: Path, title: str) -> Path:
 def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
                  eps, method, ranks, lam, max_iter, max_abs, normalize, backend, device, label, seed,
                  checkpoint_dir, figure, no_figure, no_lower_bound, nproc, output, quiet,
-                 no_progress):
+                 progress_opt):
     """Bound the minimal rank of P_Ω(R): the exact bracket, the ε-bracket, and every fit."""
     from .minrank import estimate_min_rank
     from .trie import build_reward_matrix
@@ -400,7 +401,7 @@ def estimate_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split
         sys.exit(launch(argv, nproc))
     out = _Report(output, quiet, as_json)
     # None: bars only where a person watches (an interactive terminal), never in a redirected log
-    progress = False if (quiet or no_progress) else None
+    progress = False if quiet else progress_opt
     if world > 1:
         return _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_cols, split,
                                      out, eps, method, rank_list, lam, max_iter, max_abs, backend,
@@ -527,7 +528,7 @@ def _estimate_distributed(dataset, tokenizer, limit, max_len, text_col, label_co
                    "torch on a GPU, else numpy.")
 @output_options
 def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, split, as_json,
-                   sizes, repeats, seed, label, omega2, backend, output, quiet, no_progress):
+                   sizes, repeats, seed, label, omega2, backend, output, quiet, progress_opt):
     """Numerical rank of sampled rows of the zero-filled P_Ω(R), or of a dense matrix (.npy).
 
     DATASET may be a ``.npy`` file holding a dense matrix (e.g. a learned reward matrix
@@ -542,7 +543,7 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
                                  param_hint="--sizes") from None
     _check_backend(backend, None)
     out = _Report(output, quiet, as_json)
-    progress = False if (out.as_json or quiet or no_progress) else None
+    progress = False if (out.as_json or quiet) else progress_opt
     if dataset.endswith(".npy"):
         if not Path(dataset).is_file():
             raise click.ClickException(f"{dataset}: no such file")
@@ -581,7 +582,7 @@ def rank_curve_cmd(dataset, tokenizer, limit, max_len, text_col, label_cols, spl
               help="Override the size n of the cases that have one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @output_options
-def stress_cmd(names, n, as_json, output, quiet, no_progress):
+def stress_cmd(names, n, as_json, output, quiet, progress_opt):
     """Synthetic stress cases with known minimal rank (§3.1.4): sizes, Ω₂, known rank."""
     from . import synthetic
 

@@ -252,9 +252,13 @@ def test_header_and_summary_name_the_label_alike(csv_file):
 def test_quiet_and_no_progress(csv_file, tmp_path):
     base = ("estimate", csv_file, "--text", "review", "--label-columns", "score", "--ranks", "0,1",
             "--max-iter", 5, "--no-lower-bound", "--figure", tmp_path / "f.png")
-    loud = invoke(*base)
+    loud = invoke(*base, "--progress")
     assert loud.exit_code == 0, loud.output
     assert "build_reward_matrix" in loud.stderr  # a progress bar
+    # by default bars only on an interactive terminal: the runner's stderr is not one
+    default = invoke(*base)
+    assert "build_reward_matrix" not in default.stderr and "figure written to" in default.stderr
+    assert default.stdout == loud.stdout
     assert "figure written to" in loud.stderr and " s)" in loud.stderr
     quiet = invoke(*base, "-q")
     assert quiet.exit_code == 0 and quiet.stderr == ""  # no bar, no timing, no note

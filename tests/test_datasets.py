@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from rankkit import datasets as D
 from rankkit import tokenizers
+from rankkit.datasets import _vader as DV
 from rankkit.sequences import TokenSequences
 
 
@@ -35,37 +36,37 @@ def test_vader_sets_sizes_and_labels(tok):
 
 
 def test_vader_download_is_verified_and_atomic(tmp_path, monkeypatch):
-    real = D._vader_sdist()
+    real = DV._vader_sdist()
     calls = []
 
     def fake_pip(cmd, **kw):  # pip download, answered from the verified copy
         calls.append(cmd)
         dest = cmd[cmd.index("-d") + 1]
-        shutil.copy(real, f"{dest}/{D.VADER_SDIST}")
+        shutil.copy(real, f"{dest}/{DV.VADER_SDIST}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(D.subprocess, "run", fake_pip)
-    got = D._vader_sdist(tmp_path)
-    assert got == tmp_path / "vader" / D.VADER_SDIST and D._sha256(got) == D.VADER_SHA256
-    assert "--no-binary" in calls[0] and f"vaderSentiment=={D.VADER_VERSION}" in calls[0]
-    assert [p.name for p in (tmp_path / "vader").iterdir()] == [D.VADER_SDIST]  # no tmp left
-    D._vader_sdist(tmp_path)
+    monkeypatch.setattr(DV.subprocess, "run", fake_pip)
+    got = DV._vader_sdist(tmp_path)
+    assert got == tmp_path / "vader" / DV.VADER_SDIST and DV._sha256(got) == DV.VADER_SHA256
+    assert "--no-binary" in calls[0] and f"vaderSentiment=={DV.VADER_VERSION}" in calls[0]
+    assert [p.name for p in (tmp_path / "vader").iterdir()] == [DV.VADER_SDIST]  # no tmp left
+    DV._vader_sdist(tmp_path)
     assert len(calls) == 1  # cached: no second download
     got.write_bytes(b"tampered")
     with pytest.raises(OSError, match="SHA-256.*delete it"):
-        D._vader_sdist(tmp_path)
+        DV._vader_sdist(tmp_path)
 
 
 def test_vader_download_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     def evil_pip(cmd, **kw):
         (tmp_path / "x").mkdir(exist_ok=True)
-        open(f"{cmd[cmd.index('-d') + 1]}/{D.VADER_SDIST}", "wb").write(b"evil")
+        open(f"{cmd[cmd.index('-d') + 1]}/{DV.VADER_SDIST}", "wb").write(b"evil")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(D.subprocess, "run", evil_pip)
+    monkeypatch.setattr(DV.subprocess, "run", evil_pip)
     with pytest.raises(OSError, match="refusing"):
-        D._vader_sdist(tmp_path)
-    assert not (tmp_path / "vader" / D.VADER_SDIST).exists()
+        DV._vader_sdist(tmp_path)
+    assert not (tmp_path / "vader" / DV.VADER_SDIST).exists()
 
 
 def test_available_lists_all_presets():
