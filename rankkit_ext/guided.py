@@ -49,7 +49,13 @@ from transformers import LogitsProcessor
 
 from rankkit.sequences import TokenSequences
 
+from ._bos import bos_token_id, strip_bos
+from ._candidates import candidate_logits, check_direction, check_rewards, select_candidates
 from ._checks import check_prompt_ids, check_real, check_step_values
+from .tsmc.adapters import HFCausalLM
+from .tsmc.engine import default_resampler, smc
+from .tsmc.proposals import RewardGuidedProposal
+from .tsmc.resampling import RESAMPLING_METHODS, normalize_log_weights
 
 __all__ = [
     "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
@@ -58,41 +64,9 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------
-# the step function (eq. 1–2), shared by the processor and the loop
+# the step function (eq. 1–2); its candidate part (rankkit_ext._candidates) is shared with
+# the SMC proposal, and select_candidates is re-exported here, where it is documented
 # ---------------------------------------------------------------------------------------
-def select_candidates(lm_logits: torch.Tensor, top_k: int | None = 20,
-                      top_p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate set V'(x) of each row: top-k tokens, or the nucleus of mass ``top_p``.
-
-    Returns ``candidates`` (B, k) long, sorted by decreasing base logit, and ``valid``
-    (B, k) bool. With ``top_p`` the nucleus is the smallest prefix of the sorted tokens
-    whose probability reaches ``top_p`` (at least one token); rows are padded to the
-    largest nucleus in the batch (capped at ``top_k`` when both are given) and the padding
-    is marked invalid. Ties at the k-th logit are broken by ``torch.topk``.
-    """
-    B, V = lm_logits.shape
-    if top_k is None and top_p is None:
-        raise ValueError("give top_k (e.g. 20, as in paper 002) or top_p; guiding all "
-                         f"{V} tokens per step is what top-k avoids")
-    k = V if top_k is None else int(top_k)
-    if not 1 <= k:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    k = min(k, V)
-    if top_p is None:
-        vals, cand = torch.topk(lm_logits, k, dim=-1)
-        return cand, torch.isfinite(vals)
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    logp = torch.log_softmax(lm_logits.float(), dim=-1)
-    sp, order = torch.sort(logp, dim=-1, descending=True)
-    cum = torch.cumsum(sp.exp(), dim=-1)
-    # keep token i while the mass strictly before it is < top_p
-    keep = (cum - sp.exp()) < top_p
-    keep[:, 0] = True
-    n = int(min(keep.sum(-1).max().item(), k))
-    return order[:, :n].contiguous(), keep[:, :n] & torch.isfinite(sp[:, :n])
-
-
 def guided_logits(lm_logits: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor,
                   rewards: torch.Tensor, beta: float, direction: int = 1,
                   clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,42 +90,11 @@ def guided_logits(lm_logits: torch.Tensor, candidates: torch.Tensor, valid: torc
     z : (B, V) guided logits (float32 or the input's dtype, whichever is wider).
     r_tilde : (B, k) the direction-applied rewards actually added (0 on invalid entries).
     """
-    cand_logits, r = _candidate_logits(lm_logits, candidates, valid, rewards, beta, direction,
+    cand_logits, r = candidate_logits(lm_logits, candidates, valid, rewards, beta, direction,
                                        clamp)
     z = torch.full(lm_logits.shape, -math.inf, dtype=cand_logits.dtype, device=lm_logits.device)
     z.scatter_(-1, candidates, cand_logits)
     return z, r
-
-
-def _candidate_logits(lm_logits, candidates, valid, rewards, beta, direction, clamp):
-    """Eq. (1) on the candidates only: (B, k) guided logits and the added rewards."""
-    r = rewards.to(torch.float32)
-    if clamp:
-        r = r.clamp(0.0, 1.0)
-    if direction == -1:
-        r = 1.0 - r
-    r = torch.where(valid, r, torch.zeros_like(r))
-    dtype = torch.promote_types(lm_logits.dtype, torch.float32)
-    cand_logits = lm_logits.gather(-1, candidates).to(dtype) + beta * r.to(dtype)
-    cand_logits = torch.where(valid, cand_logits, torch.full_like(cand_logits, -math.inf))
-    return cand_logits, r
-
-
-def _check_direction(direction) -> int:
-    # a real boolean/sign, not argparse's type=bool trap where "False" is truthy
-    if isinstance(direction, bool) or direction not in (1, -1):
-        raise ValueError(f"direction must be +1 (toward the attribute, r) or -1 (away, 1 - r); "
-                         f"got {direction!r}")
-    return int(direction)
-
-
-def _check_rewards(r, valid, cand, live, step, row) -> None:
-    """A reward-model score must be finite on every valid candidate of a live row: a NaN
-    or ±∞ becomes a NaN guided logit and a NaN log q (greedy), a crash in the sampler, or
-    one inside ``generate``."""
-    check_step_values(torch.where(valid, r, torch.zeros_like(r)), live, "reward model score",
-                      step, allow_neg_inf=False, row=row,
-                      col=lambda j: f"candidate {j}", fix="check the reward model")
 
 
 def _fingerprint(tokenizer) -> str:
@@ -248,7 +191,7 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         self.reward_model = reward_model
         self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
         self.top_k, self.top_p = top_k, top_p
-        self.direction = _check_direction(direction)
+        self.direction = check_direction(direction)
         self.label = label
         self.pad_token_id = pad_token_id
         self.bos_token_id = (bos_token_id if bos_token_id is not None
@@ -292,7 +235,7 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         where = f"prefix length {input_ids.shape[1]}"
         check_step_values(scores, live, "base model logit", where, row=lambda b: f"row {b}",
                           fix="check the base model")
-        _check_rewards(r, valid, cand, live, where, lambda b: f"row {b}")
+        check_rewards(r, valid, cand, live, where, lambda b: f"row {b}")
         self._state, self._last = state, input_ids.clone()
         z, _ = guided_logits(scores, cand, valid, r, self.beta, self.direction, self.clamp)
         return z.to(scores.dtype)
@@ -426,13 +369,7 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     -------
     GuidedOutput
     """
-    # the SMC engine and its proposals import this module's eq. 1–2: import them here
-    from rankkit_ext.tsmc.adapters import HFCausalLM
-    from rankkit_ext.tsmc.engine import default_resampler, smc
-    from rankkit_ext.tsmc.proposals import RewardGuidedProposal
-    from rankkit_ext.tsmc.resampling import RESAMPLING_METHODS, normalize_log_weights
-
-    direction = _check_direction(direction)
+    direction = check_direction(direction)
     beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
     mix = check_real("mix", mix, low=0.0, high=1.0, high_open=True,
                      meaning="share of the base distribution in the proposal")
@@ -463,8 +400,6 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     base.eval()
     if reward_model is not None and hasattr(reward_model, "eval"):
         reward_model.eval()
-
-    from rankkit_ext.lm import bos_token_id, strip_bos
 
     bos = bos_token_id(base)
     # one convention: prompts without BOS; the adapter conditions the base on [BOS] + prompt,
