@@ -132,6 +132,21 @@ def test_generic_config_helpers():
     assert _hf.forward_kwargs(Wrapper(), position_ids=1, other=2) == {"position_ids": 1,
                                                                        "other": 2}
     assert set(_hf.cache_kwargs(m, "c")) <= {"cache", "past_key_values"}
+    # a wrapper's forward(**kwargs) says nothing: the name is the wrapped model's, so a
+    # wrapper around a model of this transformers release passes no deprecated alias
+    name = _hf._cache_name(m)
+    assert name in ("cache", "past_key_values")
+
+    class Around(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids=None, **kw):
+            return self.inner(input_ids=input_ids, **kw)
+
+    assert _hf.cache_kwargs(Around(m), "c") == {name: "c"}
+    assert _hf.cache_kwargs(Wrapper(), "c") == {"past_key_values": "c"}  # nothing inside
     with pytest.raises(ValueError, match="divisible"):
         tiny_causal_lm("llama", hidden_size=15, n_head=2)
     with pytest.raises(ValueError, match="auto must be"):
