@@ -58,8 +58,8 @@ from .tsmc.proposals import RewardGuidedProposal
 from .tsmc.resampling import RESAMPLING_METHODS, normalize_log_weights
 
 __all__ = [
-    "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
-    "guided_generate", "check_compatible",
+    "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "MissingBOSError",
+    "GuidedOutput", "guided_generate", "check_compatible",
 ]
 
 
@@ -138,6 +138,19 @@ def check_compatible(reward_model, *, vocab_size: int | None = None, tokenizer=N
 # ---------------------------------------------------------------------------------------
 # LogitsProcessor for model.generate
 # ---------------------------------------------------------------------------------------
+class MissingBOSError(ValueError):
+    """``generate``'s ``input_ids`` lack the base LM's BOS.
+
+    The package's BOS convention conditions the base LM on ``[BOS] + prompt`` (it is
+    trained and scored that way, :func:`rankkit_ext.lm.train_lm`,
+    :func:`rankkit_ext.metrics.perplexity`). :func:`guided_generate` adds that BOS itself,
+    but ``model.generate`` runs on the ids it is given and a logits processor cannot change
+    them, so a prompt tokenized without BOS (GPT-2's tokenizer never adds one) silently
+    conditions the base LM on a context it never saw in training. The processor refuses it
+    instead. A :class:`ValueError`, so code that catches bad-argument errors keeps working.
+    """
+
+
 class RewardGuidedLogitsProcessor(LogitsProcessor):
     r"""Eq. (1) as a ``transformers`` ``LogitsProcessor`` for ``generate(do_sample=True)``.
 
@@ -167,6 +180,18 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         for testing that both agree).
     clamp : bool
         Clamp rewards to [0, 1] (reference behaviour).
+    check_bos : bool, default True
+        Refuse ``input_ids`` whose rows do not start with ``bos_token_id`` (after the left
+        padding) with :class:`MissingBOSError`, checked on the first step of each
+        ``generate`` call. ``False`` conditions the base LM without BOS deliberately.
+
+    Raises
+    ------
+    MissingBOSError
+        On the first step of a ``generate`` call whose ``input_ids`` have a row whose first
+        real token is not the BOS id. When ``pad_token_id == bos_token_id`` (GPT-2 often
+        pads with ``<|endoftext|>``, its BOS) padding and BOS look alike: a row then only
+        fails when its very first column is not that id.
 
     Notes
     -----
@@ -177,17 +202,29 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     is per row. Pass ``top_k=0`` (or ``top_k=None``) to ``generate`` so that the model's
     default top-k warper does not cut the candidate set further.
 
+    Prompts for ``generate`` carry the BOS by hand (GPT-2's tokenizer does not add it, not
+    even with ``add_special_tokens=True``): ``rankkit_ext.lm.with_bos(ids, bos)`` gives
+    ``[BOS] + ids``; then left-pad the rows.
+
     Examples
     --------
-    >>> proc = RewardGuidedLogitsProcessor(radq, beta=10, top_k=20, direction=-1)  # doctest: +SKIP
-    >>> out = base.generate(ids, attention_mask=mask, do_sample=True, top_k=0,
+    >>> from rankkit_ext.lm import bos_token_id, with_bos               # doctest: +SKIP
+    >>> bos = bos_token_id(base)                                         # doctest: +SKIP
+    >>> rows = [with_bos(tok(t, add_special_tokens=False)["input_ids"], bos) for t in texts]
+    ... # doctest: +SKIP
+    >>> enc = tok.pad({"input_ids": rows}, padding_side="left", return_tensors="pt")
+    ... # doctest: +SKIP
+    >>> proc = RewardGuidedLogitsProcessor(radq, beta=10, top_k=20, direction=-1,
+    ...                                    pad_token_id=tok.pad_token_id)  # doctest: +SKIP
+    >>> out = base.generate(**enc, do_sample=True, top_k=0,
     ...                     logits_processor=[proc], max_new_tokens=20)   # doctest: +SKIP
     """
 
     def __init__(self, reward_model, beta: float, top_k: int | None = 20,
                  top_p: float | None = None, direction: int = 1, label: int | str = 0,
                  pad_token_id: int | None = None, tokenizer=None, use_cache: bool = True,
-                 clamp: bool = True, bos_token_id: int | None = None):
+                 clamp: bool = True, bos_token_id: int | None = None,
+                 check_bos: bool = True):
         self.reward_model = reward_model
         self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
         self.top_k, self.top_p = top_k, top_p
@@ -198,16 +235,14 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
                              else getattr(reward_model, "bos_token_id", None))
         self.use_cache = use_cache
         self.clamp = clamp
+        self.check_bos = bool(check_bos)
         select_candidates(torch.zeros(1, 2), top_k if top_k is None else min(top_k, 2), top_p)
         check_compatible(reward_model, tokenizer=tokenizer)
         self._state = None
         self._last: torch.Tensor | None = None
 
     def _mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.pad_token_id is None:
-            mask = torch.ones_like(input_ids)
-        else:
-            mask = (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
+        mask = self._mask_padding(input_ids)
         if self.bos_token_id is not None and input_ids.shape[1]:
             # the base's BOS (first real token) is hidden: the reward model adds its own
             first = mask.argmax(1)
@@ -215,6 +250,39 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
             is_bos = (mask[rows, first] == 1) & (input_ids[rows, first] == self.bos_token_id)
             mask[rows[is_bos], first[is_bos]] = 0
         return mask
+
+    def _require_bos(self, input_ids: torch.Tensor) -> None:
+        """Raise :class:`MissingBOSError` naming the first row whose first real token is not
+        BOS (with ``pad_token_id == bos_token_id``: whose first column is not that id)."""
+        bos, pad = self.bos_token_id, self.pad_token_id
+        if not self.check_bos or bos is None or input_ids.shape[1] == 0:
+            return
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if pad is not None and int(pad) == int(bos):
+            first = torch.zeros_like(rows)
+            missing = input_ids[:, 0] != bos
+        else:
+            mask = self._mask_padding(input_ids)
+            first = mask.argmax(1)
+            missing = (mask.sum(1) > 0) & (input_ids[rows, first] != bos)
+        if bool(missing.any()):
+            b = int(torch.nonzero(missing)[0])
+            t = int(input_ids[b, first[b]])
+            raise MissingBOSError(
+                f"generate's input_ids lack BOS: row {b} starts with token id {t}, not the BOS "
+                f"id {int(bos)}. The base LM is conditioned on [BOS] + prompt (the package's "
+                f"BOS convention) and a logits processor cannot change generate's input; add "
+                f"it to every prompt before padding, e.g. rankkit_ext.lm.with_bos(ids, {int(bos)})"
+                f" (GPT-2's tokenizer never adds it), or pass bos_token_id= if the base LM's "
+                f"BOS is not the reward model's, or check_bos=False to generate without BOS "
+                f"on purpose")
+
+    def _mask_padding(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """1 on every token from the first non-pad one on (leading runs of ``pad_token_id``
+        are left padding; all ones without a pad id)."""
+        if self.pad_token_id is None:
+            return torch.ones_like(input_ids)
+        return (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
 
     def _continues(self, input_ids: torch.Tensor) -> bool:
         last = self._last
@@ -227,7 +295,11 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_compatible(self.reward_model, vocab_size=scores.shape[-1])
-        state = self._state if self._continues(input_ids) else None
+        if self._continues(input_ids):
+            state = self._state
+        else:  # the first step of a generate call: its prompt must start with BOS
+            self._require_bos(input_ids)
+            state = None
         cand, valid = select_candidates(scores, self.top_k, self.top_p)
         r, state = self.reward_model.score_candidates(
             input_ids, self._mask(input_ids), cand, label=self.label, state=state)

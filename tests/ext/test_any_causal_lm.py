@@ -211,8 +211,11 @@ def test_logits_processor_with_generate_on_llama(saved):
     base = load_base_lm(saved["llama"])
     tok = rtok.load(str(saved["llama"]))
     rm = _random_heads(RADV.from_backbone(saved["llama"], seed=0), seed=5)
-    enc = tok(["good movie", "the film was very"], return_tensors="pt", padding=True,
-              padding_side="left", add_special_tokens=False)
+    # generate's input carries the base's BOS by hand (the processor refuses it otherwise)
+    rows = [[BOS] + tok(t, add_special_tokens=False)["input_ids"]
+            for t in ("good movie", "the film was very")]
+    ids, mask = _left_pad(rows)
+    enc = {"input_ids": ids, "attention_mask": mask}
     outs = []
     for use_cache in (True, False):  # cached reward state == recomputed every step
         proc = rx.RewardGuidedLogitsProcessor(rm, beta=4.0, top_k=5, pad_token_id=PAD,
