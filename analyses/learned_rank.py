@@ -2,8 +2,9 @@ r"""Fig. 2 / Fig. 9 of paper 002 (§3.1.2, App. D.3–D.4): rank of the learned 
 
 RAD-V (eq. 6–7) and RAD-Q (eq. 8–9, linear head with baseline) of the same width d are
 trained on a VADER set (GPT-2 tokenizer, the full 50,257-token vocabulary, label
-"sentiment" = (rating + 4) / 8) with the cumulative loss (eq. 4 / 12). For N i.i.d.
-training prefixes x'_i = u_{<t} (eq. 3; ``rankkit_ext.sample_prefixes``) the learned matrix
+"sentiment" = (rating + 4) / 8) with the cumulative loss (eq. 4 / 12). For N
+training prefixes x'_i = u_{<t} (eq. 3), a uniform N-subset of the distinct prefixes (the
+rows of P_Ω(R); ``rankkit_ext.learned.sample_prefixes``), the learned matrix
 
 .. math::
 
@@ -157,7 +158,7 @@ def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbon
           file=sys.stderr)
 
     n_max = max(max(v) for v in cfg["sizes"].values())
-    prefixes = sample_prefixes(ds, n_max, seed)  # i.i.d. x' = u_{<t} (eq. 3), nested in N
+    prefixes = sample_prefixes(ds, n_max, seed)  # uniform rows of P_Ω(R), nested in N
     first = prefixes[:cfg["n_milestone"]]
     models = {}
     for kind in ("RADV", "RADQ"):

@@ -81,10 +81,13 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     result: list[bool] = []
 
     def probe() -> None:
+        # every failure means "unreachable", and none may escape: the thread outlives the
+        # call when DNS hangs, and an exception raised in it then surfaces later, somewhere
+        # else (an HF_ENDPOINT host such as "a..b" raises UnicodeError, a ValueError)
         try:
             socket.create_connection((host, port), timeout=timeout).close()
             result.append(True)
-        except OSError:
+        except (OSError, ValueError):
             result.append(False)
 
     t = threading.Thread(target=probe, daemon=True)

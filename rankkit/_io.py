@@ -79,7 +79,9 @@ def read_npz(path: str | os.PathLike, what: str, *, required=(), fix: str | None
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # the file is opened here, not by np.load: on a truncated archive np.load raises
+        # from NpzFile after handing it the file, which then stays open (a ResourceWarning)
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             out = {key: z[key] for key in z.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
         if isinstance(e, FileNotFoundError | IsADirectoryError | PermissionError):

@@ -47,6 +47,7 @@ _LAZY = {
     "vader_base_lm": ("lm", "vader_base_lm"),
     # guided decoding
     "RewardGuidedLogitsProcessor": ("guided", "RewardGuidedLogitsProcessor"),
+    "MissingBOSError": ("guided", "MissingBOSError"),
     "guided_generate": ("guided", "guided_generate"),
     "GuidedOutput": ("guided", "GuidedOutput"),
     "guided_logits": ("guided", "guided_logits"),

@@ -130,14 +130,39 @@ def forward_kwargs(model, **kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def _cache_name(model) -> str | None:
+    """``"cache"`` or ``"past_key_values"``, whichever ``model.forward`` declares (``cache``
+    when it declares both), or None when it declares neither (a wrapper's ``**kwargs``)."""
+    try:
+        names = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if "cache" in names:
+        return "cache"
+    if "past_key_values" in names:
+        return "past_key_values"
+    return None
+
+
 def cache_kwargs(model, past) -> dict:
-    """The KV-cache argument under the name ``model.forward`` takes: ``cache`` (transformers
-    ≥ 5.2x, where ``past_key_values`` is deprecated and due to be removed) or
-    ``past_key_values`` (older releases, e.g. 5.17 on the GPU machine)."""
-    names = inspect.signature(model.forward).parameters
-    if "cache" in names and "past_key_values" not in names:
-        return {"cache": past}
-    return {"past_key_values": past}
+    """The KV-cache argument under the name the model's forward takes: ``cache``
+    (transformers ≥ 5.2x, where ``past_key_values`` is a deprecated alias due to be removed
+    in 5.40 and warns on every call) or ``past_key_values`` (older releases, e.g. 5.17 on
+    the GPU machine).
+
+    A wrapper whose ``forward`` declares only ``**kwargs`` (peft's ``PeftModel``, a test's
+    module around a model) says nothing; the name is then the one of the first
+    ``transformers`` model inside it (``model.modules()``), and ``past_key_values`` only
+    when no module declares either name (the older convention, still accepted).
+    """
+    name = _cache_name(model)
+    if name is None and hasattr(model, "modules"):
+        for sub in model.modules():
+            if sub is not model:
+                name = _cache_name(sub)
+                if name is not None:
+                    break
+    return {name or "past_key_values": past}
 
 
 def output_cache(out):

@@ -171,8 +171,10 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
         (a preset such as ``"vader:tweets"``, a file, ``(texts, labels)`` …; text is
         tokenized with ``tokenizer``, which must be the model's).
     n_prefixes : int, default 256
-        N: rows of :math:`\hat R`, drawn without replacement from the distinct prefixes of
-        the data (the rows of P_Ω(R), the empty prefix included), as in §3.1.2 / Fig. 2.
+        N: rows of :math:`\hat R`, a uniformly random N-subset of the distinct prefixes of
+        the data (the rows of P_Ω(R), the empty prefix included; all of them when fewer),
+        :math:`\Pr(S) = \binom{|X|}{N}^{-1}`: the law of
+        :func:`rankkit_ext.learned.sample_prefixes`, §3.1.2 / Fig. 2.
     vocab : array_like of int, optional
         Column token ids of :math:`\hat R`; default the whole vocabulary. RAD-V costs
         N·len(columns) cached single-token passes, so restrict it for large vocabularies (the
@@ -215,7 +217,7 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
     from rankkit.datasets import as_dataset
     from rankkit.sequences import RewardDataset, TokenSequences
 
-    from .learned import learned_matrix
+    from .learned import draw_prefix_rows, learned_matrix
     from .models import RADQ, RADV
 
     if not isinstance(model, RADV | RADQ):
@@ -240,8 +242,8 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
 
     # rows of R̂: distinct prefixes of the data = rows of P_Ω(R) (built in O(total tokens))
     R = rk.build_reward_matrix(ds)
-    N = min(int(n_prefixes), R.shape[0])
-    rows = np.sort(np.random.default_rng(seed).choice(R.shape[0], size=N, replace=False))
+    # the package's one law of the rows of R̂ (rankkit_ext.learned.sample_prefixes)
+    rows = np.sort(draw_prefix_rows(R.shape[0], n_prefixes, seed))
     prefixes = TokenSequences.from_lists([R.prefix(int(i)) for i in rows])
 
     t0 = time.perf_counter()

@@ -49,50 +49,24 @@ from transformers import LogitsProcessor
 
 from rankkit.sequences import TokenSequences
 
+from ._bos import bos_token_id, strip_bos
+from ._candidates import candidate_logits, check_direction, check_rewards, select_candidates
 from ._checks import check_prompt_ids, check_real, check_step_values
+from .tsmc.adapters import HFCausalLM
+from .tsmc.engine import default_resampler, smc
+from .tsmc.proposals import RewardGuidedProposal
+from .tsmc.resampling import RESAMPLING_METHODS, normalize_log_weights
 
 __all__ = [
-    "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "GuidedOutput",
-    "guided_generate", "check_compatible",
+    "select_candidates", "guided_logits", "RewardGuidedLogitsProcessor", "MissingBOSError",
+    "GuidedOutput", "guided_generate", "check_compatible",
 ]
 
 
 # ---------------------------------------------------------------------------------------
-# the step function (eq. 1–2), shared by the processor and the loop
+# the step function (eq. 1–2); its candidate part (rankkit_ext._candidates) is shared with
+# the SMC proposal, and select_candidates is re-exported here, where it is documented
 # ---------------------------------------------------------------------------------------
-def select_candidates(lm_logits: torch.Tensor, top_k: int | None = 20,
-                      top_p: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate set V'(x) of each row: top-k tokens, or the nucleus of mass ``top_p``.
-
-    Returns ``candidates`` (B, k) long, sorted by decreasing base logit, and ``valid``
-    (B, k) bool. With ``top_p`` the nucleus is the smallest prefix of the sorted tokens
-    whose probability reaches ``top_p`` (at least one token); rows are padded to the
-    largest nucleus in the batch (capped at ``top_k`` when both are given) and the padding
-    is marked invalid. Ties at the k-th logit are broken by ``torch.topk``.
-    """
-    B, V = lm_logits.shape
-    if top_k is None and top_p is None:
-        raise ValueError("give top_k (e.g. 20, as in paper 002) or top_p; guiding all "
-                         f"{V} tokens per step is what top-k avoids")
-    k = V if top_k is None else int(top_k)
-    if not 1 <= k:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    k = min(k, V)
-    if top_p is None:
-        vals, cand = torch.topk(lm_logits, k, dim=-1)
-        return cand, torch.isfinite(vals)
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    logp = torch.log_softmax(lm_logits.float(), dim=-1)
-    sp, order = torch.sort(logp, dim=-1, descending=True)
-    cum = torch.cumsum(sp.exp(), dim=-1)
-    # keep token i while the mass strictly before it is < top_p
-    keep = (cum - sp.exp()) < top_p
-    keep[:, 0] = True
-    n = int(min(keep.sum(-1).max().item(), k))
-    return order[:, :n].contiguous(), keep[:, :n] & torch.isfinite(sp[:, :n])
-
-
 def guided_logits(lm_logits: torch.Tensor, candidates: torch.Tensor, valid: torch.Tensor,
                   rewards: torch.Tensor, beta: float, direction: int = 1,
                   clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,42 +90,11 @@ def guided_logits(lm_logits: torch.Tensor, candidates: torch.Tensor, valid: torc
     z : (B, V) guided logits (float32 or the input's dtype, whichever is wider).
     r_tilde : (B, k) the direction-applied rewards actually added (0 on invalid entries).
     """
-    cand_logits, r = _candidate_logits(lm_logits, candidates, valid, rewards, beta, direction,
+    cand_logits, r = candidate_logits(lm_logits, candidates, valid, rewards, beta, direction,
                                        clamp)
     z = torch.full(lm_logits.shape, -math.inf, dtype=cand_logits.dtype, device=lm_logits.device)
     z.scatter_(-1, candidates, cand_logits)
     return z, r
-
-
-def _candidate_logits(lm_logits, candidates, valid, rewards, beta, direction, clamp):
-    """Eq. (1) on the candidates only: (B, k) guided logits and the added rewards."""
-    r = rewards.to(torch.float32)
-    if clamp:
-        r = r.clamp(0.0, 1.0)
-    if direction == -1:
-        r = 1.0 - r
-    r = torch.where(valid, r, torch.zeros_like(r))
-    dtype = torch.promote_types(lm_logits.dtype, torch.float32)
-    cand_logits = lm_logits.gather(-1, candidates).to(dtype) + beta * r.to(dtype)
-    cand_logits = torch.where(valid, cand_logits, torch.full_like(cand_logits, -math.inf))
-    return cand_logits, r
-
-
-def _check_direction(direction) -> int:
-    # a real boolean/sign, not argparse's type=bool trap where "False" is truthy
-    if isinstance(direction, bool) or direction not in (1, -1):
-        raise ValueError(f"direction must be +1 (toward the attribute, r) or -1 (away, 1 - r); "
-                         f"got {direction!r}")
-    return int(direction)
-
-
-def _check_rewards(r, valid, cand, live, step, row) -> None:
-    """A reward-model score must be finite on every valid candidate of a live row: a NaN
-    or ±∞ becomes a NaN guided logit and a NaN log q (greedy), a crash in the sampler, or
-    one inside ``generate``."""
-    check_step_values(torch.where(valid, r, torch.zeros_like(r)), live, "reward model score",
-                      step, allow_neg_inf=False, row=row,
-                      col=lambda j: f"candidate {j}", fix="check the reward model")
 
 
 def _fingerprint(tokenizer) -> str:
@@ -195,6 +138,19 @@ def check_compatible(reward_model, *, vocab_size: int | None = None, tokenizer=N
 # ---------------------------------------------------------------------------------------
 # LogitsProcessor for model.generate
 # ---------------------------------------------------------------------------------------
+class MissingBOSError(ValueError):
+    """``generate``'s ``input_ids`` lack the base LM's BOS.
+
+    The package's BOS convention conditions the base LM on ``[BOS] + prompt`` (it is
+    trained and scored that way, :func:`rankkit_ext.lm.train_lm`,
+    :func:`rankkit_ext.metrics.perplexity`). :func:`guided_generate` adds that BOS itself,
+    but ``model.generate`` runs on the ids it is given and a logits processor cannot change
+    them, so a prompt tokenized without BOS (GPT-2's tokenizer never adds one) silently
+    conditions the base LM on a context it never saw in training. The processor refuses it
+    instead. A :class:`ValueError`, so code that catches bad-argument errors keeps working.
+    """
+
+
 class RewardGuidedLogitsProcessor(LogitsProcessor):
     r"""Eq. (1) as a ``transformers`` ``LogitsProcessor`` for ``generate(do_sample=True)``.
 
@@ -224,6 +180,18 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         for testing that both agree).
     clamp : bool
         Clamp rewards to [0, 1] (reference behaviour).
+    check_bos : bool, default True
+        Refuse ``input_ids`` whose rows do not start with ``bos_token_id`` (after the left
+        padding) with :class:`MissingBOSError`, checked on the first step of each
+        ``generate`` call. ``False`` conditions the base LM without BOS deliberately.
+
+    Raises
+    ------
+    MissingBOSError
+        On the first step of a ``generate`` call whose ``input_ids`` have a row whose first
+        real token is not the BOS id. When ``pad_token_id == bos_token_id`` (GPT-2 often
+        pads with ``<|endoftext|>``, its BOS) padding and BOS look alike: a row then only
+        fails when its very first column is not that id.
 
     Notes
     -----
@@ -234,37 +202,47 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     is per row. Pass ``top_k=0`` (or ``top_k=None``) to ``generate`` so that the model's
     default top-k warper does not cut the candidate set further.
 
+    Prompts for ``generate`` carry the BOS by hand (GPT-2's tokenizer does not add it, not
+    even with ``add_special_tokens=True``): ``rankkit_ext.lm.with_bos(ids, bos)`` gives
+    ``[BOS] + ids``; then left-pad the rows.
+
     Examples
     --------
-    >>> proc = RewardGuidedLogitsProcessor(radq, beta=10, top_k=20, direction=-1)  # doctest: +SKIP
-    >>> out = base.generate(ids, attention_mask=mask, do_sample=True, top_k=0,
+    >>> from rankkit_ext.lm import bos_token_id, with_bos               # doctest: +SKIP
+    >>> bos = bos_token_id(base)                                         # doctest: +SKIP
+    >>> rows = [with_bos(tok(t, add_special_tokens=False)["input_ids"], bos) for t in texts]
+    ... # doctest: +SKIP
+    >>> enc = tok.pad({"input_ids": rows}, padding_side="left", return_tensors="pt")
+    ... # doctest: +SKIP
+    >>> proc = RewardGuidedLogitsProcessor(radq, beta=10, top_k=20, direction=-1,
+    ...                                    pad_token_id=tok.pad_token_id)  # doctest: +SKIP
+    >>> out = base.generate(**enc, do_sample=True, top_k=0,
     ...                     logits_processor=[proc], max_new_tokens=20)   # doctest: +SKIP
     """
 
     def __init__(self, reward_model, beta: float, top_k: int | None = 20,
                  top_p: float | None = None, direction: int = 1, label: int | str = 0,
                  pad_token_id: int | None = None, tokenizer=None, use_cache: bool = True,
-                 clamp: bool = True, bos_token_id: int | None = None):
+                 clamp: bool = True, bos_token_id: int | None = None,
+                 check_bos: bool = True):
         self.reward_model = reward_model
         self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
         self.top_k, self.top_p = top_k, top_p
-        self.direction = _check_direction(direction)
+        self.direction = check_direction(direction)
         self.label = label
         self.pad_token_id = pad_token_id
         self.bos_token_id = (bos_token_id if bos_token_id is not None
                              else getattr(reward_model, "bos_token_id", None))
         self.use_cache = use_cache
         self.clamp = clamp
+        self.check_bos = bool(check_bos)
         select_candidates(torch.zeros(1, 2), top_k if top_k is None else min(top_k, 2), top_p)
         check_compatible(reward_model, tokenizer=tokenizer)
         self._state = None
         self._last: torch.Tensor | None = None
 
     def _mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.pad_token_id is None:
-            mask = torch.ones_like(input_ids)
-        else:
-            mask = (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
+        mask = self._mask_padding(input_ids)
         if self.bos_token_id is not None and input_ids.shape[1]:
             # the base's BOS (first real token) is hidden: the reward model adds its own
             first = mask.argmax(1)
@@ -272,6 +250,39 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
             is_bos = (mask[rows, first] == 1) & (input_ids[rows, first] == self.bos_token_id)
             mask[rows[is_bos], first[is_bos]] = 0
         return mask
+
+    def _require_bos(self, input_ids: torch.Tensor) -> None:
+        """Raise :class:`MissingBOSError` naming the first row whose first real token is not
+        BOS (with ``pad_token_id == bos_token_id``: whose first column is not that id)."""
+        bos, pad = self.bos_token_id, self.pad_token_id
+        if not self.check_bos or bos is None or input_ids.shape[1] == 0:
+            return
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if pad is not None and int(pad) == int(bos):
+            first = torch.zeros_like(rows)
+            missing = input_ids[:, 0] != bos
+        else:
+            mask = self._mask_padding(input_ids)
+            first = mask.argmax(1)
+            missing = (mask.sum(1) > 0) & (input_ids[rows, first] != bos)
+        if bool(missing.any()):
+            b = int(torch.nonzero(missing)[0])
+            t = int(input_ids[b, first[b]])
+            raise MissingBOSError(
+                f"generate's input_ids lack BOS: row {b} starts with token id {t}, not the BOS "
+                f"id {int(bos)}. The base LM is conditioned on [BOS] + prompt (the package's "
+                f"BOS convention) and a logits processor cannot change generate's input; add "
+                f"it to every prompt before padding, e.g. rankkit_ext.lm.with_bos(ids, {int(bos)})"
+                f" (GPT-2's tokenizer never adds it), or pass bos_token_id= if the base LM's "
+                f"BOS is not the reward model's, or check_bos=False to generate without BOS "
+                f"on purpose")
+
+    def _mask_padding(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """1 on every token from the first non-pad one on (leading runs of ``pad_token_id``
+        are left padding; all ones without a pad id)."""
+        if self.pad_token_id is None:
+            return torch.ones_like(input_ids)
+        return (torch.cumsum((input_ids != self.pad_token_id).long(), dim=1) > 0).long()
 
     def _continues(self, input_ids: torch.Tensor) -> bool:
         last = self._last
@@ -284,7 +295,11 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         check_compatible(self.reward_model, vocab_size=scores.shape[-1])
-        state = self._state if self._continues(input_ids) else None
+        if self._continues(input_ids):
+            state = self._state
+        else:  # the first step of a generate call: its prompt must start with BOS
+            self._require_bos(input_ids)
+            state = None
         cand, valid = select_candidates(scores, self.top_k, self.top_p)
         r, state = self.reward_model.score_candidates(
             input_ids, self._mask(input_ids), cand, label=self.label, state=state)
@@ -292,7 +307,7 @@ class RewardGuidedLogitsProcessor(LogitsProcessor):
         where = f"prefix length {input_ids.shape[1]}"
         check_step_values(scores, live, "base model logit", where, row=lambda b: f"row {b}",
                           fix="check the base model")
-        _check_rewards(r, valid, cand, live, where, lambda b: f"row {b}")
+        check_rewards(r, valid, cand, live, where, lambda b: f"row {b}")
         self._state, self._last = state, input_ids.clone()
         z, _ = guided_logits(scores, cand, valid, r, self.beta, self.direction, self.clamp)
         return z.to(scores.dtype)
@@ -426,13 +441,7 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     -------
     GuidedOutput
     """
-    # the SMC engine and its proposals import this module's eq. 1–2: import them here
-    from rankkit_ext.tsmc.adapters import HFCausalLM
-    from rankkit_ext.tsmc.engine import default_resampler, smc
-    from rankkit_ext.tsmc.proposals import RewardGuidedProposal
-    from rankkit_ext.tsmc.resampling import RESAMPLING_METHODS, normalize_log_weights
-
-    direction = _check_direction(direction)
+    direction = check_direction(direction)
     beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
     mix = check_real("mix", mix, low=0.0, high=1.0, high_open=True,
                      meaning="share of the base distribution in the proposal")
@@ -463,8 +472,6 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     base.eval()
     if reward_model is not None and hasattr(reward_model, "eval"):
         reward_model.eval()
-
-    from rankkit_ext.lm import bos_token_id, strip_bos
 
     bos = bos_token_id(base)
     # one convention: prompts without BOS; the adapter conditions the base on [BOS] + prompt,

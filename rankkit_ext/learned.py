@@ -16,21 +16,62 @@ from rankkit.sequences import TokenSequences
 from ._tensors import padded
 from .models import RADQ, RADV, RewardModel
 
-__all__ = ["learned_matrix", "sample_prefixes", "delta_spread", "rank_summary", "RANK_REL_TOLS"]
+__all__ = ["learned_matrix", "sample_prefixes", "draw_prefix_rows", "delta_spread", "rank_summary", "RANK_REL_TOLS"]
 
 #: Relative tolerances of the ε-ranks :func:`rank_summary` reports beside NumPy's cutoff.
 RANK_REL_TOLS = (1e-2, 1e-3, 1e-4)
 
 
 def sample_prefixes(dataset, n: int, seed: int = 0) -> list[list[int]]:
-    """``n`` i.i.d. training prefixes x' = u_{<t} of D_f (paper 002, eq. 3): a uniformly drawn
-    utterance u of ``dataset`` (a :class:`~rankkit.RewardDataset`) and a uniformly drawn
-    t ∈ {1, …, :math:`|u|`} (the empty prefix, t = 1, included) — the rows of R̂ in Fig. 2, 7 and 9.
-    The same ``seed`` gives the same prefixes."""
+    r"""``n`` distinct training prefixes, a uniformly random subset of the rows of P_Ω(R).
+
+    The one law of the rows of :math:`\hat R` in this package (also
+    :func:`rankkit_ext.compare_rank`'s): with :math:`X = \{u_{<t} : (u, y) \in D,\;
+    1 \le t \le |u|\}` the distinct prefixes of D_f (paper 002, eq. 3; the empty prefix,
+    t = 1, included), i.e. the rows of :func:`rankkit.build_reward_matrix`, every subset
+    :math:`S \subseteq X` of size :math:`N = \min(n, |X|)` is equally likely,
+
+    .. math:: \Pr(S) = \binom{|X|}{N}^{-1}, \qquad \Pr(x' \in S) = N / |X|,
+
+    drawn without replacement (``numpy.random.default_rng(seed).choice(|X|, N,
+    replace=False)``, which shuffles) and returned in draw order, so the first k prefixes
+    of one draw are themselves a uniform k-subset: a rank curve over ``prefixes[:k]`` for
+    growing k is nested. (Two calls with different ``n`` draw different subsets.)
+
+    Why this law: the paper samples rows "from the matrix" i.i.d. so that no structured
+    submatrix biases the rank (App. D.4, after Finlayson et al. 2024). Rows of the matrix
+    are distinct prefixes; drawing utterances and positions instead would repeat short
+    prefixes (the empty one in about one draw in :math:`|u|`), and a repeated row adds
+    nothing to the rank, so N draws would measure fewer than N rows. When ``n`` exceeds
+    :math:`|X|` all rows are returned (fewer than ``n``).
+
+    Parameters
+    ----------
+    dataset : rankkit.RewardDataset
+    n : int
+        Prefixes wanted (at most the number of rows).
+    seed : int
+        The same seed gives the same prefixes in the same order.
+
+    Returns
+    -------
+    list of list of int
+        Token ids of each prefix x', without BOS.
+    """
+    import rankkit as rk
+
+    R = rk.build_reward_matrix(dataset)
+    return [R.prefix(int(i)).tolist() for i in draw_prefix_rows(R.shape[0], n, seed)]
+
+
+def draw_prefix_rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    """Row indices of the law of :func:`sample_prefixes`: ``min(n, n_rows)`` distinct rows,
+    uniformly without replacement, in draw order (shared with
+    :func:`rankkit_ext.compare_rank`, so both draw the same rows for one seed)."""
+    if int(n) < 1:
+        raise ValueError(f"n (the number of prefixes) must be >= 1, got {n}")
     rng = np.random.default_rng(seed)
-    seqs = dataset.sequences
-    utt = rng.integers(0, len(dataset), n)
-    return [seqs[u][:rng.integers(0, seqs.lengths[u])].tolist() for u in utt]
+    return rng.choice(int(n_rows), size=min(int(n), int(n_rows)), replace=False)
 
 
 def delta_spread(R) -> float:

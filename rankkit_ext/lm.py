@@ -15,6 +15,7 @@ import numpy as np
 
 from rankkit.sequences import TokenSequences
 
+from ._bos import bos_token_id, strip_bos, with_bos
 from ._loop import OptimLoop
 
 __all__ = ["tiny_gpt2", "tiny_causal_lm", "train_lm", "TrainLMResult", "load_base_lm",
@@ -151,48 +152,6 @@ def _batches(sequences: TokenSequences, batch_size: int, seed: int, epoch: int) 
     # one permutation per (seed, epoch): a resumed run replays the same order
     perm = np.random.default_rng([seed, epoch]).permutation(len(sequences))
     return [perm[i:i + batch_size] for i in range(0, perm.size, batch_size)]
-
-
-def bos_token_id(model_or_config) -> int:
-    """The BOS id a base LM is trained, scored and prompted with: the config's
-    ``bos_token_id``, else ``vocab_size - 1`` (GPT-2's ``<|endoftext|>``).
-
-    The one definition behind the package's BOS convention: a base LM is always conditioned
-    on ``[BOS] + prompt`` (:func:`train_lm`, :func:`rankkit_ext.metrics.perplexity`,
-    :func:`rankkit_ext.metrics.conditional_perplexity`, :class:`rankkit_ext.tsmc.HFCausalLM`,
-    :func:`rankkit_ext.guided.guided_generate`), and prompts are given *without* BOS.
-    """
-    from ._hf import text_config
-
-    cfg = getattr(model_or_config, "config", model_or_config)
-    cfg = text_config(cfg)
-    bos = getattr(cfg, "bos_token_id", None)
-    if isinstance(bos, list | tuple):
-        bos = bos[0] if bos else None
-    V = int(cfg.vocab_size)
-    if bos is None:
-        return V - 1
-    if not 0 <= int(bos) < V:
-        raise ValueError(f"the model config's bos_token_id={bos} is outside its vocabulary "
-                         f"[0, {V}); set config.bos_token_id (tiny_gpt2 uses vocab_size - 1)")
-    return int(bos)
-
-
-def strip_bos(prompt, bos: int) -> list[int]:
-    """``prompt`` as a list of ids without its one leading BOS, if it has one.
-
-    The documented backward-compatible path of the BOS convention: a prompt written the old
-    way (``[BOS] + ids``) gives exactly what ``ids`` gives, so BOS is never seen twice.
-    """
-    ids = [int(t) for t in prompt]
-    return ids[1:] if ids and ids[0] == bos else ids
-
-
-def with_bos(prompt, bos: int) -> list[int]:
-    """``[BOS] + prompt`` (one BOS, whether or not ``prompt`` already starts with it): the
-    context the base LM sees, as in :func:`train_lm`; an empty prompt gives ``[BOS]``
-    (unconditional generation)."""
-    return [int(bos)] + strip_bos(prompt, bos)
 
 
 def _frequent_tokens(sequences: TokenSequences, vocab_size: int, n: int) -> np.ndarray:

@@ -263,7 +263,7 @@ def conditional_perplexity(model, tokenizer, prompts: Sequence[str],
     """
     import torch
 
-    from .lm import bos_token_id, with_bos
+    from ._bos import bos_token_id, with_bos
 
     bos = bos_token_id(model)
     rows = _check_samples(samples)
@@ -341,8 +341,8 @@ def perplexity(model, sequences, *, batch_size: int = 16, max_len: int | None = 
     :func:`rankkit_ext.lm.vader_base_lm`.
     """
 
+    from ._bos import bos_token_id, strip_bos
     from ._hf import max_positions, text_config
-    from .lm import bos_token_id, strip_bos
 
     bos = bos_token_id(model)
     cap = (max_positions(text_config(model.config)) or 1024) - 1

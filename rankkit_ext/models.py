@@ -208,6 +208,26 @@ class RewardModel(nn.Module):
         rankkit._hub.HubUnreachableError
             A hub id that is not cached while the hub is unreachable (or
             ``HF_HUB_OFFLINE=1``), within ~2.5 s, naming the id and the local-folder fix.
+
+        Notes
+        -----
+        Offline, the backbone is a local folder: an existing directory is loaded directly,
+        without a hub request. The package's own base LM
+        (:func:`rankkit_ext.lm.vader_base_lm`) is one, once saved; it shares the base LM's
+        tokenizer by construction, which guided decoding requires
+        (:func:`rankkit_ext.guided.check_compatible`). Wrapping the loaded model itself
+        (``RADQ(copy.deepcopy(base))``) works too; copy it, since training the reward model
+        must not change the base LM.
+
+        Examples
+        --------
+        >>> import rankkit_ext as rx                                        # doctest: +SKIP
+        >>> base = rx.vader_base_lm()              # trains once, then loads from the cache
+        ... # doctest: +SKIP
+        >>> base.save_pretrained("my_lm")          # any folder of config.json + weights
+        ... # doctest: +SKIP
+        >>> radq = rx.RADQ.from_backbone("my_lm", seed=0)                   # doctest: +SKIP
+        >>> radv = rx.RADV.from_backbone("./my_lm", seed=0)                 # doctest: +SKIP
         """
         from ._hf import load_pretrained
 

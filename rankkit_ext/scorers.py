@@ -176,6 +176,7 @@ class PerspectiveClient:
                     data = json.loads(resp.read())
                 return float(data["attributeScores"][self.attribute]["summaryScore"]["value"])
             except urllib.error.HTTPError as e:
+                e.close()  # the error holds the response and its socket: release them now
                 retriable = e.code == 429 or e.code >= 500
                 if not retriable:
                     if self.nan_on_error:

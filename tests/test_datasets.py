@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_vader_download_is_verified_and_atomic(tmp_path, monkeypatch):
 def test_vader_download_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     def evil_pip(cmd, **kw):
         (tmp_path / "x").mkdir(exist_ok=True)
-        open(f"{cmd[cmd.index('-d') + 1]}/{DV.VADER_SDIST}", "wb").write(b"evil")
+        Path(f"{cmd[cmd.index('-d') + 1]}/{DV.VADER_SDIST}").write_bytes(b"evil")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(DV.subprocess, "run", evil_pip)

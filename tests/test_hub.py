@@ -7,6 +7,7 @@ replacing the probe's socket connect, so they behave the same on a machine that 
 
 import socket
 import sys
+import threading
 import time
 
 import pytest
@@ -51,13 +52,33 @@ def test_offline_variable_skips_the_probe(online_env, monkeypatch, var):
 
 
 def test_probe_with_a_hanging_dns_returns_within_its_timeout(online_env, monkeypatch):
-    def hang(*a, **k):  # a DNS lookup that never answers (not covered by socket timeouts)
-        time.sleep(30)
+    release = threading.Event()
+    probes, done = [], []
+
+    def hang(*a, **k):  # a DNS lookup that does not answer in time, then fails as one does
+        probes.append(threading.current_thread())
+        release.wait(30)
+        done.append(True)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     t0 = time.perf_counter()
-    assert hub_reachable(timeout=0.2) is False
-    assert time.perf_counter() - t0 < 1.5
+    try:
+        assert hub_reachable(timeout=0.2) is False
+        assert time.perf_counter() - t0 < 1.5
+    finally:
+        # end the probe thread inside this test: a double that outlived it (it used to
+        # return None 30 s later, so .close() raised in the thread) surfaced as an
+        # unhandled-thread-exception warning in whichever test ran then
+        release.set()
+        for t in probes:
+            t.join(5.0)
+    assert done == [True] and not any(t.is_alive() for t in probes)
+
+
+def test_probe_failure_of_any_kind_is_unreachable(online_env, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://a..b")  # not a valid host name: UnicodeError
+    assert hub_reachable(timeout=0.5) is False
 
 
 def test_probe_targets_hf_endpoint(online_env, monkeypatch):

@@ -87,7 +87,7 @@ class HFCausalLM:
         if pad is None:
             pad = self.eos_token_id
         self.pad_token_id = 0 if pad is None or int(pad) < 0 else int(pad)
-        from ..lm import bos_token_id as _bos
+        from .._bos import bos_token_id as _bos
 
         self.bos_token_id = _bos(cfg) if bos_token_id == -1 else bos_token_id
         # only the last position's logits are needed: (K, L, V) logits would dominate memory
@@ -125,7 +125,7 @@ class HFCausalLM:
             rows = [list(x) for x in seq] if nested else [seq]
         rows = [[int(t) for t in r] for r in rows]
         if rows and self.bos_token_id is not None:
-            from ..lm import with_bos
+            from .._bos import with_bos
 
             rows = [with_bos(r, self.bos_token_id) for r in rows]
         if not rows or not all(rows):

@@ -45,7 +45,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .._candidates import candidate_logits, check_direction, check_rewards, select_candidates
 from .._checks import check_real, check_step_values
+from .._tensors import padded
 from .resampling import categorical
 from .twists import as_twist
 
@@ -231,7 +233,8 @@ class RewardGuidedProposal:
     reward_model : RAD-V / RAD-Q reward model (``score_candidates`` contract) or None
         (unguided top-k / nucleus sampling: r̃ ≡ 0).
     beta, top_k, top_p, direction, label, clamp :
-        See :func:`rankkit_ext.guided.guided_logits` / :func:`~rankkit_ext.guided.select_candidates`.
+        See :func:`rankkit_ext.guided.guided_logits` / :func:`~rankkit_ext.guided.select_candidates`
+        (the candidate step itself lives in :mod:`rankkit_ext._candidates`, below both).
     mix : float in [0, 1)
     do_sample : bool
         False takes the argmax of q (deterministic; tests).
@@ -251,12 +254,10 @@ class RewardGuidedProposal:
                  top_p: float | None = None, direction: int = 1, label: int | str = 0,
                  clamp: bool = True, mix: float = 0.0, do_sample: bool = True,
                  use_reward_cache: bool = True, pad_token_id: int = 0):
-        from ..guided import _check_direction, select_candidates
-
         self.reward_model = reward_model
         self.beta = check_real("beta", beta, meaning="the guidance strength of eq. 1")
         self.top_k, self.top_p = top_k, top_p
-        self.direction = _check_direction(direction)
+        self.direction = check_direction(direction)
         self.label, self.clamp = label, clamp
         self.mix = check_real("mix", mix, low=0.0, high=1.0, high_open=True,
                               meaning="share of the base distribution in the proposal")
@@ -266,8 +267,6 @@ class RewardGuidedProposal:
         select_candidates(torch.zeros(1, 2), None if top_k is None else min(top_k, 2), top_p)
 
     def init_state(self, prompts, n, first, hidden):
-        from .._tensors import padded
-
         ids, mask = padded(prompts, "left", self.pad_token_id, device=first.device)
         return _GuidedState(ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0))
 
@@ -284,8 +283,6 @@ class RewardGuidedProposal:
         return (1 - r) if self.direction == -1 else r
 
     def propose(self, state, first, hidden, ctx, forced=None):
-        from ..guided import _candidate_logits, _check_rewards, select_candidates
-
         logits, mix, live, row, step = first, self.mix, ctx.live, ctx.row, ctx.t
         dev = logits.device
         cand, valid = select_candidates(logits, self.top_k, self.top_p)
@@ -300,8 +297,8 @@ class RewardGuidedProposal:
         if not bool(((lse < math.inf) | ~live).all()):
             check_step_values(logits, live, "base model logit", step, row=row,
                               fix="check the base model")
-        _check_rewards(r, valid, cand, live, step, row)
-        zc, r_t = _candidate_logits(logits, cand, valid, r, self.beta, self.direction,
+        check_rewards(r, valid, cand, live, step, row)
+        zc, r_t = candidate_logits(logits, cand, valid, r, self.beta, self.direction,
                                     self.clamp)
         logq_c = torch.log_softmax(zc.double(), -1)
         B = logits.shape[0]
@@ -345,7 +342,7 @@ class RewardGuidedProposal:
                 sel = getattr(rm_state, "select", None)  # reuse the prefix pass
                 extra, _ = self._score(state.ids[rows_m], state.mask[rows_m], tok[rows_m, None],
                                        sel(rows_m) if callable(sel) else None)
-                _check_rewards(extra[:, :1], torch.ones_like(extra[:, :1], dtype=torch.bool),
+                check_rewards(extra[:, :1], torch.ones_like(extra[:, :1], dtype=torch.bool),
                                tok[rows_m, None], torch.ones_like(rows_m, dtype=torch.bool),
                                step, lambda b, rows_m=rows_m: row(int(rows_m[b])))
                 r_tok[rows_m] = self._r_tilde(extra[:, 0])

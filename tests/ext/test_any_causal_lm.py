@@ -132,6 +132,21 @@ def test_generic_config_helpers():
     assert _hf.forward_kwargs(Wrapper(), position_ids=1, other=2) == {"position_ids": 1,
                                                                        "other": 2}
     assert set(_hf.cache_kwargs(m, "c")) <= {"cache", "past_key_values"}
+    # a wrapper's forward(**kwargs) says nothing: the name is the wrapped model's, so a
+    # wrapper around a model of this transformers release passes no deprecated alias
+    name = _hf._cache_name(m)
+    assert name in ("cache", "past_key_values")
+
+    class Around(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids=None, **kw):
+            return self.inner(input_ids=input_ids, **kw)
+
+    assert _hf.cache_kwargs(Around(m), "c") == {name: "c"}
+    assert _hf.cache_kwargs(Wrapper(), "c") == {"past_key_values": "c"}  # nothing inside
     with pytest.raises(ValueError, match="divisible"):
         tiny_causal_lm("llama", hidden_size=15, n_head=2)
     with pytest.raises(ValueError, match="auto must be"):
@@ -196,8 +211,11 @@ def test_logits_processor_with_generate_on_llama(saved):
     base = load_base_lm(saved["llama"])
     tok = rtok.load(str(saved["llama"]))
     rm = _random_heads(RADV.from_backbone(saved["llama"], seed=0), seed=5)
-    enc = tok(["good movie", "the film was very"], return_tensors="pt", padding=True,
-              padding_side="left", add_special_tokens=False)
+    # generate's input carries the base's BOS by hand (the processor refuses it otherwise)
+    rows = [[BOS] + tok(t, add_special_tokens=False)["input_ids"]
+            for t in ("good movie", "the film was very")]
+    ids, mask = _left_pad(rows)
+    enc = {"input_ids": ids, "attention_mask": mask}
     outs = []
     for use_cache in (True, False):  # cached reward state == recomputed every step
         proc = rx.RewardGuidedLogitsProcessor(rm, beta=4.0, top_k=5, pad_token_id=PAD,

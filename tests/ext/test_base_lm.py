@@ -156,6 +156,22 @@ def test_vader_lm_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
                                   strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
 
+    # the documented offline recipe (RADQ.from_backbone, README "A tour"): the bundled LM as
+    # a reward-model backbone by local path, never a hub request, then guided generate with
+    # the BOS added by hand
+    model.save_pretrained(tmp_path / "backbone")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rm = RADQ.from_backbone(tmp_path / "backbone", seed=0).eval()
+    assert rm.vocab_size == 50257 and rm.bos_token_id == lm.bos_token_id(model) == 50256
+    gd.check_compatible(rm, vocab_size=model.config.vocab_size, tokenizer=tok)
+    proc = gd.RewardGuidedLogitsProcessor(rm, beta=2.0, top_k=5)
+    ids = torch.tensor([lm.with_bos(enc[0][:4], 50256)])
+    kw = dict(do_sample=False, max_new_tokens=2, logits_processor=[proc], pad_token_id=50256)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    assert out.shape == (1, ids.shape[1] + 2) and torch.equal(out[:, :ids.shape[1]], ids)
+    with pytest.raises(gd.MissingBOSError, match="not the BOS id 50256"):
+        model.generate(ids[:, 1:], attention_mask=torch.ones_like(ids[:, 1:]), **kw)
+
 
 def test_vader_lm_resumes_an_interrupted_run_bit_for_bit(tmp_path, monkeypatch):
     real = lm.train_lm

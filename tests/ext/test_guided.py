@@ -49,13 +49,14 @@ def base():
 
 
 def _reference_z(base, rm, ids, beta, k, direction):
-    """Slow eq. (1): full-sequence reward of [x, v] for every top-k v, via score_sequences."""
+    """Slow eq. (1): full-sequence reward of [x, v] for every top-k v, via score_sequences.
+    ``ids`` is the base's context [BOS] + x; the reward model scores x (it adds its BOS)."""
     with torch.no_grad():
         logits = base(ids).logits[:, -1].double()
     z = torch.full_like(logits, -math.inf)
     for b in range(ids.shape[0]):
         top = torch.argsort(logits[b], descending=True)[:k]
-        seqs = torch.cat([ids[b].expand(k, -1), top[:, None]], 1)
+        seqs = torch.cat([ids[b, 1:].expand(k, -1), top[:, None]], 1)
         with torch.no_grad():
             r = rm.score_sequences(seqs, torch.ones_like(seqs)).double().clamp(0, 1)
         r = r if direction == 1 else 1 - r
@@ -65,7 +66,7 @@ def _reference_z(base, rm, ids, beta, k, direction):
 
 @pytest.mark.parametrize("direction", [1, -1])
 def test_processor_equals_hand_computed(base, rm, direction):
-    ids = torch.tensor([[3, 1, 4, 1], [5, 9, 2, 6]])
+    ids = torch.tensor([[BOS, 3, 1, 4, 1], [BOS, 5, 9, 2, 6]])
     logits, ref = _reference_z(base, rm, ids, beta=5.0, k=6, direction=direction)
     proc = gd.RewardGuidedLogitsProcessor(rm, beta=5.0, top_k=6, direction=direction)
     z = proc(ids, logits.float().clone())
@@ -90,8 +91,7 @@ def test_cached_and_uncached_decoding_identical(base, rm):
 
 def test_processor_cached_and_uncached_logits_identical_in_generate(base):
     rm = _rm("radv")
-    ids = torch.tensor([[PAD, PAD, 3, 1], [5, 9, 2, 6]])
-    mask = (ids != PAD).long()
+    ids, mask = padded([[BOS, 3, 1], [BOS, 5, 9, 2, 6]], "left", PAD)
     outs = []
     for use_cache in (True, False):
         proc = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=4, pad_token_id=PAD,
@@ -121,7 +121,7 @@ def test_generate_path_equals_own_loop_and_processor_is_stateless(base, rm):
                              do_sample=False, eos_token_id=-1)
     np.testing.assert_array_equal(out1.numpy(), np.stack([r[0] for r in own.tokens]))
     # same processor object, another generate on other prompts == a fresh processor
-    ids2, mask2 = padded([[7, 7, 7]], "left", PAD)
+    ids2, mask2 = padded([[BOS, 7, 7, 7]], "left", PAD)
     again = base.generate(ids2, attention_mask=mask2, **kw)
     fresh = gd.RewardGuidedLogitsProcessor(rm, beta=6.0, top_k=5, pad_token_id=PAD)
     ref = base.generate(ids2, attention_mask=mask2, **{**kw, "logits_processor": [fresh]})
@@ -379,8 +379,41 @@ def test_logits_processor_refuses_a_bad_reward_before_generate_sees_it(base):
     # issue 12: the processor passed NaN on and generate crashed inside torch.multinomial
     rm = _PoisonedRM(_rm("radq"), math.nan, row=0, cand=0, at_step=1)
     proc = gd.RewardGuidedLogitsProcessor(rm, beta=1.0, top_k=4)
-    ids = torch.tensor([[1, 2, 3]])
+    ids = torch.tensor([[BOS, 1, 2]])
     with pytest.raises(ValueError, match=r"reward model score is nan at prefix length 4, "
                                          r"row 0, candidate 0"):
         base.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
                       logits_processor=[proc], max_new_tokens=4, pad_token_id=PAD)
+
+
+def test_processor_refuses_generate_input_without_bos(base):
+    """Issue 25 item 5: ``generate`` runs on the ids it is given, so a prompt tokenized
+    without BOS would silently condition the base LM off the package's convention; the
+    processor names the row, the token and the BOS id instead, and the same input with BOS
+    generates."""
+    rm = _rm("radq")
+    assert rm.bos_token_id == BOS
+    kw = dict(do_sample=False, max_new_tokens=2, pad_token_id=PAD)
+    # pad == BOS (GPT-2's habit): a row is short of BOS when its first column is not that id
+    ids, mask = padded([[BOS, 3, 1], [5, 9, 2, 6]], "left", PAD)
+    proc = gd.RewardGuidedLogitsProcessor(rm, beta=2.0, top_k=4, pad_token_id=PAD)
+    with pytest.raises(gd.MissingBOSError, match=rf"row 1 starts with token id 5, not the BOS "
+                                                 rf"id {BOS}.*with_bos") as err:
+        base.generate(ids, attention_mask=mask, logits_processor=[proc], **kw)
+    assert isinstance(err.value, ValueError)
+    ok, ok_mask = padded([[BOS, 3, 1], [BOS, 5, 9, 2, 6]], "left", PAD)
+    out = base.generate(ok, attention_mask=ok_mask, logits_processor=[proc], **kw)
+    assert out.shape == (2, ok.shape[1] + 2)
+    # pad differs from BOS: the first real token after the padding must be BOS
+    proc0 = gd.RewardGuidedLogitsProcessor(rm, beta=2.0, top_k=4, pad_token_id=0)
+    with pytest.raises(gd.MissingBOSError, match="row 0 starts with token id 3"):
+        proc0(torch.tensor([[0, 0, 3, 1], [BOS, 5, 9, 2]]), torch.zeros(2, V))
+    z = proc0(torch.tensor([[0, BOS, 3, 1], [BOS, 5, 9, 2]]), torch.zeros(2, V))
+    assert torch.isfinite(z).sum(-1).tolist() == [4, 4]
+    # no pad id: column 0 is the first real token; a base BOS other than the reward model's
+    with pytest.raises(gd.MissingBOSError, match="not the BOS id 7"):
+        gd.RewardGuidedLogitsProcessor(rm, beta=2.0, top_k=4, bos_token_id=7)(
+            torch.tensor([[BOS, 1]]), torch.zeros(1, V))
+    # the documented opt-out conditions the base without BOS on purpose
+    free = gd.RewardGuidedLogitsProcessor(rm, beta=2.0, top_k=4, check_bos=False)
+    assert torch.isfinite(free(torch.tensor([[3, 1]]), torch.zeros(1, V))).sum() == 4

@@ -28,7 +28,7 @@ def _run(path, total, seed=0, stop_after=None, every=2, **kw):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loop.done(float(loss))
+            loop.done(float(loss.detach()))  # as the package's loops do
         loop.save()
     return w, loop
 

@@ -122,6 +122,17 @@ def test_delta_spread_and_prefix_sampling():
     full = [ds.sequences[i].tolist() for i in range(len(ds))]
     # every x' = u_{<t} is a proper prefix of some utterance (t ≤ |u|)
     assert all(any(len(p) < len(u) and u[:len(p)] == p for u in full) for p in pre)
+    # the law: a uniform subset of the distinct prefixes (rows of P_Ω(R)), without repeats;
+    # asking for more than there are gives all of them
+    rows = {tuple(u[:t]) for u in full for t in range(len(u))}
+    assert len(set(map(tuple, pre))) == len(pre)
+    every = sample_prefixes(ds, 10 * len(rows), seed=3)
+    assert len(every) == len(rows) and set(map(tuple, every)) == rows
+    # uniform inclusion, Pr(x' in S) = N / |X|: the empty prefix (the row the old law of
+    # utterance-then-position drew about once in |u| draws) is in a 5-subset ~5/|X| of seeds
+    hits = sum([] in sample_prefixes(ds, 5, seed=s) for s in range(400))
+    p0 = 5 / len(rows)
+    assert abs(hits / 400 - p0) < 4 * (p0 * (1 - p0) / 400) ** 0.5 + 1e-9, (hits, p0)
 
 
 def test_script_rejects_non_positive_reg_coef(tmp_path):
