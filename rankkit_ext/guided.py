@@ -103,16 +103,38 @@ def _fingerprint(tokenizer) -> str:
     return tokenizer_fingerprint(tokenizer)
 
 
-def check_compatible(reward_model, *, vocab_size: int | None = None, tokenizer=None) -> None:
+def check_compatible(base, reward_model=None, *, vocab_size: int | None = None, tokenizer=None) -> None:
     """Refuse a base model / reward model pair that do not share one tokenizer.
 
     Guided decoding adds :math:`\\hat r(v \\mid x)` to the base logit of the *same token
     id* ``v`` (paper 002 §4.1: "a smaller finetuned reward model with the same
     tokenizer"); with two tokenizers the ids mean different strings and the guidance is
-    silently wrong. Checks the base vocabulary size against ``reward_model.vocab_size``
-    and, when ``tokenizer`` is given, its fingerprint against
+    silently wrong. Checks the base vocabulary size (``vocab_size``, else the number of
+    logits of ``base``'s output layer, else ``base.config.vocab_size``) against
+    ``reward_model.vocab_size`` and, when ``tokenizer`` is given, its fingerprint against
     ``reward_model.tokenizer_fingerprint``.
+
+    Parameters
+    ----------
+    base : transformers causal LM, or the reward model
+        ``check_compatible(base, reward_model)`` checks the pair;
+        ``check_compatible(reward_model, vocab_size=…, tokenizer=…)`` (one model) checks
+        the reward model against a vocabulary size and tokenizer given directly.
+    reward_model : RewardModel, optional
+    vocab_size : int, optional
+        The base's number of logits per step (read from ``base`` when it is a model).
+    tokenizer : optional
+        The base tokenizer.
+
+    Raises
+    ------
+    ValueError
+        Naming both vocabulary sizes or both tokenizer fingerprints.
     """
+    if reward_model is None:
+        reward_model = base
+    elif vocab_size is None:
+        vocab_size = _n_logits(base)
     rv = getattr(reward_model, "vocab_size", None)
     if vocab_size is not None and rv is not None and int(vocab_size) != int(rv):
         raise ValueError(
@@ -133,6 +155,16 @@ def check_compatible(reward_model, *, vocab_size: int | None = None, tokenizer=N
         # the reward model carries no vocabulary hash: the size is all we can compare
         raise ValueError(f"tokenizer mismatch: the base tokenizer has {len(tokenizer)} tokens, "
                          f"the reward model's vocabulary {rv}")
+
+
+def _n_logits(base) -> int | None:
+    """Logits per step of a causal LM: its output layer's rows, else ``config.vocab_size``."""
+    head = getattr(base, "get_output_embeddings", None)
+    layer = head() if callable(head) else None
+    if layer is not None and getattr(layer, "weight", None) is not None:
+        return int(layer.weight.shape[0])
+    size = getattr(getattr(base, "config", None), "vocab_size", None)
+    return None if size is None else int(size)
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,7 +487,7 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
         weights = True
     select_candidates(torch.zeros(1, 2), None if top_k is None else min(top_k, 2), top_p)
     if reward_model is not None:
-        check_compatible(reward_model, vocab_size=base.config.vocab_size, tokenizer=tokenizer)
+        check_compatible(base, reward_model, vocab_size=base.config.vocab_size, tokenizer=tokenizer)
     device = next(base.parameters()).device
     if resample_method not in RESAMPLING_METHODS:
         raise ValueError(f"resample_method must be one of {RESAMPLING_METHODS}; got "

@@ -150,6 +150,19 @@ def test_seeded_runs_reproducible(base, rm):
     assert a.n_tokens > 0 and a.time_per_token > 0
 
 
+def test_check_compatible_takes_the_pair_or_one_model(base, rm):
+    """Issue 25 item 4: check_compatible(base, reward_model) as its docstring says, and the
+    one-model form with the base's vocabulary size given directly."""
+    gd.check_compatible(base, rm)  # same vocabulary: no error
+    gd.check_compatible(rm, vocab_size=V)
+    big = _rm("radq", vocab=V + 5)
+    with pytest.raises(ValueError, match=rf"tokenizer mismatch: the base model has {V} logits .* "
+                                         rf"vocabulary of {V + 5}"):
+        gd.check_compatible(base, big)
+    with pytest.raises(ValueError, match="tokenizer mismatch"):
+        gd.check_compatible(big, vocab_size=V)
+
+
 def test_tokenizer_mismatch_and_bad_arguments_refused(base):
     big = _rm("radq", vocab=V + 5)
     with pytest.raises(ValueError, match="tokenizer mismatch"):
