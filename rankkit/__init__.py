@@ -37,7 +37,7 @@ _LAZY = {
     "fixed_rank_fit": "lowrank",
     "FixedRank": "estimators",
     "certificate_scale": "minrank",
-    "LabelScaleWarning": "minrank",
+    "LabelScaleWarning": "_warnings",
     "observed_mse": "softimpute",
     "as_reward_matrix": "matrix",
     "rank_lower_bound": "bounds",

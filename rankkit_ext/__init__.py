@@ -33,7 +33,7 @@ _LAZY = {
     "prefix_weights": ("training", "prefix_weights"),
     "fit_entries": ("training", "fit_entries"),
     "FitResult": ("training", "FitResult"),
-    "ConvergenceWarning": ("training", "ConvergenceWarning"),
+    "ConvergenceWarning": ("_warnings", "ConvergenceWarning"),
     # learned matrices, and the paper's question in one call
     "learned_matrix": ("learned", "learned_matrix"),
     "compare_rank": ("compare", "compare_rank"),

@@ -80,7 +80,7 @@ class OptimLoop:
     def __init__(self, what: str, path: str | os.PathLike | None, *, total: int, seed: int,
                  state: Mapping[str, Any], generator: torch.Generator | None = None,
                  settings: Mapping[str, Any] | None = None, every: int = 0, resume: bool = True,
-                 stop_after: int | None = None, device=None, progress: bool = False,
+                 stop_after: int | None = None, device=None, progress: bool | None = False,
                  extendable: bool = False):
         self.what, self.path = what, None if path is None else Path(path)
         self.total, self.seed, self.state = int(total), int(seed), dict(state)
@@ -100,9 +100,9 @@ class OptimLoop:
         torch.manual_seed(self.seed)
         if self.path is not None and self.resume and self.path.is_file():
             self._load()
-        from tqdm.auto import tqdm
+        from rankkit._progress import progress_bar
 
-        self._bar = tqdm(total=self.total, initial=min(self.step, self.total), disable=not self.progress,
+        self._bar = progress_bar(total=self.total, initial=min(self.step, self.total), progress=self.progress,
                          desc=self.what)
         return self
 

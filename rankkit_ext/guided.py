@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from rankkit._progress import progress_bar
 from rankkit.sequences import TokenSequences
 
 from ._bos import bos_token_id, strip_bos
@@ -416,7 +417,7 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
                     batch_size: int = 25, do_sample: bool = True, clamp: bool = True,
                     use_reward_cache: bool = True, mix: float = 0.0, weights: bool = False,
                     resample_threshold: float | None = None, resample_method: str = "systematic",
-                    progress: bool = False) -> GuidedOutput:
+                    progress: bool | None = None) -> GuidedOutput:
     r"""Sample continuations with reward-guided decoding (paper 002 eq. 1–2).
 
     Prompts are left padded and batched whole groups at a time (``batch_size // n_samples``
@@ -533,9 +534,7 @@ def guided_generate(base, reward_model, prompts, beta: float, top_k: int | None 
     # one particle per prompt cannot be resampled (the old loop never tried)
     threshold = resample_threshold if n_samples > 1 else None
     chunks = range(0, P, per_batch)
-    if progress:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc="guided_generate")
+    chunks = progress_bar(chunks, progress=progress, desc="guided_generate")
     t_start = time.perf_counter()
     for c0 in chunks:
         group = prompt_ids[c0:c0 + per_batch]

@@ -121,7 +121,7 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
     RAD-V costs one pass per prefix batch plus N·:math:`|V|` single-token passes on cached
     prefixes; this is the N·:math:`|V|` reward-model calls of §3.1.2.
     """
-    from tqdm.auto import tqdm
+    from rankkit._progress import progress_bar
 
     if not isinstance(model, RADV | RADQ):
         raise TypeError(f"model must be a RADV or RADQ, got {type(model).__name__}")
@@ -144,7 +144,7 @@ def learned_matrix(model: RewardModel, prefixes, vocab=None, *, label: int | str
     # and RAD-V repeats that cost for each of its |V| candidates (the rows land in place)
     order = np.argsort(np.asarray(seqs.lengths), kind="stable")
     try:
-        for s in tqdm(range(0, len(seqs), batch_size), disable=not progress, desc="R̂ rows"):
+        for s in progress_bar(range(0, len(seqs), batch_size), progress=progress, desc="R̂ rows"):
             idx = order[s:s + batch_size]
             ids, mask = padded(seqs.select(idx), "left", device=model.device)
             if isinstance(model, RADQ):

@@ -199,7 +199,7 @@ def _sampled_softmax_loss(model, ids, mask, shortlist, negatives: int, rng):
 def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: int = 32,
              lr: float = 1e-3, weight_decay: float = 0.01, seed: int = 0,
              checkpoint_dir: str | Path | None = None, checkpoint_every: int = 200,
-             progress: bool = True, device=None, shortlist: int | None = None,
+             progress: bool | None = None, device=None, shortlist: int | None = None,
              negatives: int = 1024, max_len: int | None = None,
              stop_after: int | None = None) -> TrainLMResult:
     r"""Train a causal LM on token sequences with next-token cross-entropy.
@@ -225,8 +225,8 @@ def train_lm(model, sequences: TokenSequences, *, epochs: int = 1, batch_size: i
     epochs, batch_size, lr, weight_decay : training settings.
     seed : int
         Seeds batch order (numpy Generator) and dropout (a forked torch RNG).
-    progress : bool
-        Show a tqdm bar.
+    progress : bool or None
+        Show a tqdm bar (None, the default: only on an interactive terminal or in a notebook with ipywidgets, :mod:`rankkit._progress`).
     shortlist : int, optional
         ``None`` (default): the exact loss over the full vocabulary. An int F: sampled
         softmax — exact logits for the F most frequent tokens of ``sequences`` and every
@@ -436,7 +436,7 @@ def vader_lm_folder(sets="all", size: str = "small", *, cache_dir: str | Path | 
 
 
 def vader_base_lm(sets="all", size: str = "small", *, cache_dir: str | Path | None = None,
-                  progress: bool = True, device=None, seed: int = 0,
+                  progress: bool | None = None, device=None, seed: int = 0,
                   return_report: bool = False, **overrides):
     r"""The package's offline base LM: a small GPT-2 trained once on the VADER texts, cached.
 
@@ -472,8 +472,8 @@ def vader_base_lm(sets="all", size: str = "small", *, cache_dir: str | Path | No
         model; "tiny" trains in seconds on 40 texts per set, for tests.
     cache_dir : path, optional
         Default ``$RANKKIT_CACHE`` or ``~/.cache/rankkit``.
-    progress : bool
-        tqdm bar while training.
+    progress : bool or None
+        tqdm bar while training (None, the default: only on an interactive terminal or in a notebook with ipywidgets, :mod:`rankkit._progress`).
     device : optional
         Where to train and put the model (default CPU).
     seed : int

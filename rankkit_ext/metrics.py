@@ -219,9 +219,9 @@ def _next_token_logprobs(model, rows, wanted, *, batch_size: int, pad: int, devi
 
     order = sorted(range(len(rows)), key=lambda k: len(rows[k]))
     it = range(0, len(order), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="perplexity")
+    from rankkit._progress import progress_bar
+
+    it = progress_bar(it, progress=progress, desc="perplexity")
     out = []
     model.eval()
     with torch.inference_mode():

@@ -39,6 +39,7 @@ from rankkit.sequences import RewardDataset, TokenSequences
 
 from ._loop import OptimLoop
 from ._tensors import padded
+from ._warnings import ConvergenceWarning
 from .models import RADQ, RewardModel
 
 __all__ = ["train", "evaluate", "TrainResult", "objective_loss", "prefix_weights",
@@ -221,7 +222,7 @@ def train(model: RewardModel, dataset, objective: str = "cumulative",
           device=None, seed: int = 0, eval_dataset: RewardDataset | None = None,
           eval_every: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
           checkpoint_every: int | None = None, resume: bool = True,
-          stop_after_steps: int | None = None, progress: bool = True, tokenizer="gpt2",
+          stop_after_steps: int | None = None, progress: bool | None = None, tokenizer="gpt2",
           tol: float | None = CONVERGENCE_TOL) -> TrainResult:
     r"""Train a reward model on labelled text or tokens (paper 002 §2.2, §3.3).
 
@@ -281,8 +282,8 @@ def train(model: RewardModel, dataset, objective: str = "cumulative",
     stop_after_steps : int, optional
         Stop (after checkpointing) once this many optimizer steps are done in total, e.g.
         to split a long run over several jobs; the schedule is unchanged.
-    progress : bool
-        tqdm progress bar.
+    progress : bool or None
+        tqdm progress bar (None, the default: only on an interactive terminal or in a notebook with ipywidgets, :mod:`rankkit._progress`).
     tokenizer : str or tokenizer, default "gpt2"
         For a text ``dataset`` (and ``eval_dataset``) only; it must be the model's.
     tol : float or None, default 0.1
@@ -407,10 +408,6 @@ def train(model: RewardModel, dataset, objective: str = "cumulative",
         _check_convergence(result.train_loss, steps_per_epoch, tol,
                            _constant_loss(y, objective) if not reg_coef else None)
     return result
-
-
-class ConvergenceWarning(UserWarning):
-    """A training run ended while its loss was still changing (see ``tol`` of :func:`train`)."""
 
 
 def _window(n_steps: int, steps_per_epoch: int) -> int:

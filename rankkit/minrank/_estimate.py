@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._backend import array_backend
+from .._warnings import LabelScaleWarning
 from ..bounds import eps_rank_lower_bound, rank_lower_bound
 from ..exact import exact_completion, rank_cap
 from ..matrix import RewardMatrix, as_reward_matrix
@@ -272,15 +273,6 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
 
 
 # ---- shared by the one-process and the distributed estimate_min_rank ---------------------------
-class LabelScaleWarning(UserWarning):
-    """The analysed label's observed values leave [0, 1], the range ε = 1e-6 is meant for.
-
-    ε bounds an absolute mean squared error, so multiplying every label by c divides the
-    effective tolerance by c² (vader:movie's labels × 5: upper 6 → 7). Pass
-    ``normalize=True`` to :func:`rankkit.estimate_min_rank` to divide the values by their
-    largest magnitude, or scale ``eps`` by that magnitude squared."""
-
-
 def _label_scale(lo: float, hi: float, normalize: bool, label) -> float:
     """The divisor s applied to the label's values: max(|lo|, |hi|) under ``normalize``, else 1,
     warning when [lo, hi] leaves [0, 1] and nothing rescales it.

@@ -71,7 +71,7 @@ def _sequence_nll(model, prompt: torch.Tensor, toks: torch.Tensor, lens: torch.T
 
 def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool = True,
                 lora_rank: int = 8, lora_targets: Sequence[str] | None = None, steps: int = 100, batch_size: int = 32, lr: float = 1e-3,
-                weight_decay: float = 0.0, seed: int = 0, progress: bool = True):
+                weight_decay: float = 0.0, seed: int = 0, progress: bool | None = None):
     r"""Return a fine-tuned **copy** of ``model`` maximising :math:`\sum_s\log p(s\mid s_0)`
     over ``sequences`` (eq. 7). ``lora=True`` trains rank-``lora_rank`` adapters on the
     attention projections (``lora_targets``; default GPT-2's fused ``c_attn``, else peft's
@@ -178,7 +178,7 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
                  finetune: dict | None = None, ctl: dict | None = None, seed: int = 0,
                  adapter: Callable | None = None,
                  checkpoint_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> SelfDistillResult:
+                 progress: bool | None = None) -> SelfDistillResult:
     """Algorithm 1 of Kim et al. (2025).
 
     Parameters

@@ -38,7 +38,7 @@ def run_seed(seed: int, generation: int, n_particles: int, run: int) -> int:
 
 def particle_efficiency(res, prompt: list[int], max_new_tokens: int, ks: Sequence[int],
                         runs_per_k: dict[int, int], toxicity: Callable, cache_dir: Path,
-                        seed: int = 0, progress: bool = True) -> list[dict]:
+                        seed: int = 0, progress: bool | None = None) -> list[dict]:
     """TSMC runs for Fig. 2 of Kim et al. (2025) §3: every generation m of ``res``
     (:class:`~rankkit_ext.tsmc.SelfDistillResult`; its base model p^(m), learned twist ψ^(m)
     and effective potential φ^(m)) × every K in ``ks`` × ``runs_per_k[K]`` seeded runs.
@@ -49,14 +49,14 @@ def particle_efficiency(res, prompt: list[int], max_new_tokens: int, ks: Sequenc
     fingerprint of the model and twist (:func:`rankkit_ext._io.state_fingerprint`), so an
     interrupted run resumes and a retrained generation is never matched with stale results.
     """
-    from tqdm.auto import tqdm
+    from rankkit._progress import progress_bar
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(m, int(k), r) for m in range(len(res.models)) for k in ks
             for r in range(runs_per_k[int(k)])]
     prints = [state_fingerprint(mdl, tw) for mdl, tw in zip(res.models, res.twists, strict=True)]
     out = []
-    for m, k, r in tqdm(jobs, desc="particle efficiency (m, K, run)", disable=not progress):
+    for m, k, r in progress_bar(jobs, desc="particle efficiency (m, K, run)", progress=progress):
         f = cache_dir / f"m{m}_K{k}_r{r}_s{seed}_T{max_new_tokens}_{prints[m]}.json"
         if f.exists():
             out.append(read_json(f, "particle-efficiency run"))

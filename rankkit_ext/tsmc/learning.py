@@ -196,7 +196,7 @@ def train_twist(lm, twist, potential: Potential, prompt, *, steps: int, n_partic
                 max_new_tokens: int, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                 positive_sampler: Callable[[torch.Generator], Sequence[Sequence[int]]] | None = None,
                 checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 50,
-                progress: bool = True, negative: str = "smc", positive: str = "sis",
+                progress: bool | None = None, negative: str = "smc", positive: str = "sis",
                 resample: str = "systematic", ess_threshold: float = 0.5) -> TwistTrainResult:
     """Train ``twist`` in place with CTL and AdamW; resumable from ``checkpoint_dir``.
 
