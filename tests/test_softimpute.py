@@ -279,9 +279,6 @@ def test_estimator_and_predict(rng):
         SoftImpute(2).predict_cells([0], [0])
 
 
-# sklearn announces the one check it skips (below) with a SkipTestWarning; the skip is
-# asserted here, so its warning is expected, not an error
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")
 def test_scikit_learn_estimator_checks_pass():
     from rankkit.testing.completion import assert_sklearn_estimator
 

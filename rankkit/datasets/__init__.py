@@ -44,7 +44,14 @@ from ._tables import (
     _read_file,
     from_columns,
 )
-from ._vader import VADER_SETS, _read_vader, cache_dir
+from ._vader import (  # noqa: F401  (the archive's name, version and hash: rankkit_ext.lm fingerprints them)
+    VADER_SDIST,
+    VADER_SETS,
+    VADER_SHA256,
+    VADER_VERSION,
+    _read_vader,
+    cache_dir,
+)
 
 __all__ = ["available", "load", "as_dataset", "apply_preset", "from_columns", "cache_dir", "PRESETS",
            "VADER_SETS", "Preset"]
