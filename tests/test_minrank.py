@@ -606,3 +606,22 @@ def test_trials_are_a_list_and_a_frame(tmp_path):
     json.dumps(est.to_dict())  # still plain JSON
     got = MinRankEstimate.load(est.save(tmp_path / "e"))
     assert isinstance(got.trials, rk.minrank.Trials) and got.trials == est.trials
+
+
+def test_the_plot_labels_the_certificate_at_the_rank_it_is_drawn():
+    """Issue 25 item 7: the star sits at the certifying fit's rank and its legend says that
+    rank; Lemma 3's bound on Ω is stated as such, not as the rank of the star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    est = estimate_min_rank(rk.synthetic.upper_triangular(6), **FAST)
+    ax = est.plot()
+    star = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert len(star) == 1 and star[0].get_xdata()[0] == est.certified_at
+    label = star[0].get_label()
+    assert label.startswith(f"certificate at rank {est.certified_at}")
+    assert f"ε-rank on Ω₂ ≤ {est.rank_certified}" in label
+    assert (f"on Ω ≤ {est.upper} (Lemma 3)" in label) == (est.upper != est.rank_certified)
+    plt.close(ax.figure)

@@ -391,7 +391,7 @@ class MinRankEstimate:
         if self.certified_at is not None and self.certified_at in self.mse_by_rank:
             r = self.certified_at
             ax.semilogy([r], [max(self.mse_by_rank[r], 1e-300)], marker="*", markersize=16, color="C3",
-                        linestyle="none", label=f"certificate: ε-rank ≤ {self.upper}")
+                        linestyle="none", label=self._certificate_label())
         if self.eps_lower:
             ax.axvspan(-0.5, self.eps_lower - 0.5, color="C2", alpha=0.12,
                        label=f"ε-rank ≥ {self.eps_lower} (Eckart–Young, proved)")
@@ -399,6 +399,16 @@ class MinRankEstimate:
         ax.set_ylabel("mean squared error on Ω₂")
         ax.legend(fontsize=8)
         return ax
+
+    def _certificate_label(self) -> str:
+        """The legend of the certificate's star, stating the rank it is drawn at (the fit's
+        rank, its nonzero singular values where fewer) and, where Lemma 3 adds one, Ω's bound."""
+        at, eff = self.certified_at, self.rank_certified
+        text = f"certificate at rank {at}" + ("" if eff == at else f" ({eff} nonzero singular values)")
+        text += ": ε-rank on Ω₂ ≤ " + str(eff)
+        if self.upper is not None and self.upper != eff:
+            text += f", on Ω ≤ {self.upper} (Lemma 3)"
+        return text
 
     def to_dict(self) -> dict:
         """JSON-serialisable view (the certificate factors are left to :meth:`save`)."""
