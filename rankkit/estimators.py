@@ -49,6 +49,15 @@ class _CompletionEstimator(TransformerMixin, BaseEstimator):
         rows, cols = np.nonzero(obs)
         return sp.csr_matrix((X[obs], (rows, cols)), shape=X.shape)
 
+    def _to_fit(self, X) -> sp.csr_matrix:
+        """X's observed cells for ``fit``, refusing an empty X, and ``rank_``: a rank above
+        min(n, m) adds nothing, so the fit is at most that (e.g. a small CV fold)."""
+        R = self._observed(X, reset=True)
+        if R.nnz == 0:
+            raise ValueError("X has no observed cell (all NaN); nothing to complete")
+        self.rank_ = min(int(self.rank), *R.shape)
+        return R
+
     def _set_result(self, res):
         """Store a :class:`rankkit.SoftImputeResult` as the fitted attributes; returns ``self``."""
         self.result_ = res
@@ -166,11 +175,7 @@ class SoftImpute(_CompletionEstimator):
         self.final_svd = final_svd
 
     def fit(self, X, y=None) -> SoftImpute:
-        R = self._observed(X, reset=True)
-        if R.nnz == 0:
-            raise ValueError("X has no observed cell (all NaN); nothing to complete")
-        # a rank above min(n, m) adds nothing: fit at most that (e.g. a small CV fold)
-        self.rank_ = min(int(self.rank), *R.shape)
+        R = self._to_fit(X)
         res = soft_impute(R, self.rank_, float(self.lam), max_iter=self.max_iter,
                           thresh=self.thresh, backend=self.backend, device=self.device,
                           dtype=self.dtype, seed=self.seed, progress=self.progress,
@@ -267,10 +272,7 @@ class FixedRank(_CompletionEstimator):
 
     def fit(self, X, y=None) -> FixedRank:
         """Complete X at rank ``min(rank, n, m)``; returns ``self``."""
-        R = self._observed(X, reset=True)
-        if R.nnz == 0:
-            raise ValueError("X has no observed cell (all NaN); nothing to complete")
-        self.rank_ = min(int(self.rank), *R.shape)
+        R = self._to_fit(X)
         warm = self.warm_start
         if isinstance(warm, bool | np.bool_):  # scikit-learn's meaning: start from the last fit
             warm = getattr(self, "result_", None) if warm else None

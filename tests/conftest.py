@@ -40,3 +40,19 @@ def _cuda_backends():
 
 CUDA_BACKENDS = _cuda_backends()
 CPU_BACKENDS = [pytest.param("numpy", None, id="numpy"), pytest.param("torch", "cpu", id="torch-cpu")]
+
+
+@pytest.fixture(scope="session")
+def pairs_csv(tmp_path_factory):
+    """``pairs_csv(pairs)``: a CSV file with columns text, score holding (text, label) pairs."""
+    import csv
+
+    def write(pairs, name: str = "reviews.csv"):
+        f = tmp_path_factory.mktemp("csv") / name
+        with open(f, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "score"])
+            w.writerows(pairs)
+        return f
+
+    return write

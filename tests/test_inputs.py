@@ -2,7 +2,6 @@
 and a list of (text, label) pairs exactly as it reads the RewardDataset they describe (all
 through rankkit.datasets.as_dataset)."""
 
-import csv
 
 import numpy as np
 import pytest
@@ -23,13 +22,8 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def csv_path(tmp_path_factory):
-    f = tmp_path_factory.mktemp("inputs") / "reviews.csv"
-    with open(f, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "score"])
-        w.writerows(PAIRS)
-    return f
+def csv_path(pairs_csv):
+    return pairs_csv(PAIRS)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 path and a list of (text, label) pairs exactly as the RewardDataset they describe (issue 25,
 item 1: ``rx.train(model, "reviews.csv")`` used to fail with "must be a RewardDataset")."""
 
-import csv
 
 import numpy as np
 import pytest
@@ -27,13 +26,8 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def csv_path(tmp_path_factory):
-    f = tmp_path_factory.mktemp("ext_inputs") / "reviews.csv"
-    with open(f, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "score"])
-        w.writerows(PAIRS)
-    return f
+def csv_path(pairs_csv):
+    return pairs_csv(PAIRS)
 
 
 def _model():
