@@ -215,8 +215,7 @@ def test_train_is_reproducible_from_a_fresh_process(tmp_path):
     backbone(3, dropout=0.1).save_pretrained(tmp_path / "bb")
     script = f"""
 import sys, torch, transformers
-sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-from tests.ext.test_training import dataset
+from tests.ext.test_training import dataset  # `python -c` from the checkout: it is on sys.path
 from rankkit_ext.models import RADQ
 from rankkit_ext.training import train
 torch.rand(int(sys.argv[1]))  # a different global RNG state in each process
@@ -224,8 +223,9 @@ m = RADQ(transformers.GPT2LMHeadModel.from_pretrained({str(tmp_path / 'bb')!r}),
 r = train(m, dataset(), epochs=1, batch_size=6, lr=1e-2, progress=False, seed=5)
 print(repr(r.train_loss))
 """
+    root = Path(__file__).resolve().parents[2]
     outs = [subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1] for n in (1, 7)]
+                           check=True, cwd=root).stdout.strip().splitlines()[-1] for n in (1, 7)]
     assert outs[0] == outs[1] and outs[0].startswith("[")
 
 
