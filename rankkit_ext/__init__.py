@@ -53,8 +53,9 @@ _LAZY = {
     "guided_logits": ("guided", "guided_logits"),
     "select_candidates": ("guided", "select_candidates"),
     "check_compatible": ("guided", "check_compatible"),
+    "pretrained_lm": ("pretrained", "pretrained_lm"),
 }
 _SUBMODULES = {"models", "training", "learned", "compare", "lm", "guided", "scorers", "metrics",
-               "report", "tsmc"}
+               "report", "tsmc", "pretrained"}
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, _SUBMODULES, globals())

@@ -24,7 +24,8 @@ from .scorers import Scorer
 
 __all__ = [
     "ToxicityResult", "toxicity", "positive_rate", "distinct_n", "PerplexityResult",
-    "conditional_perplexity", "CorpusPerplexity", "perplexity", "ngram_perplexity", "mauve_score", "mean_pairwise_cosine", "similarity",
+    "conditional_perplexity", "CorpusPerplexity", "perplexity", "ngram_perplexity", "bits_per_byte",
+    "mauve_score", "mean_pairwise_cosine", "similarity",
     "weighted_toxicity", "summarize_runs", "pooled_estimate",
 ]
 
@@ -360,6 +361,27 @@ def perplexity(model, sequences, *, batch_size: int = 16, max_len: int | None = 
     n = sum(len(s) for s in seqs)
     mean = float(nll.sum() / n)
     return CorpusPerplexity(math.exp(mean), mean, int(n), nll)
+
+
+def bits_per_byte(result: CorpusPerplexity, texts: Sequence[str]) -> float:
+    r"""Bits per UTF-8 byte of ``texts`` from a per-sequence NLL, comparable across tokenizers.
+
+    .. math:: \mathrm{bpb} = \frac{\sum_i \mathrm{NLL}_i}{\ln 2 \, \sum_i |t_i|_{\mathrm{bytes}}}
+
+    with :math:`\mathrm{NLL}_i` the summed token NLL (nats) of text :math:`t_i`
+    (``result.sequence_nll``, from :func:`perplexity` or :func:`ngram_perplexity` on the
+    texts' token ids in the same order). Per-token perplexity depends on how finely a
+    tokenizer cuts; the code length per byte does not, so LMs with different vocabularies
+    are compared by it (Gao et al. 2020, The Pile, §4).
+    """
+    nll = np.asarray(result.sequence_nll, dtype=np.float64)
+    if nll.shape != (len(texts),):
+        raise ValueError(f"{nll.size} sequence NLLs for {len(texts)} texts: score the texts' "
+                         "token ids in the same order")
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    if n_bytes == 0:
+        raise ValueError("texts hold no bytes to score")
+    return float(nll.sum() / (math.log(2) * n_bytes))
 
 
 def ngram_perplexity(train, test, vocab_size: int, *, n: int = 2, bos: int | None = None,

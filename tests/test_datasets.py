@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rankkit import _pip, tokenizers
 from rankkit import datasets as D
-from rankkit import tokenizers
 from rankkit.datasets import _vader as DV
 from rankkit.sequences import TokenSequences
 
@@ -46,9 +46,9 @@ def test_vader_download_is_verified_and_atomic(tmp_path, monkeypatch):
         shutil.copy(real, f"{dest}/{DV.VADER_SDIST}")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(DV.subprocess, "run", fake_pip)
+    monkeypatch.setattr(_pip.subprocess, "run", fake_pip)
     got = DV._vader_sdist(tmp_path)
-    assert got == tmp_path / "vader" / DV.VADER_SDIST and DV._sha256(got) == DV.VADER_SHA256
+    assert got == tmp_path / "vader" / DV.VADER_SDIST and _pip.sha256(got) == DV.VADER_SHA256
     assert "--no-binary" in calls[0] and f"vaderSentiment=={DV.VADER_VERSION}" in calls[0]
     assert [p.name for p in (tmp_path / "vader").iterdir()] == [DV.VADER_SDIST]  # no tmp left
     DV._vader_sdist(tmp_path)
@@ -64,7 +64,7 @@ def test_vader_download_with_wrong_hash_is_refused(tmp_path, monkeypatch):
         Path(f"{cmd[cmd.index('-d') + 1]}/{DV.VADER_SDIST}").write_bytes(b"evil")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(DV.subprocess, "run", evil_pip)
+    monkeypatch.setattr(_pip.subprocess, "run", evil_pip)
     with pytest.raises(OSError, match="refusing"):
         DV._vader_sdist(tmp_path)
     assert not (tmp_path / "vader" / DV.VADER_SDIST).exists()

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._pip import fetch_distribution
 from ._tables import _decode_lines, _to_float
 
 # ---------------------------------------------------------------------------------------
@@ -37,46 +34,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RANKKIT_CACHE") or Path.home() / ".cache" / "rankkit")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _vader_sdist(cache: Path | None = None) -> Path:
-    """Path of the verified vaderSentiment sdist, downloading it once with pip.
-
-    The download goes to a private temporary folder and is moved into place with
-    ``os.replace`` after its SHA-256 is checked, so concurrent processes never see a
-    partial file (at worst both download and the second replace is a no-op).
-    """
-    folder = (cache or cache_dir()) / "vader"
-    target = folder / VADER_SDIST
-    if target.is_file():
-        digest = _sha256(target)
-        if digest != VADER_SHA256:
-            raise OSError(f"{target} has SHA-256 {digest}, expected {VADER_SHA256}; the file is "
-                          "corrupt or was replaced: delete it and rankkit will fetch it again")
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", f"vaderSentiment=={VADER_VERSION}", "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / VADER_SDIST
-        if proc.returncode != 0 or not got.is_file():
-            raise OSError(
-                f"could not fetch {VADER_SDIST} from PyPI with `{' '.join(cmd)}` "
-                f"(exit {proc.returncode}): {proc.stderr.strip()[-400:]}\nFix: give this "
-                f"machine access to PyPI once, or copy the file to {target}")
-        digest = _sha256(got)
-        if digest != VADER_SHA256:
-            raise OSError(f"downloaded {VADER_SDIST} has SHA-256 {digest}, expected "
-                          f"{VADER_SHA256}; refusing to use it (check your package index)")
-        os.replace(got, target)
-    return target
+    """Path of the verified vaderSentiment sdist, downloading it once with pip
+    (:func:`rankkit._pip.fetch_distribution`: verified, atomic)."""
+    return fetch_distribution(f"vaderSentiment=={VADER_VERSION}", VADER_SDIST, VADER_SHA256,
+                              (cache or cache_dir()) / "vader", sdist=True)
 
 
 def _read_vader(name: str, cache: Path | None = None) -> tuple[list[str], np.ndarray]:
