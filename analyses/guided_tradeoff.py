@@ -144,15 +144,33 @@ def _reward_models(base, tok, ds: RewardDataset, work: Path, a) -> dict:
     for name in [m for m in METHODS if m in need]:
         cls, objective, reg, teacher = specs[name]
         folder = work / name.replace(" ", "_").replace("(", "").replace(")", "").replace(".", "")
-        if (folder / "model").exists():
-            out[name] = load_reward_model(folder / "model").eval()
-            continue
-        m = cls(_rm_backbone(base, a.base), label_names=("positive",), tokenizer_fingerprint=fp)
-        train(m, ds, objective, teacher=out.get(teacher), reg_coef=reg, epochs=a.rm_epochs,
-              batch_size=32, lr=a.rm_lr, seed=0, checkpoint_dir=folder / "ckpt", progress=True)
-        m.save_pretrained(folder / "model")
-        out[name] = m.eval()
+        if not (folder / "model").exists():
+            m = cls(_rm_backbone(base, a.base), label_names=("positive",),
+                    tokenizer_fingerprint=fp)
+            train(m, ds, objective, teacher=out.get(teacher), reg_coef=reg, epochs=a.rm_epochs,
+                  batch_size=32, lr=a.rm_lr, seed=0, checkpoint_dir=folder / "ckpt",
+                  progress=True)
+            m.save_pretrained(folder / "model")
+        out[name] = load_reward_model(folder / "model").eval()
+        out[name].training_report = _training_report(folder / "ckpt" / "checkpoint.pt")
     return {k: v for k, v in out.items() if k in a.methods}
+
+
+def _training_report(checkpoint: Path) -> dict:
+    """Loss history of a finished training run, from its checkpoint: mean batch loss of the
+    first and last epoch and the relative change over the last epoch (the rule of
+    :class:`rankkit_ext.ConvergenceWarning`: converged when it is within ±10 %)."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    loss = np.asarray(ck["history"]["loss"], dtype=np.float64)
+    st = ck["settings"]
+    per = max(1, len(loss) // max(1, int(st["epochs"])))
+    last, prev = loss[-per:].mean(), loss[-2 * per:-per].mean() if len(loss) >= 2 * per else None
+    change = None if prev is None else float(last / prev - 1)
+    return {"objective": st["objective"], "epochs": int(st["epochs"]), "steps": int(len(loss)),
+            "lr": st["lr"], "batch_size": st["batch_size"], "n_texts": st["n"],
+            "loss_first_epoch": float(loss[:per].mean()), "loss_last_epoch": float(last),
+            "change_over_last_epoch": change,
+            "converged": None if change is None else bool(abs(change) <= 0.1)}
 
 
 def _fluency_baselines(lms: dict, movie, held, train_idx, n: int) -> dict:
@@ -184,19 +202,37 @@ def _fluency_baselines(lms: dict, movie, held, train_idx, n: int) -> dict:
     def enc(tok, xs):
         return [tok(x, add_special_tokens=False)["input_ids"] for x in xs]
 
-    rows = {}
-    for name, (model, tok) in lms.items():
-        r = perplexity(model, enc(tok, texts), batch_size=32)
+    n_bytes = np.array([len(t.encode("utf-8")) for t in texts], dtype=np.float64)
+
+    def ratio_se(bits: np.ndarray) -> float:
+        # delta-method SE of the ratio sum(bits) / sum(bytes) over texts drawn i.i.d.
+        r = bits.sum() / n_bytes.sum()
+        m = bits.size
+        return float(np.sqrt(m / (m - 1) * ((bits - r * n_bytes) ** 2).sum()) / n_bytes.sum())
+
+    rows, bits = {}, {}
+
+    def row(name, r, **extra):
+        bits[name] = np.asarray(r.sequence_nll, dtype=np.float64) / np.log(2)
         rows[name] = {"perplexity": r.perplexity, "n_tokens": r.n_tokens,
-                      "bits_per_byte": bits_per_byte(r, texts), "tokens": name}
+                      "bits_per_byte": bits_per_byte(r, texts),
+                      "bits_per_byte_se": ratio_se(bits[name]), **extra}
+
+    for name, (model, tok) in lms.items():
+        row(name, perplexity(model, enc(tok, texts), batch_size=32), tokens=name)
     bigram_tokens = {"gpt2": (gpt2, 50256)}
     bigram_tokens.update({name: (tok, bos_token_id(model)) for name, (model, tok) in lms.items()
                           if not name.startswith("vader-")})
     for name, (tok, bos) in bigram_tokens.items():
         r, lam = ngram_perplexity(enc(tok, train_texts), enc(tok, texts), len(tok), n=2, bos=bos)
-        rows[f"bigram ({name} tokens)"] = {"perplexity": r.perplexity, "n_tokens": r.n_tokens,
-                                           "bits_per_byte": bits_per_byte(r, texts),
-                                           "lambda": lam, "tokens": name}
+        row(f"bigram ({name} tokens)", r, tokens=name, **{"lambda": lam})
+    # every LM against the GPT-2-token bigram on the same texts: the paired difference in bits
+    # per byte (negative: the LM is better) and its SE, far smaller than either SE alone
+    ref = bits["bigram (gpt2 tokens)"]
+    for name in lms:
+        d = bits[name] - ref
+        rows[name]["vs_bigram_gpt2_bits_per_byte"] = {"diff": float(d.sum() / n_bytes.sum()),
+                                                      "se": ratio_se(d)}
     out["models"] = rows
     return out
 
@@ -421,7 +457,7 @@ def main(argv=None):
     rms = _reward_models(base, tok, ds, work, a)
 
     # the LMs' own held-out fluency (cached: the texts and LMs do not change between runs)
-    flu_path = work / f"fluency_{a.judge}_{a.fluency_texts}.json"
+    flu_path = work / f"fluency_v2_{a.judge}_{a.fluency_texts}.json"
     if flu_path.exists():
         fluency = json.loads(flu_path.read_text())
     else:
@@ -442,7 +478,11 @@ def main(argv=None):
     prompts = [tok.decode(movie.sequences[i][:5].tolist()) for i in neg[: a.prompts]]
     scorer = vader_scorer()
 
-    cache = work / "sweep.json"
+    # cells are valid for these exact reward models only: a retrained model starts afresh
+    from rankkit_ext._io import state_fingerprint
+
+    models_fp = "-".join(f"{state_fingerprint(rms[m])[:8]}" for m in sorted(rms))
+    cache = work / f"sweep_{models_fp}.json"
     done = json.loads(cache.read_text()) if cache.exists() else {}
     from tqdm.auto import tqdm
 
@@ -479,7 +519,7 @@ def main(argv=None):
             effects.append(row)
         rows.append(row)
 
-    bias_key = work / "bias.json"
+    bias_key = work / f"bias_{models_fp}.json"
     bias = json.loads(bias_key.read_text()) if bias_key.exists() else []
     if not bias and a.bias_prompts and "RAD-Q (distill)" in rms:
         for b in a.betas:
@@ -546,6 +586,7 @@ def main(argv=None):
             "judge_lm": None if judge is None else {**judge[2], **sizes["judge"]},
             "reward_models": {m: {**sizes[m], "trained_on": f"{len(ds)} VADER movie reviews "
                                   "(not the prompts' texts), sentiment = (rating + 4) / 8",
+                                  "training": rms[m].training_report,
                                   "backbone": (f"{a.base} itself" if a.base.startswith("vader-")
                                                else "GPT-2, d = 64, 2 layers, token embeddings "
                                                f"= top-64 PCA of {a.base}'s")}

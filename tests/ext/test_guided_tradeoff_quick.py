@@ -56,6 +56,12 @@ def test_quick_run_writes_every_cited_field(quick):
     for name in (s["base"], s["judge"], "vader-small", "bigram (gpt2 tokens)",
                  f"bigram ({s['base']} tokens)"):
         assert _finite(fl[name]["perplexity"]) and 0 < fl[name]["bits_per_byte"] < 16, name
+        assert 0 < fl[name]["bits_per_byte_se"] < fl[name]["bits_per_byte"], name
+    for name in (s["base"], s["judge"], "vader-small"):
+        d = fl[name]["vs_bigram_gpt2_bits_per_byte"]
+        assert d["diff"] == pytest.approx(
+            fl[name]["bits_per_byte"] - fl["bigram (gpt2 tokens)"]["bits_per_byte"], abs=1e-9)
+        assert _finite(d["se"]) and d["se"] > 0
     assert meta["base_beats_bigram"] == (
         fl[s["base"]]["perplexity"] < fl[f"bigram ({s['base']} tokens)"]["perplexity"])
 
