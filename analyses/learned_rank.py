@@ -53,7 +53,12 @@ embeddings) at CPU scale, or any causal LM by hub id / folder (``--backbone PATH
 Trained models and learned-matrix blocks are cached in ``$RANKKIT_CACHE/learned_rank/``
 (a rerun resumes training and reuses finished blocks).
 
-Runtime (full mode, 3 seeds): not yet measured on this configuration (see the README).
+Runtime (full mode, 3 seeds, empty cache): 24 min 57 s wall (``/usr/bin/time``), peak RSS
+2.5 GB, measured under ``nice`` on the shared 2-core machine at load average 2.2 → 4.8 (two
+other jobs running); training 7,500 steps takes ~1.5–2 min per model and seed, RAD-V's
+48 rows × 3 extractions ~3–5 min per seed. ``--quick`` (2 seeds, d = 8): ~15–45 s.
+The JSON's ``seconds_train_and_extract`` sums the per-seed work; ``wall_seconds`` is the
+invocation's (short when a rerun finds the per-seed summaries cached, ``seeds_from_cache``).
 
     python -m analyses.learned_rank [--quick] [--out DIR] [--cache DIR]
                                     [--backbone tiny|PATH] [--dataset vader:movie]
@@ -202,7 +207,7 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
 
     path = work / f"{kind}_seed{seed}.json"
     if path.is_file():
-        return read_json(path, "learned_rank seed summary")
+        return {**read_json(path, "learned_rank seed summary"), "from_cache": True}
     sizes = cfg["sizes"][kind]
     prefixes = sample_prefixes(ds, max(sizes), seed)  # uniform rows of P_Ω(R), nested in N
     if len(prefixes) < max(sizes):
@@ -234,7 +239,7 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
            "d": int(model.hidden_size), "rank_bound": getattr(model, "rank_bound", None),
            "n_trainable": int(sum(p.numel() for p in model.parameters() if p.requires_grad))}
     atomic_json(path, out)
-    return out
+    return {**out, "from_cache": False}
 
 
 def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbone: str = "tiny",
@@ -370,10 +375,10 @@ def _payload(cfg, ds, dataset, backbone, quick, data, fit, models, wall) -> dict
             f"{_pm(sv['untrained']['rank_rel_0.0001'])}; RAD-Q NumPy rank "
             f"{_pm(sq['untrained']['rank'])}"),
         "column_subset": (
-            f"the earlier CPU figure's protocol (first {TOP_ROWS} prefixes × the {TOP_COLS} most "
-            f"frequent tokens, NumPy's cutoff for that shape): RAD-V {_pm(sv['top_columns_rank'])}, "
-            f"RAD-Q {_pm(sq['top_columns_rank'])}; a column subset lowers the cutoff into the "
-            f"tail"),
+            f"the earlier CPU figure's protocol (the first ≤ {TOP_ROWS} prefixes × the "
+            f"{TOP_COLS} most frequent tokens, NumPy's cutoff for that shape): RAD-V "
+            f"{_pm(sv['top_columns_rank'])} on {_shape(v)}, RAD-Q {_pm(sq['top_columns_rank'])} "
+            f"on {_shape(q)}; a column subset lowers the cutoff into the tail"),
         "data": (
             f"on the same {len(ds)} utterances: {data['exact_lower']} ≤ minrank_Ω(R) ≤ "
             f"{data['exact_upper']} (exact bracket), {data['eps_lower']} ≤ minrank_Ω,ε(R) ≤ "
@@ -406,7 +411,19 @@ def _payload(cfg, ds, dataset, backbone, quick, data, fit, models, wall) -> dict
             f"and above the extraction noise floor (c = {c:g}, Weyl)."),
         "claim": claim, "findings": findings, "data_min_rank": data, "data_fit": fit,
         "models": models, "wall_seconds": wall,
+        # a rerun that finds the per-seed summaries cached only re-aggregates: then
+        # wall_seconds is that rerun's, and these say how the numbers were computed
+        "seeds_from_cache": sum(r["from_cache"] for m in models.values()
+                                for r in m["seeds"].values()),
+        "seconds_train_and_extract": sum(r["seconds_train"] + r["seconds_extract"]
+                                         for m in models.values() for r in m["seeds"].values()),
     }
+
+
+def _shape(model_entry: dict) -> str:
+    """'N × m' of the column-subset block of the first seed."""
+    a, b = next(iter(model_entry["seeds"].values()))["final"]["top_columns"]["shape"]
+    return f"{a} × {b}"
 
 
 def sv_c(model_entry: dict) -> float:

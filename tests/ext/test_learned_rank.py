@@ -68,7 +68,9 @@ def _get(obj, path: str):
 #: every JSON field README.md's learned_rank bullet cites (models: both RADV and RADQ)
 CITED = ["data_min_rank/exact_lower", "data_min_rank/exact_upper", "data_min_rank/eps_lower",
          "data_min_rank/upper", "data_fit/value", "data_fit/irreducible",
-         "data_fit/completion_bound", "wall_seconds", "models/RADQ/rank_bound"]
+         "data_fit/completion_bound", "seconds_train_and_extract", "n_utterances",
+         "models/RADQ/rank_bound",
+         "models/RADV/seeds/0/final/cutoff_over_sigma1/0"]
 CITED_PER_MODEL = ["d", "steps", "objective/mean", "objective/se",
                    "objective_over_data_fit/mean", "objective_over_data_fit/se",
                    "objective_over_data_fit/min", "objective_over_data_fit/max"]
@@ -126,3 +128,4 @@ def test_quick_run_writes_every_cited_field(tmp_path):
     q = res["models"]["RADQ"]
     assert max(st["max"] for st in q["summary"]["rank_at_floor"]) <= q["rank_bound"] == q["d"]
     assert res["claim"] and len(res["findings"]) >= 5
+    assert res["seeds_from_cache"] == 0
