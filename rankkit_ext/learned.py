@@ -3,7 +3,10 @@ r"""Learned reward matrices R̂ of RAD-V / RAD-Q (paper 002 §3.1.2, App. D.3, F
 Row i of R̂ is r̂(· | x'_i) over the vocabulary (or a chosen subset of columns). The rank
 of R̂ against the number of sampled prefixes (``rankkit.rank_curve``) shows how much of
 its capacity a reward model uses: R̂_RAD-Q = H(w1ᵀ + WE) has rank ≤ d by construction
-(eq. 10–11), R̂_RAD-V is unconstrained but low-rank in practice (Fig. 2).
+(eq. 10–11), R̂_RAD-V is unconstrained; the paper reads both as low-rank with NumPy's
+cutoff (Fig. 2, App. D.4). :func:`extraction_noise_floor` measures what the extraction
+itself resolves (Weyl's inequality on two extractions of the same model), so a rank can be
+counted above the pipeline's own noise instead of above a fixed fraction of σ₁.
 """
 
 from __future__ import annotations
