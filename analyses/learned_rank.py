@@ -53,12 +53,13 @@ embeddings) at CPU scale, or any causal LM by hub id / folder (``--backbone PATH
 Trained models and learned-matrix blocks are cached in ``$RANKKIT_CACHE/learned_rank/``
 (a rerun resumes training and reuses finished blocks).
 
-Runtime (full mode, 3 seeds, empty cache): 24 min 57 s wall (``/usr/bin/time``), peak RSS
-2.5 GB, measured under ``nice`` on the shared 2-core machine at load average 2.2 → 4.8 (two
-other jobs running); training 7,500 steps takes ~1.5–2 min per model and seed, RAD-V's
-48 rows × 3 extractions ~3–5 min per seed. ``--quick`` (2 seeds, d = 8): ~15–45 s.
-The JSON's ``seconds_train_and_extract`` sums the per-seed work; ``wall_seconds`` is the
-invocation's (short when a rerun finds the per-seed summaries cached, ``seeds_from_cache``).
+Runtime (full mode, 3 seeds, empty cache): 21 min 31 s wall (``/usr/bin/time``), peak RSS
+2.5 GB, measured under ``nice`` on the shared 2-core machine at load average 3.1–3.8 (two
+other jobs running). Per model and seed: training 1.5–2.5 min (RAD-V 10,000 steps, RAD-Q
+7,500); extraction with its noise floor ~2 min for RAD-V (48 rows × 3 extractions),
+~1.3 min for RAD-Q. ``--quick`` (2 seeds, d = 8): ~15–45 s. The JSON's
+``seconds_train_and_extract`` sums the per-seed work; ``wall_seconds`` is the invocation's
+(short when a rerun finds the per-seed summaries cached, ``seeds_from_cache``).
 
     python -m analyses.learned_rank [--quick] [--out DIR] [--cache DIR]
                                     [--backbone tiny|PATH] [--dataset vader:movie]
@@ -83,13 +84,16 @@ LABEL = "sentiment"
 #: product per prefix) goes to 1024. ``n_init``: rows of the untrained model's R̂.
 #: "quick" is a smoke run of the same pipeline.
 CONFIGS = {
-    "default": dict(limit=400, max_len=24, d=32, n_layer=2, n_head=2, epochs=300,
+    # RAD-V 400 epochs: at 300 one of 3 seeds ended at 10.2x the data fit (RAD-Q: 3.2-4.3x)
+    "default": dict(limit=400, max_len=24, d=32, n_layer=2, n_head=2,
+                    epochs={"RADV": 400, "RADQ": 300},
                     batch_size=16, lr=3e-3, weight_decay=0.0, warmup_steps=100, eps=1e-6,
                     seeds=[0, 1, 2], n_init=8,
                     sizes={"RADV": [8, 16, 24, 32, 40, 48],
                            "RADQ": [16, 32, 64, 128, 256, 512, 1024]},
                     block=16),
-    "quick": dict(limit=40, max_len=8, d=8, n_layer=1, n_head=2, epochs=30, batch_size=16,
+    "quick": dict(limit=40, max_len=8, d=8, n_layer=1, n_head=2,
+                  epochs={"RADV": 30, "RADQ": 30}, batch_size=16,
                   lr=3e-3, weight_decay=0.0, warmup_steps=5, eps=1e-6, seeds=[0, 1], n_init=2,
                   sizes={"RADV": [2, 4], "RADQ": [4, 8]}, block=4),
 }
@@ -220,7 +224,7 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
     del R0
     t0 = time.perf_counter()
     with torch.random.fork_rng():
-        tr = train(model, ds, epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+        tr = train(model, ds, epochs=cfg["epochs"][kind], batch_size=cfg["batch_size"], lr=cfg["lr"],
                    weight_decay=cfg["weight_decay"], warmup_steps=cfg["warmup_steps"],
                    seed=seed, max_len=cfg["max_len"], checkpoint_dir=work / f"{kind}_seed{seed}",
                    progress=progress)
@@ -363,8 +367,9 @@ def _payload(cfg, ds, dataset, backbone, quick, data, fit, models, wall) -> dict
             + (" — above the bound, so that count includes float32 rounding, which the floor "
                "excludes" if sq["rank_float64_cutoff"][-1]["min"] > q["rank_bound"] else "")),
         "training": (
-            f"objective (evaluate, mean over utterances) after {v['steps']} steps: RAD-V "
-            f"{_pm(v['objective'], '.2e')}, RAD-Q {_pm(q['objective'], '.2e')}; data fit "
+            f"objective (evaluate, mean over utterances): RAD-V {_pm(v['objective'], '.2e')} "
+            f"after {v['steps']} steps, RAD-Q {_pm(q['objective'], '.2e')} after "
+            f"{q['steps']} steps; data fit "
             f"{fit['value']:.2e} (irreducible {fit['irreducible']:.2e} + completion bound "
             f"{fit['completion_bound']:.1e}); ratio RAD-V {_pm(v['objective_over_data_fit'])}, "
             f"RAD-Q {_pm(q['objective_over_data_fit'])} (target ≤ 10; the constant "
@@ -403,8 +408,8 @@ def _payload(cfg, ds, dataset, backbone, quick, data, fit, models, wall) -> dict
         "config": cfg, "setup": (
             f"RAD-V and RAD-Q (linear head + baseline) on the {backbone!r} backbone "
             f"(d = {d}), trained on {dataset} (first {cfg['limit']} texts, ≤ {cfg['max_len']} "
-            f"GPT-2 tokens, label '{LABEL}') with the cumulative loss for {cfg['epochs']} "
-            f"epochs (AdamW, lr {cfg['lr']:g} with {cfg['warmup_steps']} warm-up steps and "
+            f"GPT-2 tokens, label '{LABEL}') with the cumulative loss for "
+            f"{cfg['epochs']['RADV']} (RAD-V) / {cfg['epochs']['RADQ']} (RAD-Q) epochs (AdamW, lr {cfg['lr']:g} with {cfg['warmup_steps']} warm-up steps and "
             f"linear decay, weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}), "
             f"seeds {cfg['seeds']} (init, data order, prefixes); R̂ over the full vocabulary "
             f"on N uniform distinct training prefixes (nested); ranks with NumPy's cutoff "
