@@ -54,3 +54,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def seed_stats(x) -> dict:
+    """Mean, standard error over seeds (sample SD / √k; NaN for one seed), min, median, max
+    and every value, of a list of per-seed numbers."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return {"mean": float(x.mean()), "se": se, "min": float(x.min()),
+            "median": float(np.median(x)), "max": float(x.max()),
+            "values": [float(v) for v in x], "k": int(len(x))}
