@@ -18,7 +18,16 @@ from .efficiency import particle_efficiency, run_seed
 from .engine import SMCRun, smc
 from .estimates import Estimate, kl_q_sigma, kl_sigma_q, log_z_lower_bound, log_z_upper_bound
 from .exact import ExactTarget, enumerate_target, exact_ctl_loss
-from .importance import ImportanceTarget, ISEstimate, sample_base, score_proposal
+from .importance import (
+    MIN_ESS,
+    ImportanceTarget,
+    ISEstimate,
+    khat_threshold,
+    mixture_log_proposal,
+    psis_khat,
+    sample_base,
+    score_proposal,
+)
 from .learning import NEGATIVE_PHASES, POSITIVE_PHASES, TwistTrainResult, ctl_loss, train_twist
 from .potentials import (
     ClassifierPotential,
@@ -59,7 +68,8 @@ __all__ = [
     "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
     "particle_efficiency", "run_seed",
     "ExactTarget", "enumerate_target", "exact_ctl_loss",
-    "ISEstimate", "ImportanceTarget", "sample_base", "score_proposal",
+    "ISEstimate", "ImportanceTarget", "MIN_ESS", "khat_threshold", "mixture_log_proposal",
+    "psis_khat", "sample_base", "score_proposal",
     "NEGATIVE_PHASES", "POSITIVE_PHASES", "TwistTrainResult", "ctl_loss", "train_twist",
     "ClassifierPotential", "FunctionPotential", "HardConstraint", "Potential",
     "ProductPotential", "TablePotential", "pipeline_scorer", "toxicity_potential",
