@@ -13,7 +13,15 @@ twisted sequential Monte Carlo* (ICML).
 
 from ..metrics import mean_pairwise_cosine, similarity  # the diversity metric, re-exported
 from .adapters import EnumerableLM, HFCausalLM, TableLM, as_adapter, prefix_count
-from .distill import EffectivePotential, SelfDistillResult, finetune_lm, self_distill, tsmc_samples
+from .distill import (
+    EffectivePotential,
+    SelfDistillResult,
+    distill_set_stats,
+    finetune_lm,
+    self_distill,
+    tsmc_samples,
+    tsmc_weighted_samples,
+)
 from .efficiency import particle_efficiency, run_seed
 from .engine import SMCRun, smc
 from .estimates import Estimate, kl_q_sigma, kl_sigma_q, log_z_lower_bound, log_z_upper_bound
@@ -66,6 +74,7 @@ __all__ = [
     "SMCRun", "smc", "Proposal", "ProposalStep", "RewardGuidedProposal", "StepContext",
     "TwistProposal",
     "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
+    "distill_set_stats", "tsmc_weighted_samples",
     "particle_efficiency", "run_seed",
     "ExactTarget", "enumerate_target", "exact_ctl_loss",
     "ISEstimate", "ImportanceTarget", "MIN_ESS", "khat_threshold", "mixture_log_proposal",
