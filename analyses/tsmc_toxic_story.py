@@ -56,9 +56,13 @@ Usage::
         # the decisive run (~5·10^5 draws per seed); its time on one H100 is estimated in
         # the JSON (``runtime.gpu_estimate``), not measured
 
-Runtime (measured, 2 cores shared with two other jobs, load average ≈ 3): full mode
-RUNTIME_FULL_PLACEHOLDER; ``--quick`` ≈ 60-80 s. Fig. 2 (particle efficiency) is shrunk to K ∈ {20, 50, 100} × 2 runs for seed 0
-and can be skipped with ``--no-particle-efficiency``.
+Runtime (measured on the 2-core CPU machine shared with two other jobs, one torch thread):
+full mode 987 s wall (649 s the three chains, 294 s the targets and estimates, ~25 s Fig. 2;
+6.5 min user + 3.0 min system CPU), load average 3.9 at the start and 3.5 at the end;
+``--quick`` 70-85 s wall at load 3.6-3.8. Fig. 2 (particle efficiency) is shrunk to seed 0,
+K ∈ {16, 32, 64} × 2 runs, and is skipped with ``--no-particle-efficiency``. At the full
+sizes every estimate is *undecided* (ESS ≈ 7 of 1,000 draws per seed): the decisive run
+needs ~3·10^4 draws per seed at the measured ESS/N (``runtime.gpu_estimate``).
 
 Writes ``tsmc_toxic_story.{json,png}`` and ``tsmc_particle_efficiency.{json,png}`` to
 ``--out``; chains and per-seed samples are cached in ``$RANKKIT_CACHE/tsmc_toxic_story``

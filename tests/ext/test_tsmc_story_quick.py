@@ -46,9 +46,11 @@ NUMBERS_PER_SEED = ["ess", "khat", "n_draws", "log_Z_check.log_Z_tsmc",
                     "base_only_crosscheck.khat", "distill_sets.0.n_distinct",
                     "distill_sets.0.effective_distinct", "distill_sets.1.n_distinct",
                     "distill_sets.1.effective_distinct", "toxicity_tsmc.0.mean",
-                    "toxicity_tsmc.2.mean"]
-NUMBERS = ["runtime.seconds_total", "runtime.loadavg_at_start.0",
-           "runtime.measured_sequence_passes_per_s",
+                    "toxicity_tsmc.0.stderr", "toxicity_tsmc.2.mean", "toxicity_tsmc.2.stderr",
+                    "mixture_alphas.0"]
+NUMBERS = ["runtime.seconds_total", "runtime.seconds_with_fig2", "runtime.loadavg_at_start.0",
+           "runtime.measured_sequence_passes_per_s", "setup.min_ess",
+           "runtime.gpu_estimate.n_draws_per_seed_for_min_ess",
            "runtime.gpu_estimate.seconds_per_seed_h100_estimate"]
 
 
