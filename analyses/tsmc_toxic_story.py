@@ -82,7 +82,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankkit._io import atomic_json, atomic_npz, atomic_write, read_npz
+from rankkit._io import atomic_json, atomic_npz, atomic_write, fingerprint, read_npz
 from rankkit_ext._io import state_fingerprint
 from rankkit_ext.metrics import distinct_n, pooled_estimate, summarize_runs, weighted_toxicity
 from rankkit_ext.scorers import profanity_scorer
@@ -114,11 +114,16 @@ VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_
                 "decrease is below -2 pooled SE (a significant increase); else 'undecided'")
 # Sizes: full mode is what fits ~30 min on 2 cores shared with two other jobs (this
 # process gets about half a core); the decisive sizes need a GPU (module docstring)
-FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-2, n_distill_runs=64,
+# ctl_lr: measured before choosing (one CTL run each, T = 10, K = 32): at 1e-2 the twist
+# collapses onto a few toxic strings within 30 steps (mean toxicity under q 0.76, ESS of q's
+# own weights 5 of 320, and in the first full run KL(σ‖q_0) ≫ KL(σ‖p_LM)); at 1e-3 it
+# moves little in 90 steps (toxicity 0.03 → 0.06) and stays near p_LM: the less harmful
+# for a mass-covering KL, so it is the default
+FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-3, n_distill_runs=128,
             ft_steps=30, n_base=400, n_tilt=300, n_boot=500, K_z=128, n_z_runs=3,
             n_eval_runs=3, K_test=32, pe_ks=(16, 32, 64), pe_runs=2)
 # the tilts need no second seed, so --quick runs one seed end to end
-QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-2, n_distill_runs=4,
+QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-3, n_distill_runs=4,
              ft_steps=3, n_base=60, n_tilt=60, n_boot=100, K_z=16, n_z_runs=2,
              n_eval_runs=2, K_test=8, pe_ks=(8,), pe_runs=2)
 
@@ -254,6 +259,8 @@ def main(argv=None) -> dict:
 
     # ---- phase 1: one self-distillation chain per seed ----------------------------------
     chains, t_chain = [], time.time()
+    chain_key = fingerprint({k: cfg[k] for k in ("T", "K_train", "ctl_steps", "ctl_lr",
+                                                 "n_distill_runs", "ft_steps")})[:16]
     for s in range(cfg["seeds"]):
         res = self_distill(
             model, phi, prompt, lambda: LinearTwist(model.config.n_embd, V).to(dev),
@@ -262,8 +269,9 @@ def main(argv=None) -> dict:
             distill="weighted", n_distill_runs=cfg["n_distill_runs"],
             finetune=dict(lora=False, steps=cfg["ft_steps"], lr=1e-3, batch_size=32),
             seed=1000 * s, progress=False,
-            checkpoint_dir=cache / f"sdw_T{T}_{'q' if q else 'f'}_{cfg['ctl_steps']}_s{s}_"
-                                   f"{base_fp}",
+            # every setting that shapes a chain is in its folder's name: a rerun with other
+            # sizes must never resume from generations trained with the old ones
+            checkpoint_dir=cache / f"sdw_s{s}_{base_fp}_{chain_key}",
             # CTL's negative phase from one twisted SIS run per step (learning.ctl_loss notes)
             ctl=dict(negative="sis"))
         chains.append(res)
@@ -277,7 +285,7 @@ def main(argv=None) -> dict:
     for s, res in enumerate(chains):
         fp = state_fingerprint(*res.models[1:], *res.twists)[:16]
         f = cache / (f"target_T{T}_s{s}_b{cfg['n_base']}_t{cfg['n_tilt']}_{base_fp}_{fp}"
-                     f"_{'q' if q else 'f'}.npz")
+                     f"_{fingerprint(list(TILTS))[:8]}.npz")
         J = 1 + len(TILTS)
         if f.exists():
             z = read_npz(f, "mixture target", required=("tokens", "lengths", "strata", "log_c",
