@@ -57,12 +57,13 @@ Usage::
         # the JSON (``runtime.gpu_estimate``), not measured
 
 Runtime (measured on the 2-core CPU machine shared with two other jobs, one torch thread):
-full mode 987 s wall (649 s the three chains, 294 s the targets and estimates, ~25 s Fig. 2;
-6.5 min user + 3.0 min system CPU), load average 3.9 at the start and 3.5 at the end;
-``--quick`` 70-85 s wall at load 3.6-3.8. Fig. 2 (particle efficiency) is shrunk to seed 0,
-K ∈ {16, 32, 64} × 2 runs, and is skipped with ``--no-particle-efficiency``. At the full
-sizes every estimate is *undecided* (ESS ≈ 7 of 1,000 draws per seed): the decisive run
-needs ~3·10^4 draws per seed at the measured ESS/N (``runtime.gpu_estimate``).
+full mode 960 s wall (604 s the three chains, 328 s the targets and estimates, 19 s Fig. 2),
+load average 2.8 at the start and 3.0 at the end (an earlier run with ctl_lr = 1e-2 and 64
+distillation runs: 987 s at load 3.9); ``--quick`` 35-85 s wall at load 2.5-3.8. Fig. 2
+(particle efficiency) is shrunk to seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with
+``--no-particle-efficiency``. At the full sizes every estimate is *undecided* (ESS ≈ 7 of
+1,000 draws per seed): the decisive run needs ~3·10^4 draws per seed at the measured ESS/N
+(``runtime.gpu_estimate``), e.g. ``--device cuda --n-base 10000 --n-tilt 10000``.
 
 Writes ``tsmc_toxic_story.{json,png}`` and ``tsmc_particle_efficiency.{json,png}`` to
 ``--out``; chains and per-seed samples are cached in ``$RANKKIT_CACHE/tsmc_toxic_story``
