@@ -41,7 +41,7 @@ callers must print "undecided" instead of a number (:meth:`ISEstimate.headline`)
 2000) with :math:`q_0 = p^{(0)}_{LM}` and :math:`\phi\le 1` the ratios are bounded,
 :math:`w\le\phi/\alpha_0\le 1/\alpha_0`. With a fixed number :math:`N_j=\alpha_jN` of draws
 per component (``strata``) the balance-heuristic estimator is still unbiased for Z, and the
-bootstrap (:meth:`ImportanceTarget.bootstrap`) resamples within each stratum.
+bootstrap (:meth:`ImportanceTarget.bootstrap_counts`) resamples within each stratum.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class ISEstimate:
 
     @property
     def status(self) -> str:
+        """``"decided"`` or ``"undecided"``."""
         return "decided" if self.decided else "undecided"
 
     @property
@@ -181,6 +182,8 @@ class ISEstimate:
         return self.mean if self.decided else None
 
     def headline(self, fmt: str = ".2f") -> str:
+        """What may be printed: ``mean ± se`` (and the bootstrap SE) when decided, else
+        "undecided" with the ESS and k̂ that made it so — never a number for the estimate."""
         if not self.decided:
             return (f"undecided (ESS {self.ess:.1f} < {self.min_ess:g} or k̂ {self.khat:.2f} > "
                     f"{self.khat_threshold:.2f})")
