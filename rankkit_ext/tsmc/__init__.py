@@ -13,12 +13,29 @@ twisted sequential Monte Carlo* (ICML).
 
 from ..metrics import mean_pairwise_cosine, similarity  # the diversity metric, re-exported
 from .adapters import EnumerableLM, HFCausalLM, TableLM, as_adapter, prefix_count
-from .distill import EffectivePotential, SelfDistillResult, finetune_lm, self_distill, tsmc_samples
+from .distill import (
+    EffectivePotential,
+    SelfDistillResult,
+    distill_set_stats,
+    finetune_lm,
+    self_distill,
+    tsmc_samples,
+    tsmc_weighted_samples,
+)
 from .efficiency import particle_efficiency, run_seed
 from .engine import SMCRun, smc
 from .estimates import Estimate, kl_q_sigma, kl_sigma_q, log_z_lower_bound, log_z_upper_bound
 from .exact import ExactTarget, enumerate_target, exact_ctl_loss
-from .importance import ImportanceTarget, ISEstimate, sample_base, score_proposal
+from .importance import (
+    MIN_ESS,
+    ImportanceTarget,
+    ISEstimate,
+    khat_threshold,
+    mixture_log_proposal,
+    psis_khat,
+    sample_base,
+    score_proposal,
+)
 from .learning import NEGATIVE_PHASES, POSITIVE_PHASES, TwistTrainResult, ctl_loss, train_twist
 from .potentials import (
     ClassifierPotential,
@@ -57,9 +74,11 @@ __all__ = [
     "SMCRun", "smc", "Proposal", "ProposalStep", "RewardGuidedProposal", "StepContext",
     "TwistProposal",
     "EffectivePotential", "SelfDistillResult", "finetune_lm", "self_distill", "tsmc_samples",
+    "distill_set_stats", "tsmc_weighted_samples",
     "particle_efficiency", "run_seed",
     "ExactTarget", "enumerate_target", "exact_ctl_loss",
-    "ISEstimate", "ImportanceTarget", "sample_base", "score_proposal",
+    "ISEstimate", "ImportanceTarget", "MIN_ESS", "khat_threshold", "mixture_log_proposal",
+    "psis_khat", "sample_base", "score_proposal",
     "NEGATIVE_PHASES", "POSITIVE_PHASES", "TwistTrainResult", "ctl_loss", "train_twist",
     "ClassifierPotential", "FunctionPotential", "HardConstraint", "Potential",
     "ProductPotential", "TablePotential", "pipeline_scorer", "toxicity_potential",

@@ -32,8 +32,10 @@ from .potentials import Potential
 from .resampling import resample
 from .sampler import _right_padded, score_sequences, tsmc
 
-__all__ = ["EffectivePotential", "finetune_lm", "tsmc_samples", "self_distill",
-           "SelfDistillResult"]
+__all__ = ["EffectivePotential", "finetune_lm", "tsmc_samples", "tsmc_weighted_samples",
+           "distill_set_stats", "self_distill", "SelfDistillResult", "DISTILL_MODES"]
+
+DISTILL_MODES = ("resampled", "weighted")
 
 
 class EffectivePotential(Potential):
@@ -70,17 +72,28 @@ def _sequence_nll(model, prompt: torch.Tensor, toks: torch.Tensor, lens: torch.T
 
 
 def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool = True,
-                lora_rank: int = 8, lora_targets: Sequence[str] | None = None, steps: int = 100, batch_size: int = 32, lr: float = 1e-3,
-                weight_decay: float = 0.0, seed: int = 0, progress: bool | None = None):
+                lora_rank: int = 8, lora_targets: Sequence[str] | None = None, steps: int = 100,
+                batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                progress: bool | None = None, weights: Sequence[float] | None = None):
     r"""Return a fine-tuned **copy** of ``model`` maximising :math:`\sum_s\log p(s\mid s_0)`
     over ``sequences`` (eq. 7). ``lora=True`` trains rank-``lora_rank`` adapters on the
     attention projections (``lora_targets``; default GPT-2's fused ``c_attn``, else peft's
     per-architecture default, e.g. the query/value projections of Llama and Qwen2) with
     ``peft`` and merges them back; ``lora=False`` trains all
     weights (no weight decay on biases and LayerNorms, as in App. C).
+
+    ``weights`` (≥ 0, one per sequence) makes it the weighted objective
+    :math:`\sum_i w_i\log p(s_i\mid s_0)`: minibatches are drawn with probability
+    :math:`\propto w_i` (with replacement), an unbiased stochastic gradient of it.
     """
     if not sequences:
         raise ValueError("finetune_lm got no sequences; draw TSMC samples first.")
+    if weights is not None:
+        wts = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if wts.numel() != len(sequences) or not torch.isfinite(wts).all() or (wts < 0).any() \
+                or wts.sum() <= 0:
+            raise ValueError(f"finetune_lm: weights must be {len(sequences)} finite values >= 0 "
+                             "with a positive sum, one per sequence.")
     dev = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):  # peft/LoRA init uses the global RNG: fork it
         torch.manual_seed(seed)
@@ -123,7 +136,11 @@ def finetune_lm(model, prompt, sequences: Sequence[Sequence[int]], *, lora: bool
                      device=dev, progress=progress)
     with loop:
         for _ in loop:
-            idx = torch.randint(len(sequences), (min(batch_size, len(sequences)),), generator=g)
+            if weights is None:
+                idx = torch.randint(len(sequences), (min(batch_size, len(sequences)),),
+                                    generator=g)
+            else:
+                idx = torch.multinomial(wts, batch_size, replacement=True, generator=g)
             opt.zero_grad()
             loss = _sequence_nll(student, prompt, toks[idx.to(dev)], lens[idx.to(dev)]).mean()
             loss.backward()
@@ -151,6 +168,43 @@ def tsmc_samples(lm, twist, potential, prompt, n_samples: int, n_particles: int,
     return out[:n_samples]
 
 
+def tsmc_weighted_samples(lm, twist, potential, prompt, n_runs: int, n_particles: int,
+                          max_new_tokens: int, generator: torch.Generator, **kw
+                          ) -> tuple[list[list[int]], np.ndarray]:
+    r"""Every final particle of ``n_runs`` independent TSMC runs with weight
+    :math:`\bar w_{rk}/R` (each run's normalised weights, runs weighted equally): the
+    weighted distillation set. No resampling, so no particle is duplicated and none with
+    positive weight is dropped; :math:`\sum_{r,k}\bar w_{rk}f(s_{rk})/R` is the average of
+    the runs' (consistent) estimates of :math:`\mathbb E_\sigma f`."""
+    if int(n_runs) < 1:
+        raise ValueError(f"n_runs must be >= 1; got {n_runs}.")
+    seqs: list[list[int]] = []
+    wts: list[np.ndarray] = []
+    for _ in range(int(n_runs)):
+        r = tsmc(lm, twist, potential, prompt, n_particles, max_new_tokens,
+                 generator=generator, **kw)
+        seqs += r.sequences(strip_eos=False)
+        w = r.weights.double().cpu().numpy()
+        wts.append(w / w.sum() / int(n_runs))
+    return seqs, np.concatenate(wts)
+
+
+def distill_set_stats(sequences: Sequence[Sequence[int]], weights=None) -> dict:
+    r"""Size of a distillation set: strings, distinct strings, and with weights the
+    effective number of distinct strings :math:`1/\sum_u W_u^2` (:math:`W_u` the total
+    weight of distinct string u; the set's ESS) and how many carry ≥ 1/(10·n) of it."""
+    keys: dict[tuple[int, ...], float] = {}
+    w = np.full(len(sequences), 1.0 / max(len(sequences), 1)) if weights is None \
+        else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    for s_, wi in zip(sequences, w, strict=True):
+        keys[tuple(s_)] = keys.get(tuple(s_), 0.0) + float(wi)
+    W = np.array(list(keys.values()))
+    return {"n_strings": len(sequences), "n_distinct": len(keys),
+            "effective_distinct": float(1.0 / (W @ W)) if W.size else 0.0,
+            "n_distinct_weight_ge_0.1_over_n": int((W >= 0.1 / max(len(sequences), 1)).sum()),
+            "weighted": weights is not None}
+
+
 def _takes_positional(f: Callable) -> bool:
     try:
         params = inspect.signature(f).parameters.values()
@@ -170,13 +224,15 @@ class SelfDistillResult:
     twists: list = field(default_factory=list)
     potentials: list[Potential] = field(default_factory=list)
     ctl: list[TwistTrainResult] = field(default_factory=list)
+    distill_sets: list[dict] = field(default_factory=list)  # distill_set_stats, gens 1..M
 
 
 def self_distill(base_model, potential: Potential, prompt, twist_factory: Callable[..., torch.nn.Module],
                  *, generations: int = 2, max_new_tokens: int = 16, n_particles: int = 100,
                  ctl_steps: int = 100, ctl_lr: float = 1e-3, n_distill_samples: int = 1024,
                  finetune: dict | None = None, ctl: dict | None = None, seed: int = 0,
-                 adapter: Callable | None = None,
+                 adapter: Callable | None = None, distill: str = "resampled",
+                 n_distill_runs: int | None = None,
                  checkpoint_dir: str | os.PathLike | None = None,
                  progress: bool | None = None) -> SelfDistillResult:
     """Algorithm 1 of Kim et al. (2025).
@@ -197,10 +253,21 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
     adapter : callable, optional
         ``adapter(model)`` → the sampler adapter used for TSMC, CTL and scoring (default
         :class:`~rankkit_ext.tsmc.adapters.HFCausalLM`; e.g. ``EnumerableLM`` in tests).
+    distill : {"resampled", "weighted"}
+        ``"resampled"``: eq. 7's set 𝒮 of ``n_distill_samples`` equally weighted draws, each
+        TSMC run's particles resampled multinomially (a run of low ESS gives copies of a few
+        strings). ``"weighted"``: every particle of ``n_distill_runs`` runs with its weight
+        (:func:`tsmc_weighted_samples`), fine-tuned on the weighted likelihood: the same
+        objective in expectation, with no duplicates.
     checkpoint_dir : path, optional
         Each finished generation is saved there (model via ``save_pretrained``, twist and
         CTL trace via ``torch.save``, atomically); a rerun resumes after the last one.
     """
+    if distill not in DISTILL_MODES:
+        raise ValueError(f"distill must be one of {DISTILL_MODES}; got {distill!r}.")
+    if distill == "weighted" and (n_distill_runs is None or int(n_distill_runs) < 1):
+        raise ValueError("distill='weighted' needs n_distill_runs >= 1 (TSMC runs whose "
+                         "weighted particles form the distillation set).")
     finetune, ctl_kw = dict(finetune or {}), dict(ctl or {})
     wrap = adapter or (lambda mdl: mdl)
     takes_model = _takes_positional(twist_factory)
@@ -211,9 +278,16 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
     model, phi_m = base_model, potential
     for m in range(generations + 1):
         gdir = root / f"gen_{m}" if root is not None else None
-        if m > 0:
-            samples = tsmc_samples(wrap(model), res.twists[-1], phi_m, prompt, n_distill_samples,
-                                   n_particles, max_new_tokens, g)
+        if m > 0:  # drawn even when resuming, so the generator stays in step
+            if distill == "weighted":
+                samples, s_w = tsmc_weighted_samples(wrap(model), res.twists[-1], phi_m, prompt,
+                                                     int(n_distill_runs), n_particles,
+                                                     max_new_tokens, g)
+            else:
+                samples, s_w = tsmc_samples(wrap(model), res.twists[-1], phi_m, prompt,
+                                            n_distill_samples, n_particles, max_new_tokens,
+                                            g), None
+            res.distill_sets.append({"generation": m, **distill_set_stats(samples, s_w)})
         if gdir is not None and (gdir / "done.json").exists():
             if m > 0:
                 model = type(base_model).from_pretrained(gdir / "model").to(
@@ -225,7 +299,7 @@ def self_distill(base_model, potential: Potential, prompt, twist_factory: Callab
         else:
             if m > 0:
                 model = finetune_lm(model, prompt, samples, seed=seed + m, progress=progress,
-                                    **finetune)
+                                    weights=s_w, **finetune)
             twist = None
         phi_m = potential if m == 0 else EffectivePotential(wrap(base_model), wrap(model), potential, prompt,
                                                             max_new_tokens, eos)

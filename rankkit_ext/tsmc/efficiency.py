@@ -61,7 +61,9 @@ def particle_efficiency(res, prompt: list[int], max_new_tokens: int, ks: Sequenc
         if f.exists():
             out.append(read_json(f, "particle-efficiency run"))
             continue
-        g = torch.Generator().manual_seed(run_seed(seed, m, k, r))
+        mdl = res.models[m]  # the generator lives where the model samples (CPU unless cuda)
+        dev = next(mdl.parameters()).device if isinstance(mdl, torch.nn.Module) else "cpu"
+        g = torch.Generator(device=dev).manual_seed(run_seed(seed, m, k, r))
         t0 = time.time()
         run = tsmc(res.models[m], res.twists[m], res.potentials[m], prompt, k, max_new_tokens,
                    generator=g)

@@ -1,12 +1,21 @@
 """Self-distillation (Algorithm 1) on a tiny GPT-2 whose σ is enumerable."""
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from rankkit_ext.tsmc.adapters import EnumerableLM, HFCausalLM, prefix_count  # noqa: E402
-from rankkit_ext.tsmc.distill import EffectivePotential, finetune_lm, self_distill  # noqa: E402
+from rankkit_ext.tsmc.distill import (  # noqa: E402
+    EffectivePotential,
+    distill_set_stats,
+    finetune_lm,
+    self_distill,
+    tsmc_weighted_samples,
+)
 from rankkit_ext.tsmc.exact import enumerate_target  # noqa: E402
 from rankkit_ext.tsmc.twists import TableTwist  # noqa: E402
 
@@ -134,3 +143,57 @@ def test_generation_m_samples_from_the_previous_generation_target(setup, monkeyp
         assert potential is res.potentials[m - 1]
         assert twist is res.twists[m - 1]
         assert lm.inner.model is res.models[m - 1]
+
+
+def test_weighted_finetune_on_one_string_equals_finetuning_on_it_alone(setup):
+    """Weights that put all mass on one sequence give the same student as fine-tuning on that
+    sequence alone: the weighted likelihood ignores zero-weight strings (batch size 1, so
+    GPT-2's dropout draws the same numbers in both)."""
+    model, _, target = setup
+    seqs = [list(s) for s in target.sequences[:4]]
+    kw = dict(lora=False, steps=4, lr=0.05, batch_size=1, seed=2, progress=False)
+    a = finetune_lm(model, PROMPT, seqs, weights=[0.0, 0.0, 3.0, 0.0], **kw)
+    b = finetune_lm(model, PROMPT, [seqs[2]], **kw)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(x, y, atol=1e-12)
+    with pytest.raises(ValueError, match="one per sequence"):
+        finetune_lm(model, PROMPT, seqs, weights=[1.0, -1.0, 0.0, 0.0], **kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 3), min_size=1, max_size=3),
+                          st.floats(0.01, 5.0)), min_size=1, max_size=25))
+def test_distill_set_stats_matches_direct_count(items):
+    seqs = [s for s, _ in items]
+    w = np.array([x for _, x in items])
+    got = distill_set_stats(seqs, w)
+    tot: dict = {}
+    for s, x in items:
+        tot[tuple(s)] = tot.get(tuple(s), 0.0) + x / w.sum()
+    assert got["n_strings"] == len(seqs) and got["n_distinct"] == len(tot)
+    assert got["effective_distinct"] == pytest.approx(1 / sum(v * v for v in tot.values()))
+    assert distill_set_stats(seqs)["effective_distinct"] <= len(tot) + 1e-9
+
+
+def test_weighted_tsmc_samples_estimate_sigma_and_self_distill_records_sets(setup):
+    model, phi, target = setup
+    lm = EnumerableLM(HFCausalLM(model), T)
+    g = torch.Generator().manual_seed(0)
+    seqs, w = tsmc_weighted_samples(lm, None, phi, PROMPT, 150, 8, T, g)
+    assert len(seqs) == 1200 and w.sum() == pytest.approx(1.0)
+    # P_σ(first token = 1): the weighted set's estimate against enumeration
+    exact = float(sum(torch.exp(target.log_sigma[i]) for i, s in enumerate(target.sequences)
+                      if s and s[0] == 1))
+    est = float(sum(wi for s, wi in zip(seqs, w, strict=True) if s and s[0] == 1))
+    assert abs(est - exact) < 0.06, (est, exact)
+    factory = lambda: TableTwist(torch.zeros(prefix_count(5, T), 5, dtype=torch.float64))  # noqa: E731
+    kw = dict(adapter=lambda m: EnumerableLM(HFCausalLM(m), T), generations=2, max_new_tokens=T,
+              n_particles=8, ctl_steps=2, progress=False, ctl=dict(negative="sis"),
+              finetune=dict(lora=False, steps=2, lr=0.02, batch_size=8))
+    res = self_distill(model, phi, PROMPT, factory, distill="weighted", n_distill_runs=5, **kw)
+    assert [d["generation"] for d in res.distill_sets] == [1, 2]
+    assert all(d["n_strings"] == 40 and d["weighted"] for d in res.distill_sets)
+    with pytest.raises(ValueError, match="n_distill_runs"):
+        self_distill(model, phi, PROMPT, factory, distill="weighted", **kw)
+    with pytest.raises(ValueError, match="distill must be one of"):
+        self_distill(model, phi, PROMPT, factory, distill="bogus", **kw)
