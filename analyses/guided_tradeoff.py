@@ -502,6 +502,13 @@ def main(argv=None):
                 "perplexity_base": "perplexity_base_per_prompt"}
     if judge is not None:
         measures["perplexity_judge"] = "perplexity_judge_per_prompt"
+        # per-prompt perplexities are heavy-tailed (one odd prompt moves the mean by tens):
+        # the paired difference of their logarithms, a ratio, is the fluency test with power
+        measures["log_perplexity_judge"] = "log_perplexity_judge_per_prompt"
+        for c in done.values():
+            if "perplexity_judge_per_prompt" in c:
+                c["log_perplexity_judge_per_prompt"] = np.log(
+                    np.asarray(c["perplexity_judge_per_prompt"], dtype=np.float64)).tolist()
     rows, effects = [], []
     for method, beta, k in jobs:
         cs = [done[f"{method}|{beta}|{k}|{s}|{setting}"] for s in a.seeds]
@@ -556,10 +563,12 @@ def main(argv=None):
                                       "rises", "falls"),
             "sentiment": _verdict(r["vs_unguided_sentiment"], "mean VADER sentiment",
                                   "rises", "falls"),
-            "fluency": (_verdict(r["vs_unguided_perplexity_judge"],
-                                 f"judge ({a.judge}) perplexity",
+            "fluency": (_verdict(r["vs_unguided_log_perplexity_judge"],
+                                 f"log judge ({a.judge}) perplexity",
                                  "rises: a fluency cost", "falls: no fluency cost")
                         if judge is not None else "undecided: no judge LM"),
+            "fluency_ratio": (float(np.exp(r["vs_unguided_log_perplexity_judge"]["diff"]))
+                              if judge is not None else None),
             # every decoding seed's paired difference has the pooled one's sign
             "seeds_agree_on_positive_rate": bool(all(
                 np.sign(d["diff"]) == np.sign(r["vs_unguided_positive_rate"]["diff"])
@@ -600,7 +609,9 @@ def main(argv=None):
                           "se_seed = SE of the per-seed means (models fixed, decoding seed "
                           "varies); vs_unguided_* = guided - unguided per prompt, its mean ± SE "
                           "and z, and per_seed the same within each decoding seed; a "
-                          "conclusion states a change only at |z| > 2",
+                          "conclusion states a change only at |z| > 2; fluency is judged on "
+                          "log perplexity (fluency_ratio = exp of its paired difference: the "
+                          "geometric-mean ratio guided / unguided over prompts)",
             "scorers": "positive: VADER compound mapped to [0, 1] > 0.5 on prompt + "
                        "continuation; sentiment: that score's mean; perplexity_judge: the judge "
                        "LM (not the generator) on [BOS] + prompt + continuation, its own "

@@ -45,7 +45,7 @@ def test_quick_run_writes_every_cited_field(quick):
             assert _finite(r[m]["mean"]) and _finite(r[m]["se_prompt"]), (r["method"], m)
             assert len(r[m]["per_seed"]) == len(s["seeds"])
     for r in guided:
-        for m in ("positive_rate", "sentiment", "perplexity_judge"):
+        for m in ("positive_rate", "sentiment", "perplexity_judge", "log_perplexity_judge"):
             d = r[f"vs_unguided_{m}"]
             assert all(_finite(d[k]) for k in ("diff", "se", "z"))
             assert d["n_prompts"] == s["prompts"] and len(d["per_seed"]) == len(s["seeds"])
@@ -76,9 +76,11 @@ def test_conclusions_follow_the_statistics(quick):
     for m, r in top.items():
         c = meta["conclusions"][f"{m} at beta = {r['beta']:g}"]
         for key, field in (("positive_rate", "vs_unguided_positive_rate"),
-                           ("fluency", "vs_unguided_perplexity_judge")):
+                           ("fluency", "vs_unguided_log_perplexity_judge")):
             z = r[field]["z"]
             assert ("no change detected" in c[key]) == (abs(z) <= 2), (c[key], z)
+        assert c["fluency_ratio"] == pytest.approx(
+            math.exp(r["vs_unguided_log_perplexity_judge"]["diff"]), rel=1e-9)
         assert c["seeds_agree_on_positive_rate"] == all(
             (p["diff"] > 0) == (r["vs_unguided_positive_rate"]["diff"] > 0)
             for p in r["vs_unguided_positive_rate"]["per_seed"]) or any(
