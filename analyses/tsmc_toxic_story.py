@@ -11,21 +11,34 @@ estimated by self-normalised importance sampling on one weighted sample per seed
 (:class:`rankkit_ext.tsmc.ImportanceTarget`), with a stratified bootstrap SE (the draws
 resampled within each mixture component) beside the delta-method SE.
 
-**σ's sample: a defensive mixture** (Hesterberg 1995; Owen & Zhou 2000). Per seed, N_j
-draws from each component of r = α_0 p_LM^(0) + Σ_j α_j t_j (α_j = N_j / N exactly), every
-draw scored under every component by teacher forcing (:func:`score_proposal`), weights
-w(s) = p_LM(s) φ(s) / Σ_j α_j t_j(s) ≤ φ(s)/α_0 ≤ 1/α_0: bounded, so the IS variance is
-finite whatever the t_j. The twisted components t_j are *token tilts built from the scorer*,
-not learned: t_λ(s_t | s_<t) ∝ p_LM(s_t | s_<t) · p(toxic | prompt + token s_t)^λ, a
-:class:`LinearTwist` with W = 0 and bias λ·log p(toxic|v) (λ ∈ ``TILTS``). Why not the
-evaluated generations' proposals (the old MIS cross-check): the estimator would be unbiased
-all the same, but its variance, and the O(1/N) bias of self-normalisation, would be smallest
-exactly for the generations it is built from, so the comparison between generations would
-depend on which ones built the target. Why not twists trained by another CTL run: they would
-be cleaner than that, but would cost a CTL run per seed. The tilts use no sample and no
-training, so the target of seed s is independent of every generation of every seed; the
-only shared ingredient is the scorer that defines σ itself. The base-only IS estimate (the
-previous study's target) is kept as a cross-check with its own ESS and k̂.
+**σ's sample: an adaptive defensive mixture** (Hesterberg 1995; Owen & Zhou 2000; the
+cross-entropy method / population Monte Carlo, Rubinstein 1999, Cappé et al. 2004;
+:mod:`rankkit_ext.tsmc.adaptive`). Per seed, ``cem_rounds`` rounds of ``n_round`` draws from
+r_r = α_0 p_LM^(0) + (1 − α_0) q_{b_r} (α_0 = ``alpha0`` = 0.2; exactly round(α_0 n) draws
+from p_LM, so the mixture weights are the strata's shares), each draw scored under both
+components by teacher forcing, exact weights w = p_LM φ / r_r ≤ φ/α_0 ≤ 1/α_0 (bounded, so
+the IS variance is finite whatever q); after each round the tilt q_b(s_t | s_<t) ∝
+p_LM(s_t | s_<t) e^{b_{s_t}} (a :class:`LinearTwist` with W = 0) is refitted by weighted
+maximum likelihood, b_{r+1} = argmax_b Σ_i w_i log q_b(s_i) (warm start b_r; Adam,
+``cem_steps`` steps of 32 draws drawn ∝ w). b is trained only on the 5,705 tokens with
+p(toxic | prompt + v) > τ = ``TILT_TAU`` and starts at b_v = max(0, log(p(toxic|v)/τ)), so
+the other tokens keep p_LM's relative probabilities: the earlier fixed tilts λ·log p(toxic|v)
+on every token distorted them (ESS 6.6–7.7 of 1,000 in the previous run; refitted on all
+tokens by the same rounds: ESS 7.6, 7.1, 1.1, 2.2 of 600), and a fine-tuned copy of the
+base LM (``finetune_lm(weights=...)``, 40 steps at lr 1e-3) memorised the 500 draws of a
+round (ESS 1.2–2.0 of 500 in four rounds); the masked tilt reached ESS 3.2, 7.6, 17.0, 76.4
+of 600 in the same prototype (seed 0, 60 steps per fit). The target is the *final round's fresh* ``n_final`` draws from
+r_R, not all rounds pooled with AMIS weights: given the earlier rounds r_R is a fixed
+proposal, so this is ordinary stratified defensive IS (Ẑ unbiased, the stratified bootstrap
+valid), while AMIS reuses draws whose proposal was fitted on them (consistent only under
+extra conditions, Marin, Pudlo & Sedki 2019) and would need every draw scored under every
+component. The rounds' N, ESS, ESS/N, k̂ and log Ẑ are ``seeds[s].target_rounds``. The
+proposal uses only p_LM, the scorer and σ̃ — no sample and no model of any generation under
+test — so the target of seed s is independent of every generation: with the evaluated
+generations' own proposals the estimator would still be unbiased, but its variance and the
+O(1/N) bias of self-normalisation would be smallest for the generations it was built from.
+The base-only IS estimate (the base draws of the final round alone, weights φ) is kept as a
+cross-check with its own ESS and k̂.
 
 **Undecided.** Every IS number carries its ESS and PSIS k̂ (Vehtari et al. 2024;
 :func:`rankkit_ext.tsmc.psis_khat`) and is *undecided* (``value`` null, no number in the
@@ -52,18 +65,22 @@ Usage::
 
     nice python -m analyses.tsmc_toxic_story --out paper_figures      # full, 3 seeds
     python -m analyses.tsmc_toxic_story --quick --out /tmp/x          # smoke run (~1 min)
-    python -m analyses.tsmc_toxic_story --device cuda --n-base 250000 --n-tilt 125000
-        # the decisive run (~5·10^5 draws per seed); its time on one H100 is estimated in
-        # the JSON (``runtime.gpu_estimate``), not measured
+    python -m analyses.tsmc_toxic_story --n-final 4000 --cem-rounds 8
+        # more draws and fits where ESS falls short; a GPU run (--device cuda) is estimated
+        # in the JSON (``runtime.gpu_estimate``), not measured
 
-Runtime (measured on the 2-core CPU machine shared with two other jobs, one torch thread):
-full mode 960 s wall (604 s the three chains, 328 s the targets and estimates, 19 s Fig. 2),
-load average 2.8 at the start and 3.0 at the end (an earlier run with ctl_lr = 1e-2 and 64
-distillation runs: 987 s at load 3.9); ``--quick`` 35-85 s wall at load 2.5-3.8. Fig. 2
-(particle efficiency) is shrunk to seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with
-``--no-particle-efficiency``. At the full sizes every estimate is *undecided* (ESS ≈ 7 of
-1,000 draws per seed): the decisive run needs ~3·10^4 draws per seed at the measured ESS/N
-(``runtime.gpu_estimate``), e.g. ``--device cuda --n-base 10000 --n-tilt 10000``.
+Runtime (measured on the 2-core CPU machine shared with the lead's jobs, one torch thread):
+full mode 1,465 s wall at load average 2.1 at the start and 1.0 at the end (377 s the three
+chains, resumed from their checkpoints — 604 s when trained, previous run —, 1,079 s the
+adaptive targets and estimates, Fig. 2 from its cache), so ~1,700 s ≈ 28 min from an empty
+cache; ``--quick`` ~25 s wall at load 2 (its test ~70 s). Fig. 2 (particle efficiency) is
+shrunk to seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with
+``--no-particle-efficiency``. At the full sizes (5 rounds of 500 draws, 1,500 final draws)
+the final ESS is 108.6, 8.1 and 220.7 per seed (k̂ 0.26, 0.38, 0.15): only seed 2 is
+decided, so the verdict stays undecided; seed 1's last fit lost what the earlier rounds had
+gained (ESS/N 0.049 in round 2, 0.005 in the final one). At the measured final ESS/N the
+worst seed needs ~3.7·10^4 draws (``runtime.gpu_estimate``); a more stable adaptation
+(more draws per round, or keeping every round's tilt in the mixture) would need far fewer.
 
 Writes ``tsmc_toxic_story.{json,png}`` and ``tsmc_particle_efficiency.{json,png}`` to
 ``--out``; chains and per-seed samples are cached in ``$RANKKIT_CACHE/tsmc_toxic_story``
@@ -89,24 +106,28 @@ from rankkit_ext.metrics import distinct_n, pooled_estimate, summarize_runs, wei
 from rankkit_ext.scorers import profanity_scorer
 from rankkit_ext.tsmc import (
     MIN_ESS,
-    FunctionPotential,
     HFCausalLM,
     ImportanceTarget,
     LinearTwist,
     mixture_log_proposal,
     particle_efficiency,
-    sample_base,
     score_proposal,
     self_distill,
     toxicity_potential,
     tsmc,
 )
+from rankkit_ext.tsmc.adaptive import adaptive_tilt_mixture
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("RANKKIT_CACHE", Path.home() / ".cache" / "rankkit"))
 PROMPT = "The movie was"
 BETA = 10.0  # Algorithm 1's β (Kim et al. 2025 §3)
-TILTS = (0.5, 1.0)  # λ of the token-tilt mixture components (λ = 2 already collapses q)
+# the adaptive proposal's token tilt: trained on the tokens with p(toxic | prompt + v) > τ
+# (5,705 of 50,257); the tilt starts at b_v = λ0·max(0, log(p(toxic|v)/τ)), flat below τ so
+# the relative probabilities of the ordinary tokens stay those of p_LM (the first tilt,
+# λ·log p(toxic|v) on every token, distorted them and never passed ESS/N ≈ 0.01)
+TILT_TAU = 0.01
+TILT_LAMBDA0 = 1.0
 VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_ess or PSIS "
                 "k_hat > min(1 - 1/log10 N, 0.7)); else 'reproduced' if for every step m -> "
                 "m+1 the pooled paired decrease (mean over seeds of E_sigma[log q_{m+1} - log "
@@ -121,11 +142,13 @@ VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_
 # moves little in 90 steps (toxicity 0.03 → 0.06) and stays near p_LM: the less harmful
 # for a mass-covering KL, so it is the default
 FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-3, n_distill_runs=128,
-            ft_steps=30, n_base=400, n_tilt=300, n_boot=500, K_z=128, n_z_runs=3,
+            ft_steps=30, cem_rounds=5, n_round=500, n_final=1500, alpha0=0.2, cem_steps=50,
+            cem_lr=0.05, n_boot=500, K_z=128, n_z_runs=3,
             n_eval_runs=3, K_test=32, pe_ks=(16, 32, 64), pe_runs=2)
 # the tilts need no second seed, so --quick runs one seed end to end
 QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-3, n_distill_runs=4,
-             ft_steps=3, n_base=60, n_tilt=60, n_boot=100, K_z=16, n_z_runs=2,
+             ft_steps=3, cem_rounds=2, n_round=40, n_final=300, alpha0=0.2, cem_steps=4,
+             cem_lr=0.05, n_boot=100, K_z=16, n_z_runs=2,
              n_eval_runs=2, K_test=8, pe_ks=(8,), pe_runs=2)
 
 
@@ -202,9 +225,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "paper_figures")
     ap.add_argument("--device", default="cpu", help="torch device for every model [cpu]")
     ap.add_argument("--seeds", type=int, default=None, help="independent seeds [3; quick 2]")
-    ap.add_argument("--n-base", type=int, default=None, help="base draws per seed [400]")
-    ap.add_argument("--n-tilt", type=int, default=None,
-                    help="draws per token-tilt component per seed [300]")
+    ap.add_argument("--cem-rounds", type=int, default=None,
+                    help="cross-entropy fits of the target's tilt per seed [5]")
+    ap.add_argument("--n-round", type=int, default=None, help="draws per adaptive round [500]")
+    ap.add_argument("--n-final", type=int, default=None,
+                    help="draws of the final target sample per seed [1500]")
     ap.add_argument("--min-ess", type=float, default=MIN_ESS,
                     help=f"ESS below which an estimate is undecided [{MIN_ESS:g}]")
     ap.add_argument("--no-particle-efficiency", action="store_true",
@@ -213,11 +238,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = dict(QUICK if args.quick else FULL)
-    for k in ("seeds", "n_base", "n_tilt"):
+    for k in ("seeds", "cem_rounds", "n_round", "n_final"):
         if getattr(args, k) is not None:
             cfg[k] = int(getattr(args, k))
-    if cfg["seeds"] < 1 or cfg["n_base"] < 10 or cfg["n_tilt"] < 10:
-        raise ValueError(f"need --seeds >= 1, --n-base >= 10, --n-tilt >= 10; got {cfg}.")
+    if cfg["seeds"] < 1 or cfg["cem_rounds"] < 0 or cfg["n_round"] < 10 or cfg["n_final"] < 10:
+        raise ValueError("need --seeds >= 1, --cem-rounds >= 0, --n-round >= 10, --n-final >= "
+                         f"10; got {cfg}.")
     dev = torch.device(args.device)
     T, q = cfg["T"], args.quick
     args.out.mkdir(parents=True, exist_ok=True)
@@ -247,15 +273,14 @@ def main(argv=None) -> dict:
 
     lm = HFCausalLM(model)
     phi = toxicity_potential(BETA, decode=tok.decode, prefix_text=PROMPT)
-    flat = FunctionPotential(lambda s: 0.0)  # draws of a proposal alone: no weights needed
     # the token tilts: p(toxic | prompt + one token) for every token, once
     tv = np.asarray(score_toxic([PROMPT + tok.decode([v]) for v in range(V)]), dtype=np.float64)
-    tilts = []
-    for lam in TILTS:
-        tw = LinearTwist(model.config.n_embd, V).to(dev)
-        with torch.no_grad():
-            tw.proj.bias.copy_(torch.as_tensor(lam * np.log(np.clip(tv, 1e-12, None))))
-        tilts.append(tw.eval())
+    tilt_mask = torch.as_tensor(tv > TILT_TAU, dtype=torch.float32, device=dev)
+    tilt0 = LinearTwist(model.config.n_embd, V).to(dev)
+    with torch.no_grad():
+        tilt0.proj.bias.copy_(torch.as_tensor(
+            TILT_LAMBDA0 * np.maximum(0.0, np.log(np.clip(tv, 1e-300, None) / TILT_TAU))))
+    tilt0.eval()
     throughput = {"sequences": 0, "seconds": 0.0}
 
     # ---- phase 1: one self-distillation chain per seed ----------------------------------
@@ -285,35 +310,35 @@ def main(argv=None) -> dict:
     M = 3
     for s, res in enumerate(chains):
         fp = state_fingerprint(*res.models[1:], *res.twists)[:16]
-        f = cache / (f"target_T{T}_s{s}_b{cfg['n_base']}_t{cfg['n_tilt']}_{base_fp}_{fp}"
-                     f"_{fingerprint(list(TILTS))[:8]}.npz")
-        J = 1 + len(TILTS)
+        # the target depends on the sizes and settings of the adaptive rounds, not on the
+        # chain (which only enters through log q_gen, also stored): all of them in the key
+        tkey = fingerprint({k: cfg[k] for k in ("cem_rounds", "n_round", "n_final", "alpha0",
+                                                "cem_steps", "cem_lr")}
+                           | {"tau": TILT_TAU, "lam0": TILT_LAMBDA0, "T": T})[:12]
+        f = cache / f"target_cem_s{s}_{base_fp}_{fp}_{tkey}.npz"
         if f.exists():
             z = read_npz(f, "mixture target", required=("tokens", "lengths", "strata", "log_c",
-                                                        "ltox", "log_q_gen"))
+                                                        "ltox", "log_q_gen", "rounds"))
             seqs, strata, log_c = _unpack(z["tokens"], z["lengths"]), z["strata"], z["log_c"]
             ltox, lq_gen = z["ltox"], z["log_q_gen"]
+            rounds = json.loads(str(z["rounds"]))
         else:
             t0 = time.time()
-            g = gen(50_000 + s)
-            seqs, _ = sample_base(lm, prompt, cfg["n_base"], T, g, batch_size=32)
-            strata = [0] * len(seqs)
-            for j, tw in enumerate(tilts, start=1):
-                got: list[list[int]] = []
-                while len(got) < cfg["n_tilt"]:
-                    b = min(32, cfg["n_tilt"] - len(got))
-                    got += tsmc(lm, tw, flat, prompt, b, T, ess_threshold=0.0,
-                                generator=g).sequences(strip_eos=False)
-                seqs += got
-                strata += [j] * len(got)
-            strata = np.asarray(strata)
-            # exact log-density of every draw under every component (teacher forcing)
-            log_c = np.stack([score_proposal(lm, None, prompt, seqs, chunk=16)[0]]
-                             + [score_proposal(lm, tw, prompt, seqs, chunk=16)[1]
-                                for tw in tilts])
-            ltox = log_tox(seqs)
-            tgt0 = ImportanceTarget(seqs, log_c[0] + BETA * ltox,
-                                    mixture_log_proposal(log_c, np.bincount(strata) / len(seqs)))
+            ltox_memo = {}
+
+            def log_target(sq, lp, memo=ltox_memo):
+                lt = log_tox(sq)
+                memo["last"] = lt  # the final round's log p(toxic|s), kept for the estimates
+                return lp + BETA * lt
+
+            am = adaptive_tilt_mixture(
+                lm, prompt, log_target, tilt0, T, gen(50_000 + s), rounds=cfg["cem_rounds"],
+                n_round=cfg["n_round"], n_final=cfg["n_final"], alpha0=cfg["alpha0"],
+                mask=tilt_mask, steps=cfg["cem_steps"], lr=cfg["cem_lr"], seed=60_000 + s,
+                progress=True)
+            seqs, strata, log_c, ltox = am.sequences, am.strata, am.log_c, ltox_memo["last"]
+            rounds = am.rounds
+            tgt0 = ImportanceTarget(seqs, log_c[0] + BETA * ltox, am.log_proposal)
             # log q_m only where a draw carries mass in the mixture target or in the base-only
             # cross-check (the rest holds < N·1e-12 of either's mass)
             b0 = np.nonzero(strata == 0)[0]
@@ -326,9 +351,13 @@ def main(argv=None) -> dict:
                                                 [seqs[i] for i in sup], chunk=16)[1]
             toks, lens = _pack(seqs, T)
             atomic_npz(f, {"tokens": toks, "lengths": lens, "strata": strata, "log_c": log_c,
-                           "ltox": ltox, "log_q_gen": lq_gen})
-            throughput["sequences"] += len(seqs) * (1 + J) + len(sup) * M
+                           "ltox": ltox, "log_q_gen": lq_gen,
+                           "rounds": np.array(json.dumps(rounds))})
+            n_all = sum(r_["n"] for r_ in rounds)
+            throughput["sequences"] += 2 * n_all + cfg["cem_rounds"] * cfg["cem_steps"] * 32 \
+                + len(sup) * M
             throughput["seconds"] += time.time() - t0
+        J = log_c.shape[0]
         N = len(seqs)
         alphas = np.bincount(strata, minlength=J) / N
         log_sig = log_c[0] + BETA * ltox
@@ -385,7 +414,8 @@ def main(argv=None) -> dict:
                             len({tuple(strip(x)) for x in outs}) / len(outs)})
         seeds_out.append({
             "seed": s, "n_draws": N, "mixture_alphas": alphas.tolist(),
-            "mixture_components": ["p_LM"] + [f"token_tilt_lambda_{lam:g}" for lam in TILTS],
+            "mixture_components": ["p_LM", f"adaptive_token_tilt_round_{cfg['cem_rounds']}"],
+            "target_rounds": rounds,
             "ess": tgt.ess, "khat": tgt.khat, "decided": tgt.decided,
             "n_support_scored": int(np.isfinite(lq_gen[0]).sum()),
             "log_Z": lz, "toxicity_sigma": tox_sigma,
@@ -413,14 +443,14 @@ def main(argv=None) -> dict:
     # draws per seed for ESS = min_ess at the measured ESS / N of the mixture (ESS ∝ N)
     n_need = max(so["n_draws"] * args.min_ess / max(so["ess"], 1e-9) for so in seeds_out)
     n_dec = int(max(500_000, math.ceil(n_need)))
-    passes_dec = n_dec * (1 + 1 + len(TILTS) + M)  # sample + score (p, tilts) + 3 generations
+    passes_dec = n_dec * (1 + 1 + M)  # sample + score (p and the tilt) + 3 generations
     gpu_eff_bw = 3.35e12 * 0.25  # H100 HBM3 peak × an assumed 25 % efficiency
     out = {
         "claim": "Kim et al. (2025) §3: KL(sigma||q_m) decreases across self-distillation "
                  "generations m = 0, 1, 2.",
         "setup": {"prompt": PROMPT, "beta": BETA, "base": args.base,
                   "base_lm": args.base_report, "base_fingerprint": base_fp, "quick": q,
-                  "device": str(dev), "tilts_lambda": list(TILTS), "min_ess": args.min_ess,
+                  "device": str(dev), "tilt_tau": TILT_TAU, "tilt_lambda0": TILT_LAMBDA0, "min_ess": args.min_ess,
                   **{k: (list(v_) if isinstance(v_, tuple) else v_) for k, v_ in cfg.items()},
                   "argv": list(argv) if argv is not None else sys.argv[1:]},
         "verdict_rule": VERDICT_RULE,

@@ -47,7 +47,8 @@ NUMBERS_PER_SEED = ["ess", "khat", "n_draws", "log_Z_check.log_Z_tsmc",
                     "distill_sets.0.effective_distinct", "distill_sets.1.n_distinct",
                     "distill_sets.1.effective_distinct", "toxicity_tsmc.0.mean",
                     "toxicity_tsmc.0.stderr", "toxicity_tsmc.2.mean", "toxicity_tsmc.2.stderr",
-                    "mixture_alphas.0"]
+                    "mixture_alphas.0", "target_rounds.0.ess", "target_rounds.0.ess_per_n",
+                    "target_rounds.0.khat", "target_rounds.-1.ess", "target_rounds.-1.khat"]
 NUMBERS = ["runtime.seconds_total", "runtime.seconds_with_fig2", "runtime.loadavg_at_start.0",
            "runtime.measured_sequence_passes_per_s", "setup.min_ess",
            "runtime.gpu_estimate.n_draws_per_seed_for_min_ess",
@@ -94,6 +95,10 @@ def test_quick_run_writes_every_cited_field(tmp_path):
         assert (z["z"] is None) == (so["log_Z"]["status"] == "undecided")
         # the mixture weights are exact: the strata's shares
         assert math.isclose(sum(so["mixture_alphas"]), 1.0)
+        # the adaptive rounds: the last is the final sample, whose ESS is the target's
+        r = so["target_rounds"]
+        assert len(r) == d["setup"]["cem_rounds"] + 1 and r[-1]["final"]
+        assert r[-1]["n"] == so["n_draws"] and math.isclose(r[-1]["ess"], so["ess"])
     for path in NUMBERS:
         assert math.isfinite(_get(d, path)), path
     # the verdict follows from the pooled statistics by the stated rule
