@@ -26,7 +26,7 @@ strata's shares), computes the exact weights :math:`w_i = \tilde\sigma(s_i)/r_r(
 the pooled rounds with deterministic-mixture (AMIS) weights (Cornuet, Marin, Mira & Robert
 2012): conditionally on the earlier rounds :math:`r_R` is a fixed proposal, so the final
 sample is ordinary stratified defensive-mixture importance sampling, :math:`\hat Z` is
-unbiased and the stratified bootstrap of :class:`ImportanceTarget` applies; AMIS's reuse of
+unbiased and the stratified bootstrap of :class:`~rankkit_ext.tsmc.ImportanceTarget` applies; AMIS's reuse of
 draws whose proposals were fitted on those same draws is consistent only under extra
 conditions (Marin, Pudlo & Sedki 2019) and would need every draw scored under every
 component. The rounds' diagnostics (N, ESS, ESS/N, PSIS k̂, log Ẑ) are kept to show how the
