@@ -44,9 +44,10 @@ two other full analyses ran beside it (load average 3–5): 2,873 s from an empt
 with the default settings (the LMs already converted; converting them the first time adds
 ~0.5 min for SmolLM2 and ~2 min for Gemma): ~6 min training the two reward models, ~4 min the
 held-out fluency table, 21 sweep cells of 95–115 s each (generation with the 135 M base and
-scoring by the 268 M judge dominate), ~2 min the bias study. Not measured on an idle machine;
-at about 2 busy processes per core the estimate there is about half, i.e. near the 30-min
-budget but not shown to fit it.
+scoring by the 268 M judge dominate), ~2 min the bias study. On the idle VM (load 0.5, same
+settings, empty workdir, 2026-12-07 03:03) the reward models and the fluency table took
+5 min 17 s and the first sweep cells 77 s each, so the whole run projects to ≈ 33 min: over
+the 30-min budget (that run was not waited for; the projection is from those timings).
 """
 
 from __future__ import annotations
