@@ -165,7 +165,7 @@ _FASTMATH = frozenset({"reassoc", "contract"})
 def _par_ser(py_func):
     """(parallel build, serial build) of one kernel, cached on disk under separate names."""
     return (njit(parallel=True, cache=True, fastmath=set(_FASTMATH))(_twin(py_func, "_par")),
-            njit(parallel=False, cache=True, fastmath=set(_FASTMATH))(_twin(py_func, "_ser")))
+            njit(parallel=False, nogil=True, cache=True, fastmath=set(_FASTMATH))(_twin(py_func, "_ser")))
 
 
 # Parallel and serial builds of the same kernels: below _SERIAL_WORK (nnz × k) the cost of
@@ -179,6 +179,20 @@ _tile_layout = njit(cache=True)(_tile_layout_py)
 _TILE_BYTES = 1 << 16
 # Fewest average entries per (row, tile) segment; caps the number of tiles (see _tile).
 _MIN_SEGMENT = 8
+
+
+def threadsafe_layer() -> bool:
+    """Whether numba's threading layer may be entered from several Python threads at once
+    (``omp`` and ``tbb`` may; ``workqueue`` aborts the process). The layer is chosen at the
+    first parallel launch, so one tiny launch is made if none has been."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet in this process
+        out = np.empty(1)
+        _sampled_dot_par(np.array([0, 1], np.int64), np.array([0, 1], np.int64),
+                         np.zeros(1, np.int32), np.ones((1, 1)), np.ones((1, 1)), out)
+        layer = numba.threading_layer()
+    return layer != "workqueue"
 
 
 def _nnz_bounds(indptr: np.ndarray, nchunks: int | None = None) -> np.ndarray:

@@ -141,6 +141,8 @@ class _ShardedCertSearch(_ShardedFits, _CertSearch):
     """The fixed-rank certificate search of :class:`rankkit.minrank._search._CertSearch` on the
     sharded certificate solver."""
 
+    _threads_ok = False  # every process of the group must run the same fits in the same order
+
     def __init__(self, S2, label, comm, *, checkpoint_dir, **kw):
         self.comm = comm
         super().__init__(S2, label, **kw, **_search_kw(S2, comm, checkpoint_dir))

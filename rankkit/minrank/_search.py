@@ -4,10 +4,15 @@ list of starts (module docstring of :mod:`rankkit.minrank`)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .._backend import to_numpy
 from .._io import atomic_json, fingerprint, read_json
@@ -244,6 +249,9 @@ class _Search(_SearchBase):
 class _CertSearch(_SearchBase):
     """Fixed-rank certificates: each rank from a list of starts until one reaches ε."""
 
+    #: the starts of a rank may run in threads (the sharded search runs one fit at a time)
+    _threads_ok = True
+
     def __init__(self, R2, label, *, eps, rho, max_iter, solver, n_restarts, max_abs, options,
                  backend, device, seed, progress, checkpoint_dir, extra_starts=0, cap=None, fp_matrix=None,
                  fp_extra=None):
@@ -290,30 +298,89 @@ class _CertSearch(_SearchBase):
         passes or the best ends far above ε; keep the best fit at r. Returns whether r passes."""
         k = min(r, self.full)
         best = None if r not in self.mse else (self.fits[r], self.mse[r], self.ok[r])
-        for i, (name, warm, init) in enumerate(starts, start=first):
-            fit, seconds = self._fit(k, i, warm, init)
-            mse = self._observed_mse(fit)
-            passed = mse <= self.eps
-            trial = dict(rank=r, method=f"{fit.meta.get('solver', self.solver)}/{name}",
-                         n_iter=int(fit.n_iter), seconds=seconds, mse=mse, passed=passed,
-                         stop=fit.meta.get("stop", "?"))
-            if passed:
-                fit.meta["scale"] = self._scale(fit)  # reused if it certifies
-                trial["max_abs"] = fit.meta["scale"]["max_abs"]
-                if self.max_abs is not None and trial["max_abs"] > self.max_abs:
-                    trial.update(passed=False, rejected=True)
-                    passed = False
-            self.trials.append(trial)
-            if best is None or passed or (not best[2] and mse < best[1]):
-                best = (fit, mse, passed)
-            if passed or (name != "padded" and best[1] > _RETRY_BAND * self.eps):
-                # a start that ends far above ε says the rank is out of reach of these starts;
-                # only near misses are worth another start (a padded start is a shortcut, never
-                # a reason to skip the spectral start that would be tried without it)
-                break
+        # closing() cancels the starts running ahead once the rank is decided (or on an error)
+        with contextlib.closing(self._fits_in_order(k, starts, first)) as fits:
+            for name, fit, seconds in fits:
+                mse = self._observed_mse(fit)
+                passed = mse <= self.eps
+                trial = dict(rank=r, method=f"{fit.meta.get('solver', self.solver)}/{name}",
+                             n_iter=int(fit.n_iter), seconds=seconds, mse=mse, passed=passed,
+                             stop=fit.meta.get("stop", "?"))
+                if passed:
+                    fit.meta["scale"] = self._scale(fit)  # reused if it certifies
+                    trial["max_abs"] = fit.meta["scale"]["max_abs"]
+                    if self.max_abs is not None and trial["max_abs"] > self.max_abs:
+                        trial.update(passed=False, rejected=True)
+                        passed = False
+                self.trials.append(trial)
+                if best is None or passed or (not best[2] and mse < best[1]):
+                    best = (fit, mse, passed)
+                if passed or (name != "padded" and best[1] > _RETRY_BAND * self.eps):
+                    # a start that ends far above ε says the rank is out of reach of these starts;
+                    # only near misses are worth another start (a padded start is a shortcut, never
+                    # a reason to skip the spectral start that would be tried without it)
+                    break
         self.fits[r], self.mse[r], self.ok[r] = best
         self.converged[r] = self.ok[r]
         return self.ok[r]
+
+    def _fits_in_order(self, k: int, starts, first: int):
+        """Yield (name, fit, seconds) for each start in order, attempt numbers from ``first``.
+
+        With :meth:`_workers` > 1 the next starts run ahead in threads while the caller judges
+        the current one. Each fit depends only on its start and seed, and the kernels are
+        deterministic, so the fits and their order are those of fitting one at a time; the
+        starts still running when the caller stops (``close()``) are cancelled through the
+        solver's callback and forgotten (no result, no checkpoint), as if never started."""
+        workers = self._workers(k, len(starts))
+        todo = iter(enumerate(starts, start=first))
+        if workers == 1:
+            for i, (name, warm, init) in todo:
+                fit, seconds = self._fit(k, i, warm, init)
+                yield name, fit, seconds
+            return
+        cancel = threading.Event()
+        running: deque = deque()
+
+        def submit():
+            for i, (name, warm, init) in todo:
+                running.append((i, name, pool.submit(self._fit, k, i, warm, init, cancel)))
+                return
+
+        # one BLAS thread for the whole region: threadpoolctl's per-fit limits, entered and
+        # left from several threads, would restore each other's settings
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            for _ in range(workers):
+                submit()
+            try:
+                while running:
+                    _, name, future = running.popleft()
+                    fit, seconds = future.result()
+                    submit()
+                    yield name, fit, seconds
+            finally:
+                cancel.set()
+                for i, _, future in running:
+                    future.result()
+                    self._forget(k, i)
+
+    def _workers(self, k: int, n_starts: int) -> int:
+        """How many starts at rank k run at once: numba's thread count when the fit runs
+        serial compiled kernels on the NumPy backend (nnz · k below
+        :data:`rankkit._kernels._SERIAL_WORK`: one core per fit, the others idle) and numba's
+        threading layer may be entered from several threads (not ``workqueue``); else 1
+        (larger fits use every core inside one fit)."""
+        if n_starts < 2 or not self._threads_ok:
+            return 1
+        import numba
+
+        from .._kernels import _SERIAL_WORK, threadsafe_layer
+        from ..lowrank import _fit_backend
+
+        backend, _ = _fit_backend(self.kw["backend"], self.kw["device"])
+        if backend != "numpy" or self.R2.nnz * k >= _SERIAL_WORK or not threadsafe_layer():
+            return 1
+        return max(1, min(int(numba.get_num_threads()), n_starts))
 
     def tighten(self, floor: int = 1) -> None:
         """Try harder at the rank just below the certificate, while its best fit is a near miss
@@ -354,17 +421,30 @@ class _CertSearch(_SearchBase):
 
         return fixed_rank_fit(self.R2, k, **kw)
 
-    def _fit(self, k: int, attempt: int, warm, init):
+    def _fit(self, k: int, attempt: int, warm, init, cancel: threading.Event | None = None):
+        """Fit rank k from one start (``attempt`` seeds it and names its checkpoint files);
+        a set ``cancel`` stops it within an iteration, unsaved."""
         path = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.npz"
         if self._finished(path):
             res = self._load(path)
             return res, float(res.meta.get("seconds", 0.0))
         partial = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.partial.npz"
+        kw = dict(self.kw)
+        if cancel is not None:
+            user = kw.get("callback")
+            kw["callback"] = lambda it, info: cancel.is_set() or bool(user is not None and user(it, info))
         t = time.perf_counter()
         res = self._fixed_rank(k, warm_start=warm, init=init, seed=self.seed + attempt,
-                               checkpoint=partial, **self.kw)
+                               checkpoint=partial, **kw)
         res.meta["solver"] = self.solver if self.solver != "auto" else "+".join(
             dict.fromkeys(res.meta.get("phases") or ["-"]))
-        if path is not None:
+        if path is not None and not (cancel is not None and cancel.is_set()):
             self._save(res, path)
         return res, time.perf_counter() - t
+
+    def _forget(self, k: int, attempt: int) -> None:
+        """Remove what a cancelled attempt left (its partial checkpoint): a later attempt
+        with the same number is another start and must not resume it."""
+        if self.ckpt is not None:
+            for name in (f"fixed_rank_{k:06d}_{attempt}.partial.npz", f"fixed_rank_{k:06d}_{attempt}.npz"):
+                (self.ckpt / name).unlink(missing_ok=True)
