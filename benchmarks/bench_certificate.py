@@ -122,6 +122,10 @@ def warm_up() -> float:
     rk.estimate_min_rank(M, eps=EPS, progress=False, method="soft-impute")
     for method in ("als", "rcg", "rlm", "auto"):  # every solver's kernels
         fixed_rank_fit(M, 3, eps=1e-12, method=method, max_iter=5, progress=False)
+    from rankkit._cgkernel import _SPECIALISED_K
+
+    for k in range(1, _SPECIALISED_K + 1):  # the LM inner solve has a build per rank k ≤ 10
+        fixed_rank_fit(M, k, eps=1e-12, method="rlm", max_iter=2, progress=False)
     rk.estimate_min_rank(M, eps=EPS, progress=False)
     return time.perf_counter() - t0
 
