@@ -68,17 +68,22 @@ EXACT_EPS = 1e-10
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-def run_estimate(R, method: str, *, progress: bool = False) -> dict:
-    """Time ``estimate_min_rank(R, eps=1e-6, method=...)`` end to end from P_Ω(R)."""
+def run_estimate(R, method: str, *, progress: bool = False, repeat: int = 1) -> dict:
+    """Time ``estimate_min_rank(R, eps=1e-6, method=...)`` end to end from P_Ω(R), ``repeat``
+    times (the same answer each time: the search is deterministic); ``seconds`` is the median,
+    ``seconds_all`` every run."""
     import rankkit as rk
 
-    t0 = time.perf_counter()
-    est = rk.estimate_min_rank(R, eps=EPS, progress=progress, method=method)
-    seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(max(1, int(repeat))):
+        t0 = time.perf_counter()
+        est = rk.estimate_min_rank(R, eps=EPS, progress=progress, method=method)
+        times.append(time.perf_counter() - t0)
+    seconds = float(np.median(times))
     return dict(method=method, exact_lower=est.exact_lower, exact_upper=est.exact_upper,
                 eps_lower=est.eps_lower, upper=est.upper, rank_certified=est.rank_certified,
                 certificate_source=est.certificate_source,
-                seconds=seconds, elapsed=est.elapsed, scale=est.scale,
+                seconds=seconds, seconds_all=times, elapsed=est.elapsed, scale=est.scale,
                 mse_by_rank={int(k): float(v) for k, v in sorted(est.mse_by_rank.items())},
                 trials=est.trials, single_rows_nonzero=bool(est.single_rows_nonzero),
                 omega2_shape=list(est.omega2_shape), omega2_nnz=int(est.omega2_nnz)), est
@@ -271,6 +276,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--cache-dir", default=os.environ.get("TMPDIR", "/tmp"), help="L problem npz cache")
     ap.add_argument("--json", default=None, help="JSON path [benchmarks/results/certificate_<date>.json]")
     ap.add_argument("--progress", action="store_true", help="tqdm bars of the estimates")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time (a) this many times per set and report the median [1]")
     args = ap.parse_args(argv)
     if args.quick:
         if args.sets == ap.get_default("sets"):
@@ -315,11 +322,13 @@ def main(argv=None) -> dict:
             f"build P_Ω(R) {t_build:.2f} s (not timed below)")
         row = dict(spec=spec, texts=len(ds), omega_shape=list(R.shape), omega_nnz=int(R.nnz),
                    omega2_shape=list(S.shape), omega2_nnz=int(S.nnz), load_seconds=t_load, build_seconds=t_build)
-        a, _ = run_estimate(R, "auto", progress=args.progress)
+        a, _ = run_estimate(R, "auto", progress=args.progress, repeat=args.repeat)
         row["default"] = a
         say(f"   (a) estimate_min_rank: ε-bracket [{a['eps_lower']}, {a['upper']}], exact bracket "
             f"[{a['exact_lower']}, {a['exact_upper']}], rank {_fmt_rank(a['rank_certified'])} on Ω₂ in "
-            f"{a['seconds']:.2f} s, max|x| {a['scale']['max_abs'] if a['scale'] else float('nan'):.3g}")
+            f"{a['seconds']:.2f} s" + (f" (median of {', '.join(f'{t:.2f}' for t in a['seconds_all'])})"
+                                      if len(a["seconds_all"]) > 1 else "")
+            + f", max|x| {a['scale']['max_abs'] if a['scale'] else float('nan'):.3g}")
         for t in (a["trials"] or []):
             say(f"         trial rank {t.get('rank')}: {t.get('method')} {t.get('n_iter')} it. "
                 f"{t.get('seconds', float('nan')):.2f} s, MSE {t.get('mse', float('nan')):.3g}"
