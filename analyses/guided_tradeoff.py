@@ -36,18 +36,16 @@ kept in ``sweep.json``), so an interrupted run continues where it stopped. Outpu
 
 Usage::
 
-    nice python -m analyses.guided_tradeoff            # 48 min from an empty cache (below)
+    python -m analyses.guided_tradeoff                 # 11 min from an empty workdir (below)
     python -m analyses.guided_tradeoff --quick         # smoke run (tiny sizes, judge vader-tiny)
 
-Runtime, measured 2026-12-07 on the project's 2-core x86_64 VM with one torch thread, while
-two other full analyses ran beside it (load average 3–5): 2,873 s from an empty sweep cache
-with the default settings (the LMs already converted; converting them the first time adds
-~0.5 min for SmolLM2 and ~2 min for Gemma): ~6 min training the two reward models, ~4 min the
-held-out fluency table, 21 sweep cells of 95–115 s each (generation with the 135 M base and
-scoring by the 268 M judge dominate), ~2 min the bias study. On the idle VM (load 0.5, same
-settings, empty workdir, 2026-12-07 03:03) the reward models and the fluency table took
-5 min 17 s and the first sweep cells 77 s each, so the whole run projects to ≈ 33 min: over
-the 30-min budget (that run was not waited for; the projection is from those timings).
+Runtime, measured 2026-12-07 08:11–08:22 on the project's 2-core x86_64 VM (an AVX-512
+Xeon), nothing else running, 2 torch threads (the default ``--threads``: every usable core),
+default settings, from an empty ``--workdir`` with the two LMs already converted (converting
+them the first time adds ~1.5 min, measured the same morning): 656 s wall
+(``wall_seconds_this_call``), of which 21 sweep cells at ~23.5 s each. The previous
+measurements, with one torch thread on the VM's earlier (slower) CPU: 2,873 s at load 3–5
+beside two other analyses, ≈ 33 min projected when idle.
 """
 
 from __future__ import annotations
