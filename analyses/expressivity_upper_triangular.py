@@ -24,9 +24,10 @@ error is optimisation rather than rank. The λ-path of rankkit's fixed-rank solv
 The learned rank of RAD-V / RAD-Q on VADER data (Fig. 2 / Fig. 9) is its own analysis,
 ``analyses/learned_rank.py``.
 
-Scales: ``--scale cpu`` (default; measured 35 min wall with ``--jobs 2`` on the shared
-2-core machine at load 5–7, 1568 CPU-s, so ~15 min on 2 idle cores; the three RAD-Q floors,
-20 starts each, are 390–610 s of it), ``--quick``
+Scales: ``--scale cpu`` (default; measured 369 s wall with ``--jobs 2`` on the idle 2-core
+VM, an AVX-512 Xeon, from an empty cache, 2026-12-07; earlier 35 min at load 5–7 on the VM's
+previous CPU, 1568 CPU-s, of which the three RAD-Q floors, 20 starts each, took
+390–610 s), ``--quick``
 (seconds; tiny sizes for the tests) and ``--scale paper`` (d = 768, n = 1024, GPT-2-small
 config; needs ``--device cuda``). Outputs: ``paper_figures/<name>.png`` + ``.json``.
 
