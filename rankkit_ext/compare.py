@@ -2,9 +2,14 @@ r"""One call for the paper's question: does this reward model have the rank its 
 
 Paper 002 compares three numbers (§3.1, Fig. 2 / Fig. 9, Table 2):
 
-* the **learned rank**: the numerical rank (App. D.4 cutoff,
-  :math:`\sigma_i > \sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}`) of the learned matrix
-  :math:`\hat R` on N prefixes sampled from the data (rows) and the vocabulary (columns);
+* the **learned rank** of the learned matrix :math:`\hat R` on N prefixes sampled from the
+  data (rows) and the vocabulary (columns), counted two ways: above the measured noise floor
+  of the extraction pipeline (:class:`rankkit_ext.learned.NoiseFloor`:
+  :math:`\#\{\sigma_k > c\max_b\|E_b\|_2\}`, E_b the difference to the same matrix
+  extracted with another batching and in float64), and with the App. D.4 cutoff
+  :math:`\sigma_i > \sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}` (NumPy's default,
+  which ignores how :math:`\hat R` was computed: at |V| = 50,257 in float32 it drops every
+  singular value below ~0.6 % of σ₁);
 * the model's **d**: RAD-Q's :math:`\hat R = H(w\mathbf 1^\top + WE)` has
   :math:`\operatorname{rank}\hat R\le d` (eq. 10–11), RAD-V's is not limited by d (the
   candidate passes through every layer, App. D.1);
@@ -17,6 +22,7 @@ Paper 002 compares three numbers (§3.1, Fig. 2 / Fig. 9, Table 2):
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +46,11 @@ class RankComparison:
         App. D.1).
     learned_rank : int
         Numerical rank of :math:`\\hat R` (``rankkit.numerical_rank``, App. D.4 cutoff).
+    rank_at_floor : int or None
+        #{σ_k > c·floor}: the singular values the extraction resolves
+        (:meth:`rankkit_ext.learned.NoiseFloor.rank`); None when ``noise_floor=False``.
+    noise_floor : rankkit_ext.learned.NoiseFloor or None
+        The measured floor (‖E_b‖₂ per comparison, c).
     n_prefixes, n_columns : int
         Shape of :math:`\\hat R`: N prefixes sampled from the rows of P_Ω(R) (all of them
         when the data has fewer) × the scored token columns.
@@ -84,6 +95,13 @@ class RankComparison:
     seconds_learned: float = 0.0
     seconds_estimate: float = 0.0
     data_eps_lower: int = 0
+    rank_at_floor: int | None = None
+    noise_floor: object = field(default=None, repr=False)
+
+    @property
+    def learned(self) -> int:
+        """The rank this report uses: above the noise floor when measured, else the cutoff's."""
+        return self.learned_rank if self.rank_at_floor is None else self.rank_at_floor
 
     @property
     def verdict(self) -> str:
@@ -92,8 +110,10 @@ class RankComparison:
         if self.rank_bound is None:
             need = (f"the data's ε-rank is ≤ {up}" if up is not None
                     else "no ε-rank certified for the data")
+            how = ("above its noise floor" if self.rank_at_floor is not None
+                   else "by NumPy's cutoff")
             return (f"RAD-V: the rank of R̂ is not limited by d = {d} (App. D.1); the learned "
-                    f"matrix uses rank {self.learned_rank}, {need}")
+                    f"matrix has rank {self.learned} {how}, {need}")
         b = self.rank_bound  # d, or d + 1 for the MLP head with the baseline
         what = "d" if b == d else "d + 1"
         if b < self.data_eps_lower:
@@ -117,16 +137,19 @@ class RankComparison:
         lines = [
             f"rank comparison ({self.model_kind}, label {self.label!r})",
             f"  learned R̂: {self.n_prefixes} prefixes × {self.n_columns} tokens ({self.dtype}), "
-            f"numerical rank {self.learned_rank} (σ > {self.cutoff:.3g}, App. D.4)",
+            + (f"rank {self.rank_at_floor} above the extraction's noise floor (σ > "
+               f"{self.noise_floor.safety:g} × {self.noise_floor.floor[-1]:.3g}), "
+               if self.rank_at_floor is not None else "")
+            + f"numerical rank {self.learned_rank} (σ > {self.cutoff:.3g}, App. D.4)",
             f"  model: d = {self.hidden_size}, {bound}",
             f"  data: minrank_Ω(R) ≥ {self.data_lower} (exact, ε = 0); "
             f"{self.data_eps_lower} ≤ minrank_Ω,ε(R) {up} (ε = {self.eps:g})",
             f"  {self.verdict}",
         ]
-        if self.rank_bound is not None and self.learned_rank > self.rank_bound:
-            lines.append(f"  note: learned rank {self.learned_rank} > d: singular values above "
-                         f"the cutoff that the architecture forbids, i.e. rounding in the "
-                         f"matrix products (compare the singular_values)")
+        if self.rank_bound is not None and self.learned > self.rank_bound:
+            lines.append(f"  note: learned rank {self.learned} > {self.rank_bound}: singular values "
+                         f"the architecture forbids, i.e. rounding in the matrix products above "
+                         f"the threshold (compare the singular_values)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -136,6 +159,8 @@ class RankComparison:
         return {
             "model_kind": self.model_kind, "hidden_size": self.hidden_size,
             "rank_bound": self.rank_bound, "learned_rank": self.learned_rank,
+            "rank_at_floor": self.rank_at_floor,
+            "noise_floor": None if self.noise_floor is None else self.noise_floor.to_dict(),
             "n_prefixes": self.n_prefixes, "n_columns": self.n_columns, "dtype": self.dtype,
             "singular_values": self.singular_values.tolist(), "cutoff": self.cutoff,
             "data_lower": self.data_lower, "data_eps_lower": self.data_eps_lower,
@@ -159,8 +184,8 @@ def _label_index(label, names, what: str) -> int:
 
 def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: int | str = 0,
                  eps: float = 1e-6, seed: int = 0, estimate=None, tokenizer="gpt2",
-                 batch_size: int = 64, candidate_batch: int = 4096, progress: bool = False,
-                 **estimate_kwargs) -> RankComparison:
+                 batch_size: int = 64, candidate_batch: int = 4096, noise_floor: bool = True,
+                 progress: bool = False, **estimate_kwargs) -> RankComparison:
     r"""The learned matrix's numerical rank, the model's d and the data's certified bracket.
 
     Parameters
@@ -191,6 +216,10 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
         For a text ``dataset`` only.
     batch_size, candidate_batch, progress
         Passed to :func:`rankkit_ext.learned.learned_matrix`.
+    noise_floor : bool, default True
+        Also extract :math:`\hat R` with another batching and in float64
+        (:func:`rankkit_ext.learned.extraction_noise_floor`; about 3× the extraction time) and
+        count the rank above that floor (``rank_at_floor``, used by the verdict).
     **estimate_kwargs
         Further options of :func:`rankkit.estimate_min_rank` (``method=``, ``max_len=`` …).
 
@@ -201,9 +230,10 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
 
     Notes
     -----
-    The learned rank is ``rankkit.numerical_rank`` of :math:`\hat R` with the default cutoff
+    The learned rank is reported above the pipeline's noise floor (``rank_at_floor``) and as
+    ``rankkit.numerical_rank`` of :math:`\hat R` with the default cutoff
     :math:`\sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}` (App. D.4), ε of the model's
-    dtype. The data's bounds are about different quantities: ``data_lower`` bounds the exact
+    dtype; the first is the one a rank claim can rest on (module docstring). The data's bounds are about different quantities: ``data_lower`` bounds the exact
     minimal rank (ε = 0), ``data_upper`` the ε-rank; RAD-Q can fit the observed entries
     exactly only if :math:`d \ge \operatorname{minrank}_\Omega(R) \ge` ``data_lower``, and
     to MSE ≤ ε whenever :math:`d \ge` ``data_upper``.
@@ -217,7 +247,7 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
     from rankkit.datasets import as_dataset
     from rankkit.sequences import RewardDataset, TokenSequences
 
-    from .learned import draw_prefix_rows, learned_matrix
+    from .learned import draw_prefix_rows, extraction_noise_floor, learned_matrix
     from .models import RADQ, RADV
 
     if not isinstance(model, RADV | RADQ):
@@ -253,6 +283,13 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
     learned_rank = rk.numerical_rank(R_hat)
     eps_dtype = float(np.finfo(R_hat.dtype).eps)
     cutoff = float(s[0]) * max(R_hat.shape) * eps_dtype if s.size else 0.0
+    floor = rank_at_floor = None
+    if noise_floor:
+        extract = functools.partial(learned_matrix, vocab=vocab, label=model_label)
+        floor = extraction_noise_floor(model, prefixes, reference=R_hat, batch_size=batch_size,
+                                       candidate_batch=candidate_batch, extract=extract,
+                                       progress=progress)
+        rank_at_floor = floor.rank(s, len(prefixes))
     t_learned = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -270,4 +307,5 @@ def compare_rank(model, dataset, *, n_prefixes: int = 256, vocab=None, label: in
         cutoff=cutoff, data_lower=int(estimate.exact_lower), data_eps_lower=int(estimate.eps_lower),
         data_upper=None if estimate.upper is None else int(estimate.upper),
         eps=float(estimate.eps), label=label, estimate=estimate, prefix_rows=rows,
-        seconds_learned=t_learned, seconds_estimate=t_est)
+        seconds_learned=t_learned, seconds_estimate=t_est, rank_at_floor=rank_at_floor,
+        noise_floor=floor)

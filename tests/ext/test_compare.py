@@ -1,6 +1,7 @@
 """rankkit_ext.compare_rank (issue 14, item 8): the learned matrix's numerical rank, the model's d
 and the data's certified bracket in one report, on Example 3's dataset (minimal rank n, Lemma 2)."""
 
+import copy
 import json
 
 import numpy as np
@@ -31,9 +32,9 @@ def _model(kind, d, seed=0):
     return kind(lm, seed=seed).eval()
 
 
-def _slow_learned_matrix(model, prefixes, vocab_size):
+def _slow_learned_matrix(model, prefixes, vocab_size, dtype=np.float32):
     """R̂[i, v] = r̂(v | x'_i), one score_sequences call per cell."""
-    out = np.zeros((len(prefixes), vocab_size), dtype=np.float32)
+    out = np.zeros((len(prefixes), vocab_size), dtype=dtype)
     with torch.no_grad():
         for i, p in enumerate(prefixes):
             for v in range(vocab_size):
@@ -63,6 +64,18 @@ def test_report_matches_slow_rank_and_the_certificate(data, kind, d):
     text = rep.summary()
     assert f"numerical rank {rep.learned_rank}" in text and f"d = {d}" in text
     assert f"minrank_Ω(R) ≥ {N}" in text and f"≤ {est.upper}" in text
+    # above the measured noise floor (another batching, a float64 copy): the rank of the
+    # same model's matrix computed in float64, one cell at a time (σ's below 1e-9 σ₁ of that
+    # matrix are its rounding)
+    assert rep.noise_floor is not None and set(rep.noise_floor.norm_E) == {"batching", "float64"}
+    assert 0 < rep.noise_floor.floor[-1] < 1e-3 * rep.singular_values[0]
+    m64 = copy.deepcopy(model).to(torch.float64)
+    exact = _slow_learned_matrix(m64, [R.prefix(int(i)).tolist() for i in rep.prefix_rows],
+                                 model.vocab_size, np.float64)
+    s64 = np.linalg.svd(exact, compute_uv=False)
+    assert rep.rank_at_floor == int(np.count_nonzero(s64 > 1e-9 * s64[0]))
+    assert rep.learned == rep.rank_at_floor
+    assert f"rank {rep.rank_at_floor} above the extraction's noise floor" in text
     if kind is RADQ:
         assert rep.rank_bound == d and rep.learned_rank <= d  # eq. 11
         assert ("cannot fit" in rep.verdict) == (d < N)
@@ -70,7 +83,18 @@ def test_report_matches_slow_rank_and_the_certificate(data, kind, d):
     else:
         assert rep.rank_bound is None and "not limited by d" in rep.verdict
         assert rep.learned_rank > d  # App. D.1: RAD-V's R̂ exceeds d (7 here, d = 4)
-    json.dumps(rep.to_dict())  # plain types only
+        assert rep.rank_at_floor > d and "above its noise floor" in rep.verdict
+    d_json = json.loads(json.dumps(rep.to_dict()))  # plain types only
+    assert d_json["rank_at_floor"] == rep.rank_at_floor and d_json["noise_floor"]["safety"] == 10
+
+
+def test_noise_floor_off_keeps_the_cutoff_only(data):
+    ds, est = data
+    rep = compare_rank(_model(RADV, 4), ds, estimate=est, noise_floor=False)
+    assert rep.rank_at_floor is None and rep.noise_floor is None
+    assert rep.learned == rep.learned_rank
+    assert "noise floor" not in rep.summary() and "by NumPy's cutoff" in rep.verdict
+    assert rep.to_dict()["noise_floor"] is None
 
 
 def test_prefix_sample_seed_columns_and_a_given_certificate(data):
