@@ -8,7 +8,7 @@ Paper 002 compares three numbers (§3.1, Fig. 2 / Fig. 9, Table 2):
   :math:`\#\{\sigma_k > c\max_b\|E_b\|_2\}`, E_b the difference to the same matrix
   extracted with another batching and in float64), and with the App. D.4 cutoff
   :math:`\sigma_i > \sigma_1\max(N, m)\,\varepsilon_{\text{dtype}}` (NumPy's default,
-  which ignores how :math:`\hat R` was computed: at |V| = 50,257 in float32 it drops every
+  which ignores how :math:`\hat R` was computed: over a 50,257-token vocabulary in float32 it drops every
   singular value below ~0.6 % of σ₁);
 * the model's **d**: RAD-Q's :math:`\hat R = H(w\mathbf 1^\top + WE)` has
   :math:`\operatorname{rank}\hat R\le d` (eq. 10–11), RAD-V's is not limited by d (the
