@@ -141,13 +141,17 @@ VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_
 # own weights 5 of 320, and in the first full run KL(σ‖q_0) ≫ KL(σ‖p_LM)); at 1e-3 it
 # moves little in 90 steps (toxicity 0.03 → 0.06) and stays near p_LM: the less harmful
 # for a mass-covering KL, so it is the default
+# n_final is the final sample's minimum size: it grows to final_ess_factor · min_ess over the
+# last adaptive round's ESS/N, at most n_final_max (adaptive.final_sample_size)
 FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-3, n_distill_runs=128,
-            ft_steps=30, cem_rounds=5, n_round=500, n_final=1500, alpha0=0.2, cem_steps=50,
+            ft_steps=30, cem_rounds=3, n_round=500, n_final=1500, n_final_max=5000,
+            final_ess_factor=1.6, alpha0=0.2, cem_steps=50,
             cem_lr=0.05, n_boot=500, K_z=128, n_z_runs=3,
             n_eval_runs=3, K_test=32, pe_ks=(16, 32, 64), pe_runs=2)
 # the tilts need no second seed, so --quick runs one seed end to end
 QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-3, n_distill_runs=4,
-             ft_steps=3, cem_rounds=2, n_round=40, n_final=300, alpha0=0.2, cem_steps=4,
+             ft_steps=3, cem_rounds=2, n_round=40, n_final=300, n_final_max=300,
+             final_ess_factor=1.6, alpha0=0.2, cem_steps=4,
              cem_lr=0.05, n_boot=100, K_z=16, n_z_runs=2,
              n_eval_runs=2, K_test=8, pe_ks=(8,), pe_runs=2)
 
@@ -229,16 +233,20 @@ def main(argv=None) -> dict:
                     help="cross-entropy fits of the target's tilt per seed [5]")
     ap.add_argument("--n-round", type=int, default=None, help="draws per adaptive round [500]")
     ap.add_argument("--n-final", type=int, default=None,
-                    help="draws of the final target sample per seed [1500]")
+                    help="least draws of the final target sample per seed [1500]")
+    ap.add_argument("--n-final-max", type=int, default=None,
+                    help="most draws of the final target sample per seed [5000]")
     ap.add_argument("--min-ess", type=float, default=MIN_ESS,
                     help=f"ESS below which an estimate is undecided [{MIN_ESS:g}]")
     ap.add_argument("--no-particle-efficiency", action="store_true",
                     help="skip Fig. 2 (particle efficiency)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chains-only", action="store_true",
+                    help="train (or resume) the chains into the cache and stop")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = dict(QUICK if args.quick else FULL)
-    for k in ("seeds", "cem_rounds", "n_round", "n_final"):
+    for k in ("seeds", "cem_rounds", "n_round", "n_final", "n_final_max"):
         if getattr(args, k) is not None:
             cfg[k] = int(getattr(args, k))
     if cfg["seeds"] < 1 or cfg["cem_rounds"] < 0 or cfg["n_round"] < 10 or cfg["n_final"] < 10:
@@ -304,6 +312,9 @@ def main(argv=None) -> dict:
         print(f"seed {s}: chain done ({time.time() - t_chain:.0f}s)", res.distill_sets,
               flush=True)
     t_chain = time.time() - t_chain
+    if args.chains_only:
+        print(f"chains done in {t_chain:.0f}s")
+        return {"seconds_chains": t_chain}
 
     # ---- phase 2: per seed, the mixture target and every estimate ------------------------
     seeds_out, t_eval = [], time.time()
@@ -313,8 +324,10 @@ def main(argv=None) -> dict:
         # the target depends on the sizes and settings of the adaptive rounds, not on the
         # chain (which only enters through log q_gen, also stored): all of them in the key
         tkey = fingerprint({k: cfg[k] for k in ("cem_rounds", "n_round", "n_final", "alpha0",
-                                                "cem_steps", "cem_lr")}
-                           | {"tau": TILT_TAU, "lam0": TILT_LAMBDA0, "T": T})[:12]
+                                                "cem_steps", "cem_lr", "n_final_max",
+                                                "final_ess_factor")}
+                           | {"tau": TILT_TAU, "lam0": TILT_LAMBDA0, "T": T,
+                              "mixture": "all_rounds_pooled_fit", "min_ess": args.min_ess})[:12]
         f = cache / f"target_cem_s{s}_{base_fp}_{fp}_{tkey}.npz"
         if f.exists():
             z = read_npz(f, "mixture target", required=("tokens", "lengths", "strata", "log_c",
@@ -335,7 +348,8 @@ def main(argv=None) -> dict:
                 lm, prompt, log_target, tilt0, T, gen(50_000 + s), rounds=cfg["cem_rounds"],
                 n_round=cfg["n_round"], n_final=cfg["n_final"], alpha0=cfg["alpha0"],
                 mask=tilt_mask, steps=cfg["cem_steps"], lr=cfg["cem_lr"], seed=60_000 + s,
-                progress=True)
+                target_ess=cfg["final_ess_factor"] * args.min_ess,
+                n_final_max=cfg["n_final_max"], progress=True)
             seqs, strata, log_c, ltox = am.sequences, am.strata, am.log_c, ltox_memo["last"]
             rounds = am.rounds
             tgt0 = ImportanceTarget(seqs, log_c[0] + BETA * ltox, am.log_proposal)
@@ -354,8 +368,8 @@ def main(argv=None) -> dict:
                            "ltox": ltox, "log_q_gen": lq_gen,
                            "rounds": np.array(json.dumps(rounds))})
             n_all = sum(r_["n"] for r_ in rounds)
-            throughput["sequences"] += 2 * n_all + cfg["cem_rounds"] * cfg["cem_steps"] * 32 \
-                + len(sup) * M
+            # sample + one teacher-forced pass per draw (all components, the fits' features)
+            throughput["sequences"] += 2 * n_all + len(sup) * M
             throughput["seconds"] += time.time() - t0
         J = log_c.shape[0]
         N = len(seqs)
@@ -414,7 +428,7 @@ def main(argv=None) -> dict:
                             len({tuple(strip(x)) for x in outs}) / len(outs)})
         seeds_out.append({
             "seed": s, "n_draws": N, "mixture_alphas": alphas.tolist(),
-            "mixture_components": ["p_LM", f"adaptive_token_tilt_round_{cfg['cem_rounds']}"],
+            "mixture_components": ["p_LM"] + [f"token_tilt_{j}" for j in range(J - 1)],
             "target_rounds": rounds,
             "ess": tgt.ess, "khat": tgt.khat, "decided": tgt.decided,
             "n_support_scored": int(np.isfinite(lq_gen[0]).sum()),
