@@ -13,32 +13,42 @@ resampled within each mixture component) beside the delta-method SE.
 
 **σ's sample: an adaptive defensive mixture** (Hesterberg 1995; Owen & Zhou 2000; the
 cross-entropy method / population Monte Carlo, Rubinstein 1999, Cappé et al. 2004;
-:mod:`rankkit_ext.tsmc.adaptive`). Per seed, ``cem_rounds`` rounds of ``n_round`` draws from
-r_r = α_0 p_LM^(0) + (1 − α_0) q_{b_r} (α_0 = ``alpha0`` = 0.2; exactly round(α_0 n) draws
-from p_LM, so the mixture weights are the strata's shares), each draw scored under both
-components by teacher forcing, exact weights w = p_LM φ / r_r ≤ φ/α_0 ≤ 1/α_0 (bounded, so
-the IS variance is finite whatever q); after each round the tilt q_b(s_t | s_<t) ∝
-p_LM(s_t | s_<t) e^{b_{s_t}} (a :class:`LinearTwist` with W = 0) is refitted by weighted
-maximum likelihood, b_{r+1} = argmax_b Σ_i w_i log q_b(s_i) (warm start b_r; Adam,
-``cem_steps`` steps of 32 draws drawn ∝ w). b is trained only on the 5,705 tokens with
-p(toxic | prompt + v) > τ = ``TILT_TAU`` and starts at b_v = max(0, log(p(toxic|v)/τ)), so
-the other tokens keep p_LM's relative probabilities: the earlier fixed tilts λ·log p(toxic|v)
-on every token distorted them (ESS 6.6–7.7 of 1,000 in the previous run; refitted on all
-tokens by the same rounds: ESS 7.6, 7.1, 1.1, 2.2 of 600), and a fine-tuned copy of the
-base LM (``finetune_lm(weights=...)``, 40 steps at lr 1e-3) memorised the 500 draws of a
-round (ESS 1.2–2.0 of 500 in four rounds); the masked tilt reached ESS 3.2, 7.6, 17.0, 76.4
-of 600 in the same prototype (seed 0, 60 steps per fit). The target is the *final round's fresh* ``n_final`` draws from
-r_R, not all rounds pooled with AMIS weights: given the earlier rounds r_R is a fixed
-proposal, so this is ordinary stratified defensive IS (Ẑ unbiased, the stratified bootstrap
-valid), while AMIS reuses draws whose proposal was fitted on them (consistent only under
-extra conditions, Marin, Pudlo & Sedki 2019) and would need every draw scored under every
-component. The rounds' N, ESS, ESS/N, k̂ and log Ẑ are ``seeds[s].target_rounds``. The
+:mod:`rankkit_ext.tsmc.adaptive`). Per seed, ``cem_rounds`` rounds of ``n_round`` draws,
+round r from the mixture of p_LM and *every* tilt so far,
+
+    r_r = α_0 p_LM^(0) + Σ_{j≤r} α_{r,j} q_{b_j},   α_{r,j} = n_{r,j} / n_r,
+
+stratified (exactly round(α_0 n_r) draws from p_LM, α_0 = ``alpha0`` = 0.2, the rest split
+evenly over the tilts, so the mixture weights are the strata's shares), each draw scored
+under every component by one teacher-forced pass of p_LM, and exact weights
+w = p_LM φ / r_r ≤ φ/α_0 ≤ 1/α_0 (bounded, so the IS variance is finite whatever the tilts).
+The tilt q_b(s_t | s_<t) ∝ p_LM(s_t | s_<t) e^{b_{s_t}} (a :class:`LinearTwist` with W = 0) is
+trained only on the 5,705 tokens with p(toxic | prompt + v) > τ = ``TILT_TAU`` and starts at
+b_v = max(0, log(p(toxic|v)/τ)); after round r, b_{r+1} = argmax_b Σ_i w_i log q_b(s_i) over
+the draws of *all* rounds so far, each with its own round's exact weight (``cem_steps``
+full-batch Adam steps at ``cem_lr`` from b_r). A refit never replaces a better tilt: the
+earlier tilts stay in the mixture. The previous scheme (the latest tilt alone, refitted on
+the latest round by minibatches ∝ w) lost ground in one seed: ESS/N 0.049 in round 2, 0.005
+in the final sample of seed 1 (final ESS 108.6, 8.1, 220.7 of 1,500); with the pooled fits
+the same seed's rounds gave ESS/N 0.038, 0.051, 0.056, 0.043, 0.054 (prototype, 5 rounds),
+so the rounds stop at ``cem_rounds`` = 3 and the draws go to the final sample instead. Its
+size is fixed by the earlier rounds: N = min(max(``n_final``, ⌈``final_ess_factor`` ·
+``min_ess`` / (ESS/N of the last adaptive round)⌉), ``n_final_max``)
+(:func:`rankkit_ext.tsmc.adaptive.final_sample_size`). The target is that *final fresh*
+sample from r_R = α_0 p_LM + Σ_{j≤R} α_j q_{b_j}: the tilts and N are functions of the
+earlier rounds only, so given them r_R is a fixed density and E[(1/N) Σ_i σ̃(s_i)/r_R(s_i)]
+= Σ_j α_j ∫ q_j σ̃/r_R = Z (with q_0 = p_LM) — ordinary stratified defensive-mixture IS (Ẑ
+unbiased, the stratified bootstrap valid) — while AMIS would reuse draws whose proposal was
+fitted on them (consistent only under extra conditions, Marin, Pudlo & Sedki 2019). The
+rounds' N, counts, ESS, ESS/N, k̂ and log Ẑ are ``seeds[s].target_rounds``. The
 proposal uses only p_LM, the scorer and σ̃ — no sample and no model of any generation under
 test — so the target of seed s is independent of every generation: with the evaluated
 generations' own proposals the estimator would still be unbiased, but its variance and the
 O(1/N) bias of self-normalisation would be smallest for the generations it was built from.
-The base-only IS estimate (the base draws of the final round alone, weights φ) is kept as a
-cross-check with its own ESS and k̂.
+The base-only IS estimate (the base draws of the final sample alone, weights φ) is kept as
+a cross-check with its own ESS and k̂. (Earlier families, measured: fixed tilts
+λ·log p(toxic|v) on every token distorted p_LM's ordinary tokens, ESS 6.6–7.7 of 1,000; a
+fine-tuned copy of the base LM memorised a round's 500 draws, ESS 1.2–2.0 of 500.)
 
 **Undecided.** Every IS number carries its ESS and PSIS k̂ (Vehtari et al. 2024;
 :func:`rankkit_ext.tsmc.psis_khat`) and is *undecided* (``value`` null, no number in the
