@@ -14,10 +14,11 @@ probabilities of the unmasked tokens stay those of :math:`p_{LM}`.
     r_r = \alpha_0 p_{LM} + \sum_{j=0}^{r}\alpha_{r,j}\, q_{b_j},
 
 stratified: exactly :math:`n_{r,0} = \mathrm{round}(\alpha_0 n_r)` draws from
-:math:`p_{LM}` and the rest split evenly over the tilts (:func:`stratum_counts`), so the
-mixture weights are the strata's shares :math:`\alpha_{r,j} = n_{r,j}/n_r`. Every draw is
-scored under every component by one teacher-forced pass of the base (:func:`score_tilts`),
-and its weight is exact, :math:`w_i = \tilde\sigma(s_i)/r_r(s_i)` with :math:`r_r` the
+:math:`p_{LM}` and the rest split evenly over the tilts
+(:func:`~rankkit_ext.tsmc.adaptive.stratum_counts`), so the mixture weights are the strata's
+shares :math:`\alpha_{r,j} = n_{r,j}/n_r`. Every draw is scored under every component by one
+teacher-forced pass of the base (:func:`~rankkit_ext.tsmc.adaptive.score_tilts`), and its
+weight is exact, :math:`w_i = \tilde\sigma(s_i)/r_r(s_i)` with :math:`r_r` the
 actual mixture density. The next tilt is fitted by weighted maximum likelihood on the draws
 of *all* rounds so far, each with its own round's exact weight (``pool``),
 
@@ -33,8 +34,8 @@ only takes its share. Since :math:`p_{LM}` stays in every mixture,
 :math:`w\le\tilde\sigma/(\alpha_0 p_{LM})`, i.e. :math:`w\le\phi/\alpha_0` for
 :math:`\tilde\sigma = p_{LM}\phi`. (``keep_all=False, pool=False`` gives the earlier
 scheme: the latest tilt alone beside :math:`p_{LM}`, fitted on the latest round by
-:func:`fit_token_tilt`; measured unstable on the toxic-story target, one seed's last fit
-losing most of the earlier rounds' gain.)
+:func:`~rankkit_ext.tsmc.adaptive.fit_token_tilt`; measured unstable on the toxic-story
+target, one seed's last fit losing most of the earlier rounds' gain.)
 
 **The final sample** is a fresh draw of ``n_final`` from :math:`r_R` after the last fit, not
 the pooled rounds with deterministic-mixture (AMIS) weights (Cornuet, Marin, Mira & Robert
@@ -132,8 +133,8 @@ def score_tilts(lm, prompt, sequences: Sequence[Sequence[int]], biases, chunk: i
 
 @torch.no_grad()
 def _score(lm, prompt, sequences, biases, mask_idx, chunk):
-    """:func:`score_tilts`, and with ``mask_idx`` also the :class:`_TiltFeatures` of the
-    sequences from the same teacher-forced pass."""
+    """:func:`~rankkit_ext.tsmc.adaptive.score_tilts`, and with ``mask_idx`` also the
+    :class:`_TiltFeatures` of the sequences from the same teacher-forced pass."""
     lm = as_adapter(lm)
     bs = [torch.as_tensor(np.asarray(b, dtype=np.float64)).reshape(-1) for b in biases]
     uniq: dict[tuple[int, ...], int] = {}
@@ -248,7 +249,8 @@ def _fit_pooled(feats: _TiltFeatures, w: np.ndarray, bm0: torch.Tensor, steps: i
 
 @dataclass
 class AdaptiveMixture:
-    """The final stratified sample of :func:`adaptive_tilt_mixture` and the rounds' record.
+    """The final stratified sample of
+    :func:`~rankkit_ext.tsmc.adaptive.adaptive_tilt_mixture` and the rounds' record.
 
     ``log_c`` (1 + J, N): log p_LM and log q_{b_j} of every final draw under every
     component; ``alphas`` (1 + J,): the strata's shares (the exact mixture weights);
@@ -300,7 +302,7 @@ def final_sample_size(record: Sequence[dict], n_final: int, target_ess: float | 
                       n_final_max: int | None) -> int:
     """``n_final``, or with ``target_ess`` the size at which the last adaptive round's ESS/N
     (``record[-1]["ess_per_n"]``) would give ``target_ess``, between ``n_final`` and
-    ``n_final_max`` (:func:`adaptive_tilt_mixture`)."""
+    ``n_final_max`` (:func:`~rankkit_ext.tsmc.adaptive.adaptive_tilt_mixture`)."""
     n = int(n_final)
     if target_ess is None or not record:
         return n
@@ -335,19 +337,21 @@ def adaptive_tilt_mixture(lm, prompt, log_target: Callable, twist0: LinearTwist,
 
     ``keep_all`` (default): round r's proposal is :math:`\alpha_0 p_{LM} + \sum_{j\le r}
     \alpha_j q_{b_j}` with the tilts sharing :math:`1-\alpha_0` evenly
-    (:func:`stratum_counts`), every draw scored under every component
-    (:func:`score_tilts`); otherwise only the latest tilt (the earlier method). ``pool``
+    (:func:`~rankkit_ext.tsmc.adaptive.stratum_counts`), every draw scored under every
+    component (:func:`~rankkit_ext.tsmc.adaptive.score_tilts`); otherwise only the latest tilt
+    (the earlier method). ``pool``
     (default): :math:`b_{r+1}` maximises :math:`\sum_i w_i\log q_b(s_i)` over the draws of
     *all* rounds so far, each with its own round's exact weight
     :math:`w_i = \tilde\sigma(s_i)/r_{r(i)}(s_i)` (draws with :math:`w_i <` ``prune_rtol``
     · max w dropped), by ``steps`` full-batch Adam steps at ``lr`` from :math:`b_r`;
-    otherwise :func:`fit_token_tilt` on the last round (minibatches of ``batch_size``).
+    otherwise :func:`~rankkit_ext.tsmc.adaptive.fit_token_tilt` on the last round
+    (minibatches of ``batch_size``).
 
     ``target_ess``: the final sample's size is sized from the *earlier* rounds only,
     :math:`N = \min(\max(n_{final}, \lceil \mathrm{target\_ess} / (\mathrm{ESS}/N)_{R-1}
     \rceil), n_{final,max})` with :math:`(\mathrm{ESS}/N)_{R-1}` the last adaptive round's
-    (:func:`final_sample_size`); a function of the earlier rounds, so the final draws are
-    still a fixed design given them (no stopping rule on their own weights).
+    (:func:`~rankkit_ext.tsmc.adaptive.final_sample_size`); a function of the earlier rounds,
+    so the final draws are still a fixed design given them (no stopping rule on their own weights).
     """
     if not 0.0 < alpha0 < 1.0:
         raise ValueError(f"alpha0 must lie in (0, 1) (a defensive share); got {alpha0}.")
