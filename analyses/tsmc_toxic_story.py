@@ -13,32 +13,45 @@ resampled within each mixture component) beside the delta-method SE.
 
 **σ's sample: an adaptive defensive mixture** (Hesterberg 1995; Owen & Zhou 2000; the
 cross-entropy method / population Monte Carlo, Rubinstein 1999, Cappé et al. 2004;
-:mod:`rankkit_ext.tsmc.adaptive`). Per seed, ``cem_rounds`` rounds of ``n_round`` draws from
-r_r = α_0 p_LM^(0) + (1 − α_0) q_{b_r} (α_0 = ``alpha0`` = 0.2; exactly round(α_0 n) draws
-from p_LM, so the mixture weights are the strata's shares), each draw scored under both
-components by teacher forcing, exact weights w = p_LM φ / r_r ≤ φ/α_0 ≤ 1/α_0 (bounded, so
-the IS variance is finite whatever q); after each round the tilt q_b(s_t | s_<t) ∝
-p_LM(s_t | s_<t) e^{b_{s_t}} (a :class:`LinearTwist` with W = 0) is refitted by weighted
-maximum likelihood, b_{r+1} = argmax_b Σ_i w_i log q_b(s_i) (warm start b_r; Adam,
-``cem_steps`` steps of 32 draws drawn ∝ w). b is trained only on the 5,705 tokens with
-p(toxic | prompt + v) > τ = ``TILT_TAU`` and starts at b_v = max(0, log(p(toxic|v)/τ)), so
-the other tokens keep p_LM's relative probabilities: the earlier fixed tilts λ·log p(toxic|v)
-on every token distorted them (ESS 6.6–7.7 of 1,000 in the previous run; refitted on all
-tokens by the same rounds: ESS 7.6, 7.1, 1.1, 2.2 of 600), and a fine-tuned copy of the
-base LM (``finetune_lm(weights=...)``, 40 steps at lr 1e-3) memorised the 500 draws of a
-round (ESS 1.2–2.0 of 500 in four rounds); the masked tilt reached ESS 3.2, 7.6, 17.0, 76.4
-of 600 in the same prototype (seed 0, 60 steps per fit). The target is the *final round's fresh* ``n_final`` draws from
-r_R, not all rounds pooled with AMIS weights: given the earlier rounds r_R is a fixed
-proposal, so this is ordinary stratified defensive IS (Ẑ unbiased, the stratified bootstrap
-valid), while AMIS reuses draws whose proposal was fitted on them (consistent only under
-extra conditions, Marin, Pudlo & Sedki 2019) and would need every draw scored under every
-component. The rounds' N, ESS, ESS/N, k̂ and log Ẑ are ``seeds[s].target_rounds``. The
+:mod:`rankkit_ext.tsmc.adaptive`). Per seed, ``cem_rounds`` rounds of ``n_round`` draws,
+round r from the mixture of p_LM and *every* tilt so far,
+
+    r_r = α_0 p_LM^(0) + Σ_{j≤r} α_{r,j} q_{b_j},   α_{r,j} = n_{r,j} / n_r,
+
+stratified (exactly round(α_0 n_r) draws from p_LM, α_0 = ``alpha0`` = 0.2, the rest split
+evenly over the tilts, so the mixture weights are the strata's shares), each draw scored
+under every component by one teacher-forced pass of p_LM, and exact weights
+w = p_LM φ / r_r ≤ φ/α_0 ≤ 1/α_0 (bounded, so the IS variance is finite whatever the tilts).
+The tilt q_b(s_t | s_<t) ∝ p_LM(s_t | s_<t) e^{b_{s_t}} (a :class:`LinearTwist` with W = 0) is
+trained only on the 5,705 tokens with p(toxic | prompt + v) > τ = ``TILT_TAU`` and starts at
+b_v = max(0, log(p(toxic|v)/τ)); after round r, b_{r+1} = argmax_b Σ_i w_i log q_b(s_i) over
+the draws of *all* rounds so far, each with its own round's exact weight (``cem_steps``
+full-batch Adam steps at ``cem_lr`` from b_r). A refit never replaces a better tilt: the
+earlier tilts stay in the mixture. The previous scheme (the latest tilt alone, refitted on
+the latest round by minibatches ∝ w) lost ground in one seed: ESS/N 0.049 in round 2, 0.005
+in the final sample of seed 1 (final ESS 108.6, 8.1, 220.7 of 1,500); with the pooled fits
+the same seed's rounds gave ESS/N 0.038, 0.051, 0.056, 0.043, 0.054 (prototype, 5 rounds),
+so the rounds stop at ``cem_rounds`` = 3 and the draws go to the final sample instead. Its
+size is fixed by the earlier rounds: N = min(max(``n_final``, ⌈``final_ess_factor`` ·
+``min_ess`` / (ESS/N of the last adaptive round)⌉), ``n_final_max``)
+(:func:`rankkit_ext.tsmc.adaptive.final_sample_size`). At ``final_ess_factor`` = 1.6 and ``n_final_max`` =
+5,000 (first full run, stopped after seed 0) seed 0's last round read ESS/N 0.083 (500
+draws), its final sample 0.046: ESS 176.7 of 3,853, short of 200 — an ESS/N from 500 draws
+at ESS ≈ 40 is noisy —, hence the factor 2.5 and at most 6,000 draws. The target is that *final fresh*
+sample from r_R = α_0 p_LM + Σ_{j≤R} α_j q_{b_j}: the tilts and N are functions of the
+earlier rounds only, so given them r_R is a fixed density and E[(1/N) Σ_i σ̃(s_i)/r_R(s_i)]
+= Σ_j α_j ∫ q_j σ̃/r_R = Z (with q_0 = p_LM) — ordinary stratified defensive-mixture IS (Ẑ
+unbiased, the stratified bootstrap valid) — while AMIS would reuse draws whose proposal was
+fitted on them (consistent only under extra conditions, Marin, Pudlo & Sedki 2019). The
+rounds' N, counts, ESS, ESS/N, k̂ and log Ẑ are ``seeds[s].target_rounds``. The
 proposal uses only p_LM, the scorer and σ̃ — no sample and no model of any generation under
 test — so the target of seed s is independent of every generation: with the evaluated
 generations' own proposals the estimator would still be unbiased, but its variance and the
 O(1/N) bias of self-normalisation would be smallest for the generations it was built from.
-The base-only IS estimate (the base draws of the final round alone, weights φ) is kept as a
-cross-check with its own ESS and k̂.
+The base-only IS estimate (the base draws of the final sample alone, weights φ) is kept as
+a cross-check with its own ESS and k̂. (Earlier families, measured: fixed tilts
+λ·log p(toxic|v) on every token distorted p_LM's ordinary tokens, ESS 6.6–7.7 of 1,000; a
+fine-tuned copy of the base LM memorised a round's 500 draws, ESS 1.2–2.0 of 500.)
 
 **Undecided.** Every IS number carries its ESS and PSIS k̂ (Vehtari et al. 2024;
 :func:`rankkit_ext.tsmc.psis_khat`) and is *undecided* (``value`` null, no number in the
@@ -69,18 +82,21 @@ Usage::
         # more draws and fits where ESS falls short; a GPU run (--device cuda) is estimated
         # in the JSON (``runtime.gpu_estimate``), not measured
 
-Runtime (measured on the 2-core CPU machine shared with the lead's jobs, one torch thread):
-full mode 1,465 s wall at load average 2.1 at the start and 1.0 at the end (377 s the three
-chains, resumed from their checkpoints — 604 s when trained, previous run —, 1,079 s the
-adaptive targets and estimates, Fig. 2 from its cache), so ~1,700 s ≈ 28 min from an empty
-cache; ``--quick`` ~25 s wall at load 2 (its test ~70 s). Fig. 2 (particle efficiency) is
-shrunk to seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with
-``--no-particle-efficiency``. At the full sizes (5 rounds of 500 draws, 1,500 final draws)
-the final ESS is 108.6, 8.1 and 220.7 per seed (k̂ 0.26, 0.38, 0.15): only seed 2 is
-decided, so the verdict stays undecided; seed 1's last fit lost what the earlier rounds had
-gained (ESS/N 0.049 in round 2, 0.005 in the final one). At the measured final ESS/N the
-worst seed needs ~3.7·10^4 draws (``runtime.gpu_estimate``); a more stable adaptation
-(more draws per round, or keeping every round's tilt in the mixture) would need far fewer.
+Runtime (measured on the 2-core CPU machine, one torch thread, nice 19): full mode 1,388 s
+wall (``runtime.seconds_with_fig2``) at load average 3.4 at the start (another engineer's
+test run at normal priority beside it for the first minutes) and 1.0 at the end: 233 s the
+three chains, resumed from checkpoints trained just before by ``--chains-only`` (1,227 s,
+beside a prototype of mine and the other jobs; 604 s in a quieter earlier run), 1,139 s the
+adaptive targets (3 rounds of 500 + 6,000 final draws per seed) and estimates, ~12 s Fig. 2.
+From an empty cache that is ~1,390 − 233 + 604 ≈ 1,760 s ≈ 29 min on a quiet machine, more
+under contention. ``--quick`` ~40 s (its test). Fig. 2 (particle efficiency) is shrunk to
+seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with ``--no-particle-efficiency``.
+Measured: final ESS 247.6, 228.2, 247.5 of 6,000 per seed (k̂ 0.66, 0.68, 0.58; the
+previous scheme 108.6, 8.1, 220.7 of 1,500), so every seed is decided, and the verdict is
+*refuted*: KL(σ‖q_m) rises at both steps in every seed (pooled E_σ[log q_{m+1} − log q_m]
+−2.87 ± 0.09 and −3.25 ± 0.11). Generation 0 is worse than the untwisted base in every seed
+(``gen0_minus_base`` −0.74 ± 0.08, −0.41 ± 0.09, −0.76 ± 0.08); no twist recipe was tried
+against that (``ctl_steps``, ``ctl_lr`` unchanged).
 
 Writes ``tsmc_toxic_story.{json,png}`` and ``tsmc_particle_efficiency.{json,png}`` to
 ``--out``; chains and per-seed samples are cached in ``$RANKKIT_CACHE/tsmc_toxic_story``
@@ -141,13 +157,17 @@ VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_
 # own weights 5 of 320, and in the first full run KL(σ‖q_0) ≫ KL(σ‖p_LM)); at 1e-3 it
 # moves little in 90 steps (toxicity 0.03 → 0.06) and stays near p_LM: the less harmful
 # for a mass-covering KL, so it is the default
+# n_final is the final sample's minimum size: it grows to final_ess_factor · min_ess over the
+# last adaptive round's ESS/N, at most n_final_max (adaptive.final_sample_size)
 FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-3, n_distill_runs=128,
-            ft_steps=30, cem_rounds=5, n_round=500, n_final=1500, alpha0=0.2, cem_steps=50,
+            ft_steps=30, cem_rounds=3, n_round=500, n_final=1500, n_final_max=6000,
+            final_ess_factor=2.5, alpha0=0.2, cem_steps=50,
             cem_lr=0.05, n_boot=500, K_z=128, n_z_runs=3,
             n_eval_runs=3, K_test=32, pe_ks=(16, 32, 64), pe_runs=2)
 # the tilts need no second seed, so --quick runs one seed end to end
 QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-3, n_distill_runs=4,
-             ft_steps=3, cem_rounds=2, n_round=40, n_final=300, alpha0=0.2, cem_steps=4,
+             ft_steps=3, cem_rounds=2, n_round=40, n_final=300, n_final_max=300,
+             final_ess_factor=1.6, alpha0=0.2, cem_steps=4,
              cem_lr=0.05, n_boot=100, K_z=16, n_z_runs=2,
              n_eval_runs=2, K_test=8, pe_ks=(8,), pe_runs=2)
 
@@ -229,16 +249,20 @@ def main(argv=None) -> dict:
                     help="cross-entropy fits of the target's tilt per seed [5]")
     ap.add_argument("--n-round", type=int, default=None, help="draws per adaptive round [500]")
     ap.add_argument("--n-final", type=int, default=None,
-                    help="draws of the final target sample per seed [1500]")
+                    help="least draws of the final target sample per seed [1500]")
+    ap.add_argument("--n-final-max", type=int, default=None,
+                    help="most draws of the final target sample per seed [6000]")
     ap.add_argument("--min-ess", type=float, default=MIN_ESS,
                     help=f"ESS below which an estimate is undecided [{MIN_ESS:g}]")
     ap.add_argument("--no-particle-efficiency", action="store_true",
                     help="skip Fig. 2 (particle efficiency)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chains-only", action="store_true",
+                    help="train (or resume) the chains into the cache and stop")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = dict(QUICK if args.quick else FULL)
-    for k in ("seeds", "cem_rounds", "n_round", "n_final"):
+    for k in ("seeds", "cem_rounds", "n_round", "n_final", "n_final_max"):
         if getattr(args, k) is not None:
             cfg[k] = int(getattr(args, k))
     if cfg["seeds"] < 1 or cfg["cem_rounds"] < 0 or cfg["n_round"] < 10 or cfg["n_final"] < 10:
@@ -304,6 +328,9 @@ def main(argv=None) -> dict:
         print(f"seed {s}: chain done ({time.time() - t_chain:.0f}s)", res.distill_sets,
               flush=True)
     t_chain = time.time() - t_chain
+    if args.chains_only:
+        print(f"chains done in {t_chain:.0f}s")
+        return {"seconds_chains": t_chain}
 
     # ---- phase 2: per seed, the mixture target and every estimate ------------------------
     seeds_out, t_eval = [], time.time()
@@ -313,8 +340,10 @@ def main(argv=None) -> dict:
         # the target depends on the sizes and settings of the adaptive rounds, not on the
         # chain (which only enters through log q_gen, also stored): all of them in the key
         tkey = fingerprint({k: cfg[k] for k in ("cem_rounds", "n_round", "n_final", "alpha0",
-                                                "cem_steps", "cem_lr")}
-                           | {"tau": TILT_TAU, "lam0": TILT_LAMBDA0, "T": T})[:12]
+                                                "cem_steps", "cem_lr", "n_final_max",
+                                                "final_ess_factor")}
+                           | {"tau": TILT_TAU, "lam0": TILT_LAMBDA0, "T": T,
+                              "mixture": "all_rounds_pooled_fit", "min_ess": args.min_ess})[:12]
         f = cache / f"target_cem_s{s}_{base_fp}_{fp}_{tkey}.npz"
         if f.exists():
             z = read_npz(f, "mixture target", required=("tokens", "lengths", "strata", "log_c",
@@ -335,7 +364,8 @@ def main(argv=None) -> dict:
                 lm, prompt, log_target, tilt0, T, gen(50_000 + s), rounds=cfg["cem_rounds"],
                 n_round=cfg["n_round"], n_final=cfg["n_final"], alpha0=cfg["alpha0"],
                 mask=tilt_mask, steps=cfg["cem_steps"], lr=cfg["cem_lr"], seed=60_000 + s,
-                progress=True)
+                target_ess=cfg["final_ess_factor"] * args.min_ess,
+                n_final_max=cfg["n_final_max"], progress=True)
             seqs, strata, log_c, ltox = am.sequences, am.strata, am.log_c, ltox_memo["last"]
             rounds = am.rounds
             tgt0 = ImportanceTarget(seqs, log_c[0] + BETA * ltox, am.log_proposal)
@@ -354,8 +384,8 @@ def main(argv=None) -> dict:
                            "ltox": ltox, "log_q_gen": lq_gen,
                            "rounds": np.array(json.dumps(rounds))})
             n_all = sum(r_["n"] for r_ in rounds)
-            throughput["sequences"] += 2 * n_all + cfg["cem_rounds"] * cfg["cem_steps"] * 32 \
-                + len(sup) * M
+            # sample + one teacher-forced pass per draw (all components, the fits' features)
+            throughput["sequences"] += 2 * n_all + len(sup) * M
             throughput["seconds"] += time.time() - t0
         J = log_c.shape[0]
         N = len(seqs)
@@ -414,7 +444,7 @@ def main(argv=None) -> dict:
                             len({tuple(strip(x)) for x in outs}) / len(outs)})
         seeds_out.append({
             "seed": s, "n_draws": N, "mixture_alphas": alphas.tolist(),
-            "mixture_components": ["p_LM", f"adaptive_token_tilt_round_{cfg['cem_rounds']}"],
+            "mixture_components": ["p_LM"] + [f"token_tilt_{j}" for j in range(J - 1)],
             "target_rounds": rounds,
             "ess": tgt.ess, "khat": tgt.khat, "decided": tgt.decided,
             "n_support_scored": int(np.isfinite(lq_gen[0]).sum()),

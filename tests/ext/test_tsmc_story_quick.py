@@ -48,7 +48,9 @@ NUMBERS_PER_SEED = ["ess", "khat", "n_draws", "log_Z_check.log_Z_tsmc",
                     "distill_sets.1.effective_distinct", "toxicity_tsmc.0.mean",
                     "toxicity_tsmc.0.stderr", "toxicity_tsmc.2.mean", "toxicity_tsmc.2.stderr",
                     "mixture_alphas.0", "target_rounds.0.ess", "target_rounds.0.ess_per_n",
-                    "target_rounds.0.khat", "target_rounds.-1.ess", "target_rounds.-1.khat"]
+                    "target_rounds.0.khat", "target_rounds.-1.ess", "target_rounds.-1.khat",
+                    "target_rounds.-1.ess_per_n", "target_rounds.-2.ess_per_n",
+                    "mixture_alphas.-1"]
 NUMBERS = ["runtime.seconds_total", "runtime.seconds_with_fig2", "runtime.loadavg_at_start.0",
            "runtime.measured_sequence_passes_per_s", "setup.min_ess",
            "runtime.gpu_estimate.n_draws_per_seed_for_min_ess",
@@ -99,6 +101,16 @@ def test_quick_run_writes_every_cited_field(tmp_path):
         r = so["target_rounds"]
         assert len(r) == d["setup"]["cem_rounds"] + 1 and r[-1]["final"]
         assert r[-1]["n"] == so["n_draws"] and math.isclose(r[-1]["ess"], so["ess"])
+        # the final mixture holds p_LM and every round's tilt, in the strata's shares
+        st = d["setup"]
+        assert len(so["mixture_alphas"]) == st["cem_rounds"] + 2 == len(r[-1]["counts"])
+        assert sum(r[-1]["counts"]) == so["n_draws"]
+        assert all(math.isclose(a, c / so["n_draws"])
+                   for a, c in zip(so["mixture_alphas"], r[-1]["counts"], strict=True))
+        # its size follows from the last adaptive round's ESS/N alone
+        need = math.ceil(st["final_ess_factor"] * st["min_ess"] / r[-2]["ess_per_n"])
+        assert so["n_draws"] == min(max(st["n_final"], need), max(st["n_final"],
+                                                                  st["n_final_max"]))
     for path in NUMBERS:
         assert math.isfinite(_get(d, path)), path
     # the verdict follows from the pooled statistics by the stated rule
