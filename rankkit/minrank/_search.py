@@ -424,11 +424,10 @@ class _CertSearch(_SearchBase):
     def _fit(self, k: int, attempt: int, warm, init, cancel: threading.Event | None = None):
         """Fit rank k from one start (``attempt`` seeds it and names its checkpoint files);
         a set ``cancel`` stops it within an iteration, unsaved."""
-        path = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.npz"
+        path, partial = self._attempt_files(k, attempt)
         if self._finished(path):
             res = self._load(path)
             return res, float(res.meta.get("seconds", 0.0))
-        partial = None if self.ckpt is None else self.ckpt / f"fixed_rank_{k:06d}_{attempt}.partial.npz"
         kw = dict(self.kw)
         if cancel is not None:
             user = kw.get("callback")
@@ -445,6 +444,14 @@ class _CertSearch(_SearchBase):
     def _forget(self, k: int, attempt: int) -> None:
         """Remove what a cancelled attempt left (its partial checkpoint): a later attempt
         with the same number is another start and must not resume it."""
-        if self.ckpt is not None:
-            for name in (f"fixed_rank_{k:06d}_{attempt}.partial.npz", f"fixed_rank_{k:06d}_{attempt}.npz"):
-                (self.ckpt / name).unlink(missing_ok=True)
+        for f in self._attempt_files(k, attempt):
+            if f is not None:
+                f.unlink(missing_ok=True)
+
+    def _attempt_files(self, k: int, attempt: int):
+        """(finished fit, partial checkpoint) of one attempt at rank k; (None, None) without
+        a checkpoint directory."""
+        if self.ckpt is None:
+            return None, None
+        stem = f"fixed_rank_{k:06d}_{attempt}"
+        return self.ckpt / f"{stem}.npz", self.ckpt / f"{stem}.partial.npz"

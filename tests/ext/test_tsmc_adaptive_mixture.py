@@ -98,11 +98,16 @@ def _log_target(seqs, log_p):
     return log_p + GAIN * np.array([sum(v == 1 for v in s) for s in seqs], dtype=np.float64)
 
 
-def test_all_rounds_mixture_weights_are_exact_against_the_enumerated_densities():
+def _enumerated_problem():
+    """The toy LM, its enumerated target σ ∝ p · exp(GAIN · #ones) and a zero start tilt."""
     lm = _lm(3, None)
     target = enumerate_target(lm, FunctionPotential(lambda s: GAIN * sum(v == 1 for v in s)),
                               [0], T)
-    tw0 = LinearTwist(lm.hidden_size, V, dtype=torch.float64)
+    return lm, target, LinearTwist(lm.hidden_size, V, dtype=torch.float64)
+
+
+def test_all_rounds_mixture_weights_are_exact_against_the_enumerated_densities():
+    lm, target, tw0 = _enumerated_problem()
     am = adaptive_tilt_mixture(lm, [0], _log_target, tw0, T, torch.Generator().manual_seed(5),
                                rounds=3, n_round=100, n_final=401, alpha0=0.2, steps=40,
                                lr=0.1, seed=2)
@@ -128,10 +133,7 @@ def test_all_rounds_mixture_weights_are_exact_against_the_enumerated_densities()
 
 
 def test_pooled_mixture_estimates_log_z_and_beats_the_base():
-    lm = _lm(3, None)
-    target = enumerate_target(lm, FunctionPotential(lambda s: GAIN * sum(v == 1 for v in s)),
-                              [0], T)
-    tw0 = LinearTwist(lm.hidden_size, V, dtype=torch.float64)
+    lm, target, tw0 = _enumerated_problem()
     am = adaptive_tilt_mixture(lm, [0], _log_target, tw0, T, torch.Generator().manual_seed(0),
                                rounds=3, n_round=300, n_final=1000, alpha0=0.2, steps=60,
                                lr=0.1, seed=0)
