@@ -64,15 +64,46 @@ target is undecided; else *reproduced* if every step's pooled Δ_m (mean over se
 
 **Other checks.** Generation 0 against the untwisted base: KL(σ‖p_LM) − KL(σ‖q_0) =
 E_σ[log q_0 − log p_LM] (paired, bootstrap SE). log Ẑ of TSMC at large K (the average of
-``n_z_runs`` unbiased Ẑ, delta-method SE of its log) against the IS log Ẑ, with z. The
+``n_z_runs`` = 30 unbiased Ẑ, delta-method SE of its log) against the IS log Ẑ, with z. Three
+runs were too few: log Ẑ of one K = 128 run has sd ≈ 1.0 and a right-skewed Ẑ, so three runs
+that happen to sit together give a small SE on a low mean (seed 0 of the first run with this
+twist: −7.93 ± 0.15 from 3 runs, z = 8.3 against IS −6.54 ± 0.06; 30 runs of the same twist,
+another generator seed: −6.54 ± 0.38, median log Ẑ −7.48). The
 distillation set of each generation is *weighted* (``self_distill(distill="weighted")``:
 every particle of ``n_distill_runs`` TSMC runs with its weight, no resampling duplicates);
 its distinct strings and effective size are in ``seeds[s].distill_sets``.
 
+**Generation 0: the twist.** Every generation's twist is log ψ(s_<t, v) = b_v (``TWIST``: a
+:class:`LinearTwist` with W frozen at 0), started at the token tilt b_0 of the target's first
+component — a fixed function of the scorer, not of any draw — and trained by CTL
+(``ctl_steps`` = 100 at ``ctl_lr`` = 1e-2, K = ``K_train``). The recipe was chosen by
+E_σ[log q_0 − log p_LM] on seed 0's target of the previous run (6,000 draws, ESS 247.6;
+seeds 1 and 2 were not looked at), one CTL run each at T = 8, K = 16 unless stated:
+
+===========================================  ====================  ==============
+twist, CTL                                   E_σ[log q_0 − log p]  (bootstrap SE)
+===========================================  ====================  ==============
+W h + b from 0, 20 steps at 1e-3 (previous)  −0.74                 0.08
+W h + b from 0, 100 steps at 1e-3, K = 64    −2.91                 0.20
+b from 0, 100 steps at 1e-2, K = 64          0.00                  0.05
+W h + b from b_0, 0 steps (b_0 itself)       +3.23                 0.05
+W h + b from b_0, 20 / 100 steps at 1e-3     +3.00 / +0.91         0.10 / 0.19
+W h + b from b_0, 60 steps at 1e-3, K = 64   +2.18                 0.14
+b from b_0, 50 steps at 2e-2                 +3.40                 0.06
+b from b_0, 100 steps at 1e-2 (chosen)       +3.52                 0.07
+b from b_0, 200 steps at 1e-2                +3.19                 0.09
+===========================================  ====================  ==============
+
+CTL's gradient at K ≤ 64 (positive phase: the φ-weighted particles of one SIS run, ESS ≈ a
+few) moves a head with context features W away from σ the longer it trains; the bias-only
+twist gains 0.3 nats over b_0 before it too starts to lose. Because gen 0 starts where the
+target's first tilt does, its KL is estimated with less variance than a twist the target
+never saw (unbiased either way).
+
 Differences from the paper (an offline CPU machine): the base LM is the package's offline
 one (:func:`rankkit_ext.lm.vader_base_lm`, ``size="small"``: GPT-2 tokenizer, 64-d,
-2 layers), the toxicity scorer the offline ``alt-profanity-check`` SVM, the twist a linear
-head, full fine-tuning instead of LoRA, small sizes.
+2 layers), the toxicity scorer the offline ``alt-profanity-check`` SVM, the twist a token
+tilt (a linear head's bias) instead of a network, full fine-tuning instead of LoRA, small sizes.
 
 Usage::
 
@@ -82,21 +113,22 @@ Usage::
         # more draws and fits where ESS falls short; a GPU run (--device cuda) is estimated
         # in the JSON (``runtime.gpu_estimate``), not measured
 
-Runtime (measured on the 2-core CPU machine, one torch thread, nice 19): full mode 1,388 s
-wall (``runtime.seconds_with_fig2``) at load average 3.4 at the start (another engineer's
-test run at normal priority beside it for the first minutes) and 1.0 at the end: 233 s the
-three chains, resumed from checkpoints trained just before by ``--chains-only`` (1,227 s,
-beside a prototype of mine and the other jobs; 604 s in a quieter earlier run), 1,139 s the
-adaptive targets (3 rounds of 500 + 6,000 final draws per seed) and estimates, ~12 s Fig. 2.
-From an empty cache that is ~1,390 − 233 + 604 ≈ 1,760 s ≈ 29 min on a quiet machine, more
-under contention. ``--quick`` ~40 s (its test). Fig. 2 (particle efficiency) is shrunk to
-seed 0, K ∈ {16, 32, 64} × 2 runs, and is skipped with ``--no-particle-efficiency``.
-Measured: final ESS 247.6, 228.2, 247.5 of 6,000 per seed (k̂ 0.66, 0.68, 0.58; the
-previous scheme 108.6, 8.1, 220.7 of 1,500), so every seed is decided, and the verdict is
-*refuted*: KL(σ‖q_m) rises at both steps in every seed (pooled E_σ[log q_{m+1} − log q_m]
-−2.87 ± 0.09 and −3.25 ± 0.11). Generation 0 is worse than the untwisted base in every seed
-(``gen0_minus_base`` −0.74 ± 0.08, −0.41 ± 0.09, −0.76 ± 0.08); no twist recipe was tried
-against that (``ctl_steps``, ``ctl_lr`` unchanged).
+Runtime (measured on the idle 2-core CPU machine, 2 torch threads — ``--threads`` defaults
+to every usable core —, from an empty analysis cache, the offline base LM already built):
+full mode 1,081 s wall (``runtime.seconds_with_fig2``): 403 s the three chains (100 CTL steps
+per generation), 668 s the adaptive targets (3 rounds of 500 + 6,000 final draws per seed),
+the estimates and 30 TSMC runs of K = 128 per seed for log Ẑ, ~10 s Fig. 2. ``--quick``
+~20 s (its test). Fig. 2 (particle efficiency) is shrunk to seed 0, K ∈ {16, 32, 64} × 2
+runs, and is skipped with ``--no-particle-efficiency``.
+Measured: final ESS 247.6, 228.2, 247.5 of 6,000 per seed (k̂ 0.66, 0.68, 0.58), so every
+seed is decided. Generation 0 beats the untwisted base in every seed (``gen0_minus_base``
++3.52 ± 0.07, +3.52 ± 0.09, +3.54 ± 0.07; KL(σ‖q_0) ≈ 2.5 against KL(σ‖p_LM) ≈ 6.0), and
+the verdict is *refuted*: KL(σ‖q_m) rises at both steps in every seed (pooled
+E_σ[log q_{m+1} − log q_m] −5.51 ± 0.12 and −11.86 ± 0.11). The distilled LMs without a
+twist (``kl_sigma_model``, ``model_kl_steps``) do not come closer to σ either (pooled
++0.01 ± 0.10, then −1.85 ± 0.10), and their twisted proposals are farther from σ than they
+are: the twist started at b_0 over-tilts an LM already fine-tuned toward σ. log Ẑ of TSMC
+(30 runs) agrees with the IS estimate within 0.8 SE in every seed.
 
 Writes ``tsmc_toxic_story.{json,png}`` and ``tsmc_particle_efficiency.{json,png}`` to
 ``--out``; chains and per-seed samples are cached in ``$RANKKIT_CACHE/tsmc_toxic_story``
@@ -144,28 +176,31 @@ BETA = 10.0  # Algorithm 1's β (Kim et al. 2025 §3)
 # λ·log p(toxic|v) on every token, distorted them and never passed ESS/N ≈ 0.01)
 TILT_TAU = 0.01
 TILT_LAMBDA0 = 1.0
+# every generation's CTL twist: log ψ(s_<t, v) = b_v (a LinearTwist with W frozen at 0),
+# b started at the token tilt b_0 above and trained by CTL (module docstring, "Generation 0")
+TWIST = ("LinearTwist with W frozen at 0; bias initialised at the token tilt b_0 = "
+         "lambda0 * max(0, log(p(toxic|prompt + v) / tau)) and trained by CTL")
 VERDICT_RULE = ("undecided if any seed's mixture target is undecided (ESS < min_ess or PSIS "
                 "k_hat > min(1 - 1/log10 N, 0.7)); else 'reproduced' if for every step m -> "
                 "m+1 the pooled paired decrease (mean over seeds of E_sigma[log q_{m+1} - log "
                 "q_m]) exceeds 2 pooled bootstrap SE (sqrt(sum se_s^2)/S) and no seed's "
                 "decrease is below -2 of its own bootstrap SE; 'refuted' if some step's pooled "
                 "decrease is below -2 pooled SE (a significant increase); else 'undecided'")
-# Sizes: full mode is what fits ~30 min on 2 cores shared with two other jobs (this
-# process gets about half a core); the decisive sizes need a GPU (module docstring)
-# ctl_lr: measured before choosing (one CTL run each, T = 10, K = 32): at 1e-2 the twist
-# collapses onto a few toxic strings within 30 steps (mean toxicity under q 0.76, ESS of q's
-# own weights 5 of 320, and in the first full run KL(σ‖q_0) ≫ KL(σ‖p_LM)); at 1e-3 it
-# moves little in 90 steps (toxicity 0.03 → 0.06) and stays near p_LM: the less harmful
-# for a mass-covering KL, so it is the default
+# Sizes: full mode is what fits 30 min on 2 cores; the decisive sizes need a GPU (module
+# docstring). ctl_steps, ctl_lr: the bias-only twist's recipe, measured on seed 0 (module
+# docstring, "Generation 0"): 100 steps at 1e-2 gain most over the base (50 steps at 2e-2 and
+# 200 at 1e-2 gain less). The full head from zero (W h + b, the previous recipe) collapses
+# at 1e-2 within 30 steps and, at 1e-3, ends below the base after 20 steps and further below
+# after 100
 # n_final is the final sample's minimum size: it grows to final_ess_factor · min_ess over the
 # last adaptive round's ESS/N, at most n_final_max (adaptive.final_sample_size)
-FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=20, ctl_lr=1e-3, n_distill_runs=128,
+FULL = dict(seeds=3, T=8, K_train=16, ctl_steps=100, ctl_lr=1e-2, n_distill_runs=128,
             ft_steps=30, cem_rounds=3, n_round=500, n_final=1500, n_final_max=6000,
             final_ess_factor=2.5, alpha0=0.2, cem_steps=50,
-            cem_lr=0.05, n_boot=500, K_z=128, n_z_runs=3,
+            cem_lr=0.05, n_boot=500, K_z=128, n_z_runs=30,
             n_eval_runs=3, K_test=32, pe_ks=(16, 32, 64), pe_runs=2)
 # the tilts need no second seed, so --quick runs one seed end to end
-QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-3, n_distill_runs=4,
+QUICK = dict(seeds=1, T=5, K_train=8, ctl_steps=3, ctl_lr=1e-2, n_distill_runs=4,
              ft_steps=3, cem_rounds=2, n_round=40, n_final=300, n_final_max=300,
              final_ess_factor=1.6, alpha0=0.2, cem_steps=4,
              cem_lr=0.05, n_boot=100, K_z=16, n_z_runs=2,
@@ -256,7 +291,8 @@ def main(argv=None) -> dict:
                     help=f"ESS below which an estimate is undecided [{MIN_ESS:g}]")
     ap.add_argument("--no-particle-efficiency", action="store_true",
                     help="skip Fig. 2 (particle efficiency)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="torch threads [every usable core]")
     ap.add_argument("--chains-only", action="store_true",
                     help="train (or resume) the chains into the cache and stop")
     args = ap.parse_args(argv)
@@ -310,10 +346,21 @@ def main(argv=None) -> dict:
     # ---- phase 1: one self-distillation chain per seed ----------------------------------
     chains, t_chain = [], time.time()
     chain_key = fingerprint({k: cfg[k] for k in ("T", "K_train", "ctl_steps", "ctl_lr",
-                                                 "n_distill_runs", "ft_steps")})[:16]
+                                                 "n_distill_runs", "ft_steps")}
+                            | {"twist": TWIST, "tau": TILT_TAU, "lam0": TILT_LAMBDA0})[:16]
+
+    def twist_factory():
+        # every generation's twist starts at the token tilt b_0 and trains its bias only
+        # (TWIST: the full head W h + b from zero ends below the base, module docstring)
+        tw = LinearTwist(model.config.n_embd, V).to(dev)
+        with torch.no_grad():
+            tw.proj.bias.copy_(tilt0.proj.bias)
+        tw.proj.weight.requires_grad_(False)
+        return tw
+
     for s in range(cfg["seeds"]):
         res = self_distill(
-            model, phi, prompt, lambda: LinearTwist(model.config.n_embd, V).to(dev),
+            model, phi, prompt, twist_factory,
             generations=2, max_new_tokens=T, n_particles=cfg["K_train"],
             ctl_steps=cfg["ctl_steps"], ctl_lr=cfg["ctl_lr"],
             distill="weighted", n_distill_runs=cfg["n_distill_runs"],
@@ -343,13 +390,14 @@ def main(argv=None) -> dict:
                                                 "cem_steps", "cem_lr", "n_final_max",
                                                 "final_ess_factor")}
                            | {"tau": TILT_TAU, "lam0": TILT_LAMBDA0, "T": T,
-                              "mixture": "all_rounds_pooled_fit", "min_ess": args.min_ess})[:12]
+                              "mixture": "all_rounds_pooled_fit", "min_ess": args.min_ess,
+                              "stores": "log_q_gen+log_p_gen"})[:12]
         f = cache / f"target_cem_s{s}_{base_fp}_{fp}_{tkey}.npz"
         if f.exists():
             z = read_npz(f, "mixture target", required=("tokens", "lengths", "strata", "log_c",
-                                                        "ltox", "log_q_gen", "rounds"))
+                                                        "ltox", "log_q_gen", "log_p_gen", "rounds"))
             seqs, strata, log_c = _unpack(z["tokens"], z["lengths"]), z["strata"], z["log_c"]
-            ltox, lq_gen = z["ltox"], z["log_q_gen"]
+            ltox, lq_gen, lp_gen = z["ltox"], z["log_q_gen"], z["log_p_gen"]
             rounds = json.loads(str(z["rounds"]))
         else:
             t0 = time.time()
@@ -375,13 +423,15 @@ def main(argv=None) -> dict:
             tb0 = ImportanceTarget([seqs[i] for i in b0], (log_c[0] + BETA * ltox)[b0],
                                    log_c[0][b0])
             sup = np.union1d(tgt0.support(), b0[tb0.support()])
-            lq_gen = np.full((M, len(seqs)), np.nan)
+            # log p^(m) (the untwisted generation) comes with log q_m from the same pass
+            lq_gen, lp_gen = np.full((M, len(seqs)), np.nan), np.full((M, len(seqs)), np.nan)
             for m in range(M):
-                lq_gen[m, sup] = score_proposal(HFCausalLM(res.models[m]), res.twists[m], prompt,
-                                                [seqs[i] for i in sup], chunk=16)[1]
+                lp_gen[m, sup], lq_gen[m, sup] = score_proposal(
+                    HFCausalLM(res.models[m]), res.twists[m], prompt, [seqs[i] for i in sup],
+                    chunk=16)
             toks, lens = _pack(seqs, T)
             atomic_npz(f, {"tokens": toks, "lengths": lens, "strata": strata, "log_c": log_c,
-                           "ltox": ltox, "log_q_gen": lq_gen,
+                           "ltox": ltox, "log_q_gen": lq_gen, "log_p_gen": lp_gen,
                            "rounds": np.array(json.dumps(rounds))})
             n_all = sum(r_["n"] for r_ in rounds)
             # sample + one teacher-forced pass per draw (all components, the fits' features)
@@ -402,6 +452,11 @@ def main(argv=None) -> dict:
         steps = [{"from": m, "to": m + 1,
                   **tgt.kl_difference(lq_gen[m], lq_gen[m + 1], nb, rng).to_json()}
                  for m in range(M - 1)]
+        # the distilled LMs p^(m) alone (no twist): does fine-tuning itself approach σ?
+        kl_model = [tgt.kl_sigma_q(lp_gen[m], nb, rng).to_json() for m in range(M)]
+        model_steps = [{"from": m, "to": m + 1,
+                        **tgt.kl_difference(lp_gen[m], lp_gen[m + 1], nb, rng).to_json()}
+                       for m in range(M - 1)]
         lz = tgt.log_Z().to_json()
         tox_sigma = tgt.mean(np.exp(ltox)).to_json()
         # cross-check: the base draws alone, weighted by φ (the previous study's target)
@@ -453,7 +508,8 @@ def main(argv=None) -> dict:
             "gen0_minus_base": {**gen0_vs_base, "definition": "KL(sigma||p_LM) - "
                                 "KL(sigma||q_0) = E_sigma[log q_0 - log p_LM]; > 0: q_0 beats "
                                 "the untwisted base"},
-            "kl_steps": steps, "log_Z_check": zcheck, "base_only_crosscheck": base_only,
+            "kl_steps": steps, "kl_sigma_model": kl_model, "model_kl_steps": model_steps,
+            "log_Z_check": zcheck, "base_only_crosscheck": base_only,
             "distill_sets": res.distill_sets,
             "ctl_final_loss": [float(np.mean(c.losses[-5:])) for c in res.ctl],
             "toxicity_tsmc": tox_gen, "diversity_tsmc": div_gen})
@@ -464,6 +520,8 @@ def main(argv=None) -> dict:
     pooled_steps = [{"from": m, "to": m + 1,
                      **pooled([so["kl_steps"][m] for so in seeds_out])} for m in range(M - 1)]
     pooled_gen0 = pooled([so["gen0_minus_base"] for so in seeds_out])
+    pooled_model = [{"from": m, "to": m + 1,
+                     **pooled([so["model_kl_steps"][m] for so in seeds_out])} for m in range(M - 1)]
     v = verdict([so["kl_steps"] for so in seeds_out], pooled_steps)
     seconds = time.time() - t_start
     # GPU estimate: the cost is passes over (batch, T, V) float64 log-probabilities; scale
@@ -480,12 +538,14 @@ def main(argv=None) -> dict:
                  "generations m = 0, 1, 2.",
         "setup": {"prompt": PROMPT, "beta": BETA, "base": args.base,
                   "base_lm": args.base_report, "base_fingerprint": base_fp, "quick": q,
-                  "device": str(dev), "tilt_tau": TILT_TAU, "tilt_lambda0": TILT_LAMBDA0, "min_ess": args.min_ess,
+                  "device": str(dev), "tilt_tau": TILT_TAU, "tilt_lambda0": TILT_LAMBDA0,
+                  "twist": TWIST, "min_ess": args.min_ess,
                   **{k: (list(v_) if isinstance(v_, tuple) else v_) for k, v_ in cfg.items()},
                   "argv": list(argv) if argv is not None else sys.argv[1:]},
         "verdict_rule": VERDICT_RULE,
         "verdict": v,
         "pooled": {"kl_steps": pooled_steps, "gen0_minus_base": pooled_gen0,
+                   "model_kl_steps": pooled_model,
                    "note": "mean over seeds of the per-seed estimates; SE = sqrt(sum se_s^2)/S "
                            "for the bootstrap (bootstrap_se) and delta-method (stderr) SEs"},
         "seeds": seeds_out,
@@ -577,8 +637,13 @@ def _plot(out, path: Path):
         ks = so["kl_sigma_q"]
         ms = [m + 0.06 * s for m in range(len(ks))]
         if so["decided"]:
-            ax[0].errorbar(ms, [k["value"] for k in ks], yerr=[2 * k["bootstrap_se"] for k in ks],
-                           marker="o", capsize=4, label=f"seed {s} (ESS {so['ess']:.0f})")
+            ln = ax[0].errorbar(ms, [k["value"] for k in ks],
+                                yerr=[2 * k["bootstrap_se"] for k in ks], marker="o", capsize=4,
+                                label=f"seed {s}: q_m (ESS {so['ess']:.0f})")
+            km = so["kl_sigma_model"]
+            ax[0].errorbar(ms, [k["value"] for k in km], yerr=[2 * k["bootstrap_se"] for k in km],
+                           marker="o", mfc="none", ls="--", capsize=3, color=ln[0].get_color(),
+                           label=f"seed {s}: p^(m), no twist")
         steps = so["kl_steps"]
         if so["decided"]:
             ax[1].errorbar([i + 0.06 * s for i in range(len(steps))],

@@ -40,7 +40,8 @@ def _get(d, path):
 # every field the README bullet quotes, per seed (s) or pooled; an estimate dict is checked
 # by its status: decided -> value and SEs finite, undecided -> value/SE null, raw finite
 ESTIMATES_PER_SEED = ["kl_steps.0", "kl_steps.1", "gen0_minus_base", "log_Z", "kl_sigma_base",
-                      "kl_sigma_q.0", "kl_sigma_q.1", "kl_sigma_q.2"]
+                      "kl_sigma_q.0", "kl_sigma_q.1", "kl_sigma_q.2", "kl_sigma_model.1",
+                      "kl_sigma_model.2", "model_kl_steps.0", "model_kl_steps.1"]
 NUMBERS_PER_SEED = ["ess", "khat", "n_draws", "log_Z_check.log_Z_tsmc",
                     "log_Z_check.log_Z_tsmc_se", "base_only_crosscheck.ess",
                     "base_only_crosscheck.khat", "distill_sets.0.n_distinct",
@@ -81,7 +82,7 @@ def test_quick_run_writes_every_cited_field(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "RANKKIT_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "analyses.tsmc_toxic_story", "--quick", "--out",
-                        str(out), "--no-particle-efficiency"], cwd=ROOT, env=env,
+                        str(out), "--no-particle-efficiency", "--threads", "1"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     d = json.loads((out / "tsmc_toxic_story.json").read_text())
@@ -113,6 +114,13 @@ def test_quick_run_writes_every_cited_field(tmp_path):
                                                                   st["n_final_max"]))
     for path in NUMBERS:
         assert math.isfinite(_get(d, path)), path
+    # the untwisted generation 0 is p_LM itself: its KL is the base's, draw for draw
+    for so in d["seeds"]:
+        a, b = so["kl_sigma_model"][0], so["kl_sigma_base"]
+        assert a["status"] == b["status"]
+        if a["status"] == "decided":
+            assert math.isclose(a["value"], b["value"], rel_tol=1e-6, abs_tol=1e-6)
+    assert len(d["pooled"]["model_kl_steps"]) == 2
     # the verdict follows from the pooled statistics by the stated rule
     ps = d["pooled"]["kl_steps"]
     if any(p["status"] == "undecided" for p in ps):
