@@ -53,16 +53,23 @@ embeddings) at CPU scale, or any causal LM by hub id / folder (``--backbone PATH
 Trained models and learned-matrix blocks are cached in ``$RANKKIT_CACHE/learned_rank/``
 (a rerun resumes training and reuses finished blocks).
 
-Runtime (full mode, 3 seeds, empty cache): 21 min 31 s wall (``/usr/bin/time``), peak RSS
-2.5 GB, measured under ``nice`` on the shared 2-core machine at load average 3.1–3.8 (two
-other jobs running). Per model and seed: training 1.5–2.5 min (RAD-V 10,000 steps, RAD-Q
-7,500); extraction with its noise floor ~2 min for RAD-V (48 rows × 3 extractions),
-~1.3 min for RAD-Q. ``--quick`` (2 seeds, d = 8): ~15–45 s. The JSON's
+Runtime (full mode, 3 seeds, empty cache): 541 s wall (``wall_seconds``) on the idle
+2-core machine (21 min 31 s on the previous VM under ``nice`` at load average 3.1–3.8, peak
+RSS 2.5 GB). Per seed (``models.<kind>.seeds.<s>.seconds_train`` / ``seconds_extract``):
+training 49–51 s (RAD-V, 10,000 steps) and 40–41 s (RAD-Q, 7,500); extraction with its noise
+floor 67–74 s for RAD-V (48 rows × 3 extractions) and 16 s for RAD-Q.
+``--quick`` (2 seeds, d = 8): ~15–45 s. The JSON's
 ``seconds_train_and_extract`` sums the per-seed work; ``wall_seconds`` is the invocation's
 (short when a rerun finds the per-seed summaries cached, ``seeds_from_cache``).
 
     python -m analyses.learned_rank [--quick] [--out DIR] [--cache DIR]
                                     [--backbone tiny|PATH] [--dataset vader:movie]
+    python -m analyses.learned_rank --scale gpu --device cuda     # the decisive run
+
+``--scale gpu`` extends RAD-V's N from 48 to 256 (8 d), far enough to see whether its rank
+curve saturates; it has not been run (no GPU lent so far), and ``gpu_estimate`` in the JSON
+(:data:`GPU_ESTIMATE`) puts it at ~15 min on one H100, an estimate from the operation
+counts, not a measurement.
 """
 
 from __future__ import annotations
@@ -96,6 +103,23 @@ CONFIGS = {
                   epochs={"RADV": 30, "RADQ": 30}, batch_size=16,
                   lr=3e-3, weight_decay=0.0, warmup_steps=5, eps=1e-6, seeds=[0, 1], n_init=2,
                   sizes={"RADV": [2, 4], "RADQ": [4, 8]}, block=4),
+}
+#: the decisive run, for a GPU (``--scale gpu --device cuda``): the default settings with
+#: RAD-V's N extended past d = 32 far enough to see whether its rank curve saturates (the CPU
+#: stops at 48 = 1.5 d) — not run here (no GPU lent); GPU_ESTIMATE says what it should cost
+CONFIGS["gpu"] = {**CONFIGS["default"],
+                  "sizes": {"RADV": [8, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256],
+                            "RADQ": CONFIGS["default"]["sizes"]["RADQ"]}}
+GPU_ESTIMATE = {
+    "status": "ESTIMATE, not measured (no GPU lent to this project so far)",
+    "scale": "gpu", "device": "one H100",
+    "minutes": 15,
+    "method": ("RAD-V extraction is |V| = 50,257 single-token passes of a d = 32, 2-layer "
+               "backbone per prefix row (13 candidate batches of 4,096 with the prefix's KV "
+               "cache), ~3e9 FLOP per row: launch-bound on a GPU at ~0.1 s per row, so 256 "
+               "rows x 3 extractions (noise floor) x 3 seeds ~ 4 min; training 10,000 + 7,500 "
+               "steps of batch 16 per seed at ~10 ms per step ~ 9 min; RAD-Q and the data's "
+               "bracket ~ 2 min (CPU-bound)"),
 }
 #: prefixes per backbone pass of the reference extraction: RAD-V one prefix at a time (its
 #: |V| candidate passes then carry no padding), RAD-Q 64
@@ -200,7 +224,7 @@ def data_fit(ds, est, d: int) -> dict:
                 "the best certified rank-≤ d completion (single-entry rows met exactly)")}
 
 
-def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
+def _seed_run(kind, seed, ds, cfg, backbone, work, progress, device="cpu") -> dict:
     """Train one model, extract R̂ (and the untrained model's first rows), measure the
     extraction noise floor and summarise; cached as JSON per (kind, seed)."""
     import torch
@@ -217,7 +241,7 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
     if len(prefixes) < max(sizes):
         raise ValueError(f"{kind}: {len(prefixes)} distinct prefixes, fewer than N = {max(sizes)}")
     extract = _extractor(work, f"{kind}_seed{seed}", cfg["block"], progress)
-    model = _make(kind, backbone, ds.vocab_size, cfg, seed)
+    model = _make(kind, backbone, ds.vocab_size, cfg, seed).to(device)
     n0 = cfg["n_init"]
     R0 = extract(model, prefixes[:n0], batch_size=BATCH[kind])  # untrained, same init
     untrained = rank_summary(R0, [n0])
@@ -227,7 +251,7 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
         tr = train(model, ds, epochs=cfg["epochs"][kind], batch_size=cfg["batch_size"], lr=cfg["lr"],
                    weight_decay=cfg["weight_decay"], warmup_steps=cfg["warmup_steps"],
                    seed=seed, max_len=cfg["max_len"], checkpoint_dir=work / f"{kind}_seed{seed}",
-                   progress=progress)
+                   progress=progress, device=device)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     R = extract(model, prefixes, batch_size=BATCH[kind])
@@ -247,7 +271,8 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress) -> dict:
 
 
 def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbone: str = "tiny",
-        cache: Path | None = None, progress: bool = True) -> list[Path]:
+        cache: Path | None = None, progress: bool = True, scale: str | None = None,
+        device: str = "cpu") -> list[Path]:
     import torch
 
     import rankkit as rk
@@ -257,11 +282,19 @@ def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbon
     if dataset not in VADER:
         raise ValueError(f"dataset must be one of the VADER sets {VADER}, got {dataset!r}")
     torch.set_num_threads(1)
-    cfg = dict(CONFIGS["quick" if quick else "default"])
+    scale = scale or ("quick" if quick else "default")
+    if scale not in CONFIGS:
+        raise ValueError(f"scale must be one of {sorted(CONFIGS)}, got {scale!r}")
+    if scale == "gpu" and not str(device).startswith("cuda"):
+        raise ValueError("scale 'gpu' extracts RAD-V's rows up to N = 256 (~25 min per seed "
+                         f"on the 2-core CPU, ~1.5 h in all): pass a CUDA device, got {device!r}")
+    cfg = dict(CONFIGS[scale])
     t_start = time.perf_counter()
     ds = rk.datasets.load(dataset, tokenizer=TOKENIZER, limit=cfg["limit"],
                           max_len=cfg["max_len"], labels=LABEL)
-    key = fingerprint(cfg, dataset, backbone, TOKENIZER, "floor-v1")[:16]
+    # the device type joins the key: a GPU's rounding differs, its runs never mix with the CPU's
+    key = fingerprint(cfg, dataset, backbone, TOKENIZER, "floor-v1",
+                      *(() if torch.device(device).type == "cpu" else (torch.device(device).type,)))[:16]
     work = (Path(cache) if cache is not None else cache_dir() / NAME) / key
     work.mkdir(parents=True, exist_ok=True)
     print(f"[learned_rank] cache {work}", file=sys.stderr)
@@ -287,7 +320,7 @@ def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbon
     for kind in ("RADV", "RADQ"):
         runs = []
         for seed in cfg["seeds"]:
-            r = _seed_run(kind, seed, ds, cfg, backbone, work, progress)
+            r = _seed_run(kind, seed, ds, cfg, backbone, work, progress, device)
             r["objective_over_data_fit"] = r["objective"] / fit["value"]
             runs.append(r)
             f = r["final"]
@@ -297,6 +330,7 @@ def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbon
         models[kind] = _aggregate(runs)
     payload = _payload(cfg, ds, dataset, backbone, quick, data, fit, models,
                        time.perf_counter() - t_start)
+    payload.update(device=str(device), scale=scale, gpu_estimate=GPU_ESTIMATE)
     fig = _figure(dataset, backbone, data, models, ds.vocab_size)
     paths = [save_figure(fig, Path(out) / f"{NAME}.png"),
              write_json(payload, Path(out) / f"{NAME}.json")]
@@ -505,9 +539,15 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder for trained models and R̂ blocks [$RANKKIT_CACHE/learned_rank]")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device of the models [cpu]")
+    ap.add_argument("--scale", choices=sorted(CONFIGS), default=None,
+                    help="settings: default (CPU), quick (= --quick) or gpu (RAD-V to N = 256; "
+                         "needs --device cuda)")
     a = ap.parse_args(argv)
+    if a.scale == "gpu" and not a.device.startswith("cuda"):
+        ap.error("--scale gpu extracts RAD-V's rows up to N = 256: pass --device cuda")
     for p in run(a.out, quick=a.quick, dataset=a.dataset, backbone=a.backbone, cache=a.cache,
-                 progress=not a.no_progress):
+                 progress=not a.no_progress, scale=a.scale, device=a.device):
         print(p)
 
 

@@ -128,4 +128,16 @@ def test_quick_run_writes_every_cited_field(tmp_path):
     q = res["models"]["RADQ"]
     assert max(st["max"] for st in q["summary"]["rank_at_floor"]) <= q["rank_bound"] == q["d"]
     assert res["claim"] and len(res["findings"]) >= 5
+    assert res["device"] == "cpu" and res["scale"] == "quick"
+    assert "not measured" in res["gpu_estimate"]["status"] and res["gpu_estimate"]["minutes"] > 0
     assert res["seeds_from_cache"] == 0
+
+
+def test_gpu_scale_refuses_a_cpu_device(tmp_path):
+    """``--scale gpu`` (RAD-V to N = 256) on the CPU would run ~1.5 h: refused up front with
+    the flag to pass, before any data is loaded or model trained."""
+    cmd = [sys.executable, "-m", "analyses.learned_rank", "--scale", "gpu", "--out",
+           str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--device cuda" in p.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
