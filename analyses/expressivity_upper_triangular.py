@@ -29,7 +29,12 @@ VM, an AVX-512 Xeon, from an empty cache, 2026-12-07; earlier 35 min at load 5�
 previous CPU, 1568 CPU-s, of which the three RAD-Q floors, 20 starts each, took
 390–610 s), ``--quick``
 (seconds; tiny sizes for the tests) and ``--scale paper`` (d = 768, n = 1024, GPT-2-small
-config; needs ``--device cuda``). Outputs: ``paper_figures/<name>.png`` + ``.json``.
+config; needs ``--device cuda``; never run — no GPU has been lent to this project. An
+estimate from operation counts, not a measurement: on one H100 RAD-Q's 3000 steps (one
+1024-token sequence per step) take about a minute, RAD-V's 3000 full-batch steps over the
+525k cells of the n = 1024 triangle (each a one-token pass of the 124M-parameter body, ~3e14
+FLOP per step) 1–4 hours, and whether a full-batch RAD-V step fits in 80 GB at that size is
+not checked). Outputs: ``paper_figures/<name>.png`` + ``.json``.
 
     python -m analyses.expressivity_upper_triangular --scale cpu
     python -m analyses.expressivity_upper_triangular --quick --out /tmp/x

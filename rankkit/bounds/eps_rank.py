@@ -36,6 +36,25 @@ has at least its error on Ω₂), which is the quantity ``rankkit.MinRankEstimat
 from above; the bound does *not* carry over to the mean over Ω (budget ε :math:`|Ω|`, a larger
 number).
 
+**Partially observed blocks under an entry bound** (``max_abs`` = B). With no bound on the
+entries of M, a block with an unobserved cell proves nothing beyond its fully observed parts
+(``[[1, ?], [δ, 1]]`` has the rank-1 completion ``[[1, 1/δ], [δ, 1]]``). Under the stated bound
+:math:`|M_{ij}| \le B` — the quantity :func:`rankkit.estimate_min_rank` certifies when given
+``max_abs`` — let B = R[I, J] have unobserved cells S and X̃ its zero-filled copy. For rank-k M,
+
+.. math::
+
+    \sqrt{\tau_{\tilde X}(k)} \le \|\tilde X - M_{IJ}\|_F
+        \le \|P_{\text{obs}}(R - M)_{IJ}\|_F + \|P_S(M)\|_F
+        \le e_B + B\sqrt{|S|},
+
+so the error on the block's observed cells is :math:`e_B^2 \ge (\sqrt{\tau_{\tilde X}(k)} -
+B\sqrt{|S|})_+^2` (:class:`PartialBlock`). Blocks whose *observed* cells are disjoint add as
+before (unobserved cells carry no error). Such a block beats its fully observed sub-blocks
+where every large full sub-block must drop many rows or columns (e.g. one unobserved cell per
+row) and B is small against the spectrum's tail; B must be at least :math:`\max|R_{ij}|` for any fit to
+exist, so on text data, whose tails are ~1e-2 against entries ~1, it rarely binds.
+
 **Rounding.** Singular values come from LAPACK's backward-stable SVD: the computed σ̂_t are
 exact for B + E with ‖E‖₂ ≤ p(n) u ‖B‖₂, so by Weyl :math:`|\hat\sigma_t - \sigma_t| \le \delta`. The tails use
 σ_t ≥ max(σ̂_t − δ, 0) with the generous δ = 8 max(:math:`|I|`, :math:`|J|`) u σ̂₁ (u the float64 unit
@@ -72,7 +91,8 @@ import scipy.sparse as sp
 from ..matrix import RewardMatrix, as_reward_matrix
 from .exact_rank import _check_indices, _submatrix
 
-__all__ = ["SpectralBlock", "EpsRankLowerBound", "eps_rank_lower_bound", "block_tail", "block_bound_ceiling"]
+__all__ = ["SpectralBlock", "PartialBlock", "EpsRankLowerBound", "eps_rank_lower_bound", "block_tail",
+           "block_bound_ceiling"]
 
 _U = np.finfo(np.float64).eps / 2  # unit roundoff of float64
 
@@ -135,10 +155,69 @@ class SpectralBlock:
                    np.asarray(d["sigma"], np.float64), float(d["slack"]))
 
 
+@dataclass(frozen=True)
+class PartialBlock:
+    """A block ``rows × cols`` with unobserved cells ``missing``, proving through the entry
+    bound ``max_abs`` (module docstring, "Partially observed blocks").
+
+    Attributes
+    ----------
+    rows, cols : ndarray of int64
+    missing : ndarray of int64, shape (s, 2)
+        Every unobserved (row, column) of the block, in matrix indices.
+    sigma : ndarray of float64
+        Singular values of the block with its unobserved cells set to 0.
+    slack : float
+        δ of the module docstring.
+    max_abs : float
+        B: the bound on :math:`|M_{ij}|` the proof assumes.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    missing: np.ndarray
+    sigma: np.ndarray
+    slack: float
+    max_abs: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.rows.size), int(self.cols.size))
+
+    def tail(self, k: int) -> float:
+        """Lower bound on the squared error, over the block's observed cells, of any rank-k
+        matrix with entries bounded by ``max_abs``: (√τ(k) − B√s)₊², each factor rounded
+        toward the weaker bound."""
+        root = math.sqrt(block_tail(self.sigma, k, self.slack)) * (1.0 - 4 * _U)
+        gap = root - self.max_abs * math.sqrt(len(self.missing)) * (1.0 + 4 * _U)
+        return gap * gap * (1.0 - 4 * _U) if gap > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows.tolist(), "cols": self.cols.tolist(),
+                "missing": self.missing.tolist(), "sigma": [float(x) for x in self.sigma],
+                "slack": float(self.slack), "max_abs": float(self.max_abs)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartialBlock:
+        return cls(np.asarray(d["rows"], np.int64), np.asarray(d["cols"], np.int64),
+                   np.asarray(d["missing"], np.int64).reshape(-1, 2),
+                   np.asarray(d["sigma"], np.float64), float(d["slack"]), float(d["max_abs"]))
+
+
+def _block_from_dict(d: dict):
+    return PartialBlock.from_dict(d) if "missing" in d else SpectralBlock.from_dict(d)
+
+
 def _block_reader(R: RewardMatrix, vals: np.ndarray):
-    """``dense_of(rows, cols)``: the observed values of a fully observed block as a dense array."""
+    """``dense_of(rows, cols)``: the observed values of a fully observed block as a dense array
+    (``dense_of.vals``: the values it reads)."""
     S = sp.csr_matrix((vals, R.indices, R.indptr), shape=R.shape)
-    return lambda bi, bj: S[bi][:, bj].toarray()
+
+    def dense_of(bi, bj):
+        return S[bi][:, bj].toarray()
+
+    dense_of.vals = vals
+    return dense_of
 
 
 def _make_block(dense_vals: np.ndarray, rows, cols) -> SpectralBlock:
@@ -149,7 +228,7 @@ def _make_block(dense_vals: np.ndarray, rows, cols) -> SpectralBlock:
 
 @dataclass(frozen=True)
 class EpsRankLowerBound:
-    r"""``lower ≤ minrank_{Ω₂,ε}(R)``, proved by cell-disjoint fully observed ``blocks``.
+    r"""``lower ≤ minrank_{Ω₂,ε}(R)``, proved by ``blocks`` whose observed cells are disjoint.
 
     Attributes
     ----------
@@ -161,9 +240,13 @@ class EpsRankLowerBound:
         The denominator :math:`|Ω₂|` of the mean.
     budget : float
         ε · n_cells: the largest allowed sum of squared errors.
-    blocks : tuple of SpectralBlock
-        Pairwise cell-disjoint, fully observed.
+    blocks : tuple of SpectralBlock or PartialBlock
+        Fully observed blocks, and with ``max_abs`` partially observed ones; their observed
+        cells pairwise disjoint.
     shape, nnz : the matrix the bound was computed on (indices refer to it).
+    max_abs : float or None
+        None: the bound holds for every M. A number B: some block is a :class:`PartialBlock`,
+        and the bound is on the minimal ε-rank among matrices with every :math:`|M_{ij}| \le B`.
     """
 
     lower: int
@@ -173,6 +256,7 @@ class EpsRankLowerBound:
     blocks: tuple
     shape: tuple[int, int] = (0, 0)
     nnz: int = 0
+    max_abs: float | None = None
 
     def tails(self, k: int) -> float:
         """Σ_b τ_b(k), a lower bound on the squared error of any rank-k matrix on Ω₂ (before
@@ -204,18 +288,33 @@ class EpsRankLowerBound:
             if rows.size == 0 or cols.size == 0:
                 raise ValueError(f"block {b_i} is empty")
             obs, val = _submatrix(R, label, rows, cols)
-            if not obs.all():
-                s, t = (int(x) for x in np.argwhere(~obs)[0])
-                raise ValueError(f"block {b_i}: cell (row {rows[s]}, column {cols[t]}) is not observed")
-            cells = {(int(r), int(c)) for r in rows for c in cols}
+            gaps = {(int(rows[a]), int(cols[c])) for a, c in np.argwhere(~obs)}
+            partial = isinstance(b, PartialBlock)
+            if not partial and gaps:
+                r, c = min(gaps)
+                raise ValueError(f"block {b_i}: cell (row {r}, column {c}) is not observed")
+            if partial:
+                if self.max_abs is None or b.max_abs != self.max_abs:
+                    raise ValueError(f"block {b_i} assumes |M| <= {b.max_abs!r}, the bound states "
+                                     f"max_abs = {self.max_abs!r}")
+                listed = {(int(r), int(c)) for r, c in np.asarray(b.missing).reshape(-1, 2)}
+                if listed != gaps:
+                    r, c = min(listed ^ gaps)
+                    state = "observed" if (r, c) in listed else "unobserved and not listed"
+                    raise ValueError(f"block {b_i}: cell (row {r}, column {c}) is {state}: "
+                                     f"'missing' must list exactly the block's unobserved cells")
+            cells = {(int(r), int(c)) for r in rows for c in cols} - gaps
             both = seen & cells
             if both:
                 r, c = min(both)
                 raise ValueError(f"block {b_i} shares cell (row {r}, column {c}) with an earlier block: "
                                  f"the errors of overlapping blocks do not add")
             seen |= cells
-            sigma = sla.svd(val, compute_uv=False, lapack_driver="gesvd")
-            fresh.append(SpectralBlock(rows, cols, sigma, _sigma_slack(sigma, val.shape)))
+            sigma = sla.svd(val, compute_uv=False, lapack_driver="gesvd")  # unobserved cells 0
+            slack = _sigma_slack(sigma, val.shape)
+            fresh.append(PartialBlock(rows, cols, np.array(sorted(gaps), np.int64).reshape(-1, 2),
+                                      sigma, slack, b.max_abs) if partial
+                         else SpectralBlock(rows, cols, sigma, slack))
         proved = _lower_from_blocks(fresh, budget)
         if proved < self.lower:
             raise ValueError(f"the blocks prove minrank_ε >= {proved}, less than the claimed {self.lower}")
@@ -224,12 +323,15 @@ class EpsRankLowerBound:
     def to_dict(self) -> dict:
         return {"lower": int(self.lower), "eps": float(self.eps), "n_cells": int(self.n_cells),
                 "budget": float(self.budget), "shape": list(self.shape), "nnz": int(self.nnz),
-                "blocks": [b.to_dict() for b in self.blocks]}
+                "blocks": [b.to_dict() for b in self.blocks],
+                "max_abs": None if self.max_abs is None else float(self.max_abs)}
 
     @classmethod
     def from_dict(cls, d: dict) -> EpsRankLowerBound:
+        mx = d.get("max_abs")
         return cls(int(d["lower"]), float(d["eps"]), int(d["n_cells"]), float(d["budget"]),
-                   tuple(SpectralBlock.from_dict(b) for b in d["blocks"]), tuple(d["shape"]), int(d["nnz"]))
+                   tuple(_block_from_dict(b) for b in d["blocks"]), tuple(d["shape"]), int(d["nnz"]),
+                   None if mx is None else float(mx))
 
 
 def _lower_from_blocks(blocks, budget: float) -> int:
@@ -397,9 +499,93 @@ def _greedy_family(R, dense_of, q: int, k: int, budget: float, *, limit: int, ma
     return family, _sum_lower(total) > budget
 
 
+def _make_partial(R: RewardMatrix, label_vals: np.ndarray, pattern, rows, cols, max_abs: float):
+    """A PartialBlock (or a SpectralBlock when every cell is observed) on rows × cols."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    obs = pattern[rows][:, cols].toarray() != 0
+    val = label_vals[rows][:, cols].toarray()
+    sigma = np.linalg.svd(val, compute_uv=False)
+    slack = _sigma_slack(sigma, val.shape)
+    if obs.all():
+        return SpectralBlock(rows, cols, sigma, slack)
+    gaps = np.argwhere(~obs)
+    missing = np.stack([rows[gaps[:, 0]], cols[gaps[:, 1]]], 1)
+    return PartialBlock(rows, cols, missing, sigma, slack, max_abs)
+
+
+def _grow(R, label_vals, pattern, blk, k: int, max_abs: float, max_missing: int,
+          steps: int = 24, per_side: int = 16):
+    """Grow a block greedily at rank k: each step adds the row or column (among the
+    ``per_side`` that observe most of the block's columns / rows) whose partial block proves
+    the most — even when that is less than the block so far, since one unobserved cell costs
+    B√s at once and pays off only as the block grows —; at most ``max_missing`` unobserved
+    cells and ``steps`` steps. Returns the best block seen."""
+    rows, cols = list(blk.rows), list(blk.cols)
+    cur, cur_t = blk, blk.tail(k)
+    top, top_t = cur, cur_t
+    for _ in range(steps):
+        room = max_missing - (len(cur.missing) if isinstance(cur, PartialBlock) else 0)
+        tries = []
+        for side, here, other in (("row", rows, cols), ("col", cols, rows)):
+            sub = pattern[:, other] if side == "row" else pattern[other, :]
+            hits = np.asarray(sub.sum(1 if side == "row" else 0)).ravel().astype(np.int64)
+            hits[here] = -1
+            ok = np.flatnonzero(hits >= max(1, len(other) - room))
+            for c in ok[np.argsort(-hits[ok], kind="stable")][:per_side]:
+                tries.append((side, int(c)))
+        best = None
+        for side, c in tries:
+            rr, cc = (rows + [c], cols) if side == "row" else (rows, cols + [c])
+            cand = _make_partial(R, label_vals, pattern, rr, cc, max_abs)
+            t = cand.tail(k)
+            if best is None or t > best[0]:
+                best = (t, cand, rr, cc)
+        if best is None:
+            break
+        cur_t, cur, rows, cols = best[0], best[1], best[2], best[3]
+        if cur_t > top_t:
+            top, top_t = cur, cur_t
+    return top
+
+
+def _partial_search(R, dense_of, best, lower: int, budget: float, max_abs: float, max_missing: int,
+                    k_max: int | None, limit: int, max_nodes: int, max_blocks: int, seeds: int = 12):
+    """Raise ``lower`` with partially observed blocks (entry bound ``max_abs``): at k = lower,
+    grow the largest fully observed blocks (module docstring), choose greedily by τ(k) among
+    them and the fully observed candidates, observed cells disjoint; repeat while it proves
+    more. Returns the best family (``best`` when nothing is gained)."""
+    label_vals = sp.csr_matrix((dense_of.vals, R.indices, R.indptr), shape=R.shape)
+    pattern = sp.csr_matrix((np.ones(R.nnz, np.int8), R.indices, R.indptr), shape=R.shape)
+    alive_all = np.ones(R.nnz, bool)
+    k = lower
+    while k_max is None or k <= k_max:
+        full = [blk for _, blk in _candidates(R, dense_of, alive_all, max(1, k), k, limit, max_nodes)]
+        grown = [_grow(R, label_vals, pattern, blk, k, max_abs, max_missing) for blk in full[:seeds]]
+        pool = sorted(full + [g for g in grown if isinstance(g, PartialBlock)],
+                      key=lambda b: -b.tail(k))
+        alive, family, total = alive_all.copy(), [], []
+        for blk in pool:
+            t = blk.tail(k)
+            if t <= 0.0:
+                break
+            pos = _cell_positions(R, blk.rows, blk.cols)  # its observed cells
+            if not alive[pos].all():
+                continue
+            alive[pos] = False
+            family.append(blk)
+            total.append(t)
+            if _sum_lower(total) > budget or len(family) >= max_blocks:
+                break
+        if _sum_lower(total) <= budget:
+            break
+        best, k = family, max(k + 1, _lower_from_blocks(family, budget))
+    return best
+
+
 def eps_rank_lower_bound(R, eps: float, *, label: int | str = 0, n_cells: int | None = None,
                          k_max: int | None = None, max_bicliques: int = 5000,
-                         max_nodes: int = 20_000, max_blocks: int = 256) -> EpsRankLowerBound:
+                         max_nodes: int = 20_000, max_blocks: int = 256,
+                         max_abs: float | None = None, max_missing: int = 64) -> EpsRankLowerBound:
     r"""Lower bound on the minimal ε-rank of the observed cells (module docstring).
 
     Parameters
@@ -422,6 +608,14 @@ def eps_rank_lower_bound(R, eps: float, *, label: int | str = 0, n_cells: int | 
         maximal blocks; the search is then partial, the bound still a proof).
     max_blocks : int, default 256
         Most blocks in the family.
+    max_abs : float, optional
+        An entry bound B: the bound is then on the minimal ε-rank among matrices with every
+        :math:`|M_{ij}|` ≤ B (what :func:`rankkit.estimate_min_rank` certifies with
+        ``max_abs``), and partially observed blocks (:class:`PartialBlock`) join the search:
+        fully observed blocks grown greedily by the row or column that raises their bound
+        most. The result carries ``max_abs`` only when a partial block is in its family.
+    max_missing : int, default 64
+        Most unobserved cells in one partial block.
 
     Returns
     -------
@@ -466,9 +660,17 @@ def eps_rank_lower_bound(R, eps: float, *, label: int | str = 0, n_cells: int | 
             lo = max(q, _lower_from_blocks(family, budget))
         else:
             hi = q - 1
+    if max_abs is not None:
+        if not (isinstance(max_abs, (int, float)) and math.isfinite(max_abs) and max_abs > 0):
+            raise ValueError(f"max_abs must be a finite number > 0, got {max_abs!r}")
+        lower = 0 if best is None else _lower_from_blocks(best, budget)
+        best = _partial_search(R, dense_of, best, lower, budget, float(max_abs), int(max_missing),
+                               None if k_max is None else int(k_max), max_bicliques, max_nodes,
+                               max_blocks)
     if best is not None:
+        mx = float(max_abs) if any(isinstance(b, PartialBlock) for b in best) else None
         return EpsRankLowerBound(_lower_from_blocks(best, budget), float(eps), n_cells, budget,
-                                 tuple(best), R.shape, R.nnz)
+                                 tuple(best), R.shape, R.nnz, mx)
     # rank ≥ 1: rows (1 × c blocks, τ(0) = ‖row‖²), largest first, until the zero matrix misses
     norms = np.add.reduceat(vals * vals, R.indptr[:-1]) if R.nnz else np.zeros(0)
     norms[np.diff(R.indptr) == 0] = 0.0

@@ -143,7 +143,10 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
         More keywords of :func:`rankkit.lowrank.fixed_rank_fit` (``cg_iter``, ``window`` …).
     max_abs : float, optional
         Reject a certificate whose completed Ω₂ matrix has an entry larger than max_abs in absolute value
-        (:func:`certificate_scale`); such fits are listed in ``trials`` as rejected.
+        (:func:`certificate_scale`); such fits are listed in ``trials`` as rejected. The
+        ε-bracket is then on the minimal ε-rank among matrices with every entry ≤ max_abs,
+        and its lower end may also come from partially observed blocks
+        (:class:`rankkit.bounds.PartialBlock`; ``eps_bounds.max_abs`` is set when it does).
     backend, device : where the fits run ("auto", "numpy", "torch", "cupy").
     seed : int
         Seed of every start (the same call gives the same answer).
@@ -230,7 +233,9 @@ def estimate_min_rank(source, eps: float = 1e-6, *, method: str = "auto", label:
     if lower_bound:
         bounds = rank_lower_bound(R, label=j)
         exact_lower = bounds.lower
-        eps_bounds = eps_rank_lower_bound(R2, float(eps), label=j)
+        # with max_abs the bracket is on the entry-bounded ε-rank, which partially
+        # observed blocks may bound too (rankkit.bounds.eps_rank, PartialBlock)
+        eps_bounds = eps_rank_lower_bound(R2, float(eps), label=j, max_abs=max_abs)
         eps_lower = eps_bounds.lower
     else:
         bounds, exact_lower = None, int(bool(np.any(vals != 0)))

@@ -340,6 +340,12 @@ class MinRankEstimate:
         if all(min(blk.shape) == 1 for blk in b.blocks):
             return f"the zero matrix misses ε ({len(shapes)} rows hold more than the budget)"
         head = ", ".join(shapes[:4]) + (f", … ({len(shapes)} in all)" if len(shapes) > 4 else "")
+        if b.max_abs is not None:
+            n_part = sum(hasattr(blk, "missing") for blk in b.blocks)
+            return (f"Eckart–Young on {len(shapes)} block(s) of Ω₂ with disjoint observed cells ({head}; "
+                    f"{n_part} partially observed, proving through the entry bound max_abs = "
+                    f"{b.max_abs:g}): any rank-{self.eps_lower - 1} matrix with entries ≤ {b.max_abs:g} "
+                    f"errs by ≥ {b.tails(self.eps_lower - 1):.3g} on them")
         return (f"Eckart–Young on {len(shapes)} cell-disjoint fully observed block(s) of Ω₂ ({head}): "
                 f"any rank-{self.eps_lower - 1} matrix errs by ≥ {b.tails(self.eps_lower - 1):.3g} on them")
 

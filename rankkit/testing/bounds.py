@@ -15,9 +15,11 @@ __all__ = ["eps_rank_brute_force", "assert_eps_lower_bound", "assert_rank_lower_
            "assert_estimate_brackets"]
 
 
-def _als_best(X: np.ndarray, W: np.ndarray, k: int, rng: np.random.Generator, n_iter: int) -> float:
+def _als_best(X: np.ndarray, W: np.ndarray, k: int, rng: np.random.Generator, n_iter: int,
+              max_abs: float | None = None) -> float:
     """Smallest mean squared error over the observed cells reached by rank-k ALS from one
-    random start (minimum-norm least squares per row and per column)."""
+    random start (minimum-norm least squares per row and per column), counting only iterates
+    whose every entry is ≤ ``max_abs`` in absolute value when it is given (inf if none is)."""
     n, m = X.shape
     A = rng.standard_normal((n, k))
     B = rng.standard_normal((m, k))
@@ -29,16 +31,20 @@ def _als_best(X: np.ndarray, W: np.ndarray, k: int, rng: np.random.Generator, n_
         for j in range(m):
             obs = W[:, j]
             B[j] = np.linalg.lstsq(A[obs], X[obs, j], rcond=None)[0] if obs.any() else 0.0
-        best = min(best, float(np.mean(((A @ B.T) - X)[W] ** 2)))
+        M = A @ B.T
+        if max_abs is None or float(np.abs(M).max()) <= max_abs:
+            best = min(best, float(np.mean((M - X)[W] ** 2)))
     return best
 
 
 def eps_rank_brute_force(values: np.ndarray, mask: np.ndarray, eps: float, *, restarts: int = 12,
-                         n_iter: int = 60, seed: int = 0) -> tuple[int, dict[int, float]]:
+                         n_iter: int = 60, seed: int = 0,
+                         max_abs: float | None = None) -> tuple[int | None, dict[int, float]]:
     """(smallest rank k found with MSE ≤ ε over the observed cells, best MSE per rank tried).
 
     Rank 0 is the zero matrix; the search stops at the first passing rank (at the latest at
-    min(n, m), where an exact fit exists)."""
+    min(n, m), where an exact fit exists). With ``max_abs`` only fits whose every entry is
+    ≤ max_abs count (the entry-bounded ε-rank); then no rank may pass, and k is None."""
     X = np.where(mask, np.asarray(values, np.float64), 0.0)
     W = np.asarray(mask, bool)
     rng = np.random.default_rng(seed)
@@ -48,10 +54,10 @@ def eps_rank_brute_force(values: np.ndarray, mask: np.ndarray, eps: float, *, re
     if best[0] <= eps:
         return 0, best
     for k in range(1, min(X.shape) + 1):
-        best[k] = min(_als_best(X, W, k, rng, n_iter) for _ in range(restarts))
+        best[k] = min(_als_best(X, W, k, rng, n_iter, max_abs) for _ in range(restarts))
         if best[k] <= eps:
             return k, best
-    return min(X.shape), best
+    return (min(X.shape) if max_abs is None else None), best
 
 
 def assert_eps_lower_bound(bound, R, eps: float, label: int | str = 0) -> int:
