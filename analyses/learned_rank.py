@@ -270,6 +270,14 @@ def _seed_run(kind, seed, ds, cfg, backbone, work, progress, device="cpu") -> di
     return {**out, "from_cache": False}
 
 
+def _scale_problem(scale: str | None, device: str) -> str | None:
+    """Why ``scale`` cannot run on ``device`` (None when it can)."""
+    if scale == "gpu" and not str(device).startswith("cuda"):
+        return ("--scale gpu extracts RAD-V's rows up to N = 256 (~25 min per seed on the "
+                f"2-core CPU, ~1.5 h in all): pass --device cuda, got {device!r}")
+    return None
+
+
 def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbone: str = "tiny",
         cache: Path | None = None, progress: bool = True, scale: str | None = None,
         device: str = "cpu") -> list[Path]:
@@ -285,9 +293,8 @@ def run(out: Path, *, quick: bool = False, dataset: str = "vader:movie", backbon
     scale = scale or ("quick" if quick else "default")
     if scale not in CONFIGS:
         raise ValueError(f"scale must be one of {sorted(CONFIGS)}, got {scale!r}")
-    if scale == "gpu" and not str(device).startswith("cuda"):
-        raise ValueError("scale 'gpu' extracts RAD-V's rows up to N = 256 (~25 min per seed "
-                         f"on the 2-core CPU, ~1.5 h in all): pass a CUDA device, got {device!r}")
+    if (why := _scale_problem(scale, device)) is not None:
+        raise ValueError(why)
     cfg = dict(CONFIGS[scale])
     t_start = time.perf_counter()
     ds = rk.datasets.load(dataset, tokenizer=TOKENIZER, limit=cfg["limit"],
@@ -544,8 +551,8 @@ def main(argv=None) -> None:
                     help="settings: default (CPU), quick (= --quick) or gpu (RAD-V to N = 256; "
                          "needs --device cuda)")
     a = ap.parse_args(argv)
-    if a.scale == "gpu" and not a.device.startswith("cuda"):
-        ap.error("--scale gpu extracts RAD-V's rows up to N = 256: pass --device cuda")
+    if (why := _scale_problem(a.scale, a.device)) is not None:
+        ap.error(why)  # before any data is loaded
     for p in run(a.out, quick=a.quick, dataset=a.dataset, backbone=a.backbone, cache=a.cache,
                  progress=not a.no_progress, scale=a.scale, device=a.device):
         print(p)

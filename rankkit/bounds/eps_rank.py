@@ -209,15 +209,10 @@ def _block_from_dict(d: dict):
 
 
 def _block_reader(R: RewardMatrix, vals: np.ndarray):
-    """``dense_of(rows, cols)``: the observed values of a fully observed block as a dense array
-    (``dense_of.vals``: the values it reads)."""
+    """``dense_of(rows, cols)``: the observed values of a block as a dense array (unobserved
+    cells 0)."""
     S = sp.csr_matrix((vals, R.indices, R.indptr), shape=R.shape)
-
-    def dense_of(bi, bj):
-        return S[bi][:, bj].toarray()
-
-    dense_of.vals = vals
-    return dense_of
+    return lambda bi, bj: S[bi][:, bj].toarray()
 
 
 def _make_block(dense_vals: np.ndarray, rows, cols) -> SpectralBlock:
@@ -499,11 +494,11 @@ def _greedy_family(R, dense_of, q: int, k: int, budget: float, *, limit: int, ma
     return family, _sum_lower(total) > budget
 
 
-def _make_partial(R: RewardMatrix, label_vals: np.ndarray, pattern, rows, cols, max_abs: float):
+def _make_partial(dense_of, pattern, rows, cols, max_abs: float):
     """A PartialBlock (or a SpectralBlock when every cell is observed) on rows × cols."""
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     obs = pattern[rows][:, cols].toarray() != 0
-    val = label_vals[rows][:, cols].toarray()
+    val = dense_of(rows, cols)
     sigma = np.linalg.svd(val, compute_uv=False)
     slack = _sigma_slack(sigma, val.shape)
     if obs.all():
@@ -513,7 +508,7 @@ def _make_partial(R: RewardMatrix, label_vals: np.ndarray, pattern, rows, cols, 
     return PartialBlock(rows, cols, missing, sigma, slack, max_abs)
 
 
-def _grow(R, label_vals, pattern, blk, k: int, max_abs: float, max_missing: int,
+def _grow(dense_of, pattern, blk, k: int, max_abs: float, max_missing: int,
           steps: int = 24, per_side: int = 16):
     """Grow a block greedily at rank k: each step adds the row or column (among the
     ``per_side`` that observe most of the block's columns / rows) whose partial block proves
@@ -536,7 +531,7 @@ def _grow(R, label_vals, pattern, blk, k: int, max_abs: float, max_missing: int,
         best = None
         for side, c in tries:
             rr, cc = (rows + [c], cols) if side == "row" else (rows, cols + [c])
-            cand = _make_partial(R, label_vals, pattern, rr, cc, max_abs)
+            cand = _make_partial(dense_of, pattern, rr, cc, max_abs)
             t = cand.tail(k)
             if best is None or t > best[0]:
                 best = (t, cand, rr, cc)
@@ -554,13 +549,12 @@ def _partial_search(R, dense_of, best, lower: int, budget: float, max_abs: float
     grow the largest fully observed blocks (module docstring), choose greedily by τ(k) among
     them and the fully observed candidates, observed cells disjoint; repeat while it proves
     more. Returns the best family (``best`` when nothing is gained)."""
-    label_vals = sp.csr_matrix((dense_of.vals, R.indices, R.indptr), shape=R.shape)
     pattern = sp.csr_matrix((np.ones(R.nnz, np.int8), R.indices, R.indptr), shape=R.shape)
     alive_all = np.ones(R.nnz, bool)
     k = lower
     while k_max is None or k <= k_max:
         full = [blk for _, blk in _candidates(R, dense_of, alive_all, max(1, k), k, limit, max_nodes)]
-        grown = [_grow(R, label_vals, pattern, blk, k, max_abs, max_missing) for blk in full[:seeds]]
+        grown = [_grow(dense_of, pattern, blk, k, max_abs, max_missing) for blk in full[:seeds]]
         pool = sorted(full + [g for g in grown if isinstance(g, PartialBlock)],
                       key=lambda b: -b.tail(k))
         alive, family, total = alive_all.copy(), [], []
