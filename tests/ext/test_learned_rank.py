@@ -30,7 +30,13 @@ def test_rank_summary_counts_in_the_matrix_dtype_and_above_the_floor(r, n_rows, 
     says; the float64 cutoff on the cast rows counts the rounding as rank; the rank above
     the floor measured against the float64 product is r again."""
     rng = np.random.default_rng(seed)
-    R64 = rng.standard_normal((n_rows, r)) @ rng.standard_normal((r, n_cols))
+    # every leading block of rows must itself be numerically rank min(n, r): the first r rows
+    # of a plain Gaussian product can be nearly singular (seed 9320, r = 5: σ_5/σ_1 below the
+    # float32 cutoff, where NumPy rightly reads 4), so they are I + 0.1 G on orthonormal rows
+    L = rng.standard_normal((n_rows, r))
+    L[:r] = np.eye(r) + 0.1 * rng.standard_normal((r, r))
+    Q = np.linalg.qr(rng.standard_normal((n_cols, r)))[0].T * np.sqrt(n_cols)
+    R64 = L @ (np.linspace(2.0, 1.0, r)[:, None] * Q)
     R = R64.astype(np.float32)
     sizes = sorted({max(1, r // 2), r, n_rows // 2, n_rows})
     nf = noise_floor_from_matrices(R, {"float64": R64}, sizes)
